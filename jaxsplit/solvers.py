@@ -1,0 +1,398 @@
+"""Split solvers: rows per device for one layer under an allocation (MODEL.md section 4).
+
+Every solver has the signature ``solver(layer, cluster, share) -> rows`` for one instance (layer
+fields scalar, cluster fields and ``share`` of shape (N,)) and returns int32 rows of shape (N,) that
+are non-negative, sum exactly to H_out and are 0 where the share is 0. All but ``lp`` are pure JAX:
+jit them and vmap them over batches (:func:`solve_batch` does both).
+
+* ``closed_form``: the paper's level 1. Equal finish time under the affine model
+  T_i(n) = alpha_i + beta_i n, water-filled over the active set without sorting, rounded so that the
+  rows sum exactly, then refined (border-aware intercepts and a bounded exact correction).
+* ``exact``: the integer optimum of the exact model for the fixed device order, by bisection on the
+  latency's float bit pattern with a greedy feasibility pass.
+* baselines: ``single``, ``equal``, ``proportional``, ``rebalance`` (EdgeLD-style) and ``lp``
+  (CoEdge-style LP relaxation on the host with scipy's HiGHS).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .latency import Cluster, LayerArrays, Rates, allocation_rates, device_times, segment_time
+
+Solver = Callable[[LayerArrays, Cluster, jax.Array], jax.Array]
+
+#: Correction rounds of the closed form (each moves at most one row; bounded, jittable).
+CLOSED_FORM_CORRECTION_ROUNDS = 3
+
+
+# --------------------------------------------------------------------------- the affine model
+def affine_model(layer: LayerArrays, rates: Rates) -> tuple[jax.Array, jax.Array]:
+    """Interior-halo affine model T_i(n) = alpha_i + beta_i n of MODEL.md section 4; seconds.
+
+    ``beta_i = (sh W C_in q + W_out C_out q)/b_i + phi/f_i``,
+    ``alpha_i = 2 tau_i + max(keff_h - sh, 0) W C_in q / b_i``. Shapes (N,).
+    """
+    in_row = layer.in_row_bytes * rates.sec_per_byte
+    beta = layer.stride * in_row + layer.out_row_bytes * rates.sec_per_byte + layer.row_work * rates.sec_per_flop
+    alpha = rates.message + jnp.maximum(layer.kernel_extent - layer.stride, 0.0) * in_row
+    return alpha, beta
+
+
+def water_fill(alpha: jax.Array, beta: jax.Array, active: jax.Array, total: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Equal-finish-time continuous split of ``total`` rows (MODEL.md section 4), without a sort.
+
+    Over active set A: ``T* = (H_out + sum_A alpha/beta) / sum_A 1/beta``, ``n_i = (T* - alpha_i)/beta_i``,
+    where A is the prefix (in increasing alpha) that minimises T*: adding a device with
+    ``alpha < T`` lowers T and one with ``alpha >= T`` raises it, so the prefix values are unimodal and
+    their minimum is the water level. Every prefix is evaluated at once with an N x N mask.
+
+    Args:
+      alpha, beta: (N,) seconds and seconds per row; beta > 0 where active.
+      active: (N,) booleans.
+      total: H_out, scalar.
+    Returns:
+      (T*, n): the water level (s) and the continuous rows (N,), 0 where inactive.
+    """
+    w = jnp.where(active, 1.0 / jnp.where(active, beta, 1.0), 0.0)
+    aw = jnp.where(active, alpha * w, 0.0)
+    idx = jnp.arange(alpha.shape[-1])
+    before = (alpha[None, :] < alpha[:, None]) | ((alpha[None, :] == alpha[:, None]) & (idx[None, :] <= idx[:, None]))
+    mask = before & active[None, :]
+    num = total + jnp.sum(jnp.where(mask, aw[None, :], 0.0), axis=-1)
+    den = jnp.sum(jnp.where(mask, w[None, :], 0.0), axis=-1)
+    levels = jnp.where(active, num / jnp.where(active, den, 1.0), jnp.inf)
+    level = jnp.min(levels)
+    n = jnp.where(active, jnp.maximum(0.0, (level - alpha) * w), 0.0)
+    return level, n
+
+
+def _fix_total(rows: jax.Array, total: jax.Array, active: jax.Array) -> jax.Array:
+    """Make int rows sum exactly to ``total`` (a guard against float round-off; normally a no-op).
+
+    Excess is cut from the end (cumulative clip); a deficit goes to the last active device.
+    """
+    ends = jnp.minimum(jnp.cumsum(rows), total)
+    rows = ends - jnp.concatenate([jnp.zeros((1,), ends.dtype), ends[:-1]])
+    deficit = total - jnp.sum(rows)
+    idx = jnp.arange(rows.shape[-1])
+    last = jnp.max(jnp.where(active, idx, -1))
+    return rows + jnp.where(idx == last, deficit, 0)
+
+
+def round_split(n: jax.Array, alpha: jax.Array, beta: jax.Array, active: jax.Array, total: jax.Array) -> jax.Array:
+    """Round continuous rows to integers summing to ``total`` (MODEL.md section 4).
+
+    Floor, then give the remaining rows one by one to the device with the smallest
+    ``alpha_i + beta_i (n_i + 1)``. The remainder is below the number of active devices, so N
+    rounds (a static count) always suffice. Returns int32 (N,).
+    """
+    num = n.shape[-1]
+    rows = jnp.where(active, jnp.floor(n), 0.0).astype(jnp.int32)
+    total_i = total.astype(jnp.int32)
+    remaining = total_i - jnp.sum(rows)
+    idx = jnp.arange(num)
+    for _ in range(num):
+        cost = jnp.where(active, alpha + beta * (rows + 1).astype(alpha.dtype), jnp.inf)
+        pick = jnp.argmin(cost)
+        rows = rows + jnp.where((idx == pick) & (remaining > 0), 1, 0)
+        remaining = remaining - 1
+    return _fix_total(rows, total_i, active)
+
+
+# --------------------------------------------------------------------------- closed form
+def border_intercepts(layer: LayerArrays, rates: Rates, first: jax.Array, last: jax.Array) -> jax.Array:
+    """Exact intercepts alpha_i of T_i(n) = alpha_i + beta_i n, taking the image borders into account.
+
+    An interior segment reads ``(n - 1) sh + keff`` input rows; the first segment (start 0) reads
+    ``p_top`` fewer rows; the last reads up to ``H_end = min(H, (H_out - 1) sh - p_top + keff)``.
+    ``first`` and ``last`` are (N,) booleans marking the devices at the two borders.
+    """
+    in_row = layer.in_row_bytes * rates.sec_per_byte
+    halo = layer.kernel_extent - layer.stride
+    h_end = jnp.minimum(layer.in_height, (layer.out_height - 1.0) * layer.stride - layer.pad_top + layer.kernel_extent)
+    extra = jnp.where(first, halo - layer.pad_top, halo)
+    extra = jnp.where(last, h_end + layer.pad_top - layer.out_height * layer.stride, extra)
+    extra = jnp.where(first & last, h_end - layer.out_height * layer.stride, extra)
+    return rates.message + extra * in_row
+
+
+def _border_flags(rows_positive: jax.Array) -> tuple[jax.Array, jax.Array]:
+    idx = jnp.arange(rows_positive.shape[-1])
+    first_idx = jnp.min(jnp.where(rows_positive, idx, rows_positive.shape[-1]))
+    last_idx = jnp.max(jnp.where(rows_positive, idx, -1))
+    return idx == first_idx, idx == last_idx
+
+
+def closed_form_plain(layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
+    """The unrefined closed form of MODEL.md section 4 (interior-halo model, floor + greedy rounding)."""
+    rates = allocation_rates(cluster, share)
+    alpha, beta = affine_model(layer, rates)
+    _, n = water_fill(alpha, beta, rates.active, layer.out_height)
+    return round_split(n, alpha, beta, rates.active, layer.out_height)
+
+
+def closed_form_split(layer: LayerArrays, cluster: Cluster, share: jax.Array,
+                      correction_rounds: int = CLOSED_FORM_CORRECTION_ROUNDS) -> jax.Array:
+    """Closed-form split with border-aware refinement; int32 rows (N,).
+
+    1. Water-fill under the interior-halo model (MODEL.md section 4) to find the active devices.
+    2. Water-fill again with the exact border intercepts for the first and last active devices.
+    3. Round: floor, then the remaining rows one by one to the smallest alpha_i + beta_i (n_i + 1).
+    4. ``correction_rounds`` times: move one row from the slowest device (exact time) to the device
+       whose affine time after one more row is smallest, kept only if the exact latency falls.
+    The result is never worse than step 3 alone, and every step has a static size.
+    """
+    rates = allocation_rates(cluster, share)
+    alpha, beta = affine_model(layer, rates)
+    total = layer.out_height
+    _, n = water_fill(alpha, beta, rates.active, total)
+    first, last = _border_flags(n > 0)
+    alpha_b = border_intercepts(layer, rates, first, last)
+    _, n = water_fill(alpha_b, beta, rates.active, total)
+    rows = round_split(n, alpha_b, beta, rates.active, total)
+    return correct_split(layer, rates, rows, alpha_b, beta, correction_rounds)
+
+
+def correct_split(layer: LayerArrays, rates: Rates, rows: jax.Array, alpha: jax.Array, beta: jax.Array,
+                  rounds: int) -> jax.Array:
+    """Bounded local correction: ``rounds`` one-row moves from the slowest device, each kept only if
+    it lowers the exact layer latency. Shapes (N,)."""
+    idx = jnp.arange(rows.shape[-1])
+    times = device_times(layer, rates, rows)
+    best = jnp.max(times)
+    for _ in range(rounds):
+        slow = jnp.argmax(times)
+        cost = jnp.where(rates.active & (idx != slow), alpha + beta * (rows + 1).astype(alpha.dtype), jnp.inf)
+        fast = jnp.argmin(cost)
+        cand = rows - (idx == slow).astype(rows.dtype) + (idx == fast).astype(rows.dtype)
+        cand_times = device_times(layer, rates, cand)
+        cand_best = jnp.max(cand_times)
+        ok = (cand_best < best) & (rows[slow] > 0) & jnp.isfinite(cost[fast])
+        rows = jnp.where(ok, cand, rows)
+        times = jnp.where(ok, cand_times, times)
+        best = jnp.where(ok, cand_best, best)
+    return rows
+
+
+# --------------------------------------------------------------------------- exact
+def max_rows(layer: LayerArrays, rates: Rates, start: jax.Array, budget: jax.Array, cap: jax.Array) -> jax.Array:
+    """Most output rows each device can take from ``start`` within ``budget`` seconds; int32 (N,).
+
+    The exact T_i(n) from a fixed start is ``2 tau + max(min(H, hi(n)) - lo, 0) in + n out``: the
+    smallest of two affine pieces (bottom unclamped, bottom clamped at H) and never below the piece
+    with no input rows, so the largest n solves three affine inequalities; a final check against
+    :func:`segment_time` removes float round-off. ``cap`` (N,) bounds the answer (rows left).
+    """
+    dt = rates.sec_per_flop.dtype
+    start = start.astype(dt)
+    in_row = layer.in_row_bytes * rates.sec_per_byte
+    gamma = layer.out_row_bytes * rates.sec_per_byte + layer.row_work * rates.sec_per_flop
+    beta = layer.stride * in_row + gamma
+    lo = jnp.maximum(0.0, start * layer.stride - layer.pad_top)
+    c1 = (start - 1.0) * layer.stride - layer.pad_top + layer.kernel_extent - lo
+    safe_b = jnp.where(rates.active, beta, 1.0)
+    safe_g = jnp.where(rates.active, gamma, 1.0)
+    n1 = jnp.floor((budget - rates.message - c1 * in_row) / safe_b)
+    n2 = jnp.floor((budget - rates.message - (layer.in_height - lo) * in_row) / safe_g)
+    n3 = jnp.floor((budget - rates.message) / safe_g)
+    capf = cap.astype(dt)
+    n = jnp.clip(jnp.minimum(jnp.maximum(n1, n2), n3), 0.0, capf)
+    n = jnp.where(rates.active, n, 0.0)
+    too_slow = segment_time(layer, rates, start, n) > budget
+    n = jnp.where(too_slow & (n > 0), n - 1.0, n)
+    fits_more = (segment_time(layer, rates, start, n + 1.0) <= budget) & (n + 1.0 <= capf) & rates.active
+    n = jnp.where(fits_more, n + 1.0, n)
+    return n.astype(jnp.int32)
+
+
+def greedy_split(layer: LayerArrays, rates: Rates, budget: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Greedy feasibility pass: each device in order takes as many rows as fit in ``budget``.
+
+    Feasible (some split has latency <= budget) iff the rows cover H_out: a device's time only falls
+    when its segment shrinks from the left, so taking the most rows early never hurts later devices.
+    Returns (feasible, rows int32 (N,)).
+    """
+    total = layer.out_height.astype(jnp.int32)
+    num = rates.active.shape[-1]
+    start = jnp.zeros((), jnp.int32)
+    rows = []
+    for i in range(num):
+        one = jax.tree.map(lambda a: a[i:i + 1], rates)
+        n = max_rows(layer, one, start[None], budget, (total - start)[None])[0]
+        rows.append(n)
+        start = start + n
+    return start >= total, jnp.stack(rows)
+
+
+def exact_split(layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
+    """Integer split minimising the exact layer latency (MODEL.md section 3) for the fixed order.
+
+    Bisection on the bit pattern of the latency bound (positive floats order like their bits): 0 is
+    infeasible, the closed form's latency is feasible, and after 31 steps (63 in float64) the two
+    bounds are adjacent floats, so the greedy split at the upper bound is optimal. int32 rows (N,).
+    """
+    rates = allocation_rates(cluster, share)
+    dt = rates.sec_per_flop.dtype
+    ibits = jnp.int64 if dt == jnp.float64 else jnp.int32
+    steps = 63 if dt == jnp.float64 else 31
+    upper = jnp.max(device_times(layer, rates, closed_form_split(layer, cluster, share)))
+    hi = jax.lax.bitcast_convert_type(upper, ibits)
+    lo = jnp.zeros((), ibits)
+
+    def body(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        feasible, _ = greedy_split(layer, rates, jax.lax.bitcast_convert_type(mid, dt))
+        return jnp.where(feasible, lo, mid), jnp.where(feasible, mid, hi)
+
+    lo, hi = jax.lax.fori_loop(0, steps, body, (lo, hi))
+    _, rows = greedy_split(layer, rates, jax.lax.bitcast_convert_type(hi, dt))
+    return rows
+
+
+# --------------------------------------------------------------------------- baselines
+def single_split(layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
+    """Best single device: all rows on the active device that finishes the whole layer first."""
+    rates = allocation_rates(cluster, share)
+    total = layer.out_height
+    whole = segment_time(layer, rates, jnp.zeros_like(total)[None].repeat(share.shape[-1]),
+                         jnp.full(share.shape, total))
+    pick = jnp.argmin(jnp.where(rates.active, whole, jnp.inf))
+    return jnp.where(jnp.arange(share.shape[-1]) == pick, total, 0.0).astype(jnp.int32)
+
+
+def equal_split(layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
+    """Equal rows over the devices with a positive share (DeepThings-style grid); int32 (N,)."""
+    active = jnp.asarray(share) > 0
+    total = layer.out_height.astype(jnp.int32)
+    k = jnp.maximum(jnp.sum(active), 1)
+    rank = jnp.cumsum(active) - 1
+    rows = jnp.where(active, total // k + (rank < total % k), 0)
+    return rows.astype(jnp.int32)
+
+
+def proportional_split(layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
+    """Rows proportional to the allocated compute f_i = a_i F_i (MoDNN-style), largest remainder."""
+    rates = allocation_rates(cluster, share)
+    f = jnp.where(rates.active, share * cluster.flops, 0.0)
+    total = layer.out_height
+    ideal = f / jnp.sum(f) * total
+    rows = jnp.floor(ideal)
+    frac = jnp.where(rates.active, ideal - rows, -1.0)
+    idx = jnp.arange(share.shape[-1])
+    rank = jnp.sum((frac[None, :] > frac[:, None]) | ((frac[None, :] == frac[:, None]) & (idx[None, :] < idx[:, None])), axis=-1)
+    remaining = total - jnp.sum(rows)
+    rows = rows + (rank < remaining).astype(rows.dtype)
+    return _fix_total(rows.astype(jnp.int32), total.astype(jnp.int32), rates.active)
+
+
+def rebalance_split(layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
+    """EdgeLD-style rebalancing: from the equal split, move one row at a time from the slowest device
+    to the fastest active one while the exact layer latency falls. Ends (a while loop) when a move
+    no longer helps; at most H_out * N moves."""
+    rates = allocation_rates(cluster, share)
+    rows0 = equal_split(layer, cluster, share)
+    idx = jnp.arange(share.shape[-1])
+    limit = layer.out_height.astype(jnp.int32) * share.shape[-1]
+
+    def cond(state):
+        _, _, moved, count = state
+        return moved & (count < limit)
+
+    def body(state):
+        rows, best, _, count = state
+        times = device_times(layer, rates, rows)
+        slow = jnp.argmax(times)
+        fast = jnp.argmin(jnp.where(rates.active & (idx != slow), times, jnp.inf))
+        cand = rows - (idx == slow).astype(jnp.int32) + (idx == fast).astype(jnp.int32)
+        cand_best = jnp.max(device_times(layer, rates, cand))
+        ok = (cand_best < best) & (rows[slow] > 0) & rates.active[fast] & (fast != slow)
+        return jnp.where(ok, cand, rows), jnp.where(ok, cand_best, best), ok, count + 1
+
+    best0 = jnp.max(device_times(layer, rates, rows0))
+    rows, *_ = jax.lax.while_loop(cond, body, (rows0, best0, jnp.array(True), jnp.zeros((), jnp.int32)))
+    return rows
+
+
+def lp_split(layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
+    """CoEdge-style LP relaxation of the min-max split, solved on the host with scipy's HiGHS.
+
+    The mixed-integer problem ``min T s.t. T >= alpha_i z_i + beta_i n_i, n_i <= H_out z_i,
+    sum n_i = H_out, z_i in {0, 1}`` is relaxed to ``z_i in [0, 1]`` (so ``z_i = n_i / H_out`` at the
+    optimum) and solved as an LP in (n, T); the LP rows are then rounded like the closed form.
+    Not jittable: one host call per instance. Returns int32 rows (N,) as a numpy array.
+    """
+    from scipy.optimize import linprog
+
+    rates = allocation_rates(cluster, jnp.asarray(share))
+    alpha, beta = affine_model(layer, rates)
+    alpha, beta = np.asarray(alpha, np.float64), np.asarray(beta, np.float64)
+    active = np.asarray(rates.active)
+    total = float(layer.out_height)
+    num = active.shape[0]
+    slope = alpha / total + beta
+    # variables: n_0..n_{N-1}, T ; minimise T
+    c = np.zeros(num + 1)
+    c[-1] = 1.0
+    idx = np.flatnonzero(active)
+    a_ub = np.zeros((len(idx), num + 1))
+    a_ub[np.arange(len(idx)), idx] = slope[idx]
+    a_ub[:, -1] = -1.0
+    a_eq = np.zeros((1, num + 1))
+    a_eq[0, :num] = 1.0
+    bounds = [(0.0, total if active[i] else 0.0) for i in range(num)] + [(0.0, None)]
+    res = linprog(c, A_ub=a_ub, b_ub=np.zeros(len(idx)), A_eq=a_eq, b_eq=[total], bounds=bounds,
+                  method="highs")
+    if res.status != 0:  # pragma: no cover - the LP is always feasible and bounded
+        raise RuntimeError(f"LP split failed: {res.message}")
+    n = np.clip(res.x[:num], 0.0, total)
+    return np.asarray(round_split(jnp.asarray(n, alpha.dtype if False else rates.sec_per_flop.dtype),
+                                  jnp.asarray(alpha, rates.sec_per_flop.dtype),
+                                  jnp.asarray(beta, rates.sec_per_flop.dtype), rates.active,
+                                  layer.out_height))
+
+
+SOLVERS: dict[str, Solver] = {
+    "closed_form": closed_form_split,
+    "exact": exact_split,
+    "single": single_split,
+    "equal": equal_split,
+    "proportional": proportional_split,
+    "rebalance": rebalance_split,
+    "lp": lp_split,
+}
+
+#: Solvers that run on the host, one instance at a time (not jittable).
+HOST_SOLVERS = frozenset({"lp"})
+
+
+def get_solver(name: str) -> Solver:
+    """Solver by name; ``ValueError`` names the field for an unknown one."""
+    if name not in SOLVERS:
+        raise ValueError(f"field 'solver': unknown solver {name!r}; known: {', '.join(SOLVERS)}")
+    return SOLVERS[name]
+
+
+@functools.lru_cache(maxsize=None)
+def batched_solver(name: str) -> Callable[[LayerArrays, Cluster, jax.Array], jax.Array]:
+    """``jit(vmap(solver))`` over a leading batch axis: layer fields (B,), cluster fields and shares
+    (B, N) -> rows (B, N). Cached per name so repeated calls with one shape never retrace."""
+    solver = get_solver(name)
+    if name in HOST_SOLVERS:
+        def host(layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
+            out = [solver(jax.tree.map(lambda a: a[b], layer), jax.tree.map(lambda a: a[b], cluster), share[b])
+                   for b in range(share.shape[0])]
+            return jnp.asarray(np.stack(out), jnp.int32)
+        return host
+    return jax.jit(jax.vmap(solver))
+
+
+def solve_batch(name: str, layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
+    """Solve a batch of layer-instances with solver ``name``; rows (B, N) int32."""
+    return batched_solver(name)(layer, cluster, share)
