@@ -241,8 +241,10 @@ def exact_split(layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.A
     dt = rates.sec_per_flop.dtype
     ibits = jnp.int64 if dt == jnp.float64 else jnp.int32
     steps = 63 if dt == jnp.float64 else 31
-    upper = jnp.max(device_times(layer, rates, closed_form_split(layer, cluster, share)))
-    hi = jax.lax.bitcast_convert_type(upper, ibits)
+    start_rows = closed_form_split(layer, cluster, share)
+    upper = jnp.max(device_times(layer, rates, start_rows))
+    # A few ulps of slack: the greedy pass may round the same time differently (fused multiply-adds).
+    hi = jax.lax.bitcast_convert_type(upper, ibits) + 64
     lo = jnp.zeros((), ibits)
 
     def body(_, bounds):
@@ -252,8 +254,9 @@ def exact_split(layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.A
         return jnp.where(feasible, lo, mid), jnp.where(feasible, mid, hi)
 
     lo, hi = jax.lax.fori_loop(0, steps, body, (lo, hi))
-    _, rows = greedy_split(layer, rates, jax.lax.bitcast_convert_type(hi, dt))
-    return rows
+    feasible, rows = greedy_split(layer, rates, jax.lax.bitcast_convert_type(hi, dt))
+    better = feasible & (jnp.max(device_times(layer, rates, rows)) <= upper)
+    return jnp.where(better, rows, start_rows)
 
 
 # --------------------------------------------------------------------------- baselines

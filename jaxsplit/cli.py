@@ -1,0 +1,63 @@
+"""The ``jaxsplit`` command line.
+
+Each subcommand lives in its own module and exposes ``main(argv) -> int``; this dispatcher imports
+it lazily (so ``jaxsplit zoo`` never imports torch or the agents). Every bad input is reported as
+``jaxsplit <command>: error: ...`` on standard error with exit status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Callable, Sequence
+
+#: subcommand -> (module, help line)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "split": ("jaxsplit.commands.split", "split every layer of instances (JSON / JSON Lines) across devices"),
+    "zoo": ("jaxsplit.commands.zoo", "list the model zoo, or print one model's layer table"),
+    "evaluate": ("jaxsplit.envs.evaluate_cli", "evaluate allocation policies in the environment"),
+    "train": ("jaxsplit.agents.train_cli", "train a PPO allocation policy (the main job)"),
+    "validate": ("jaxsplit.bridge.validate_cli", "prove a split numerically against PyTorch"),
+    "run": ("jaxsplit.bridge.run_cli", "run split inference across worker processes"),
+}
+
+
+def _usage() -> str:
+    width = max(len(c) for c in COMMANDS)
+    lines = ["usage: jaxsplit COMMAND [options]   (jaxsplit COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def run_command(name: str, body: Callable[[], int]) -> int:
+    """Run ``body`` and turn a ValueError into a one-line error with exit status 2."""
+    try:
+        return body()
+    except ValueError as err:
+        print(f"jaxsplit {name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"jaxsplit {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"jaxsplit: error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name = COMMANDS[name][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        print(f"jaxsplit {name}: error: this command needs {err.name!r}, which is not installed", file=sys.stderr)
+        return 2
+    return run_command(name, lambda: module.main(rest))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

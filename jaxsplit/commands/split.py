@@ -1,0 +1,59 @@
+"""``jaxsplit split FILE``: split every layer of one or many instances across their devices."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Annotated, Literal, Sequence
+
+import tyro
+
+from ..instance import dumps_result, load
+from ..plan import solve_instances
+
+SolverName = Literal["closed_form", "exact", "single", "equal", "proportional", "rebalance", "lp"]
+
+
+@dataclasses.dataclass
+class SplitArgs:
+    """Split every layer of the instances in FILE (JSON object or JSON Lines; - for stdin)."""
+
+    file: tyro.conf.Positional[str]
+    """Instance file: one JSON object, or JSON Lines with one instance per line; '-' reads stdin."""
+    solver: SolverName = "closed_form"
+    """Split rule: the closed form, the exact optimum, or a baseline."""
+    json: bool = False
+    """Print one JSON object per instance (one line each) instead of a table."""
+
+
+def print_table(plans, instances, solver: str) -> None:
+    """Readable tables: rows per device per layer, layer latency, request latency."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for k, (plan, inst) in enumerate(zip(plans, instances)):
+        title = f"instance {k + 1}: {len(inst.layers)} layers on {inst.num_devices} devices, solver {solver}"
+        table = Table(title=title, title_justify="left")
+        table.add_column("layer")
+        table.add_column("rows out", justify="right")
+        for i, dev in enumerate(inst.devices):
+            table.add_column(f"dev{i}" + (f" ({dev.share:g})" if dev.share != 1 else ""), justify="right")
+        table.add_column("latency (ms)", justify="right")
+        for name, layer, rows, t in zip(plan.names, inst.layers, plan.rows, plan.latencies):
+            table.add_row(name, str(layer.out_height), *(str(int(r)) for r in rows), f"{t * 1e3:.3f}")
+        table.add_section()
+        table.add_row("request", "", *([""] * inst.num_devices), f"{plan.latency * 1e3:.3f}")
+        console.print(table)
+
+
+def main(argv: Sequence[str]) -> int:
+    args = tyro.cli(SplitArgs, args=list(argv), prog="jaxsplit split")
+    instances = load(args.file)
+    plans = solve_instances(instances, args.solver)
+    if args.json:
+        for plan in plans:
+            sys.stdout.write(dumps_result(plan.names, plan.rows, plan.latencies) + "\n")
+    else:
+        print_table(plans, instances, args.solver)
+    return 0

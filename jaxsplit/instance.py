@@ -1,0 +1,190 @@
+"""Instances of the split problem and their JSON / JSON Lines format (MODEL.md section 5).
+
+An instance is a layer table, a cluster with one share per device, and the bytes per transferred
+element. :func:`parse_instance` validates a decoded JSON object; every error is a ``ValueError`` that
+names the field, its value and (for JSON Lines) the line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import zoo
+from .layers import Layer, layer_from_dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Device:
+    """One device: ``flops`` F (FLOP/s), ``bandwidth`` B (bytes/s, ``inf`` = local), ``latency`` tau
+    (s) and ``share`` a in [0, 1]."""
+
+    flops: float
+    bandwidth: float = math.inf
+    latency: float = 0.0
+    share: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Instance:
+    """A layer table on a cluster under an allocation (MODEL.md section 5)."""
+
+    layers: tuple[Layer, ...]
+    devices: tuple[Device, ...]
+    bytes_per_element: float = 4.0
+
+    @property
+    def num_devices(self) -> int:
+        return len(self.devices)
+
+    def cluster_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(flops, bandwidth, latency, share), each float64 (N,)."""
+        cols = [[getattr(d, f) for d in self.devices] for f in ("flops", "bandwidth", "latency", "share")]
+        return tuple(np.asarray(c, np.float64) for c in cols)  # type: ignore[return-value]
+
+
+def _number(value: Any, field: str, where: str, *, positive: bool = False, allow_none: bool = False,
+            low: float | None = None, high: float | None = None) -> float:
+    if value is None and allow_none:
+        return math.inf
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{where}field '{field}' must be a finite number, got {value!r}")
+    v = float(value)
+    if positive and v <= 0:
+        raise ValueError(f"{where}field '{field}' must be positive, got {value!r}")
+    if low is not None and v < low:
+        raise ValueError(f"{where}field '{field}' must be >= {low:g}, got {value!r}")
+    if high is not None and v > high:
+        raise ValueError(f"{where}field '{field}' must be <= {high:g}, got {value!r}")
+    return v
+
+
+def parse_devices(obj: Any, where: str = "", shares: bool = True) -> tuple[Device, ...]:
+    """Validate the ``devices`` list; device 0 is the coordinator. ``shares=False`` ignores shares."""
+    if not isinstance(obj, list) or not obj:
+        raise ValueError(f"{where}field 'devices' must be a non-empty list, got {obj!r}")
+    out = []
+    for i, d in enumerate(obj):
+        if not isinstance(d, dict):
+            raise ValueError(f"{where}field 'devices[{i}]' must be an object, got {d!r}")
+        unknown = sorted(set(d) - {"flops", "bandwidth", "latency", "share", "name"})
+        if unknown:
+            raise ValueError(f"{where}field 'devices[{i}].{unknown[0]}' is not a device field")
+        if "flops" not in d:
+            raise ValueError(f"{where}missing field 'devices[{i}].flops'")
+        flops = _number(d["flops"], f"devices[{i}].flops", where, positive=True)
+        bandwidth = _number(d.get("bandwidth"), f"devices[{i}].bandwidth", where, positive=True, allow_none=True)
+        latency = _number(d.get("latency", 0.0), f"devices[{i}].latency", where, low=0.0)
+        share = _number(d.get("share", 1.0), f"devices[{i}].share", where, low=0.0, high=1.0) if shares else 1.0
+        out.append(Device(flops, bandwidth, latency, share))
+    if shares and not any(d.share > 0 for d in out):
+        raise ValueError(f"{where}field 'devices': no device has a positive share")
+    return tuple(out)
+
+
+def parse_instance(obj: Any, line: int | None = None) -> Instance:
+    """Validate one decoded instance object (MODEL.md section 5).
+
+    Args:
+      obj: the decoded JSON object.
+      line: its line number in a JSON Lines file (named in errors), or None.
+    Raises:
+      ValueError: naming the field, its value and the line.
+    """
+    where = f"line {line}: " if line is not None else ""
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}an instance must be a JSON object, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - {"layers", "model", "input_size", "devices", "bytes_per_element", "name"})
+    if unknown:
+        raise ValueError(f"{where}unknown field '{unknown[0]}'")
+    if ("layers" in obj) == ("model" in obj):
+        raise ValueError(f"{where}exactly one of the fields 'layers' and 'model' must be given")
+    if "model" in obj:
+        name = obj["model"]
+        if not isinstance(name, str):
+            raise ValueError(f"{where}field 'model' must be a string, got {name!r}")
+        size = obj.get("input_size")
+        if size is not None and (not isinstance(size, list) or len(size) != 2):
+            raise ValueError(f"{where}field 'input_size' must be [height, width], got {size!r}")
+        try:
+            layers = tuple(zoo.get(name, tuple(size) if size is not None else None))
+        except ValueError as err:
+            raise ValueError(f"{where}{err}") from None
+    else:
+        if "input_size" in obj:
+            raise ValueError(f"{where}field 'input_size' applies only with 'model'")
+        raw = obj["layers"]
+        if not isinstance(raw, list) or not raw:
+            raise ValueError(f"{where}field 'layers' must be a non-empty list, got {raw!r}")
+        layers = tuple(layer_from_dict(layer, f"{where}layers[{i}]: ") for i, layer in enumerate(raw))
+    devices = parse_devices(obj.get("devices"), where)
+    q = _number(obj.get("bytes_per_element", 4), "bytes_per_element", where, positive=True)
+    return Instance(layers, devices, q)
+
+
+def loads(text: str, source: str = "<input>") -> list[Instance]:
+    """Parse a JSON object, or JSON Lines (one object per line; blank lines skipped)."""
+    stripped = text.strip()
+    if not stripped:
+        raise ValueError(f"{source}: no instance found (empty input)")
+    try:
+        obj = json.loads(stripped)
+    except json.JSONDecodeError:
+        obj = None
+        lines = True
+    else:
+        lines = False
+    if not lines:
+        return [parse_instance(obj)]
+    out = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"line {number}: malformed JSON: {err.msg} at column {err.colno}") from None
+        out.append(parse_instance(obj, number))
+    return out
+
+
+def load(path: str) -> list[Instance]:
+    """Read instances from a file path, or standard input for ``-``."""
+    import sys
+
+    if path == "-":
+        return loads(sys.stdin.read(), "<stdin>")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as err:
+        raise ValueError(f"cannot read {path!r}: {err.strerror}") from None
+    return loads(text, path)
+
+
+def example_instance(model: str = "vgg16") -> dict[str, Any]:
+    """An example instance object: a zoo model on a four-device edge cluster."""
+    return {
+        "model": model,
+        "devices": [
+            {"flops": 2e10, "bandwidth": None, "latency": 0.0, "share": 1.0},
+            {"flops": 5e10, "bandwidth": 1.25e8, "latency": 0.002, "share": 0.5},
+            {"flops": 8e10, "bandwidth": 2.5e8, "latency": 0.001, "share": 0.75},
+            {"flops": 1e10, "bandwidth": 6.25e7, "latency": 0.004, "share": 1.0},
+        ],
+        "bytes_per_element": 4,
+    }
+
+
+def dumps_result(names: Sequence[str], rows: np.ndarray, latencies: np.ndarray) -> str:
+    """One instance's result as a JSON line: request latency and per-layer rows and latency."""
+    obj = {
+        "latency": float(np.sum(latencies)),
+        "layers": [{"name": n, "rows": [int(v) for v in r], "latency": float(t)}
+                   for n, r, t in zip(names, rows, latencies)],
+    }
+    return json.dumps(obj)

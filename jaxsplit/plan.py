@@ -1,0 +1,87 @@
+"""Solve many instances at once: every (instance, layer) pair in one vmapped, jitted call.
+
+Instances may differ in their number of layers and devices. Devices are padded to the largest N
+with share 0 (they take no rows; device order is kept), and the flattened batch is padded to a power
+of two so that repeated calls with similar sizes reuse one compiled program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .instance import Instance
+from .latency import Cluster, LayerArrays, layer_arrays_numpy, layer_latency
+from .solvers import HOST_SOLVERS, batched_solver, get_solver
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The split of one instance: ``rows`` (L, N) int, per-layer ``latencies`` (L,) in seconds."""
+
+    names: tuple[str, ...]
+    rows: np.ndarray
+    latencies: np.ndarray
+
+    @property
+    def latency(self) -> float:
+        """Request latency: the sum of the layer latencies (s)."""
+        return float(np.sum(self.latencies))
+
+
+def _bucket(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+_batched_latency = jax.jit(jax.vmap(layer_latency))
+
+
+def flatten(instances: list[Instance], dtype=np.float32) -> tuple[LayerArrays, Cluster, np.ndarray, int]:
+    """Stack every (instance, layer) pair: LayerArrays (B,), Cluster (B, N_max), shares (B, N_max).
+
+    Returns the arrays padded to a power-of-two batch and the number of real rows."""
+    n_max = max(inst.num_devices for inst in instances)
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in LayerArrays.__dataclass_fields__}
+    devs = []
+    for inst in instances:
+        for k, v in layer_arrays_numpy(inst.layers, inst.bytes_per_element, np.float64).items():
+            cols[k].append(v)
+        f, b, t, a = inst.cluster_arrays()
+        pad = n_max - len(f)
+        f, b, t, a = (np.concatenate([f, np.full(pad, 1.0)]), np.concatenate([b, np.full(pad, np.inf)]),
+                      np.concatenate([t, np.zeros(pad)]), np.concatenate([a, np.zeros(pad)]))
+        devs.append(np.broadcast_to(np.stack([f, b, t, a]), (len(inst.layers), 4, n_max)))
+    flat = {k: np.concatenate(v) for k, v in cols.items()}
+    dev = np.concatenate(devs)
+    real = dev.shape[0]
+    size = _bucket(real)
+    if size > real:  # repeat the first row as padding; results are dropped
+        flat = {k: np.concatenate([v, np.repeat(v[:1], size - real)]) for k, v in flat.items()}
+        dev = np.concatenate([dev, np.repeat(dev[:1], size - real, axis=0)])
+    layers = LayerArrays(**{k: jnp.asarray(v, dtype) for k, v in flat.items()})
+    cluster = Cluster(*(jnp.asarray(dev[:, i], dtype) for i in range(3)))
+    return layers, cluster, jnp.asarray(dev[:, 3], dtype), real
+
+
+def solve_instances(instances: list[Instance], solver: str = "closed_form") -> list[Plan]:
+    """Split every layer of every instance with ``solver``; one vmapped call for the whole batch."""
+    get_solver(solver)
+    if not instances:
+        return []
+    layers, cluster, share, real = flatten(instances)
+    if solver in HOST_SOLVERS:
+        take = lambda a: a[:real]  # noqa: E731 - the host solver needs no padding
+        layers, cluster, share = jax.tree.map(take, layers), jax.tree.map(take, cluster), share[:real]
+    rows = batched_solver(solver)(layers, cluster, share)
+    lat = np.asarray(_batched_latency(layers, cluster, share, rows), np.float64)[:real]
+    rows = np.asarray(rows)[:real]
+    plans, at = [], 0
+    for inst in instances:
+        n_layers = len(inst.layers)
+        plans.append(Plan(tuple(l.name or f"{l.kind}{i}" for i, l in enumerate(inst.layers)),
+                          rows[at:at + n_layers, :inst.num_devices], lat[at:at + n_layers]))
+        at += n_layers
+    return plans
