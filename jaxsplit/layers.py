@@ -309,8 +309,8 @@ def layer_from_dict(obj: Any, where: str = "") -> Layer:
 
     def integer(field: str, default: Any = None) -> int:
         value = obj.get(field, default) if default is not None else req(field)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{at}field '{field}' must be an integer, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{at}field '{field}' must be a positive integer, got {value!r}")
         return value
 
     known = {
