@@ -8,6 +8,7 @@ from typing import Annotated, Literal, Sequence
 
 import tyro
 
+from ..console import make_console
 from ..instance import dumps_result, load
 from ..plan import solve_instances
 
@@ -28,10 +29,9 @@ class SplitArgs:
 
 def print_table(plans, instances, solver: str) -> None:
     """Readable tables: rows per device per layer, layer latency, request latency."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = make_console()
     for k, (plan, inst) in enumerate(zip(plans, instances)):
         title = f"instance {k + 1}: {len(inst.layers)} layers on {inst.num_devices} devices, solver {solver}"
         table = Table(title=title, title_justify="left")

@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 import tyro
 
 from .. import zoo
+from ..console import make_console
 from ..layers import total_macs, total_work
 
 
@@ -25,11 +26,10 @@ class ZooArgs:
 
 
 def main(argv: Sequence[str]) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     args = tyro.cli(ZooArgs, args=list(argv), prog="jaxsplit zoo")
-    console = Console()
+    console = make_console()
     if args.name is None:
         table = Table(title="model zoo", title_justify="left")
         for col in ("model", "default input", "layers", "GMACs", "GFLOP", "published GMACs @224"):
