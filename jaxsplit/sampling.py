@@ -71,3 +71,23 @@ def random_batch(rng: np.random.Generator, batch: int, num_devices: int, bytes_p
     parts = [random_cluster(rng, num_devices) for _ in range(batch)]
     f, b, t, a = (np.stack([p[i] for p in parts]).astype(dtype) for i in range(4))
     return LayerArrays(**cols), Cluster(f, b, t), a, layers
+
+
+def random_arrays(rng: np.random.Generator, batch: int, num_devices: int, pool: int = 4096,
+                  dtype=np.float32) -> tuple[LayerArrays, Cluster, np.ndarray]:
+    """Like :func:`random_batch` but fast for millions of instances: layers are drawn from a pool of
+    ``pool`` random layers, clusters are drawn vectorised. Shapes (B,) and (B, N)."""
+    from .latency import layer_arrays_numpy
+
+    table = layer_arrays_numpy([random_layer(rng) for _ in range(pool)], 4.0, dtype)
+    pick = rng.integers(0, pool, batch)
+    layers = LayerArrays(**{k: v[pick] for k, v in table.items()})
+    shape = (batch, num_devices)
+    flops = rng.uniform(5e9, 100e9, shape)
+    bandwidth = rng.uniform(100e6 / 8, 2e9 / 8, shape)
+    latency = rng.uniform(0.2e-3, 5e-3, shape)
+    bandwidth[:, 0], latency[:, 0] = np.inf, 0.0
+    share = rng.uniform(0.0, 1.0, shape)
+    share[rng.random(shape) < 0.15] = 0.0
+    share[:, 0] = np.where((share > 0).any(1), share[:, 0], 1.0)
+    return layers, Cluster(flops.astype(dtype), bandwidth.astype(dtype), latency.astype(dtype)), share.astype(dtype)
