@@ -333,32 +333,41 @@ def lp_split(layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Arra
     """
     from scipy.optimize import linprog
 
-    rates = allocation_rates(cluster, jnp.asarray(share))
-    alpha, beta = affine_model(layer, rates)
-    alpha, beta = np.asarray(alpha, np.float64), np.asarray(beta, np.float64)
-    active = np.asarray(rates.active)
-    total = float(layer.out_height)
-    num = active.shape[0]
-    slope = alpha / total + beta
-    # variables: n_0..n_{N-1}, T ; minimise T
+    f = np.asarray(cluster.flops, np.float64)
+    b = np.asarray(cluster.bandwidth, np.float64)
+    a = np.asarray(share, np.float64)
+    active = a > 0
+    safe = np.where(active, a, 1.0)
+    spf = np.where(active, 1.0 / (safe * f), 0.0)
+    spb = np.where(active, 1.0 / (safe * b), 0.0)
+    in_row = float(layer.in_row_bytes) * spb
+    stride, keff = float(layer.stride), float(layer.kernel_extent)
+    beta = stride * in_row + float(layer.out_row_bytes) * spb + float(layer.row_work) * spf
+    alpha = 2.0 * np.asarray(cluster.latency, np.float64) + max(keff - stride, 0.0) * in_row
+    total = int(layer.out_height)
+    num = a.shape[0]
+    idx = np.flatnonzero(active)
+    # variables: n_0..n_{N-1}, T ; minimise T subject to (alpha_i / H_out + beta_i) n_i <= T
     c = np.zeros(num + 1)
     c[-1] = 1.0
-    idx = np.flatnonzero(active)
     a_ub = np.zeros((len(idx), num + 1))
-    a_ub[np.arange(len(idx)), idx] = slope[idx]
+    a_ub[np.arange(len(idx)), idx] = alpha[idx] / total + beta[idx]
     a_ub[:, -1] = -1.0
     a_eq = np.zeros((1, num + 1))
     a_eq[0, :num] = 1.0
-    bounds = [(0.0, total if active[i] else 0.0) for i in range(num)] + [(0.0, None)]
+    bounds = [(0.0, float(total) if active[i] else 0.0) for i in range(num)] + [(0.0, None)]
     res = linprog(c, A_ub=a_ub, b_ub=np.zeros(len(idx)), A_eq=a_eq, b_eq=[total], bounds=bounds,
                   method="highs")
     if res.status != 0:  # pragma: no cover - the LP is always feasible and bounded
         raise RuntimeError(f"LP split failed: {res.message}")
-    n = np.clip(res.x[:num], 0.0, total)
-    return np.asarray(round_split(jnp.asarray(n, alpha.dtype if False else rates.sec_per_flop.dtype),
-                                  jnp.asarray(alpha, rates.sec_per_flop.dtype),
-                                  jnp.asarray(beta, rates.sec_per_flop.dtype), rates.active,
-                                  layer.out_height))
+    rows = np.floor(np.clip(res.x[:num], 0.0, total) + 1e-9).astype(np.int64)
+    rows[~active] = 0
+    for _ in range(max(0, total - int(rows.sum()))):  # the remaining rows, one by one, to the cheapest
+        cost = np.where(active, alpha + beta * (rows + 1), np.inf)
+        rows[int(np.argmin(cost))] += 1
+    while rows.sum() > total:  # float round-off guard
+        rows[int(np.argmax(np.where(rows > 0, alpha + beta * rows, -np.inf)))] -= 1
+    return rows.astype(np.int32)
 
 
 SOLVERS: dict[str, Solver] = {
