@@ -146,17 +146,22 @@ def closed_form_split(layer: LayerArrays, cluster: Cluster, share: jax.Array,
     3. Round: floor, then the remaining rows one by one to the smallest alpha_i + beta_i (n_i + 1).
     4. ``correction_rounds`` times: move one row from the slowest device (exact time) to the device
        whose affine time after one more row is smallest, kept only if the exact latency falls.
-    The result is never worse than step 3 alone, and every step has a static size.
+    5. Return the plain rule's rows (:func:`closed_form_plain`) instead where they are faster, so the
+       result is never worse than the unrefined closed form. Every step has a static size.
     """
     rates = allocation_rates(cluster, share)
     alpha, beta = affine_model(layer, rates)
     total = layer.out_height
-    _, n = water_fill(alpha, beta, rates.active, total)
-    first, last = _border_flags(n > 0)
+    _, n_plain = water_fill(alpha, beta, rates.active, total)
+    first, last = _border_flags(n_plain > 0)
     alpha_b = border_intercepts(layer, rates, first, last)
     _, n = water_fill(alpha_b, beta, rates.active, total)
     rows = round_split(n, alpha_b, beta, rates.active, total)
-    return correct_split(layer, rates, rows, alpha_b, beta, correction_rounds)
+    rows = correct_split(layer, rates, rows, alpha_b, beta, correction_rounds)
+    # Never worse than the plain rule: keep its rows where the refinement lost (rare).
+    plain = round_split(n_plain, alpha, beta, rates.active, total)
+    better = jnp.max(device_times(layer, rates, rows)) <= jnp.max(device_times(layer, rates, plain))
+    return jnp.where(better, rows, plain)
 
 
 def correct_split(layer: LayerArrays, rates: Rates, rows: jax.Array, alpha: jax.Array, beta: jax.Array,

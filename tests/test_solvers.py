@@ -135,14 +135,12 @@ def test_closed_form_gap_to_exact():
 
 def test_refinement_never_worse_than_plain_rounding():
     rng = np.random.default_rng(11)
-    la, cl, a, _ = sampling.random_batch(rng, 3000, 6)
+    la, cl, a, _ = sampling.random_batch(rng, 6000, 4)
     lat = jax.jit(jax.vmap(layer_latency))
     plain = lat(la, cl, a, jax.jit(jax.vmap(solvers.closed_form_plain))(la, cl, a))
     refined = lat(la, cl, a, solvers.solve_batch("closed_form", la, cl, jnp.asarray(a)))
-    # The refinement re-solves with border-aware intercepts, so it may differ, but on the whole it
-    # must be at least as good as the plain model, and much better in the tail.
-    assert np.quantile(np.asarray(refined / plain), 0.99) <= 1.0 + 1e-6
-    assert np.mean(np.asarray(refined)) <= np.mean(np.asarray(plain))
+    assert (np.asarray(refined) <= np.asarray(plain) * (1 + 1e-6)).all()
+    assert np.mean(np.asarray(refined)) < np.mean(np.asarray(plain))
 
 
 @pytest.mark.parametrize("name", sorted(solvers.SOLVERS))
