@@ -3,8 +3,8 @@
 >>> from jaxsplit import envs
 >>> env, params = envs.make("alloc-v0", requests=200)
 >>> rows = envs.evaluate("whole_cluster", env, params, loads=[0.3, 0.9], seeds=2, episodes=2)
->>> sorted(rows[0])[:3]
-['invalid_rate', 'invalid_rate_ci', 'load']
+>>> rows[0]["policy"], rows[0]["load"], rows[0]["episodes"]
+('whole_cluster', 0.3, 4)
 """
 
 from __future__ import annotations

@@ -203,9 +203,9 @@ def test_no_nan_over_a_million_steps():
 
 
 _PK_CLUSTER = ([2e10, 5e10, 3e10], [np.inf, 1.25e8, 6e7], [0.0, 2e-3, 1e-3])
-_PK_ENV = envs.make("alloc-v0", cluster=_PK_CLUSTER, requests=3000, models=("vgg16", "resnet18", "alexnet"),
+_PK_ENV = envs.make("alloc-v0", cluster=_PK_CLUSTER, requests=2000, models=("vgg16", "resnet18", "alexnet"),
                     mix=[0.2, 0.5, 0.3])
-_PK_RUN = jax.jit(jax.vmap(lambda k, p: rollout(_PK_ENV[0], p, k, jnp.ones((2999, 3)))[4], in_axes=(0, None)))
+_PK_RUN = jax.jit(jax.vmap(lambda k, p: rollout(_PK_ENV[0], p, k, jnp.ones((1999, 3)))[4], in_axes=(0, None)))
 
 
 @pytest.mark.parametrize("load", [0.3, 0.6, 0.85])
@@ -213,7 +213,7 @@ def test_whole_cluster_is_mg1_pollaczek_khinchine(load):
     """Whole-cluster requests run alone: an M/G/1 queue, mean latency = E[S] + lambda E[S^2] / (2 (1 - rho))."""
     env, params = _PK_ENV
     params = params.replace(load_min=jnp.float32(load), load_max=jnp.float32(load))
-    warm, b = 300, 48
+    warm, b = 200, 32
     keys = jax.random.split(jax.random.key(int(load * 100)), b)
     info = _PK_RUN(keys, params)
     lat = np.asarray(info["latency"], np.float64)[:, warm:]

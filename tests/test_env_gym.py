@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from gymnasium.utils.env_checker import check_env
 
 from jaxsplit import envs
@@ -29,6 +30,8 @@ def test_single_adapter_passes_env_checker_and_truncates():
 
 
 def test_vector_adapter_same_step_autoreset():
+    with pytest.raises(ValueError, match="num_envs"):
+        GymnasiumAllocationVectorEnv(0)
     venv = GymnasiumAllocationVectorEnv(3, "alloc-n2-v0", **SMALL)
     obs, _ = venv.reset(seed=1)
     assert obs.shape == (3, venv.env.obs_dim) and venv.observation_space.contains(obs)
