@@ -122,7 +122,8 @@ def main() -> int:
              for n in (4, 8)]
     body += ["", "The closed-form split bounds the step: with the equal split rule (same dynamics, no solve) the",
              "step runs an order of magnitude faster, so nearly all the time goes to the per-layer water fill,",
-             "rounding and correction passes over an (envs x layers x N) batch on one CPU thread."]
+             "rounding and correction passes over an (envs x layers x N) batch on one CPU thread.",
+             "Other jobs may share the machine's cores: repeated runs differ by up to about 30%."]
     if not args.quick:
         record("env_throughput", "\n".join(body))
     return 0
