@@ -1,0 +1,133 @@
+"""Allocation-environment throughput: steps per second against the number of parallel environments.
+
+Random policy, default catalogue (vgg16, resnet18, mobilenet_v2, alexnet at 224x224), N = 4 and 8.
+Every step solves every (unique) layer of its request with the closed-form split, plus one layer of
+the next episode's reference latencies. Compile time is reported apart; the clock stops after
+``block_until_ready``. In the same run: the numpy twin (one environment, its own random draws), the
+JAX step with the "equal" split rule (what the step costs without the closed form), and the
+Gymnasium vector adapter. Results go to benchmarks/RESULTS.md.
+
+    python benchmarks/env_throughput.py            # full sweep (about 3 minutes)
+    python benchmarks/env_throughput.py --quick    # smaller sweep, no RESULTS.md update
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import command, git_revision, machine, record  # noqa: E402
+
+from jaxsplit import envs  # noqa: E402
+from jaxsplit.envs.gym_adapter import GymnasiumAllocationVectorEnv  # noqa: E402
+from jaxsplit.envs.twin import NumpyAllocationEnv  # noqa: E402
+
+
+def jax_steps_per_second(num_devices: int, batch: int, split: str = "closed_form", min_seconds: float = 1.5):
+    """(compile s, steps/s) of jit(scan(vmap(step))) with a random policy."""
+    env, params = envs.make("alloc-v0", num_devices=num_devices, split=split)
+    keys = jax.random.split(jax.random.key(0), batch)
+    _, state = jax.jit(jax.vmap(env.reset, in_axes=(0, None)))(keys, params)
+    length = max(1, min(200, 20000 // batch))
+
+    @jax.jit
+    def run(state, key):
+        def body(state, k):
+            ka, ks = jax.random.split(k)
+            action = jax.random.uniform(ka, (batch, num_devices))
+            _, state, reward, _, _, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
+                jax.random.split(ks, batch), state, action, params)
+            return state, reward.sum()
+
+        return jax.lax.scan(body, state, jax.random.split(key, length))
+
+    t0 = time.perf_counter()
+    state, _ = jax.block_until_ready(run(state, jax.random.key(1)))
+    compile_s = time.perf_counter() - t0
+    calls, t0 = 0, time.perf_counter()
+    while True:
+        state, _ = jax.block_until_ready(run(state, jax.random.key(2 + calls)))
+        calls += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_seconds:
+            break
+    return compile_s, calls * length * batch / elapsed
+
+
+def twin_steps_per_second(num_devices: int, seconds: float = 3.0) -> float:
+    twin = NumpyAllocationEnv(num_devices)
+    rng = np.random.default_rng(0)
+    twin.reset_random(rng)
+    steps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        twin.step_random(rng.uniform(0, 1, num_devices), rng)
+        steps += 1
+    return steps / (time.perf_counter() - t0)
+
+
+def gym_vector_steps_per_second(num_devices: int, num_envs: int, seconds: float = 2.0) -> float:
+    venv = GymnasiumAllocationVectorEnv(num_envs, "alloc-v0", num_devices=num_devices)
+    venv.reset(seed=0)
+    rng = np.random.default_rng(0)
+    venv.step(rng.uniform(0, 1, (num_envs, num_devices)).astype(np.float32))  # compile
+    steps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        venv.step(rng.uniform(0, 1, (num_envs, num_devices)).astype(np.float32))
+        steps += num_envs
+    return steps / (time.perf_counter() - t0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sweep; do not update RESULTS.md")
+    args = parser.parse_args()
+    batches = [1, 64, 1024, 4096] if args.quick else [1, 16, 256, 4096, 16384, 65536]
+    rows, best = [], {}
+    for n in (4, 8):
+        for b in batches:
+            c, sps = jax_steps_per_second(n, b)
+            rows.append((n, b, c, sps))
+            best[n] = max(best.get(n, 0.0), sps)
+            print(f"N={n} envs={b:>6}: compile {c:5.1f} s, {sps:12,.0f} steps/s", flush=True)
+    twin = {n: twin_steps_per_second(n) for n in (4, 8)}
+    equal = {n: jax_steps_per_second(n, 4096, split="equal")[1] for n in (4, 8)}
+    gym = {n: gym_vector_steps_per_second(n, 1024) for n in (4, 8)}
+    for n in (4, 8):
+        print(f"N={n}: numpy twin {twin[n]:,.0f} steps/s; best JAX {best[n]:,.0f} ({best[n] / twin[n]:,.0f}x); "
+              f"equal split {equal[n]:,.0f}; gymnasium vector (1024 envs) {gym[n]:,.0f}")
+    body = [
+        "## Allocation environment throughput (`benchmarks/env_throughput.py`)",
+        "",
+        f"Command: `{command()}`  ",
+        f"Machine: {machine()}  ",
+        f"Revision: {git_revision()}",
+        "",
+        "Random policy, default catalogue, every step solves all unique layers of its request with the",
+        "closed-form split (and one layer of the next episode's reference). jit(scan(vmap(step))).",
+        "",
+        "| N | parallel envs | compile (s) | steps/s |",
+        "|---|---:|---:|---:|",
+    ]
+    body += [f"| {n} | {b} | {c:.1f} | {sps:,.0f} |" for n, b, c, sps in rows]
+    body += ["", "| N | numpy twin (1 env) | best JAX | JAX / twin | JAX, equal split (4096 envs) | "
+             "Gymnasium vector adapter (1024 envs) |", "|---|---:|---:|---:|---:|---:|"]
+    body += [f"| {n} | {twin[n]:,.0f} | {best[n]:,.0f} | {best[n] / twin[n]:,.0f}x | {equal[n]:,.0f} | {gym[n]:,.0f} |"
+             for n in (4, 8)]
+    body += ["", "The closed-form split bounds the step: with the equal split rule (same dynamics, no solve) the",
+             "step runs an order of magnitude faster, so nearly all the time goes to the per-layer water fill,",
+             "rounding and correction passes over an (envs x layers x N) batch on one CPU thread.",
+             "Other jobs may share the machine's cores: repeated runs differ by up to about 30%."]
+    if not args.quick:
+        record("env_throughput", "\n".join(body))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Evaluate an allocation policy: loads x seeds x episodes in one vmapped call (MODEL.md section 6).
+
+>>> from jaxsplit import envs
+>>> env, params = envs.make("alloc-v0", requests=200)
+>>> rows = envs.evaluate("whole_cluster", env, params, loads=[0.3, 0.9], seeds=2, episodes=2)
+>>> rows[0]["policy"], rows[0]["load"], rows[0]["episodes"]
+('whole_cluster', 0.3, 4)
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import policies as policies_mod
+from .alloc import AllocationEnv, EnvParams
+
+PolicyLike = Union[str, policies_mod.Policy, Callable[[jax.Array, jax.Array], jax.Array]]
+
+#: Metrics per policy and load (each also with a ``_ci`` 95% half-width over episodes).
+METRICS = ("mean_latency_s", "p95_latency_s", "p99_latency_s", "normalized_latency", "utilization",
+           "request_utilization", "throughput_rps", "invalid_rate")
+
+
+def as_policy(policy: PolicyLike, env: AllocationEnv, **options: Any) -> policies_mod.Policy:
+    """A registered name, a bound :class:`Policy`, or an observation-only ``fn(key, obs) -> action``."""
+    if isinstance(policy, str):
+        return policies_mod.get(policy, env, **options)
+    if isinstance(policy, policies_mod.Policy):
+        return policy
+    if callable(policy):
+        return policies_mod.from_observation(policy, getattr(policy, "__name__", "policy"))
+    raise ValueError(f"field 'policy': expected a name or a callable, got {policy!r}")
+
+
+@functools.lru_cache(maxsize=32)
+def with_requests(env: AllocationEnv, requests: int | None) -> AllocationEnv:
+    """The same environment with another episode length (a static setting); cached."""
+    if requests is None or requests == env.requests:
+        return env
+    return AllocationEnv(env.num_devices, env.slots, env.models, env.input_size, int(requests), env.split,
+                         env.bytes_per_element)
+
+
+_RECORDED = ("latency", "exec_time", "wait", "utilization", "invalid", "flop", "arrival", "e_ref", "capacity")
+
+
+def _episode(env: AllocationEnv, act: Callable, key: jax.Array, params: EnvParams, aux: Any) -> dict[str, jax.Array]:
+    """One whole episode (reset, then ``env.requests`` steps); per-request records of shape (R,).
+    ``act(key, obs, state, params, aux) -> action``."""
+    k_reset, k_run = jax.random.split(key)
+    obs, state = env.reset(k_reset, params)
+
+    def body(carry, k):
+        obs, state = carry
+        k_act, k_step = jax.random.split(k)
+        action = act(k_act, obs, state, params, aux)
+        obs2, state2, reward, _, _, info = env.step(k_step, state, action, params)
+        rec = {name: info[name] for name in _RECORDED}
+        rec["reward"] = reward
+        return (obs2, state2), rec
+
+    _, recs = jax.lax.scan(body, (obs, state), jax.random.split(k_run, env.requests))
+    return recs
+
+
+@functools.lru_cache(maxsize=64)
+def _runner(env: AllocationEnv, act: Callable, batched_aux: bool):
+    """jit of vmap over (aux,) loads, episodes of one episode; cached per (env, act)."""
+    fn = functools.partial(_episode, env, act)
+    fn = jax.vmap(fn, in_axes=(0, None, None))  # episodes
+    fn = jax.vmap(fn, in_axes=(0, 0, None))  # loads
+    if batched_aux:
+        fn = jax.vmap(fn, in_axes=(None, None, 0))  # aux (e.g. a grid of constant shares)
+    return jax.jit(fn)
+
+
+def run_episodes(env: AllocationEnv, params: EnvParams, act: Callable, loads: Sequence[float], episodes: int,
+                 seed: int, seeds: int = 1, aux: Any = None) -> dict[str, np.ndarray]:
+    """Records (([G,] loads, seeds * episodes, R)) of ``act(key, obs, state, params, aux)`` run on
+    every load and episode; with ``aux`` given, also vmapped over its leading axis G."""
+    loads_a = jnp.asarray(loads, env.dtype)
+    many = jax.tree.map(lambda a: jnp.broadcast_to(a, (len(loads),) + a.shape), params)
+    many = many.replace(load_min=loads_a, load_max=loads_a)
+    base = jax.random.key(seed)
+    keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(base, s), e) for s in range(seeds)
+                      for e in range(episodes)])
+    keys = jnp.broadcast_to(keys, (len(loads),) + keys.shape)
+    recs = _runner(env, act, aux is not None)(keys, many, aux)
+    return jax.tree.map(np.asarray, recs)
+
+
+def _policy_act(policy: policies_mod.Policy) -> Callable:
+    return _ACTS.setdefault(policy, lambda key, obs, state, params, aux: policy(key, obs, state, params))
+
+
+_ACTS: dict = {}
+
+
+def episode_metrics(recs: dict[str, np.ndarray], warmup: int) -> dict[str, np.ndarray]:
+    """Per-episode metrics from per-request records of shape (..., R); requests before ``warmup``
+    are dropped (the queue starts empty). Returns arrays of shape (...)."""
+    sl = lambda a: np.asarray(a, np.float64)[..., warmup:]
+    lat, e_ref, flop = sl(recs["latency"]), sl(recs["e_ref"]), sl(recs["flop"])
+    arrival = sl(recs["arrival"])
+    capacity = sl(recs["capacity"])[..., 0]
+    span = np.max(arrival + lat, axis=-1) - arrival[..., 0]
+    count = lat.shape[-1]
+    return {
+        "mean_latency_s": lat.mean(-1),
+        "p95_latency_s": np.percentile(lat, 95, axis=-1),
+        "p99_latency_s": np.percentile(lat, 99, axis=-1),
+        "normalized_latency": (lat / e_ref).mean(-1),
+        "utilization": flop.sum(-1) / (capacity * span),
+        "request_utilization": sl(recs["utilization"]).mean(-1),
+        "throughput_rps": count / span,
+        "invalid_rate": sl(recs["invalid"]).mean(-1),
+        "mean_reward": sl(recs["reward"]).mean(-1),
+    }
+
+
+def evaluate(policy: PolicyLike, env: AllocationEnv, params: EnvParams, loads: Sequence[float], seeds: int = 1,
+             episodes: int = 4, requests: int | None = None, seed: int = 0, warmup: float = 0.1,
+             name: str | None = None, **policy_options: Any) -> list[dict[str, Any]]:
+    """Run ``policy`` on ``len(loads) x seeds x episodes`` independent episodes in one jitted call.
+
+    Args:
+      policy: a registered baseline name (``best_constant`` first searches its share per load), a
+        :class:`~jaxsplit.envs.policies.Policy`, or any ``fn(key, obs) -> action`` closure.
+      env, params: the environment; ``params.load_min/max`` are replaced by each load in turn.
+      loads: offered loads rho.
+      seeds, episodes: independent episodes = seeds * episodes per load (seed s, episode e uses
+        key fold_in(fold_in(key(seed), s), e)).
+      requests: requests per episode (default env.requests).
+      warmup: fraction of each episode's first requests left out of the metrics.
+      name: label of the policy in the rows.
+      policy_options: options of a named baseline (c, k, ...).
+    Returns:
+      One dict per load: ``policy``, ``load``, ``episodes`` and every metric of :data:`METRICS`
+      (mean over episodes) with ``<metric>_ci``, the 95% confidence half-width 1.96 sd / sqrt(n).
+      Latencies are in seconds, throughput in requests per second.
+    """
+    if not loads:
+        raise ValueError("field 'loads': need at least one load")
+    for rho in loads:
+        if not (np.isfinite(rho) and rho > 0):
+            raise ValueError(f"field 'loads': every load must be positive, got {rho!r}")
+    if seeds < 1 or episodes < 1:
+        raise ValueError(f"field 'episodes': seeds and episodes must be positive, got {seeds}, {episodes}")
+    if not 0 <= warmup < 1:
+        raise ValueError(f"field 'warmup': must be in [0, 1), got {warmup!r}")
+    env = with_requests(env, requests)
+    label = name or (policy if isinstance(policy, str) else getattr(policy, "name", "policy"))
+    if policy == "best_constant" and "shares" not in policy_options:
+        table = policies_mod.search_best_constant(env, params, loads, requests=env.requests)
+        policy_options = dict(policy_options, loads=tuple(float(l) for l in loads),
+                              shares=tuple(float(c) for c in table))
+    pol = as_policy(policy, env, **policy_options)
+    if isinstance(policy, str):  # a stable object so that the jitted runner is cached across calls
+        pol = _named_policy(env, policy, tuple(sorted((k, _hashable(v)) for k, v in policy_options.items())))
+    n = seeds * episodes
+    recs = run_episodes(env, params, _policy_act(pol), loads, episodes, seed, seeds=seeds)
+    per_episode = episode_metrics(recs, int(warmup * env.requests))
+    rows = []
+    for i, rho in enumerate(loads):
+        row: dict[str, Any] = {"policy": label, "load": float(rho), "episodes": n, "requests": env.requests}
+        for metric, values in per_episode.items():
+            v = values[i]
+            row[metric] = float(np.mean(v))
+            row[metric + "_ci"] = float(1.96 * np.std(v, ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+        rows.append(row)
+    return rows
+
+
+def _hashable(v: Any) -> Any:
+    return tuple(v) if isinstance(v, (list, np.ndarray)) else v
+
+
+@functools.lru_cache(maxsize=64)
+def _named_policy(env: AllocationEnv, name: str, options: tuple) -> policies_mod.Policy:
+    return policies_mod.get(name, env, **dict(options))

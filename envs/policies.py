@@ -1,0 +1,165 @@
+"""Baseline allocation policies of MODEL.md section 6, as jittable functions.
+
+Every baseline has the signature ``policy(key, obs, state, params, env, **options) -> action``:
+``obs`` (obs_dim,), ``state`` the environment's :class:`~jaxsplit.envs.EnvState` (the myopic and
+fastest-k policies read the cluster and reservations from it), action float32 (N,) in [0, 1].
+:func:`get` binds the options and the environment and returns a :class:`Policy`, a callable
+``policy(key, obs, state, params) -> action`` that :func:`jaxsplit.envs.evaluate` runs vmapped.
+A learned policy that needs only the observation is any ``fn(key, obs) -> action``; wrap it with
+:func:`from_observation` (evaluate does it for you).
+
+Registered names: ``random`` (uniform shares, the paper's starting point), ``whole_cluster`` (all 1),
+``free_now`` (take what is free, or the whole cluster when nothing usable is free), ``constant`` (share
+``c`` everywhere), ``best_constant`` (the c of a per-load table found by
+:func:`search_best_constant`), ``fastest_k`` (share 1 on the ``k`` fastest devices) and ``myopic``
+(the candidate allocation that finishes this request first).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .alloc import AllocationEnv, EnvParams, EnvState
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """A policy bound to an environment: ``policy(key, obs, state, params) -> action`` (N,)."""
+
+    name: str
+    fn: Callable[[jax.Array, jax.Array, EnvState, EnvParams], jax.Array]
+
+    def __call__(self, key, obs, state, params):
+        return self.fn(key, obs, state, params)
+
+
+def from_observation(fn: Callable[[jax.Array, jax.Array], jax.Array], name: str = "policy") -> Policy:
+    """Wrap an observation-only policy ``fn(key, obs) -> action`` (e.g. a trained network)."""
+    return Policy(name, lambda key, obs, state, params: fn(key, obs))
+
+
+def random_policy(key, obs, state, params, env: AllocationEnv):
+    """Uniform shares in [0, 1]^N."""
+    return jax.random.uniform(key, (env.num_devices,), jnp.float32)
+
+
+def whole_cluster(key, obs, state, params, env: AllocationEnv):
+    """Every device at share 1 (each request runs alone)."""
+    return jnp.ones((env.num_devices,), jnp.float32)
+
+
+def free_now(key, obs, state, params, env: AllocationEnv):
+    """Take what is free: the shares free at the backlog time b = max(now, previous start)
+    (obs[:N]); if none reaches min_share there, the shares free right after the next release
+    after b (the request then waits for that release)."""
+    free = obs[: env.num_devices].astype(jnp.float32)
+    usable = free >= params.min_share
+    base = jnp.maximum(state.last_start, 0.0)
+    busy = state.res_end > base
+    release = jnp.min(jnp.where(busy, state.res_end, jnp.inf))
+    later = (state.res_end > release).astype(state.res_share.dtype) @ state.res_share
+    free_later = jnp.clip(1.0 - later, 0.0, 1.0).astype(jnp.float32)
+    return jnp.where(jnp.any(usable), jnp.where(usable, free, 0.0), free_later).astype(jnp.float32)
+
+
+def constant(key, obs, state, params, env: AllocationEnv, c: float = 0.5):
+    """Share ``c`` on every device."""
+    return jnp.full((env.num_devices,), c, jnp.float32)
+
+
+def fastest_devices(state: EnvState, k: int) -> jax.Array:
+    """Boolean (N,) mask of the ``k`` devices with the most FLOP/s (ties to the lower index)."""
+    f = state.cluster.flops
+    n = f.shape[-1]
+    idx = jnp.arange(n)
+    rank = jnp.sum((f[None, :] > f[:, None]) | ((f[None, :] == f[:, None]) & (idx[None, :] < idx[:, None])), axis=-1)
+    return rank < k
+
+
+def fastest_k(key, obs, state, params, env: AllocationEnv, k: int | None = None):
+    """Share 1 on the ``k`` fastest devices (default ceil(N / 2)), 0 elsewhere."""
+    k = (env.num_devices + 1) // 2 if k is None else int(k)
+    return fastest_devices(state, k).astype(jnp.float32)
+
+
+def best_constant(key, obs, state, params, env: AllocationEnv, loads: Sequence[float] = (1.0,),
+                  shares: Sequence[float] = (1.0,)):
+    """Share c(rho) everywhere, c from the table (loads, shares) at the load nearest this episode's."""
+    loads_a = jnp.asarray(loads, jnp.float32)
+    shares_a = jnp.asarray(shares, jnp.float32)
+    i = jnp.argmin(jnp.abs(loads_a - state.load.astype(jnp.float32)))
+    return jnp.full((env.num_devices,), shares_a[i], jnp.float32)
+
+
+def myopic_candidates(obs, state, params, env: AllocationEnv) -> jax.Array:
+    """Candidate allocations (2N + 3, N): whole cluster, free-now, constant 0.5, each fastest-k
+    (k = 1..N) at share 1, and each single device at share 1."""
+    n = env.num_devices
+    rows = [whole_cluster(None, obs, state, params, env), free_now(None, obs, state, params, env),
+            jnp.full((n,), 0.5, jnp.float32)]
+    rows += [fastest_devices(state, k).astype(jnp.float32) for k in range(1, n + 1)]
+    return jnp.concatenate([jnp.stack(rows), jnp.eye(n, dtype=jnp.float32)])
+
+
+def myopic(key, obs, state, params, env: AllocationEnv):
+    """Earliest finish: the candidate (see :func:`myopic_candidates`) with the smallest start + E."""
+    cands = myopic_candidates(obs, state, params, env)
+
+    def finish(action):
+        share, _ = env.clean_action(action, params)
+        return env.start_time(state, share) + env.exec_time(state.cluster, share, state.model)
+
+    return cands[jnp.argmin(jax.vmap(finish)(cands))]
+
+
+#: name -> baseline function ``(key, obs, state, params, env, **options) -> action``
+POLICIES: dict[str, Callable[..., jax.Array]] = {
+    "random": random_policy,
+    "whole_cluster": whole_cluster,
+    "free_now": free_now,
+    "constant": constant,
+    "best_constant": best_constant,
+    "fastest_k": fastest_k,
+    "myopic": myopic,
+}
+
+
+def registered() -> list[str]:
+    """Names of the baseline policies."""
+    return list(POLICIES)
+
+
+def get(name: str, env: AllocationEnv, **options: Any) -> Policy:
+    """Bind baseline ``name`` to ``env`` with ``options`` (c for constant, k for fastest_k, loads and
+    shares for best_constant). ValueError names the field for an unknown name or bad option."""
+    if name not in POLICIES:
+        raise ValueError(f"field 'policy': unknown policy {name!r}; known: {', '.join(POLICIES)}")
+    if name == "constant" and "c" in options and not 0.0 <= float(options["c"]) <= 1.0:
+        raise ValueError(f"field 'c': the constant share must be in [0, 1], got {options['c']!r}")
+    if name == "fastest_k" and options.get("k") is not None and not 1 <= int(options["k"]) <= env.num_devices:
+        raise ValueError(f"field 'k': must be between 1 and {env.num_devices}, got {options['k']!r}")
+    fn = POLICIES[name]
+    return Policy(name, lambda key, obs, state, params: fn(key, obs, state, params, env, **options))
+
+
+def search_best_constant(env: AllocationEnv, params: EnvParams, loads: Sequence[float],
+                         grid: Sequence[float] = tuple(np.round(np.arange(0.1, 1.01, 0.1), 2)),
+                         episodes: int = 4, seed: int = 12345, requests: int | None = None,
+                         warmup: float = 0.1) -> np.ndarray:
+    """The share c of ``grid`` with the lowest mean latency at each load, on its own seeds.
+
+    One jitted call vmapped over grid x loads x episodes (c is traced). Returns float (len(loads),).
+    """
+    from .evaluation import episode_metrics, run_episodes, with_requests
+
+    env = with_requests(env, requests)
+    grid_a = jnp.asarray(grid, jnp.float32)
+    act = lambda key, obs, state, params, c: jnp.full((env.num_devices,), c, jnp.float32)
+    recs = run_episodes(env, params, act, loads, episodes, seed, aux=grid_a)  # (G, loads, episodes, R)
+    score = episode_metrics(recs, int(warmup * env.requests))["mean_latency_s"].mean(-1)  # (G, loads)
+    return np.asarray(grid, np.float64)[np.argmin(score, axis=0)]
