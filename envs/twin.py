@@ -79,6 +79,7 @@ def closed_form_rows(t: ModelTable, flops, bandwidth, latency, share) -> tuple[n
     alpha = msg + np.maximum(t.keff - t.stride, 0.0)[:, None] * in_row
     total = t.out_height
     n = water_fill(alpha, beta, active, total)
+    plain = _round_rows(n, alpha, beta, active, total)
     num_layers, num = alpha.shape
     idx = np.arange(num)
     pos = n > 0
@@ -91,17 +92,7 @@ def closed_form_rows(t: ModelTable, flops, bandwidth, latency, share) -> tuple[n
     extra = np.where(first & last, h_end - (total * t.stride)[:, None], extra)
     alpha_b = msg + extra * in_row
     n = water_fill(alpha_b, beta, active, total)
-    rows = np.where(active, np.floor(n), 0.0)
-    for l in range(num_layers):
-        remaining = total[l] - rows[l].sum()
-        for _ in range(num):
-            if remaining > 0:
-                cost = np.where(active, alpha_b[l] + beta[l] * (rows[l] + 1), np.inf)
-                rows[l, int(np.argmin(cost))] += 1
-            remaining -= 1
-        ends = np.minimum(np.cumsum(rows[l]), total[l])
-        rows[l] = np.diff(np.concatenate([[0.0], ends]))
-        rows[l, np.flatnonzero(active)[-1]] += total[l] - rows[l].sum()
+    rows = _round_rows(n, alpha_b, beta, active, total)
     # bounded correction: move one row from the slowest device while the exact latency falls
     times = exact_times(t, rows, msg, spb, spf)
     for l in range(num_layers):
@@ -117,7 +108,27 @@ def closed_form_rows(t: ModelTable, flops, bandwidth, latency, share) -> tuple[n
                 ct = exact_times(_one(t, l), cand[None], msg, spb, spf)[0]
                 if ct.max() < best:
                     rows[l], times[l], best = cand, ct, ct.max()
+    # never worse than the plain rule
+    plain_worst = exact_times(t, plain, msg, spb, spf).max(axis=1)
+    keep_plain = times.max(axis=1) > plain_worst
+    rows = np.where(keep_plain[:, None], plain, rows)
     return rows, (msg, spb, spf)
+
+
+def _round_rows(n, alpha, beta, active, total) -> np.ndarray:
+    """Floor, then the remaining rows one by one to the smallest alpha + beta (n + 1); (L, N)."""
+    rows = np.where(active, np.floor(n), 0.0)
+    for l in range(rows.shape[0]):
+        remaining = total[l] - rows[l].sum()
+        for _ in range(rows.shape[1]):
+            if remaining > 0:
+                cost = np.where(active, alpha[l] + beta[l] * (rows[l] + 1), np.inf)
+                rows[l, int(np.argmin(cost))] += 1
+            remaining -= 1
+        ends = np.minimum(np.cumsum(rows[l]), total[l])
+        rows[l] = np.diff(np.concatenate([[0.0], ends]))
+        rows[l, np.flatnonzero(active)[-1]] += total[l] - rows[l].sum()
+    return rows
 
 
 def _one(t: ModelTable, l: int) -> ModelTable:
