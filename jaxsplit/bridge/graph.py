@@ -155,7 +155,8 @@ def _symbolic_trace(model: nn.Module) -> fx.GraphModule:
     try:
         gm = fx.symbolic_trace(model)
     except Exception as err:  # fx raises TraceError, TypeError, ... on control flow
-        raise UnsupportedModelError(f"torch.fx cannot trace the model: {type(err).__name__}: {err}") from None
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise UnsupportedModelError(f"torch.fx cannot trace the model: {type(err).__name__}: {first}") from None
     for node in gm.graph.nodes:
         if node.op == "call_function" and node.target in _INPLACE_FUNCTIONS:
             node.target = _INPLACE_FUNCTIONS[node.target]
@@ -191,7 +192,8 @@ def trace(model: nn.Module, example_input: torch.Tensor | Sequence[int]) -> Trac
             ShapeProp(gm).propagate(x)
     except Exception as err:
         raise UnsupportedModelError(
-            f"shape propagation failed for input shape {list(x.shape)}: {type(err).__name__}: {err}") from None
+            f"shape propagation failed for input shape {list(x.shape)}: {type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}") from None
     nodes = list(gm.graph.nodes)
     kinds: dict[str, str] = {}
     shapes = {n.name: s for n in nodes if (s := _shape(n)) is not None}

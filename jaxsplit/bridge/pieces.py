@@ -30,11 +30,23 @@ from .graph import LayerOp, TracedModel, UnsupportedModelError
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
-def _pad_parts(count: int, inner: int, middle: int) -> tuple[int, int, int]:
-    """Split ``count`` pad rows outward from the image: (zero-pad, own pad, overflow)."""
-    a = min(count, inner)
-    b = min(count - a, middle)
-    return a, b, count - a - b
+def _overlap(a: int, b: int, lo: int, hi: int) -> int:
+    return max(0, min(b, hi) - max(a, lo))
+
+
+def _segments(a: int, b: int, n: int, zero: tuple[int, int], own: tuple[int, int]
+              ) -> tuple[int, int, tuple[int, int, int], tuple[int, int, int]]:
+    """Split the padded range ``[a, b)`` of an axis of length ``n`` (unpadded coordinates).
+
+    Returns the real range ``[r0, r1)`` and, before and after it, the counts of (zero-pad, own pad,
+    overflow) positions, ordered outward from the image (the order in which they are padded).
+    """
+    (zb, za), (ob, oa) = zero, own
+    r0 = min(max(a, 0), n)
+    r1 = max(r0, min(b, n))
+    before = (_overlap(a, b, -zb, 0), _overlap(a, b, -zb - ob, -zb), _overlap(a, b, a, -zb - ob))
+    after = (_overlap(a, b, n, n + za), _overlap(a, b, n + za, n + za + oa), _overlap(a, b, n + za + oa, b))
+    return r0, r1, before, after
 
 
 def run_piece(op: LayerOp, module: torch.nn.Module, x: torch.Tensor, lo: int, start: int, rows: int) -> torch.Tensor:
@@ -52,20 +64,22 @@ def run_piece(op: LayerOp, module: torch.nn.Module, x: torch.Tensor, lo: int, st
     layer = op.layer
     if layer.kind == "linear":
         return module(x)
+    if rows <= 0:
+        return x.new_zeros((x.shape[0], layer.out_channels, 0, layer.out_width))
     h, w = layer.in_height, layer.in_width
     (sh, sw), (keh, kew) = layer.stride, layer.kernel_extent
     a = start * sh - layer.padding[0]  # first padded-input row the piece reads (unpadded coordinates)
     b = (start + rows - 1) * sh - layer.padding[0] + keh
+    aw = -layer.padding[2]
     bw = (layer.out_width - 1) * sw - layer.padding[2] + kew
-    r0, r1 = max(a, 0), min(b, h)
+    zt, zb, zl, zr = op.zero_pad
+    ot, ob, ol, orr = op.own_pad
+    r0, r1, top, bottom = _segments(a, b, h, (zt, zb), (ot, ob))
+    c0, c1, left, right = _segments(aw, bw, w, (zl, zr), (ol, orr))
     if r0 < lo or r1 > lo + x.shape[2]:
         raise ValueError(f"layer '{layer.name}': rows [{start}, {start + rows}) need input rows [{r0}, {r1}), "
                          f"the piece holds [{lo}, {lo + x.shape[2]})")
-    xs = x[:, :, r0 - lo:r1 - lo, :min(bw, w)]
-    zt, zb, zl, zr = op.zero_pad
-    ot, ob, ol, orr = op.own_pad
-    top, bottom = _pad_parts(max(0, -a), zt, ot), _pad_parts(max(0, b - h), zb, ob)
-    left, right = _pad_parts(layer.padding[2], zl, ol), _pad_parts(max(0, bw - w), zr, orr)
+    xs = x[:, :, r0 - lo:r1 - lo, c0:c1]
 
     def padded(t: torch.Tensor, own: float, over: float, zero: float = 0.0) -> torch.Tensor:
         for k, value in ((0, zero), (1, own), (2, over)):
@@ -125,6 +139,15 @@ class RunPlan:
     externals: list[str]
 
 
+def _merge(old: tuple[int, int] | None, want: tuple[int, int]) -> tuple[int, int]:
+    """Hull of two row ranges; an empty range adds nothing to a non-empty one."""
+    if old is None or old[0] == old[1]:
+        return want
+    if want[0] == want[1]:
+        return old
+    return (min(old[0], want[0]), max(old[1], want[1]))
+
+
 class FusedRun:
     """Layers ``first .. last`` (inclusive indices into the layer table) executed as one piece.
 
@@ -176,8 +199,7 @@ class FusedRun:
                     want = (0, shapes[src][2])  # broadcast along rows: read it whole
                 else:
                     continue  # a constant or a non-image input
-                old = need.get(src)
-                need[src] = want if old is None else (min(old[0], want[0]), max(old[1], want[1]))
+                need[src] = _merge(need.get(src), want)
                 if src not in self.names and src not in externals:
                     externals.append(src)
         return RunPlan(need, externals)
@@ -294,7 +316,7 @@ def split_run(traced: TracedModel, values: dict[str, torch.Tensor], first: int, 
                          f"H_out = {total}")
     want = values[op.node]
     tol = TOLERANCE.get(want.dtype, 1e-5)
-    if op.kind == "linear":  # one row: the device that has it computes the whole layer
+    if op.kind == "linear" and first == last:  # one row: the device that has it computes it whole
         got = run_piece(op, traced.module(op), values[op.input], 0, 0, 1)
         return PieceReport(op.layer.name, 1, rows, [int(r > 0) for r in rows], [1], 0.0,
                            relative_error(got, want), tol)
