@@ -76,6 +76,8 @@ def run_piece(op: LayerOp, module: torch.nn.Module, x: torch.Tensor, lo: int, st
     ot, ob, ol, orr = op.own_pad
     r0, r1, top, bottom = _segments(a, b, h, (zt, zb), (ot, ob))
     c0, c1, left, right = _segments(aw, bw, w, (zl, zr), (ol, orr))
+    if r1 == r0:  # the piece reads padding only
+        r0 = r1 = lo
     if r0 < lo or r1 > lo + x.shape[2]:
         raise ValueError(f"layer '{layer.name}': rows [{start}, {start + rows}) need input rows [{r0}, {r1}), "
                          f"the piece holds [{lo}, {lo + x.shape[2]})")
