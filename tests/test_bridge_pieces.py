@@ -192,7 +192,7 @@ def test_bad_plans_raise():
     ([nn.Conv2d(2, 3, 1, padding=3)], 4),  # pieces that read nothing but padding rows
     ([nn.Conv2d(2, 3, 3, padding=3, dilation=2), nn.Conv2d(3, 3, 1, padding=2)], 5),
     ([nn.MaxPool2d(3, 2, 1, ceil_mode=True)], 6),  # the last window runs past the padded input
-    ([nn.ZeroPad2d((0, 1, 0, 1)), nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=True)], 6),
+    ([nn.ZeroPad2d((0, 1, 0, 1)), nn.AvgPool2d(3, 2, 0, ceil_mode=True)], 6),
 ])
 def test_padding_only_and_overflow_pieces(mods, h):
     torch.manual_seed(0)
