@@ -35,7 +35,7 @@ from .graph import LayerOp, TracedModel, trace
 from .pieces import TOLERANCE, _call, relative_error, run_piece
 from .planning import load_model
 
-_PIECE, _STOP, _PING = 1, 2, 3
+_PIECE, _STOP, _PING, _FLOPS = 1, 2, 3, 4
 _TAG_HEADER, _TAG_DATA, _TAG_OUT, _TAG_TIME = 10, 11, 12, 13
 
 
@@ -133,10 +133,19 @@ def _worker_loop(traced: TracedModel, spec: RunSpec, rank: int) -> None:
         cmd, i, start, rows, lo, hi, batch, size = (int(v) for v in header)
         if cmd == _STOP:
             return
-        if cmd == _PING:  # calibration: receive `size` elements, answer with one
+        if cmd == _FLOPS:  # calibration: this rank's FLOP/s while the others wait
+            f = torch.tensor([calibrate_flops(dtype)], dtype=torch.float64)
+            _wait(dist.isend(f, 0, tag=_TAG_OUT), spec.timeout, f"rank {rank}: sending its FLOP/s")
+            continue
+        if cmd == _PING:  # calibration: a piece's message pattern with `size` elements out, one back
             buf = torch.empty(size, dtype=dtype)
             _wait(dist.irecv(buf, 0, tag=_TAG_DATA), spec.timeout, f"rank {rank}: ping")
+            t0 = time.perf_counter()
+            if rows:  # compute like a piece does before it answers
+                _busy(dtype)
+            took = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
             _wait(dist.isend(buf[:1].clone(), 0, tag=_TAG_OUT), spec.timeout, f"rank {rank}: pong")
+            _wait(dist.isend(took, 0, tag=_TAG_TIME), spec.timeout, f"rank {rank}: pong")
             continue
         op = traced.ops[i]
         in_shape, _ = _piece_shapes(op, batch, lo, hi, rows)
@@ -225,17 +234,40 @@ class Coordinator:
                                            fx.node.map_aggregate(node.kwargs, sub))
         raise RunError("the model graph has no output")  # pragma: no cover
 
-    def ping(self, j: int, elements: int) -> float:
-        """Round trip: ``elements`` to rank j, one element back (s)."""
+    def ping(self, j: int, elements: int, busy: bool = False) -> float:
+        """Round trip with a piece's four messages: ``elements`` to rank j, one element back (s).
+
+        With ``busy``, both ends compute a small convolution in between, as during a layer, so that
+        the fitted latency includes waking up a process that computed or waited meanwhile."""
         dtype = _dtype(self.spec.dtype)
-        buf, ack = torch.zeros(elements, dtype=dtype), torch.zeros(1, dtype=dtype)
+        buf, ack, took = torch.zeros(elements, dtype=dtype), torch.zeros(1, dtype=dtype), torch.zeros(1, dtype=torch.float64)
         t0 = time.perf_counter()
-        header = torch.tensor([_PING, 0, 0, 0, 0, 0, 0, elements], dtype=torch.int64)
+        header = torch.tensor([_PING, 0, 0, int(busy), 0, 0, 0, elements], dtype=torch.int64)
         r = dist.irecv(ack, j, tag=_TAG_OUT)
-        _wait(dist.isend(header, j, tag=_TAG_HEADER), self.spec.timeout, f"coordinator: ping rank {j}")
-        _wait(dist.isend(buf, j, tag=_TAG_DATA), self.spec.timeout, f"coordinator: ping rank {j}")
+        r2 = dist.irecv(took, j, tag=_TAG_TIME)
+        s1, s2 = dist.isend(header, j, tag=_TAG_HEADER), dist.isend(buf, j, tag=_TAG_DATA)
+        if busy:
+            _busy(dtype)
+        _wait(s1, self.spec.timeout, f"coordinator: ping rank {j}")
+        _wait(s2, self.spec.timeout, f"coordinator: ping rank {j}")
         _wait(r, self.spec.timeout, f"coordinator: pong from rank {j}")
-        return time.perf_counter() - t0
+        _wait(r2, self.spec.timeout, f"coordinator: pong from rank {j}")
+        # the worker's compute is not transfer time; ours overlaps the transfer, as in a layer
+        return time.perf_counter() - t0 - float(took[0])
+
+    def flops(self) -> list[float]:
+        """Every rank's sustained FLOP/s (:func:`calibrate_flops`), all ranks measuring at once.
+
+        Pieces of a split layer run at the same time, so the ranks measure together: where they share
+        cores (one machine), the fitted rates include that sharing."""
+        header = torch.tensor([_FLOPS, 0, 0, 0, 0, 0, 0, 0], dtype=torch.int64)
+        got = [torch.zeros(1, dtype=torch.float64) for _ in range(self.spec.world_size)]
+        recvs = [(dist.irecv(got[j], j, tag=_TAG_OUT), j) for j in range(1, self.spec.world_size)]
+        sends = [(dist.isend(header, j, tag=_TAG_HEADER), j) for j in range(1, self.spec.world_size)]
+        own = calibrate_flops(_dtype(self.spec.dtype))
+        for work, j in sends + recvs:
+            _wait(work, self.spec.timeout, f"coordinator: calibrating rank {j}")
+        return [own] + [float(g[0]) for g in got[1:]]
 
     def stop(self) -> None:
         header = torch.tensor([_STOP, 0, 0, 0, 0, 0, 0, 0], dtype=torch.int64)
@@ -244,8 +276,8 @@ class Coordinator:
             _wait(w, self.spec.timeout, f"coordinator: stopping rank {j}")
 
 
-def calibrate_link(coord: Coordinator, j: int, sizes: Sequence[int] = (1, 16384, 131072, 524288),
-                   repeats: int = 5) -> tuple[float, float]:
+def calibrate_link(coord: Coordinator, j: int, sizes: Sequence[int] = (1, 65536, 524288, 2097152),
+                   repeats: int = 7) -> tuple[float, float]:
     """Fit rank j's message latency tau (s) and bandwidth B (bytes/s) from ping round trips.
 
     A round trip of s bytes out and one element back takes 2 tau + s / B (the latency model's
@@ -256,25 +288,42 @@ def calibrate_link(coord: Coordinator, j: int, sizes: Sequence[int] = (1, 16384,
     xs, ys = [], []
     for s in sizes:
         xs.append(s * q)
-        ys.append(float(np.median([coord.ping(j, s) for _ in range(repeats)])))
+        ys.append(float(np.median([coord.ping(j, s, busy=True) for _ in range(repeats)])))
     slope, intercept = np.polyfit(np.asarray(xs, float), np.asarray(ys), 1)
     bandwidth = 1.0 / slope if slope > 0 else math.inf
     return max(intercept / 2.0, 0.0), bandwidth
 
 
-def calibrate_flops(dtype: torch.dtype, repeats: int = 5) -> float:
-    """FLOP/s of this process on a 3x3 convolution (64 -> 64 channels, 32x32), median of runs."""
-    conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(dtype)
-    x = torch.randn(1, 64, 32, 32, dtype=dtype)
-    flop = 2.0 * 32 * 32 * 64 * 64 * 9
+_BUSY: dict[torch.dtype, tuple[torch.nn.Module, torch.Tensor]] = {}
+
+
+def _busy(dtype: torch.dtype) -> None:
+    """A short convolution (about 20 MFLOP), the compute of a small piece."""
+    if dtype not in _BUSY:
+        _BUSY[dtype] = (torch.nn.Conv2d(32, 32, 3, padding=1).to(dtype), torch.randn(1, 32, 32, 32, dtype=dtype))
+    conv, x = _BUSY[dtype]
     with torch.no_grad():
         conv(x)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
+
+
+def calibrate_flops(dtype: torch.dtype, seconds: float = 0.3) -> float:
+    """Sustained FLOP/s of this process on a 3x3 convolution (64 -> 64 channels, 56x56).
+
+    The convolution is repeated for ``seconds`` and the total work is divided by the total time, so
+    that time-sharing of the cores with other processes (all ranks calibrate at once) is included.
+    """
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(dtype)
+    x = torch.randn(1, 64, 56, 56, dtype=dtype)
+    flop = 2.0 * 56 * 56 * 64 * 64 * 9
+    with torch.no_grad():
+        conv(x)
+        count, t0 = 0, time.perf_counter()
+        while True:
             conv(x)
-            times.append(time.perf_counter() - t0)
-    return flop / float(np.median(times))
+            count += 1
+            elapsed = time.perf_counter() - t0
+            if elapsed >= seconds:
+                return flop * count / elapsed
 
 
 # --------------------------------------------------------------------------------------- one rank
@@ -295,17 +344,13 @@ def run_rank(spec: RunSpec, rank: int, master_addr: str, master_port: int,
             if isinstance(t, torch.Tensor) and t.is_floating_point():
                 _wait(dist.broadcast(t, 0, async_op=True), spec.timeout, f"rank {rank}: weight broadcast")
         dtype = _dtype(spec.dtype)
-        flops = calibrate_flops(dtype) if spec.calibrate else math.nan
-        # gather every rank's FLOP/s at the coordinator
-        f = torch.tensor([flops], dtype=torch.float64)
-        gathered = [torch.zeros(1, dtype=torch.float64) for _ in range(world)] if rank == 0 else None
-        _wait(dist.gather(f, gathered, dst=0, async_op=True), spec.timeout, f"rank {rank}: gathering FLOP/s")
         if rank != 0:
             _worker_loop(traced, spec, rank)
             return None
         coord = Coordinator(traced, spec)
-        result: dict[str, Any] = {"flops": [float(g[0]) for g in gathered]}
+        result: dict[str, Any] = {"flops": [math.nan] * world}
         if spec.calibrate:
+            result["flops"] = coord.flops()
             links = [calibrate_link(coord, j) for j in range(1, world)]
             result["latency"] = [0.0] + [l[0] for l in links]
             result["bandwidth"] = [math.inf] + [l[1] for l in links]
