@@ -86,7 +86,7 @@ def predict(layers, rows, flops, bandwidth, latency, q: float) -> list[float]:
 
 def main(argv: Sequence[str]) -> int:
     args = tyro.cli(RunArgs, args=list(argv), prog="jaxsplit run")
-    from .distributed import RunError, check_port, launch_local, run_rank
+    from .distributed import RunError, check_port, run_rank
 
     spec, layers, devices, rows, predicted = _spec(args)
     try:
