@@ -1,0 +1,455 @@
+"""Run split inference for real across processes with ``torch.distributed`` (gloo).
+
+Rank 0 is the coordinator (device 0 of MODEL.md): it holds the input and executes the model graph.
+For every layer it scatters each device's input rows (halo included) to that device, computes its
+own piece, and gathers the output rows back (MODEL.md section 3's scatter-gather); everything that
+costs nothing (BatchNorm, activations, residual adds, global pooling) runs at the coordinator.
+Ranks 1..N-1 are workers that execute the pieces they receive. Every process builds the model from
+the same :class:`RunSpec`, and rank 0 broadcasts its weights so that all ranks hold the same model.
+
+Every wait has a timeout: a worker that dies or stops answering makes the run fail with
+:class:`RunError` naming the rank, instead of hanging. :func:`launch_local` starts all ranks on one
+machine (loopback); :func:`run_rank` runs one rank of a multi-machine run (MASTER_ADDR, MASTER_PORT).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import errno
+import math
+import multiprocessing as mp
+import os
+import queue
+import socket
+import time
+import traceback
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.fx as fx
+
+from .graph import LayerOp, TracedModel, trace
+from .pieces import TOLERANCE, _call, relative_error, run_piece
+from .planning import load_model
+
+_PIECE, _STOP, _PING, _FLOPS = 1, 2, 3, 4
+_TAG_HEADER, _TAG_DATA, _TAG_OUT, _TAG_TIME = 10, 11, 12, 13
+
+
+class RunError(RuntimeError):
+    """A distributed run failed (a worker died, a wait timed out, the rendezvous failed)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """Everything a rank needs to build the same model and plan (picklable).
+
+    Attributes:
+      model: a zoo name, ``torchvision:NAME`` or ``PATH.py:FACTORY``.
+      input_size: (H, W) or None for the model's own.
+      rows: (L, N) output rows per device per layer; N is the number of ranks.
+      dtype: ``"float32"`` or ``"float64"``.
+      seed: seed of the weights and the input.
+      timeout: seconds any single wait may take before the run fails.
+      repeats: timed runs of the whole request (after one warm-up run).
+      threads: torch intra-op threads per process.
+      calibrate: also run the calibration microbenchmarks.
+    """
+
+    model: str
+    input_size: tuple[int, int] | None
+    rows: tuple[tuple[int, ...], ...]
+    dtype: str = "float32"
+    seed: int = 0
+    timeout: float = 60.0
+    repeats: int = 1
+    threads: int = 1
+    calibrate: bool = False
+
+    @property
+    def world_size(self) -> int:
+        return len(self.rows[0])
+
+
+def free_port(addr: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``addr`` now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((addr, 0))
+        return int(s.getsockname()[1])
+
+
+def check_port(addr: str, port: int) -> None:
+    """Raise ValueError if ``port`` cannot be bound on ``addr`` (taken, or not a valid port)."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ValueError(f"field 'master_port' must be an integer in 1..65535, got {port!r}")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((addr, port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise ValueError(f"field 'master_port': port {port} on {addr} is taken by another process") from None
+            raise ValueError(f"field 'master_addr': cannot bind {addr}:{port}: {err.strerror}") from None
+
+
+def _wait(work: Any, timeout: float, what: str) -> None:
+    try:
+        work.wait(timeout=datetime.timedelta(seconds=timeout))
+    except RuntimeError as err:
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise RunError(f"{what} failed (timeout {timeout:g} s, or the peer died): {msg}") from None
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "float64": torch.float64}[name]
+
+
+def _build(spec: RunSpec) -> tuple[TracedModel, torch.Tensor]:
+    model, shape = load_model(spec.model, spec.input_size, spec.seed)
+    dtype = _dtype(spec.dtype)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(spec.seed), dtype=dtype)
+    traced = trace(model.to(dtype), x)
+    if len(spec.rows) != len(traced.ops):
+        raise ValueError(f"field 'rows' has {len(spec.rows)} layers, the model has {len(traced.ops)}")
+    return traced, x
+
+
+def _piece_shapes(op: LayerOp, batch: int, lo: int, hi: int, rows: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    layer = op.layer
+    if layer.kind == "linear":
+        return (batch, layer.in_channels), (batch, layer.out_channels)
+    return (batch, layer.in_channels, hi - lo, layer.in_width), (batch, layer.out_channels, rows, layer.out_width)
+
+
+# ----------------------------------------------------------------------------------------- workers
+def _worker_loop(traced: TracedModel, spec: RunSpec, rank: int) -> None:
+    dtype = _dtype(spec.dtype)
+    header = torch.zeros(8, dtype=torch.int64)
+    while True:
+        # Between two layers the coordinator may compute for a while: wait up to the run timeout.
+        _wait(dist.irecv(header, 0, tag=_TAG_HEADER), spec.timeout, f"rank {rank}: waiting for the coordinator")
+        cmd, i, start, rows, lo, hi, batch, size = (int(v) for v in header)
+        if cmd == _STOP:
+            return
+        if cmd == _FLOPS:  # calibration: this rank's FLOP/s while the others wait
+            f = torch.tensor([calibrate_flops(dtype)], dtype=torch.float64)
+            _wait(dist.isend(f, 0, tag=_TAG_OUT), spec.timeout, f"rank {rank}: sending its FLOP/s")
+            continue
+        if cmd == _PING:  # calibration: a piece's message pattern with `size` elements out, one back
+            buf = torch.empty(size, dtype=dtype)
+            _wait(dist.irecv(buf, 0, tag=_TAG_DATA), spec.timeout, f"rank {rank}: ping")
+            t0 = time.perf_counter()
+            if rows:  # compute like a piece does before it answers
+                _busy(dtype)
+            took = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+            _wait(dist.isend(buf[:1].clone(), 0, tag=_TAG_OUT), spec.timeout, f"rank {rank}: pong")
+            _wait(dist.isend(took, 0, tag=_TAG_TIME), spec.timeout, f"rank {rank}: pong")
+            continue
+        op = traced.ops[i]
+        in_shape, _ = _piece_shapes(op, batch, lo, hi, rows)
+        x = torch.empty(in_shape, dtype=dtype)
+        _wait(dist.irecv(x, 0, tag=_TAG_DATA), spec.timeout, f"rank {rank}: receiving layer {op.layer.name}")
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = run_piece(op, traced.module(op), x, lo, start, rows).contiguous()
+        took = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+        _wait(dist.isend(out, 0, tag=_TAG_OUT), spec.timeout, f"rank {rank}: sending layer {op.layer.name}")
+        _wait(dist.isend(took, 0, tag=_TAG_TIME), spec.timeout, f"rank {rank}: sending its time")
+
+
+# ------------------------------------------------------------------------------------- coordinator
+class Coordinator:
+    """Rank 0: executes the model graph, scattering every layer by its plan rows."""
+
+    def __init__(self, traced: TracedModel, spec: RunSpec) -> None:
+        self.traced, self.spec = traced, spec
+        self.rows = np.asarray(spec.rows, np.int64)
+        self.op_by_node = {op.node: (i, op) for i, op in enumerate(traced.ops)}
+        self.times = np.zeros(len(traced.ops))          # measured layer latency (s)
+        self.compute = np.zeros((len(traced.ops), spec.world_size))  # compute time per device (s)
+
+    def _layer(self, i: int, op: LayerOp, x: torch.Tensor) -> torch.Tensor:
+        rows, timeout = self.rows[i], self.spec.timeout
+        batch = x.shape[0]
+        t0 = time.perf_counter()
+        sends, recvs, outs, starts = [], [], {}, np.concatenate([[0], np.cumsum(rows)[:-1]])
+        for j in range(1, len(rows)):
+            if rows[j] == 0:
+                continue
+            start, n = int(starts[j]), int(rows[j])
+            lo, hi = (0, 1) if op.kind == "linear" else op.layer.input_rows(start, n)
+            data = x if op.kind == "linear" else x[:, :, lo:hi]
+            header = torch.tensor([_PIECE, i, start, n, lo, hi, batch, 0], dtype=torch.int64)
+            sends += [(dist.isend(header, j, tag=_TAG_HEADER), j), (dist.isend(data.contiguous(), j, tag=_TAG_DATA), j)]
+            out = torch.empty(_piece_shapes(op, batch, lo, hi, n)[1], dtype=x.dtype)
+            took = torch.zeros(1, dtype=torch.float64)
+            recvs.append((dist.irecv(out, j, tag=_TAG_OUT), dist.irecv(took, j, tag=_TAG_TIME), j, took))
+            outs[j] = out
+        if rows[0] > 0:
+            c0 = time.perf_counter()
+            with torch.no_grad():
+                if op.kind == "linear":
+                    outs[0] = run_piece(op, self.traced.module(op), x, 0, 0, 1)
+                else:
+                    lo, hi = op.layer.input_rows(0, int(rows[0]))
+                    outs[0] = run_piece(op, self.traced.module(op), x[:, :, lo:hi], lo, 0, int(rows[0]))
+            self.compute[i, 0] = time.perf_counter() - c0
+        for work, j in sends:
+            _wait(work, timeout, f"coordinator: sending layer {op.layer.name} to rank {j}")
+        for out_work, time_work, j, took in recvs:
+            _wait(out_work, timeout, f"coordinator: receiving layer {op.layer.name} from rank {j}")
+            _wait(time_work, timeout, f"coordinator: receiving the time of rank {j}")
+            self.compute[i, j] = float(took[0])
+        self.times[i] = time.perf_counter() - t0
+        if op.kind == "linear":
+            return outs[int(np.argmax(rows))]
+        return torch.cat([outs[j] for j in sorted(outs)], dim=2)
+
+    def forward(self, x: torch.Tensor, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+        """Execute the whole model on ``x`` with the plan; ``progress(i)`` after layer i."""
+        env: dict[str, Any] = {}
+        gm = self.traced.gm
+        interp = fx.Interpreter(gm)
+        for node in gm.graph.nodes:
+            kind = self.traced.kinds[node.name]
+            if kind == "input":
+                env[node.name] = x
+            elif kind == "folded":
+                continue
+            elif kind == "output":
+                return fx.node.map_aggregate(node.args[0], lambda a: env[a.name] if isinstance(a, fx.Node) else a)
+            elif kind == "constant":
+                env[node.name] = interp.fetch_attr(node.target)
+            elif kind == "layer":
+                i, op = self.op_by_node[node.name]
+                env[node.name] = self._layer(i, op, env[op.input])
+                if progress is not None:
+                    progress(i)
+            else:
+                sub = lambda a: env[a.name] if isinstance(a, fx.Node) else a  # noqa: E731
+                with torch.no_grad():
+                    env[node.name] = _call(node, gm, fx.node.map_aggregate(node.args, sub),
+                                           fx.node.map_aggregate(node.kwargs, sub))
+        raise RunError("the model graph has no output")  # pragma: no cover
+
+    def ping(self, j: int, elements: int, busy: bool = False) -> float:
+        """Round trip with a piece's four messages: ``elements`` to rank j, one element back (s).
+
+        With ``busy``, both ends compute a small convolution in between, as during a layer, so that
+        the fitted latency includes waking up a process that computed or waited meanwhile."""
+        dtype = _dtype(self.spec.dtype)
+        buf, ack, took = torch.zeros(elements, dtype=dtype), torch.zeros(1, dtype=dtype), torch.zeros(1, dtype=torch.float64)
+        t0 = time.perf_counter()
+        header = torch.tensor([_PING, 0, 0, int(busy), 0, 0, 0, elements], dtype=torch.int64)
+        r = dist.irecv(ack, j, tag=_TAG_OUT)
+        r2 = dist.irecv(took, j, tag=_TAG_TIME)
+        s1, s2 = dist.isend(header, j, tag=_TAG_HEADER), dist.isend(buf, j, tag=_TAG_DATA)
+        if busy:
+            _busy(dtype)
+        _wait(s1, self.spec.timeout, f"coordinator: ping rank {j}")
+        _wait(s2, self.spec.timeout, f"coordinator: ping rank {j}")
+        _wait(r, self.spec.timeout, f"coordinator: pong from rank {j}")
+        _wait(r2, self.spec.timeout, f"coordinator: pong from rank {j}")
+        # the worker's compute is not transfer time; ours overlaps the transfer, as in a layer
+        return time.perf_counter() - t0 - float(took[0])
+
+    def flops(self) -> list[float]:
+        """Every rank's sustained FLOP/s (:func:`calibrate_flops`), all ranks measuring at once.
+
+        Pieces of a split layer run at the same time, so the ranks measure together: where they share
+        cores (one machine), the fitted rates include that sharing."""
+        header = torch.tensor([_FLOPS, 0, 0, 0, 0, 0, 0, 0], dtype=torch.int64)
+        got = [torch.zeros(1, dtype=torch.float64) for _ in range(self.spec.world_size)]
+        recvs = [(dist.irecv(got[j], j, tag=_TAG_OUT), j) for j in range(1, self.spec.world_size)]
+        sends = [(dist.isend(header, j, tag=_TAG_HEADER), j) for j in range(1, self.spec.world_size)]
+        own = calibrate_flops(_dtype(self.spec.dtype))
+        for work, j in sends + recvs:
+            _wait(work, self.spec.timeout, f"coordinator: calibrating rank {j}")
+        return [own] + [float(g[0]) for g in got[1:]]
+
+    def stop(self) -> None:
+        header = torch.tensor([_STOP, 0, 0, 0, 0, 0, 0, 0], dtype=torch.int64)
+        works = [(dist.isend(header, j, tag=_TAG_HEADER), j) for j in range(1, self.spec.world_size)]
+        for w, j in works:
+            _wait(w, self.spec.timeout, f"coordinator: stopping rank {j}")
+
+
+def calibrate_link(coord: Coordinator, j: int, sizes: Sequence[int] = (1, 65536, 524288, 2097152),
+                   repeats: int = 7) -> tuple[float, float]:
+    """Fit rank j's message latency tau (s) and bandwidth B (bytes/s) from ping round trips.
+
+    A round trip of s bytes out and one element back takes 2 tau + s / B (the latency model's
+    scatter-gather of one piece without compute); the fit is least squares on the median times.
+    """
+    q = torch.empty((), dtype=_dtype(coord.spec.dtype)).element_size()
+    coord.ping(j, 1)  # warm the connection
+    xs, ys = [], []
+    for s in sizes:
+        xs.append(s * q)
+        ys.append(float(np.median([coord.ping(j, s, busy=True) for _ in range(repeats)])))
+    slope, intercept = np.polyfit(np.asarray(xs, float), np.asarray(ys), 1)
+    bandwidth = 1.0 / slope if slope > 0 else math.inf
+    return max(intercept / 2.0, 0.0), bandwidth
+
+
+_BUSY: dict[torch.dtype, tuple[torch.nn.Module, torch.Tensor]] = {}
+
+
+def _busy(dtype: torch.dtype) -> None:
+    """A short convolution (about 20 MFLOP), the compute of a small piece."""
+    if dtype not in _BUSY:
+        _BUSY[dtype] = (torch.nn.Conv2d(32, 32, 3, padding=1).to(dtype), torch.randn(1, 32, 32, 32, dtype=dtype))
+    conv, x = _BUSY[dtype]
+    with torch.no_grad():
+        conv(x)
+
+
+def calibrate_flops(dtype: torch.dtype, seconds: float = 0.3) -> float:
+    """Sustained FLOP/s of this process on a 3x3 convolution (64 -> 64 channels, 56x56).
+
+    The convolution is repeated for ``seconds`` and the total work is divided by the total time, so
+    that time-sharing of the cores with other processes (all ranks calibrate at once) is included.
+    """
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(dtype)
+    x = torch.randn(1, 64, 56, 56, dtype=dtype)
+    flop = 2.0 * 56 * 56 * 64 * 64 * 9
+    with torch.no_grad():
+        conv(x)
+        count, t0 = 0, time.perf_counter()
+        while True:
+            conv(x)
+            count += 1
+            elapsed = time.perf_counter() - t0
+            if elapsed >= seconds:
+                return flop * count / elapsed
+
+
+# --------------------------------------------------------------------------------------- one rank
+def run_rank(spec: RunSpec, rank: int, master_addr: str, master_port: int,
+             report: Callable[[tuple], None] | None = None) -> dict[str, Any] | None:
+    """Run one rank. Rank 0 returns the result dict (see :func:`launch_local`); workers return None."""
+    torch.set_num_threads(max(1, spec.threads))
+    world = spec.world_size
+    try:
+        dist.init_process_group("gloo", init_method=f"tcp://{master_addr}:{master_port}", rank=rank,
+                                world_size=world, timeout=datetime.timedelta(seconds=spec.timeout))
+    except Exception as err:
+        raise RunError(f"rank {rank}: rendezvous at {master_addr}:{master_port} failed: "
+                       f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    try:
+        traced, x = _build(spec)
+        for t in traced.gm.state_dict().values():  # every rank executes rank 0's weights
+            if isinstance(t, torch.Tensor) and t.is_floating_point():
+                _wait(dist.broadcast(t, 0, async_op=True), spec.timeout, f"rank {rank}: weight broadcast")
+        dtype = _dtype(spec.dtype)
+        if rank != 0:
+            _worker_loop(traced, spec, rank)
+            return None
+        coord = Coordinator(traced, spec)
+        result: dict[str, Any] = {"flops": [math.nan] * world}
+        if spec.calibrate:
+            result["flops"] = coord.flops()
+            links = [calibrate_link(coord, j) for j in range(1, world)]
+            result["latency"] = [0.0] + [l[0] for l in links]
+            result["bandwidth"] = [math.inf] + [l[1] for l in links]
+        with torch.no_grad():
+            want = traced.gm(x)
+        coord.forward(x)  # warm-up
+        times, compute = [], []
+        for k in range(max(1, spec.repeats)):
+            t0 = time.perf_counter()
+            got = coord.forward(x, (lambda i, k=k: report(("progress", k, i))) if report else None)
+            times.append(time.perf_counter() - t0)
+            compute.append(coord.compute.copy())
+            if k == 0:
+                layer_times = [coord.times.copy()]
+            else:
+                layer_times.append(coord.times.copy())
+        coord.stop()
+        result.update({
+            "names": [op.layer.name for op in traced.ops],
+            "layer_times": np.median(np.stack(layer_times), axis=0).tolist(),
+            "compute_times": np.median(np.stack(compute), axis=0).tolist(),
+            "request_time": float(np.median(times)),
+            "max_error": relative_error(got, want),
+            "tolerance": TOLERANCE[dtype],
+            "output_shape": list(got.shape),
+        })
+        return result
+    finally:
+        dist.destroy_process_group()
+
+
+def _child(spec: RunSpec, rank: int, addr: str, port: int, out: Any) -> None:
+    try:
+        res = run_rank(spec, rank, addr, port, report=(lambda m: out.put(m)) if rank == 0 else None)
+        if rank == 0:
+            out.put(("result", res))
+    except BaseException as err:  # report every failure to the parent, then exit non-zero
+        msg = f"{type(err).__name__}: {err}" if isinstance(err, (RunError, ValueError)) else traceback.format_exc(limit=3)
+        out.put(("error", rank, msg))
+        os._exit(1)
+
+
+def launch_local(spec: RunSpec, master_addr: str = "127.0.0.1", master_port: int = 0,
+                 deadline: float | None = None, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Start every rank of ``spec`` as a local process (loopback) and return rank 0's result.
+
+    Returns a dict: ``names``, ``layer_times`` (L,) s, ``compute_times`` (L, N) s, ``request_time`` s,
+    ``max_error`` (relative to the unsplit model's output), ``tolerance``, ``flops`` (N,), and with
+    ``spec.calibrate`` the fitted ``latency`` and ``bandwidth`` (N,).
+    Raises:
+      ValueError: the port is taken.
+      RunError: a rank failed or died, or the whole run exceeded ``deadline`` seconds.
+    """
+    if master_port == 0:
+        master_port = free_port(master_addr)
+    check_port(master_addr, master_port)
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_child, args=(spec, r, master_addr, master_port, out), daemon=True)
+             for r in range(spec.world_size)]
+    for p in procs:
+        p.start()
+    budget = deadline if deadline is not None else 10 * spec.timeout + 60
+    limit = time.monotonic() + budget
+    try:
+        while True:
+            try:
+                msg = out.get(timeout=0.2)
+            except queue.Empty:
+                msg = None
+            if msg is not None:
+                if msg[0] == "result":
+                    for p in procs:
+                        p.join(timeout=spec.timeout)
+                    return msg[1]
+                if msg[0] == "error":
+                    raise RunError(f"rank {msg[1]} failed: {msg[2]}")
+                if msg[0] == "progress" and progress is not None:
+                    progress(msg[1], msg[2])
+                continue
+            dead = [(r, p.exitcode) for r, p in enumerate(procs) if p.exitcode not in (None, 0)]
+            if dead:
+                time.sleep(0.5)  # let a rank that reported an error deliver it first
+                while True:
+                    try:
+                        msg = out.get_nowait()
+                    except queue.Empty:
+                        break
+                    if msg[0] == "error":
+                        raise RunError(f"rank {msg[1]} failed: {msg[2]}")
+                r, code = dead[0]
+                raise RunError(f"rank {r} died (exit status {code})")
+            if time.monotonic() > limit:
+                raise RunError(f"the run did not finish within {budget:g} s")
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()

@@ -1,0 +1,166 @@
+"""``jaxsplit run``: split inference across worker processes with torch.distributed (gloo).
+
+Without ``--rank`` every rank starts on this machine over loopback. With ``--rank R`` this process
+is rank R of a run across machines: start one process per device with the same options, the same
+``--master-addr`` (the coordinator's address) and ``--master-port``; rank 0 prints the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from typing import Literal, Optional, Sequence
+
+import tyro
+
+SolverName = Literal["closed_form", "exact", "single", "equal", "proportional", "rebalance", "lp"]
+
+
+@dataclasses.dataclass
+class RunArgs:
+    """Run a model split by a solver's plan across processes and compare with the unsplit model."""
+
+    model: str
+    """A zoo model name, torchvision:NAME, or PATH.py:FACTORY."""
+    input_size: Optional[tuple[int, int]] = None
+    """Input height and width (default: the model's usual size)."""
+    devices: int = 2
+    """Number of processes (devices; rank 0 is the coordinator) of the built-in test cluster."""
+    cluster: Optional[str] = None
+    """JSON file with the devices the plan is made for (its length sets the number of processes)."""
+    solver: SolverName = "closed_form"
+    """Split rule that produces the plan."""
+    dtype: Literal["float32", "float64"] = "float32"
+    """Precision of the run."""
+    repeats: int = 3
+    """Timed runs of the request (after one warm-up run); medians are reported."""
+    calibrate: bool = False
+    """Fit every device's FLOP/s, bandwidth and message latency, and predict with them."""
+    timeout: float = 60.0
+    """Seconds any single wait may take; a rank that does not answer in time fails the run."""
+    threads: int = 1
+    """torch threads per process."""
+    master_addr: str = "127.0.0.1"
+    """Address of rank 0 (MASTER_ADDR)."""
+    master_port: int = 0
+    """Port of rank 0 (MASTER_PORT); 0 picks a free one (local runs only)."""
+    rank: Optional[int] = None
+    """Run only this rank (multi-machine runs); omit to start every rank here."""
+    seed: int = 0
+    """Seed of the weights and of the input."""
+    json: bool = False
+    """Print one JSON object instead of tables."""
+
+
+def _spec(args: RunArgs):
+    from .distributed import RunSpec
+    from .graph import trace
+    from .planning import default_devices, load_devices, load_model, plan_rows
+
+    if args.timeout <= 0 or not math.isfinite(args.timeout):
+        raise ValueError(f"field 'timeout' must be a positive number of seconds, got {args.timeout!r}")
+    if args.repeats < 1:
+        raise ValueError(f"field 'repeats' must be at least 1, got {args.repeats!r}")
+    if args.threads < 1:
+        raise ValueError(f"field 'threads' must be at least 1, got {args.threads!r}")
+    devices = load_devices(args.cluster) if args.cluster else default_devices(args.devices)
+    if len(devices) < 1:
+        raise ValueError("field 'devices' must be at least 1")
+    model, shape = load_model(args.model, args.input_size, args.seed)
+    layers = trace(model, shape).layers
+    rows, predicted = plan_rows(layers, devices, args.solver)
+    spec = RunSpec(args.model, tuple(shape[2:]), tuple(map(tuple, rows.tolist())), args.dtype, args.seed,
+                   args.timeout, args.repeats, args.threads, args.calibrate)
+    return spec, layers, devices, rows, predicted
+
+
+def predict(layers, rows, flops, bandwidth, latency, q: float) -> list[float]:
+    """Layer latencies (s) of MODEL.md section 3 for measured device parameters."""
+    from ..reference import layer_latency
+
+    devs = list(zip(flops, bandwidth, latency))
+    return [layer_latency(layer, devs, [1.0] * len(devs), r, q) for layer, r in zip(layers, rows)]
+
+
+def main(argv: Sequence[str]) -> int:
+    args = tyro.cli(RunArgs, args=list(argv), prog="jaxsplit run")
+    from .distributed import RunError, check_port, run_rank
+
+    spec, layers, devices, rows, predicted = _spec(args)
+    try:
+        if args.rank is not None:
+            if not 0 <= args.rank < spec.world_size:
+                raise ValueError(f"field 'rank' must be in 0..{spec.world_size - 1}, got {args.rank}")
+            if args.master_port == 0:
+                raise ValueError("field 'master_port' must be given with --rank")
+            if args.rank == 0:
+                check_port(args.master_addr, args.master_port)
+            result = run_rank(spec, args.rank, args.master_addr, args.master_port)
+            if result is None:
+                return 0
+        else:
+            result = _with_progress(spec, args, len(layers))
+    except RunError as err:
+        print(f"jaxsplit run: error: {err}", file=sys.stderr)
+        return 1
+    q = 8.0 if args.dtype == "float64" else 4.0
+    calibrated = None
+    if args.calibrate:
+        calibrated = predict(layers, rows, result["flops"], result["bandwidth"], result["latency"], q)
+    ok = result["max_error"] <= result["tolerance"]
+    if args.json:
+        out = {"model": args.model, "solver": args.solver, "devices": spec.world_size, "rows": rows.tolist(),
+               "predicted": [float(p) for p in predicted], "predicted_calibrated": calibrated,
+               **{k: v for k, v in result.items()}, "passed": ok}
+        sys.stdout.write(json.dumps(out, default=float) + "\n")
+    else:
+        _print(result, rows, predicted, calibrated, args, spec)
+    return 0 if ok else 1
+
+
+def _with_progress(spec, args: RunArgs, n_layers: int):
+    from rich.progress import Progress
+
+    from .distributed import launch_local
+
+    if args.json or not sys.stderr.isatty():
+        return launch_local(spec, args.master_addr, args.master_port)
+    with Progress(transient=True) as bar:
+        task = bar.add_task("starting workers", total=spec.repeats * n_layers)
+
+        def step(k: int, i: int) -> None:
+            bar.update(task, completed=k * n_layers + i + 1, description=f"run {k + 1}/{spec.repeats}")
+
+        return launch_local(spec, args.master_addr, args.master_port, progress=step)
+
+
+def _print(result, rows, predicted, calibrated, args: RunArgs, spec) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"{args.model} on {spec.world_size} processes, solver {args.solver}, {args.dtype}",
+                  title_justify="left")
+    cols = ["layer", "rows per device", "measured (ms)", "predicted (ms)"]
+    if calibrated is not None:
+        cols.append("calibrated prediction (ms)")
+    for c in cols:
+        table.add_column(c, justify="left" if c == "layer" else "right")
+    for i, name in enumerate(result["names"]):
+        cells = [name, "/".join(map(str, rows[i])), f"{result['layer_times'][i] * 1e3:.3f}", f"{predicted[i] * 1e3:.3f}"]
+        if calibrated is not None:
+            cells.append(f"{calibrated[i] * 1e3:.3f}")
+        table.add_row(*cells)
+    console.print(table)
+    console.print(f"request: measured {result['request_time'] * 1e3:.2f} ms (median of {spec.repeats}), "
+                  f"sum of layers predicted {sum(predicted) * 1e3:.2f} ms"
+                  + (f", calibrated {sum(calibrated) * 1e3:.2f} ms" if calibrated is not None else ""))
+    if calibrated is not None:
+        console.print("fitted: FLOP/s " + ", ".join(f"{f:.3g}" for f in result["flops"]) + "; bandwidth B/s "
+                      + ", ".join(f"{b:.3g}" for b in result["bandwidth"]) + "; latency s "
+                      + ", ".join(f"{t:.2g}" for t in result["latency"]))
+    ok = result["max_error"] <= result["tolerance"]
+    console.print(f"output vs unsplit model: max rel. error {result['max_error']:.2e} "
+                  f"(tolerance {result['tolerance']:g}): {'pass' if ok else 'FAIL'}")
