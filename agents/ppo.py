@@ -207,6 +207,29 @@ def make_optimizer(config: PPOConfig, hp: HyperParams) -> optax.GradientTransfor
                        optax.scale_by_learning_rate(learning_rate))
 
 
+def gae(reward: jax.Array, value: jax.Array, next_value: jax.Array, terminated: jax.Array,
+        truncated: jax.Array, gamma: jax.Array, gae_lambda: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Generalised advantage estimation over a rollout; every input is (T, B), returns (adv, target).
+
+    ``next_value[t]`` is V of the true next observation of step t (for a truncated step, the final
+    observation before the auto-reset), so truncated episodes are bootstrapped:
+    delta_t = r_t + gamma * next_value_t * (1 - terminated_t) - value_t, and
+    A_t = delta_t + gamma * lambda * (1 - done_t) * A_{t+1} with done = terminated or truncated.
+    The value target is A_t + value_t.
+    """
+    not_term = 1.0 - terminated.astype(reward.dtype)
+    not_done = 1.0 - jnp.logical_or(terminated, truncated).astype(reward.dtype)
+    delta = reward + gamma * next_value * not_term - value
+
+    def back(carry, x):
+        d, nd = x
+        carry = d + gamma * gae_lambda * nd * carry
+        return carry, carry
+
+    _, adv = jax.lax.scan(back, jnp.zeros_like(delta[0]), (delta, not_done), reverse=True)
+    return adv, adv + value
+
+
 class Trainer:
     """The pieces of a PPO run: ``init``, ``update`` (one update) and ``run`` (K updates, scanned).
 
@@ -263,23 +286,9 @@ class Trainer:
         return runner.replace(env_state=env_state, obs=obs, key=key), traj
 
     def advantages(self, params: Any, traj: Transition, hp: HyperParams) -> tuple[jax.Array, jax.Array]:
-        """GAE advantages and value targets, each (num_steps, num_envs).
-
-        delta_t = r_t + gamma V(s'_t) (1 - terminated_t) - V(s_t), with s'_t the true next observation
-        (the final observation when the episode was truncated); the trace is cut at every episode end.
-        """
+        """GAE advantages and value targets, each (num_steps, num_envs); see :func:`gae`."""
         _, _, next_value = self.network.apply(params, traj.next_obs)
-        not_term = 1.0 - traj.terminated.astype(jnp.float32)
-        not_done = 1.0 - jnp.logical_or(traj.terminated, traj.truncated).astype(jnp.float32)
-        delta = traj.reward + hp.gamma * next_value * not_term - traj.value
-
-        def back(gae, x):
-            d, nd = x
-            gae = d + hp.gamma * hp.gae_lambda * nd * gae
-            return gae, gae
-
-        _, adv = jax.lax.scan(back, jnp.zeros_like(delta[0]), (delta, not_done), reverse=True)
-        return adv, adv + traj.value
+        return gae(traj.reward, traj.value, next_value, traj.terminated, traj.truncated, hp.gamma, hp.gae_lambda)
 
     def loss(self, params: Any, batch: tuple, hp: HyperParams) -> tuple[jax.Array, dict]:
         """Clipped-surrogate PPO loss on one minibatch; returns (loss, diagnostics)."""
@@ -311,7 +320,7 @@ class Trainer:
             params, opt_state = carry
             (_, diag), grads = grad_fn(params, batch, hp)
             updates, opt_state = optimizer.update(grads, opt_state, params)
-            diag["grad_norm"] = optax.global_norm(grads)
+            diag["grad_norm"] = optax.tree.norm(grads)
             return (optax.apply_updates(params, updates), opt_state), diag
 
         def epoch(carry, key):
