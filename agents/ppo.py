@@ -48,6 +48,10 @@ class PPOConfig:
       num_minibatches: minibatches per epoch (must divide num_envs * num_steps).
       hidden: hidden widths of the actor and the critic MLPs.
       anneal_lr: decay the learning rate linearly to 0 over the run.
+      normalize_obs: standardise observations with running statistics (kept in the runner state and
+        applied by the trained policy).
+      normalize_reward: divide rewards by the running standard deviation of the discounted return (the
+        allocation reward spans orders of magnitude between light and overloaded episodes).
       lr, ent_coef, clip_eps, vf_coef, gamma, gae_lambda, max_grad_norm: defaults of :class:`HyperParams`.
       util_weight, load_min, load_max: environment parameters overridden per agent (None keeps the env's).
     """
@@ -61,6 +65,8 @@ class PPOConfig:
     num_minibatches: int = 8
     hidden: tuple[int, ...] = (64, 64)
     anneal_lr: bool = True
+    normalize_obs: bool = True
+    normalize_reward: bool = True
     lr: float = 3e-4
     ent_coef: float = 0.0
     clip_eps: float = 0.2
@@ -145,6 +151,36 @@ class HyperParams:
 
 
 @struct.dataclass
+class RunningStats:
+    """Running mean and variance over a batch axis (Chan et al.'s parallel update).
+
+    Attributes:
+      mean, var: shape of one sample (e.g. (obs_dim,) or ()).
+      count: float32 scalar, samples seen (starts at 1e-4).
+    """
+
+    mean: jax.Array
+    var: jax.Array
+    count: jax.Array
+
+    @classmethod
+    def create(cls, shape: tuple[int, ...] = ()) -> "RunningStats":
+        return cls(mean=jnp.zeros(shape, jnp.float32), var=jnp.ones(shape, jnp.float32), count=jnp.float32(1e-4))
+
+    def update(self, x: jax.Array) -> "RunningStats":
+        """Fold in a batch ``x`` of shape (B,) + sample shape."""
+        b_mean, b_var, b_count = x.mean(0), x.var(0), jnp.float32(x.shape[0])
+        total = self.count + b_count
+        delta = b_mean - self.mean
+        m2 = self.var * self.count + b_var * b_count + delta**2 * self.count * b_count / total
+        return RunningStats(mean=self.mean + delta * b_count / total, var=m2 / total, count=total)
+
+    def normalize(self, x: jax.Array) -> jax.Array:
+        """(x - mean) / std, clipped to [-10, 10]."""
+        return jnp.clip((x - self.mean) / jnp.sqrt(self.var + 1e-8), -10.0, 10.0)
+
+
+@struct.dataclass
 class RunnerState:
     """Everything a run carries from one update to the next (and what a checkpoint holds).
 
@@ -152,7 +188,10 @@ class RunnerState:
       params: network parameters.
       opt_state: optimiser state.
       env_state: environment states, leading axis num_envs.
-      obs: current observations, (num_envs, obs_dim) float32.
+      obs: current raw observations, (num_envs, obs_dim) float32.
+      obs_stats: running observation statistics (used when normalize_obs).
+      ret_stats: running statistics of the discounted return (used when normalize_reward).
+      returns: (num_envs,) discounted return accumulated in the present episodes.
       key: raw uint32 PRNG key, (2,).
       update: updates done so far, int32 scalar.
     """
@@ -161,6 +200,9 @@ class RunnerState:
     opt_state: Any
     env_state: Any
     obs: jax.Array
+    obs_stats: RunningStats
+    ret_stats: RunningStats
+    returns: jax.Array
     key: jax.Array
     update: jax.Array
 
@@ -174,6 +216,7 @@ class Transition:
     log_prob: jax.Array
     value: jax.Array
     reward: jax.Array
+    raw_reward: jax.Array
     terminated: jax.Array
     truncated: jax.Array
     next_obs: jax.Array
@@ -257,8 +300,9 @@ class Trainer:
         params = self.network.init(k_net, jnp.zeros((env.obs_dim,), jnp.float32))
         opt_state = make_optimizer(cfg, hp).init(params)
         obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_env, cfg.num_envs), env_params)
-        return RunnerState(params=params, opt_state=opt_state, env_state=env_state,
-                           obs=obs.astype(jnp.float32), key=key, update=jnp.int32(0))
+        return RunnerState(params=params, opt_state=opt_state, env_state=env_state, obs=obs.astype(jnp.float32),
+                           obs_stats=RunningStats.create((env.obs_dim,)), ret_stats=RunningStats.create(),
+                           returns=jnp.zeros((cfg.num_envs,), jnp.float32), key=key, update=jnp.int32(0))
 
     def rollout(self, runner: RunnerState, hp: HyperParams) -> tuple[RunnerState, Transition]:
         """``num_steps`` steps of every environment under the current policy."""
@@ -266,24 +310,38 @@ class Trainer:
         env_params = hp.apply_to_env(self.env_params)
 
         def step(carry, _):
-            env_state, obs, key = carry
+            env_state, obs, obs_stats, ret_stats, returns, key = carry
             key, k_act, k_env = jax.random.split(key, 3)
-            alpha, beta, value = net.apply(runner.params, obs)
+            if cfg.normalize_obs:
+                obs_stats = obs_stats.update(obs)
+            norm_obs = obs_stats.normalize(obs) if cfg.normalize_obs else obs
+            alpha, beta, value = net.apply(runner.params, norm_obs)
             action = beta_sample(k_act, alpha, beta)
             log_prob = beta_log_prob(action, alpha, beta)
             next_obs, env_state, reward, terminated, truncated, info = jax.vmap(
                 env.step, in_axes=(0, 0, 0, None))(jax.random.split(k_env, cfg.num_envs), env_state, action, env_params)
-            tr = Transition(obs=obs, action=action, log_prob=log_prob, value=value,
-                            reward=reward.astype(jnp.float32), terminated=terminated, truncated=truncated,
-                            next_obs=info["final_observation"].astype(jnp.float32),
+            reward = reward.astype(jnp.float32)
+            final_obs = info["final_observation"].astype(jnp.float32)
+            returns = returns * hp.gamma + reward
+            if cfg.normalize_reward:
+                ret_stats = ret_stats.update(returns)
+                scaled = reward / jnp.sqrt(ret_stats.var + 1e-8)
+            else:
+                scaled = reward
+            returns = jnp.where(jnp.logical_or(terminated, truncated), 0.0, returns)
+            tr = Transition(obs=norm_obs, action=action, log_prob=log_prob, value=value, reward=scaled,
+                            raw_reward=reward, terminated=terminated, truncated=truncated,
+                            next_obs=obs_stats.normalize(final_obs) if cfg.normalize_obs else final_obs,
                             latency=info["latency"].astype(jnp.float32),
                             utilization=info["utilization"].astype(jnp.float32),
                             invalid=info["invalid"].astype(jnp.float32))
-            return (env_state, next_obs.astype(jnp.float32), key), tr
+            return (env_state, next_obs.astype(jnp.float32), obs_stats, ret_stats, returns, key), tr
 
-        (env_state, obs, key), traj = jax.lax.scan(step, (runner.env_state, runner.obs, runner.key), None,
-                                                   length=cfg.num_steps)
-        return runner.replace(env_state=env_state, obs=obs, key=key), traj
+        carry = (runner.env_state, runner.obs, runner.obs_stats, runner.ret_stats, runner.returns, runner.key)
+        (env_state, obs, obs_stats, ret_stats, returns, key), traj = jax.lax.scan(step, carry, None,
+                                                                                  length=cfg.num_steps)
+        return runner.replace(env_state=env_state, obs=obs, obs_stats=obs_stats, ret_stats=ret_stats,
+                              returns=returns, key=key), traj
 
     def advantages(self, params: Any, traj: Transition, hp: HyperParams) -> tuple[jax.Array, jax.Array]:
         """GAE advantages and value targets, each (num_steps, num_envs); see :func:`gae`."""
@@ -338,7 +396,7 @@ class Trainer:
         metrics["lr"] = hp.lr * (1.0 - jnp.minimum(count, cfg.num_updates * steps) / (cfg.num_updates * steps)) \
             if cfg.anneal_lr else hp.lr
         metrics.update(
-            reward=traj.reward.mean(), latency=traj.latency.mean(),
+            reward=traj.raw_reward.mean(), latency=traj.latency.mean(),
             utilization=traj.utilization.mean(), invalid_rate=traj.invalid.mean(),
             episodes=jnp.logical_or(traj.terminated, traj.truncated).sum().astype(jnp.float32))
         metrics = {k: metrics[k].astype(jnp.float32) for k in METRICS}
@@ -354,12 +412,17 @@ class Trainer:
         hp = self.default_hparams() if hp is None else hp
         return self.run(self.init(key, hp), hp, self.config.num_updates)
 
-    def policy(self, params: Any, deterministic: bool = True) -> Callable[[jax.Array, jax.Array], jax.Array]:
-        """``policy_fn(key, obs (..., obs_dim)) -> shares (..., N)``: the Beta mean, or a sample."""
-        net = self.network
+    def policy(self, runner: RunnerState, deterministic: bool = True) -> Callable[[jax.Array, jax.Array], jax.Array]:
+        """``policy_fn(key, obs (..., obs_dim)) -> shares (..., N)`` of a trained runner state.
+
+        Observations are normalised with the run's final statistics; the action is the Beta mean
+        (``deterministic``) or a sample.
+        """
+        net, cfg, params, stats = self.network, self.config, runner.params, runner.obs_stats
 
         def policy_fn(key: jax.Array, obs: jax.Array) -> jax.Array:
-            alpha, beta, _ = net.apply(params, obs.astype(jnp.float32))
+            obs = obs.astype(jnp.float32)
+            alpha, beta, _ = net.apply(params, stats.normalize(obs) if cfg.normalize_obs else obs)
             return beta_mean(alpha, beta) if deterministic else beta_sample(key, alpha, beta)
 
         return policy_fn

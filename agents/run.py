@@ -147,4 +147,4 @@ def load_policy(run_dir: str | Path, num_devices: int | None = None, obs_dim: in
     if obs_dim is not None and obs_dim != trainer.env.obs_dim:
         raise ValueError(f"--checkpoint {run_dir}: observation size {obs_dim} differs from the run's "
                          f"{trainer.env.obs_dim}")
-    return trainer.policy(runner.params)
+    return trainer.policy(runner)

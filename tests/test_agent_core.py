@@ -88,7 +88,7 @@ def _policy_error(env, policy, key, n=4096):
 def test_learning_beats_random_clearly(trained):
     train, runner, metrics = trained
     trainer = train.trainer
-    learned = _policy_error(trainer.env, trainer.policy(runner.params), jax.random.key(5))
+    learned = _policy_error(trainer.env, trainer.policy(runner), jax.random.key(5))
     random = _policy_error(trainer.env, lambda k, o: jax.random.uniform(k, (trainer.env.num_devices,)),
                            jax.random.key(5))
     assert random > 0.3
