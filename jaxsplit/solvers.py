@@ -63,6 +63,10 @@ def water_fill(alpha: jax.Array, beta: jax.Array, active: jax.Array, total: jax.
     aw = jnp.where(active, alpha * w, 0.0)
     idx = jnp.arange(alpha.shape[-1])
     before = (alpha[None, :] < alpha[:, None]) | ((alpha[None, :] == alpha[:, None]) & (idx[None, :] <= idx[:, None]))
+    # A device is always in its own prefix. Said explicitly because XLA CPU may recompute ``alpha``
+    # inside the fused comparison twice with different rounding (contracted multiply-adds), and
+    # then ``alpha_i < alpha_i`` and ``alpha_i == alpha_i`` can both be false.
+    before = before | (idx[None, :] == idx[:, None])
     mask = before & active[None, :]
     num = total + jnp.sum(jnp.where(mask, aw[None, :], 0.0), axis=-1)
     den = jnp.sum(jnp.where(mask, w[None, :], 0.0), axis=-1)

@@ -1,0 +1,52 @@
+"""Named environment configurations: ``make(name, **overrides) -> (env, params)``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .alloc import AllocationEnv, EnvParams
+
+#: Static (shape-fixing) settings accepted by :func:`make`; every other override is an EnvParams field.
+STATIC_KEYS = ("num_devices", "slots", "models", "input_size", "requests", "split", "bytes_per_element")
+
+_REGISTRY: dict[str, dict[str, Any]] = {
+    "alloc-v0": dict(num_devices=4),
+    "alloc-n8-v0": dict(num_devices=8),
+    "alloc-n2-v0": dict(num_devices=2),
+    "alloc-equal-v0": dict(num_devices=4, split="equal"),
+}
+
+
+def registered() -> list[str]:
+    """Names accepted by :func:`make`."""
+    return sorted(_REGISTRY)
+
+
+def register(name: str, **settings: Any) -> None:
+    """Register a named configuration (static settings and parameter overrides)."""
+    _REGISTRY[name] = dict(settings)
+
+
+def make(name: str = "alloc-v0", **overrides: Any) -> tuple[AllocationEnv, EnvParams]:
+    """Build a registered environment and its default params.
+
+    ``overrides`` may set static settings (num_devices, slots, models, input_size, requests, split,
+    bytes_per_element), any :class:`EnvParams` field, ``load`` (fixes rho: load_min = load_max) and
+    ``cluster=(flops, bandwidth, latency)`` (fixes the cluster; each (N,), bandwidth inf = local).
+    A fixed cluster sets ``num_devices`` from its length unless given.
+
+    >>> env, params = make("alloc-n8-v0", models=("vgg16", "resnet18"), load=0.9)
+    >>> env.num_devices, env.obs_dim
+    (8, 46)
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"field 'name': unknown environment {name!r}; known: {', '.join(registered())}")
+    settings = dict(_REGISTRY[name])
+    settings.update(overrides)
+    if settings.get("cluster") is not None and "num_devices" not in overrides:
+        settings["num_devices"] = len(settings["cluster"][0])
+    static = {k: settings.pop(k) for k in STATIC_KEYS if k in settings}
+    if "models" in static:
+        static["models"] = tuple(static["models"])
+    env = AllocationEnv(**static)
+    return env, env.default_params(**settings)
