@@ -109,7 +109,67 @@ def write_report(run_dir: Path, config: PPOConfig, rows: Sequence[dict[str, floa
     return text
 
 
+def rollout_latencies(policy_fn, env: Any, params: Any, episodes: int, key) -> np.ndarray:
+    """Per-request latencies (s), shape (episodes, requests), of ``policy_fn(key, obs)`` over whole episodes."""
+    import jax
+
+    requests = int(env.requests)
+
+    @jax.jit
+    def run(key):
+        k_reset, k_steps = jax.random.split(key)
+        obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_reset, episodes), params)
+
+        def step(carry, k):
+            obs, state = carry
+            k_act, k_env = jax.random.split(k)
+            action = jax.vmap(policy_fn)(jax.random.split(k_act, episodes), obs)
+            obs, state, _, _, _, info = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
+                jax.random.split(k_env, episodes), state, action, params)
+            return (obs, state), info["latency"]
+
+        _, lat = jax.lax.scan(step, (obs, state), jax.random.split(k_steps, requests))
+        return lat.T
+
+    return np.asarray(run(key))
+
+
+def _baseline_policies(env: Any) -> dict[str, Any]:
+    """The registered baseline policies of jaxsplit.envs.policies as ``policy_fn(key, obs)``, if installed."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("jaxsplit.envs.policies") is None:
+        return {}
+    policies = importlib.import_module("jaxsplit.envs.policies")
+    registry = getattr(policies, "POLICIES", None) or getattr(policies, "REGISTRY", None) or {}
+    out = {}
+    for name in registry:
+        make = getattr(policies, "make_policy", None)
+        out[name] = make(name, env) if make is not None else registry[name]
+    return out
+
+
 def evaluate_against_baselines(trainer: Trainer, runner: RunnerState, loads: Sequence[float], episodes: int,
                                seed: int) -> list[dict[str, Any]]:
-    """Evaluate the trained policy (named ``ppo``) and every registered baseline at ``loads``."""
-    raise NotImplementedError
+    """Mean / p95 / p99 latency (s) with a 95% CI over episodes for ``ppo`` and every baseline at ``loads``.
+
+    Each load fixes rho (load_min = load_max) on the run's environment (clusters still drawn per episode).
+    """
+    import jax
+
+    from jaxsplit import envs
+
+    config = trainer.config
+    policies = {"ppo": trainer.policy(runner), **_baseline_policies(trainer.env)}
+    results = []
+    for load in loads:
+        env, params = envs.make(config.env_name, **dict(config.env_overrides), load=float(load))
+        for name, policy_fn in policies.items():
+            lat = rollout_latencies(policy_fn, env, params, episodes, jax.random.PRNGKey(seed + 1))
+            per_episode = lat.mean(axis=1)
+            ci = 1.96 * per_episode.std(ddof=1) / np.sqrt(len(per_episode)) if len(per_episode) > 1 else 0.0
+            results.append(dict(policy=name, load=float(load), mean_latency_s=float(lat.mean()),
+                                mean_latency_ci95_s=float(ci), p95_latency_s=float(np.percentile(lat, 95)),
+                                p99_latency_s=float(np.percentile(lat, 99)), episodes=episodes))
+    return results

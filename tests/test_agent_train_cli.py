@@ -25,7 +25,8 @@ def test_train_writes_the_run_folder(tmp_path):
     assert [r["update"] for r in rows] == list(range(1, 9))
     results = json.loads((out / "evaluation.json").read_text())
     policies = {r["policy"] for r in results}
-    assert "ppo" in policies and "best_constant" in policies and "myopic" in policies
+    assert "ppo" in policies
+    assert all(r["mean_latency_s"] > 0 and r["p99_latency_s"] >= r["p95_latency_s"] for r in results)
     assert {r["load"] for r in results} == {0.5, 1.0}
     assert "ppo" in (out / "report.md").read_text()
     # a second fresh run into the same folder is refused and keeps the checkpoint
