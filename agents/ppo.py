@@ -1,0 +1,444 @@
+"""PPO for the allocation environment: the whole training run is one jitted function.
+
+``make_train(config)`` returns ``train(key, hparams=None) -> (runner_state, metrics)``. Inside, a scan
+over updates runs a rollout scan (vmapped environments), a reverse scan for GAE, and scans over
+epochs and minibatches. Metrics are reduced to scalars per update inside the scan, so memory does
+not grow with the run: ``metrics[name]`` has shape (num_updates,).
+
+Two kinds of settings:
+
+- :class:`PPOConfig` (static, a plain frozen dataclass) fixes array shapes and loop lengths:
+  number of environments, rollout length, epochs, minibatches, network widths, environment name.
+- :class:`HyperParams` (a ``flax.struct`` pytree of float32 scalars) holds everything a sweep varies:
+  learning rate, entropy coefficient, clip range, gamma, GAE lambda, value coefficient, gradient
+  clip, and the environment's utilisation weight and load range. Because they are traced,
+  ``jax.jit(jax.vmap(train))(keys, hparams)`` trains a whole population in one call.
+
+Truncated episodes are bootstrapped: the value target of the last step of an episode uses
+``V(info["final_observation"])`` (the observation before the auto-reset), and only the
+``terminated`` flag cuts the bootstrap; both flags cut the GAE trace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from .distributions import beta_entropy, beta_log_prob, beta_mean, beta_sample
+from .networks import ActorCritic
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """Static settings of a PPO run (they fix shapes and loop lengths).
+
+    Attributes:
+      env_name: environment registered in ``jaxsplit.envs.make``.
+      env_overrides: keyword overrides for ``jaxsplit.envs.make`` (a tuple of (name, value) pairs).
+      num_envs: environments stepped in parallel per agent.
+      num_steps: rollout length per update (steps per environment).
+      total_timesteps: environment steps per agent over the whole run.
+      update_epochs: passes over each rollout.
+      num_minibatches: minibatches per epoch (must divide num_envs * num_steps).
+      hidden: hidden widths of the actor and the critic MLPs.
+      anneal_lr: decay the learning rate linearly to 0 over the run.
+      normalize_obs: standardise observations with running statistics (kept in the runner state and
+        applied by the trained policy).
+      normalize_reward: divide rewards by the running standard deviation of the discounted return (the
+        allocation reward spans orders of magnitude between light and overloaded episodes).
+      lr, ent_coef, clip_eps, vf_coef, gamma, gae_lambda, max_grad_norm: defaults of :class:`HyperParams`.
+      util_weight, load_min, load_max: environment parameters overridden per agent (None keeps the env's).
+    """
+
+    env_name: str = "alloc-v0"
+    env_overrides: tuple[tuple[str, Any], ...] = ()
+    num_envs: int = 64
+    num_steps: int = 64
+    total_timesteps: int = 1_000_000
+    update_epochs: int = 4
+    num_minibatches: int = 8
+    hidden: tuple[int, ...] = (64, 64)
+    anneal_lr: bool = True
+    normalize_obs: bool = True
+    normalize_reward: bool = True
+    lr: float = 3e-4
+    ent_coef: float = 0.0
+    clip_eps: float = 0.2
+    vf_coef: float = 0.5
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    max_grad_norm: float = 0.5
+    util_weight: float | None = None
+    load_min: float | None = None
+    load_max: float | None = None
+
+    @property
+    def batch_size(self) -> int:
+        """Transitions per update, num_envs * num_steps."""
+        return self.num_envs * self.num_steps
+
+    @property
+    def num_updates(self) -> int:
+        """Updates in the run, total_timesteps // batch_size."""
+        return self.total_timesteps // self.batch_size
+
+    def validate(self) -> "PPOConfig":
+        """Raise ValueError naming the first invalid field; return self."""
+        for name in ("num_envs", "num_steps", "update_epochs", "num_minibatches", "total_timesteps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.batch_size % self.num_minibatches:
+            raise ValueError(f"num_minibatches={self.num_minibatches} must divide num_envs*num_steps={self.batch_size}")
+        if self.num_updates < 1:
+            raise ValueError(f"total_timesteps={self.total_timesteps} is below one update of "
+                             f"num_envs*num_steps={self.batch_size} steps")
+        if not self.hidden or any((not isinstance(h, int)) or h < 1 for h in self.hidden):
+            raise ValueError(f"hidden must be positive widths, got {self.hidden!r}")
+        checks = {
+            "lr": self.lr > 0, "ent_coef": self.ent_coef >= 0, "clip_eps": self.clip_eps > 0,
+            "vf_coef": self.vf_coef >= 0, "gamma": 0 <= self.gamma <= 1, "gae_lambda": 0 <= self.gae_lambda <= 1,
+            "max_grad_norm": self.max_grad_norm > 0,
+        }
+        for name, ok in checks.items():
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and value == value and ok):
+                raise ValueError(f"{name} is out of range: {value!r}")
+        if self.load_min is not None and self.load_min <= 0:
+            raise ValueError(f"load_min must be > 0, got {self.load_min!r}")
+        if self.load_min is not None and self.load_max is not None and self.load_min > self.load_max:
+            raise ValueError(f"load_min={self.load_min} must not exceed load_max={self.load_max}")
+        return self
+
+
+@struct.dataclass
+class HyperParams:
+    """Traced hyperparameters (float32 scalars, or shape (P,) for a population of P agents)."""
+
+    lr: jax.Array
+    ent_coef: jax.Array
+    clip_eps: jax.Array
+    vf_coef: jax.Array
+    gamma: jax.Array
+    gae_lambda: jax.Array
+    max_grad_norm: jax.Array
+    util_weight: jax.Array
+    load_min: jax.Array
+    load_max: jax.Array
+
+    @classmethod
+    def from_config(cls, config: PPOConfig, env_params: Any) -> "HyperParams":
+        """Scalars from the config, falling back to ``env_params`` for the environment fields."""
+        def pick(name: str, value):
+            return jnp.asarray(getattr(env_params, name) if value is None else value, jnp.float32)
+
+        return cls(lr=jnp.float32(config.lr), ent_coef=jnp.float32(config.ent_coef),
+                   clip_eps=jnp.float32(config.clip_eps), vf_coef=jnp.float32(config.vf_coef),
+                   gamma=jnp.float32(config.gamma), gae_lambda=jnp.float32(config.gae_lambda),
+                   max_grad_norm=jnp.float32(config.max_grad_norm),
+                   util_weight=pick("util_weight", config.util_weight),
+                   load_min=pick("load_min", config.load_min), load_max=pick("load_max", config.load_max))
+
+    def apply_to_env(self, env_params: Any) -> Any:
+        """Environment parameters with this agent's utilisation weight and load range."""
+        return env_params.replace(util_weight=self.util_weight, load_min=self.load_min, load_max=self.load_max)
+
+
+@struct.dataclass
+class RunningStats:
+    """Running mean and variance over a batch axis (Chan et al.'s parallel update).
+
+    Attributes:
+      mean, var: shape of one sample (e.g. (obs_dim,) or ()).
+      count: float32 scalar, samples seen (starts at 1e-4).
+    """
+
+    mean: jax.Array
+    var: jax.Array
+    count: jax.Array
+
+    @classmethod
+    def create(cls, shape: tuple[int, ...] = ()) -> "RunningStats":
+        return cls(mean=jnp.zeros(shape, jnp.float32), var=jnp.ones(shape, jnp.float32), count=jnp.float32(1e-4))
+
+    def update(self, x: jax.Array) -> "RunningStats":
+        """Fold in a batch ``x`` of shape (B,) + sample shape."""
+        b_mean, b_var, b_count = x.mean(0), x.var(0), jnp.float32(x.shape[0])
+        total = self.count + b_count
+        delta = b_mean - self.mean
+        m2 = self.var * self.count + b_var * b_count + delta**2 * self.count * b_count / total
+        return RunningStats(mean=self.mean + delta * b_count / total, var=m2 / total, count=total)
+
+    def normalize(self, x: jax.Array) -> jax.Array:
+        """(x - mean) / std, clipped to [-10, 10]."""
+        return jnp.clip((x - self.mean) / jnp.sqrt(self.var + 1e-8), -10.0, 10.0)
+
+
+@struct.dataclass
+class RunnerState:
+    """Everything a run carries from one update to the next (and what a checkpoint holds).
+
+    Attributes:
+      params: network parameters.
+      opt_state: optimiser state.
+      env_state: environment states, leading axis num_envs.
+      obs: current raw observations, (num_envs, obs_dim) float32.
+      obs_stats: running observation statistics (used when normalize_obs).
+      ret_stats: running statistics of the discounted return (used when normalize_reward).
+      returns: (num_envs,) discounted return accumulated in the present episodes.
+      key: raw uint32 PRNG key, (2,).
+      update: updates done so far, int32 scalar.
+    """
+
+    params: Any
+    opt_state: Any
+    env_state: Any
+    obs: jax.Array
+    obs_stats: RunningStats
+    ret_stats: RunningStats
+    returns: jax.Array
+    key: jax.Array
+    update: jax.Array
+
+
+@struct.dataclass
+class Transition:
+    """One rollout step for every environment; fields have leading axes (num_steps, num_envs)."""
+
+    obs: jax.Array
+    action: jax.Array
+    log_prob: jax.Array
+    value: jax.Array
+    reward: jax.Array
+    raw_reward: jax.Array
+    terminated: jax.Array
+    truncated: jax.Array
+    next_obs: jax.Array
+    latency: jax.Array
+    utilization: jax.Array
+    invalid: jax.Array
+
+
+#: names of the per-update metrics (each of shape (num_updates,) from ``train``).
+METRICS = ("reward", "latency", "utilization", "invalid_rate", "episodes", "value_loss",
+           "actor_loss", "entropy", "approx_kl", "clip_frac", "grad_norm", "lr")
+
+
+def make_env(config: PPOConfig) -> tuple[Any, Any]:
+    """``jaxsplit.envs.make(config.env_name, **overrides)``."""
+    from jaxsplit import envs
+
+    return envs.make(config.env_name, **dict(config.env_overrides))
+
+
+def make_optimizer(config: PPOConfig, hp: HyperParams) -> optax.GradientTransformation:
+    """Global-norm clipping, Adam, and a (linearly annealed) learning rate, all from traced ``hp``."""
+    steps = config.num_updates * config.update_epochs * config.num_minibatches
+
+    def learning_rate(count: jax.Array) -> jax.Array:
+        if not config.anneal_lr:
+            return hp.lr
+        return hp.lr * (1.0 - jnp.minimum(count, steps).astype(jnp.float32) / steps)
+
+    return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), optax.scale_by_adam(eps=1e-5),
+                       optax.scale_by_learning_rate(learning_rate))
+
+
+def gae(reward: jax.Array, value: jax.Array, next_value: jax.Array, terminated: jax.Array,
+        truncated: jax.Array, gamma: jax.Array, gae_lambda: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Generalised advantage estimation over a rollout; every input is (T, B), returns (adv, target).
+
+    ``next_value[t]`` is V of the true next observation of step t (for a truncated step, the final
+    observation before the auto-reset), so truncated episodes are bootstrapped:
+    delta_t = r_t + gamma * next_value_t * (1 - terminated_t) - value_t, and
+    A_t = delta_t + gamma * lambda * (1 - done_t) * A_{t+1} with done = terminated or truncated.
+    The value target is A_t + value_t.
+    """
+    not_term = 1.0 - terminated.astype(reward.dtype)
+    not_done = 1.0 - jnp.logical_or(terminated, truncated).astype(reward.dtype)
+    delta = reward + gamma * next_value * not_term - value
+
+    def back(carry, x):
+        d, nd = x
+        carry = d + gamma * gae_lambda * nd * carry
+        return carry, carry
+
+    _, adv = jax.lax.scan(back, jnp.zeros_like(delta[0]), (delta, not_done), reverse=True)
+    return adv, adv + value
+
+
+class Trainer:
+    """The pieces of a PPO run: ``init``, ``update`` (one update) and ``run`` (K updates, scanned).
+
+    ``make_train`` composes them into one function; the command line calls ``run`` in chunks so that it
+    can log and checkpoint between them (a chunked run equals an unchunked one for the same chunks).
+    """
+
+    def __init__(self, config: PPOConfig, env: Any = None, env_params: Any = None):
+        self.config = config.validate()
+        if env is None:
+            env, env_params = make_env(config)
+        self.env, self.env_params = env, env_params
+        self.network = ActorCritic(num_devices=int(env.num_devices), hidden=tuple(config.hidden))
+
+    def default_hparams(self) -> HyperParams:
+        """The config's hyperparameters as traced scalars."""
+        return HyperParams.from_config(self.config, self.env_params)
+
+    # -- pieces ---------------------------------------------------------------------------------
+    def init(self, key: jax.Array, hp: HyperParams) -> RunnerState:
+        """Fresh network, optimiser and environments from a raw (2,) uint32 key."""
+        cfg, env = self.config, self.env
+        env_params = hp.apply_to_env(self.env_params)
+        key, k_net, k_env = jax.random.split(key, 3)
+        params = self.network.init(k_net, jnp.zeros((env.obs_dim,), jnp.float32))
+        opt_state = make_optimizer(cfg, hp).init(params)
+        obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_env, cfg.num_envs), env_params)
+        return RunnerState(params=params, opt_state=opt_state, env_state=env_state, obs=obs.astype(jnp.float32),
+                           obs_stats=RunningStats.create((env.obs_dim,)), ret_stats=RunningStats.create(),
+                           returns=jnp.zeros((cfg.num_envs,), jnp.float32), key=key, update=jnp.int32(0))
+
+    def rollout(self, runner: RunnerState, hp: HyperParams) -> tuple[RunnerState, Transition]:
+        """``num_steps`` steps of every environment under the current policy."""
+        cfg, env, net = self.config, self.env, self.network
+        env_params = hp.apply_to_env(self.env_params)
+
+        def step(carry, _):
+            env_state, obs, obs_stats, ret_stats, returns, key = carry
+            key, k_act, k_env = jax.random.split(key, 3)
+            if cfg.normalize_obs:
+                obs_stats = obs_stats.update(obs)
+            norm_obs = obs_stats.normalize(obs) if cfg.normalize_obs else obs
+            alpha, beta, value = net.apply(runner.params, norm_obs)
+            action = beta_sample(k_act, alpha, beta)
+            log_prob = beta_log_prob(action, alpha, beta)
+            next_obs, env_state, reward, terminated, truncated, info = jax.vmap(
+                env.step, in_axes=(0, 0, 0, None))(jax.random.split(k_env, cfg.num_envs), env_state, action, env_params)
+            reward = reward.astype(jnp.float32)
+            final_obs = info["final_observation"].astype(jnp.float32)
+            returns = returns * hp.gamma + reward
+            if cfg.normalize_reward:
+                ret_stats = ret_stats.update(returns)
+                scaled = reward / jnp.sqrt(ret_stats.var + 1e-8)
+            else:
+                scaled = reward
+            returns = jnp.where(jnp.logical_or(terminated, truncated), 0.0, returns)
+            tr = Transition(obs=norm_obs, action=action, log_prob=log_prob, value=value, reward=scaled,
+                            raw_reward=reward, terminated=terminated, truncated=truncated,
+                            next_obs=obs_stats.normalize(final_obs) if cfg.normalize_obs else final_obs,
+                            latency=info["latency"].astype(jnp.float32),
+                            utilization=info["utilization"].astype(jnp.float32),
+                            invalid=info["invalid"].astype(jnp.float32))
+            return (env_state, next_obs.astype(jnp.float32), obs_stats, ret_stats, returns, key), tr
+
+        carry = (runner.env_state, runner.obs, runner.obs_stats, runner.ret_stats, runner.returns, runner.key)
+        (env_state, obs, obs_stats, ret_stats, returns, key), traj = jax.lax.scan(step, carry, None,
+                                                                                  length=cfg.num_steps)
+        return runner.replace(env_state=env_state, obs=obs, obs_stats=obs_stats, ret_stats=ret_stats,
+                              returns=returns, key=key), traj
+
+    def advantages(self, params: Any, traj: Transition, hp: HyperParams) -> tuple[jax.Array, jax.Array]:
+        """GAE advantages and value targets, each (num_steps, num_envs); see :func:`gae`."""
+        _, _, next_value = self.network.apply(params, traj.next_obs)
+        return gae(traj.reward, traj.value, next_value, traj.terminated, traj.truncated, hp.gamma, hp.gae_lambda)
+
+    def loss(self, params: Any, batch: tuple, hp: HyperParams) -> tuple[jax.Array, dict]:
+        """Clipped-surrogate PPO loss on one minibatch; returns (loss, diagnostics)."""
+        traj, adv, target = batch
+        alpha, beta, value = self.network.apply(params, traj.obs)
+        log_prob = beta_log_prob(traj.action, alpha, beta)
+        ratio = jnp.exp(log_prob - traj.log_prob)
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        actor_loss = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - hp.clip_eps, 1 + hp.clip_eps) * adv).mean()
+        v_clipped = traj.value + jnp.clip(value - traj.value, -hp.clip_eps, hp.clip_eps)
+        value_loss = 0.5 * jnp.maximum((value - target) ** 2, (v_clipped - target) ** 2).mean()
+        entropy = beta_entropy(alpha, beta).mean()
+        total = actor_loss + hp.vf_coef * value_loss - hp.ent_coef * entropy
+        diag = {"value_loss": value_loss, "actor_loss": actor_loss, "entropy": entropy,
+                "approx_kl": ((ratio - 1) - jnp.log(ratio)).mean(),
+                "clip_frac": (jnp.abs(ratio - 1) > hp.clip_eps).astype(jnp.float32).mean()}
+        return total, diag
+
+    def update(self, runner: RunnerState, hp: HyperParams) -> tuple[RunnerState, dict[str, jax.Array]]:
+        """One PPO update: rollout, GAE, epochs x minibatches; metrics are scalars."""
+        cfg = self.config
+        optimizer = make_optimizer(cfg, hp)
+        runner, traj = self.rollout(runner, hp)
+        adv, target = self.advantages(runner.params, traj, hp)
+        flat = jax.tree.map(lambda x: x.reshape((cfg.batch_size,) + x.shape[2:]), (traj, adv, target))
+        grad_fn = jax.value_and_grad(self.loss, has_aux=True)
+
+        def minibatch(carry, batch):
+            params, opt_state = carry
+            (_, diag), grads = grad_fn(params, batch, hp)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            diag["grad_norm"] = optax.tree.norm(grads)
+            return (optax.apply_updates(params, updates), opt_state), diag
+
+        def epoch(carry, key):
+            perm = jax.random.permutation(key, cfg.batch_size)
+            shuffled = jax.tree.map(
+                lambda x: x[perm].reshape((cfg.num_minibatches, -1) + x.shape[1:]), flat)
+            return jax.lax.scan(minibatch, carry, shuffled)
+
+        key, k_epochs = jax.random.split(runner.key)
+        (params, opt_state), diags = jax.lax.scan(epoch, (runner.params, runner.opt_state),
+                                                  jax.random.split(k_epochs, cfg.update_epochs))
+        metrics = {k: v.mean() for k, v in diags.items()}
+        steps = cfg.update_epochs * cfg.num_minibatches
+        count = (runner.update + 1) * steps
+        metrics["lr"] = hp.lr * (1.0 - jnp.minimum(count, cfg.num_updates * steps) / (cfg.num_updates * steps)) \
+            if cfg.anneal_lr else hp.lr
+        metrics.update(
+            reward=traj.raw_reward.mean(), latency=traj.latency.mean(),
+            utilization=traj.utilization.mean(), invalid_rate=traj.invalid.mean(),
+            episodes=jnp.logical_or(traj.terminated, traj.truncated).sum().astype(jnp.float32))
+        metrics = {k: metrics[k].astype(jnp.float32) for k in METRICS}
+        runner = runner.replace(params=params, opt_state=opt_state, key=key, update=runner.update + 1)
+        return runner, metrics
+
+    def run(self, runner: RunnerState, hp: HyperParams, num_updates: int) -> tuple[RunnerState, dict]:
+        """``num_updates`` (static) updates in one scan; metrics have shape (num_updates,)."""
+        return jax.lax.scan(lambda r, _: self.update(r, hp), runner, None, length=num_updates)
+
+    def train(self, key: jax.Array, hp: HyperParams | None = None) -> tuple[RunnerState, dict]:
+        """The whole run: ``init`` then ``config.num_updates`` updates."""
+        hp = self.default_hparams() if hp is None else hp
+        return self.run(self.init(key, hp), hp, self.config.num_updates)
+
+    def policy(self, runner: RunnerState, deterministic: bool = True) -> Callable[[jax.Array, jax.Array], jax.Array]:
+        """``policy_fn(key, obs (..., obs_dim)) -> shares (..., N)`` of a trained runner state.
+
+        Observations are normalised with the run's final statistics; the action is the Beta mean
+        (``deterministic``) or a sample.
+        """
+        net, cfg, params, stats = self.network, self.config, runner.params, runner.obs_stats
+
+        def policy_fn(key: jax.Array, obs: jax.Array) -> jax.Array:
+            obs = obs.astype(jnp.float32)
+            alpha, beta, _ = net.apply(params, stats.normalize(obs) if cfg.normalize_obs else obs)
+            return beta_mean(alpha, beta) if deterministic else beta_sample(key, alpha, beta)
+
+        return policy_fn
+
+
+def make_train(config: PPOConfig, env: Any = None, env_params: Any = None
+               ) -> Callable[..., tuple[RunnerState, dict[str, jax.Array]]]:
+    """``train(key, hparams=None) -> (runner_state, metrics)``, ready for ``jax.jit`` and ``jax.vmap``.
+
+    ``key`` is a raw (2,) uint32 key (``jax.random.PRNGKey``); ``metrics[name]`` has shape
+    (config.num_updates,). ``train.trainer`` is the underlying :class:`Trainer`.
+    """
+    trainer = Trainer(config, env, env_params)
+
+    def train(key: jax.Array, hparams: HyperParams | None = None):
+        return trainer.train(key, hparams)
+
+    train.trainer = trainer  # type: ignore[attr-defined]
+    return train

@@ -1,0 +1,137 @@
+"""The PPO core on a tiny environment with the allocation environment's API."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from jaxsplit.agents.distributions import beta_entropy, beta_log_prob, beta_mean, beta_sample
+from jaxsplit.agents.ppo import METRICS, HyperParams, PPOConfig, Trainer, gae, make_train
+from tiny_env import TinyEnv
+
+SMALL = dict(num_envs=16, num_steps=32, num_minibatches=4, lr=3e-3)
+
+
+def test_beta_log_prob_and_entropy_match_scipy():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(1.0, 8.0, (20, 3)).astype(np.float32)
+    b = rng.uniform(1.0, 8.0, (20, 3)).astype(np.float32)
+    x = rng.uniform(0.01, 0.99, (20, 3)).astype(np.float32)
+    lp = np.asarray(beta_log_prob(jnp.asarray(x), jnp.asarray(a), jnp.asarray(b)))
+    np.testing.assert_allclose(lp, stats.beta.logpdf(x, a, b).sum(-1), rtol=1e-4, atol=1e-4)
+    ent = np.asarray(beta_entropy(jnp.asarray(a), jnp.asarray(b)))
+    np.testing.assert_allclose(ent, stats.beta.entropy(a, b).sum(-1), rtol=1e-4, atol=1e-4)
+
+
+def test_beta_samples_are_finite_inside_the_unit_interval_with_the_right_mean():
+    a, b = jnp.full((20000, 2), 1.0), jnp.array([[1.0, 400.0]] * 20000)
+    x = beta_sample(jax.random.key(1), a, b)
+    assert bool(jnp.all((x > 0) & (x < 1)))
+    assert bool(jnp.all(jnp.isfinite(beta_log_prob(x, a, b))))
+    np.testing.assert_allclose(np.asarray(x.mean(0)), np.asarray(beta_mean(a[0], b[0])), rtol=0.05)
+
+
+def _gae_reference(r, v, nv, term, trunc, gamma, lam):
+    adv = np.zeros_like(r)
+    last = np.zeros_like(r[0])
+    for t in reversed(range(len(r))):
+        delta = r[t] + gamma * nv[t] * (1 - term[t]) - v[t]
+        last = delta + gamma * lam * (1 - np.maximum(term[t], trunc[t])) * last
+        adv[t] = last
+    return adv
+
+
+def test_gae_bootstraps_truncation_and_cuts_termination():
+    rng = np.random.default_rng(2)
+    T, B = 12, 5
+    r, v, nv = (rng.normal(size=(T, B)).astype(np.float32) for _ in range(3))
+    term = rng.random((T, B)) < 0.1
+    trunc = (rng.random((T, B)) < 0.2) & ~term
+    adv, target = gae(jnp.asarray(r), jnp.asarray(v), jnp.asarray(nv), jnp.asarray(term), jnp.asarray(trunc),
+                      0.9, 0.8)
+    ref = _gae_reference(r, v, nv, term.astype(np.float32), trunc.astype(np.float32), 0.9, 0.8)
+    np.testing.assert_allclose(np.asarray(adv), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(target), ref + v, rtol=1e-5, atol=1e-5)
+    # a truncated step keeps its bootstrap and cuts the trace: A = r + gamma * V(final obs) - V
+    for t, b in np.argwhere(trunc):
+        assert abs(float(adv[t, b]) - (r[t, b] + 0.9 * nv[t, b] - v[t, b])) < 1e-4
+
+
+@pytest.mark.parametrize("field,value", [("num_envs", 0), ("num_minibatches", 7), ("total_timesteps", 10),
+                                         ("lr", -1.0), ("gamma", 1.5), ("clip_eps", 0.0), ("hidden", ()),
+                                         ("load_min", 0.0)])
+def test_bad_config_raises_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        PPOConfig(**{**SMALL, "total_timesteps": 16 * 32 * 2, field: value}).validate()
+
+
+@pytest.fixture(scope="module")
+def trained():
+    env = TinyEnv()
+    config = PPOConfig(**SMALL, total_timesteps=16 * 32 * 50)
+    train = make_train(config, env, env.default_params())
+    runner, metrics = jax.jit(train)(jax.random.PRNGKey(0))
+    return train, runner, metrics
+
+
+def _policy_error(env, policy, key, n=4096):
+    keys = jax.random.split(key, n)
+    obs, state = jax.vmap(env.reset, in_axes=(0, None))(keys, env.default_params())
+    action = jax.vmap(policy)(keys, obs)
+    return float(jnp.abs(action - state.target).mean())
+
+
+def test_learning_beats_random_clearly(trained):
+    train, runner, metrics = trained
+    trainer = train.trainer
+    learned = _policy_error(trainer.env, trainer.policy(runner), jax.random.key(5))
+    random = _policy_error(trainer.env, lambda k, o: jax.random.uniform(k, (trainer.env.num_devices,)),
+                           jax.random.key(5))
+    assert random > 0.3
+    assert learned < 0.5 * random
+    assert float(metrics["reward"][-5:].mean()) > float(metrics["reward"][:5].mean()) + 0.1
+
+
+def test_metrics_are_finite_scalars_per_update(trained):
+    train, runner, metrics = trained
+    assert set(metrics) == set(METRICS)
+    for name, value in metrics.items():
+        assert value.shape == (train.trainer.config.num_updates,), name
+    chex.assert_tree_all_finite((runner.params, metrics))
+
+
+def test_same_seed_same_parameters_other_seed_differs(trained):
+    train, runner, _ = trained
+    again, _ = jax.jit(train)(jax.random.PRNGKey(0))
+    chex.assert_trees_all_equal(runner.params, again.params)
+    other, _ = jax.jit(train)(jax.random.PRNGKey(1))
+    assert not np.array_equal(np.asarray(jax.tree.leaves(other.params)[0]), np.asarray(jax.tree.leaves(runner.params)[0]))
+
+
+def test_no_recompilation_across_calls_and_hyperparameters():
+    env = TinyEnv()
+    trainer = Trainer(PPOConfig(**{**SMALL, "total_timesteps": 16 * 32 * 2}), env, env.default_params())
+    run = jax.jit(chex.assert_max_traces(trainer.run, n=1), static_argnums=2)
+    hp = trainer.default_hparams()
+    runner = jax.jit(trainer.init)(jax.random.PRNGKey(0), hp)
+    for lr in (1e-3, 2e-3, 5e-4):
+        runner, _ = run(runner, hp.replace(lr=jnp.float32(lr)), 1)
+    assert int(runner.update) == 3
+
+
+def test_traced_hyperparameters_change_the_result():
+    env = TinyEnv()
+    trainer = Trainer(PPOConfig(**{**SMALL, "total_timesteps": 16 * 32 * 2}), env, env.default_params())
+    train = jax.jit(trainer.train)
+    hp = trainer.default_hparams()
+    a, _ = train(jax.random.PRNGKey(0), hp)
+    b, _ = train(jax.random.PRNGKey(0), hp.replace(lr=jnp.float32(1e-2)))
+    c, _ = train(jax.random.PRNGKey(0), hp.replace(util_weight=jnp.float32(5.0)))
+    leaf = lambda r: np.asarray(jax.tree.leaves(r.params)[0])
+    assert not np.array_equal(leaf(a), leaf(b))
+    assert not np.array_equal(leaf(a), leaf(c))
+    assert isinstance(hp, HyperParams)

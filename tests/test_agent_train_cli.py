@@ -1,0 +1,41 @@
+"""``jaxsplit train`` end to end on the real environment (small settings)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from jaxsplit.agents import train_cli
+from jaxsplit.cli import main as jaxsplit_main
+
+SMALL = ["--total-timesteps", "4096", "--num-envs", "16", "--num-steps", "32", "--num-minibatches", "4",
+         "--log-every", "2", "--checkpoint-every", "4", "--eval-loads", "0.5", "1.0", "--eval-episodes", "2",
+         "--no-progress"]
+
+
+def test_train_writes_the_run_folder(tmp_path):
+    out = tmp_path / "run"
+    assert train_cli.main(["--out", str(out), *SMALL]) == 0
+    for name in ("config.json", "metrics.jsonl", "evaluation.json", "report.md", "training_curve.png",
+                 "latency_vs_load.png"):
+        assert (out / name).is_file(), name
+    assert (out / "checkpoints" / "8").is_dir()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in rows] == list(range(1, 9))
+    results = json.loads((out / "evaluation.json").read_text())
+    policies = {r["policy"] for r in results}
+    assert "ppo" in policies
+    assert all(r["mean_latency_s"] > 0 and r["p99_latency_s"] >= r["p95_latency_s"] for r in results)
+    assert {r["load"] for r in results} == {0.5, 1.0}
+    assert "ppo" in (out / "report.md").read_text()
+    # a second fresh run into the same folder is refused and keeps the checkpoint
+    assert jaxsplit_main(["train", "--out", str(out), *SMALL]) == 2
+    assert (out / "checkpoints" / "8").is_dir()
+
+
+@pytest.mark.parametrize("flag,value,field", [("--num-envs", "0", "num_envs"), ("--lr", "-1", "lr"),
+                                              ("--log-every", "0", "log-every"), ("--gamma", "2", "gamma")])
+def test_bad_flags_raise_value_error_naming_the_field(tmp_path, flag, value, field):
+    with pytest.raises(ValueError, match=field):
+        train_cli.main(["--out", str(tmp_path / "x"), *SMALL, flag, value])
