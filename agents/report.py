@@ -113,6 +113,8 @@ def rollout_latencies(policy_fn, env: Any, params: Any, episodes: int, key) -> n
     """Per-request latencies (s), shape (episodes, requests), of ``policy_fn(key, obs)`` over whole episodes."""
     import jax
 
+    from jaxsplit.envs.policies import Policy
+
     requests = int(env.requests)
 
     @jax.jit
@@ -123,7 +125,11 @@ def rollout_latencies(policy_fn, env: Any, params: Any, episodes: int, key) -> n
         def step(carry, k):
             obs, state = carry
             k_act, k_env = jax.random.split(k)
-            action = jax.vmap(policy_fn)(jax.random.split(k_act, episodes), obs)
+            keys = jax.random.split(k_act, episodes)
+            if isinstance(policy_fn, Policy):  # a baseline of jaxsplit.envs.policies
+                action = jax.vmap(policy_fn, in_axes=(0, 0, 0, None))(keys, obs, state, params)
+            else:
+                action = jax.vmap(policy_fn)(keys, obs)
             obs, state, _, _, _, info = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
                 jax.random.split(k_env, episodes), state, action, params)
             return (obs, state), info["latency"]
@@ -142,11 +148,9 @@ def _baseline_policies(env: Any) -> dict[str, Any]:
     if importlib.util.find_spec("jaxsplit.envs.policies") is None:
         return {}
     policies = importlib.import_module("jaxsplit.envs.policies")
-    registry = getattr(policies, "POLICIES", None) or getattr(policies, "REGISTRY", None) or {}
     out = {}
-    for name in registry:
-        make = getattr(policies, "make_policy", None)
-        out[name] = make(name, env) if make is not None else registry[name]
+    for name in policies.POLICIES:
+        out[name] = policies.get(name, env)  # called as policy(key, obs, state, params)
     return out
 
 
