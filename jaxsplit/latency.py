@@ -6,7 +6,7 @@ batch axes lead, the device axis is last. Arrays are float32 by default; under
 
 Units: seconds, bytes, FLOP, FLOP/s, bytes/s.
 
->>> import jax.numpy as jnp
+>>> import jax, jax.numpy as jnp
 >>> from jaxsplit import latency, zoo
 >>> layer = latency.layer_arrays(zoo.get("vgg16")[:1])            # one layer, leading axis 1
 >>> cluster = latency.Cluster.create(flops=[2e10, 5e10], bandwidth=[jnp.inf, 1.25e8],

@@ -350,17 +350,6 @@ def _make(where: str, *fields: Any, name: str) -> Layer:
         raise ValueError(f"{where}{err}") from None
 
 
-def check_chain(layers: Iterable[Layer], where: str = "") -> None:
-    """Check that consecutive spatial layers' sizes agree where they are plainly chained.
-
-    A table in topological order need not be a chain (residual branches), so only the total is
-    checked here: every layer must have at least one output row and column.
-    """
-    for i, layer in enumerate(layers):
-        if layer.out_height < 1 or layer.out_width < 1:
-            raise ValueError(f"{where}layers[{i}]: output size {layer.out_height}x{layer.out_width} is empty")
-
-
 def total_macs(layers: Iterable[Layer]) -> int:
     """Sum of multiply-accumulates of a table."""
     return sum(layer.macs for layer in layers)
