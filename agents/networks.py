@@ -21,10 +21,14 @@ class ActorCritic(nn.Module):
     Attributes:
       num_devices: N, the number of shares the actor outputs.
       hidden: widths of the hidden layers of each MLP.
+      init_concentration: alpha = beta of every share at initialisation (> 1): the initial policy
+        has mean share 1/2 and standard deviation 1 / (2 sqrt(2 c + 1)); larger values start closer
+        to "half of every device" (the default 1 + log 2 is the plain zero-bias initialisation).
     """
 
     num_devices: int
     hidden: Sequence[int] = (64, 64)
+    init_concentration: float = 1.0 + float(np.log(2.0))
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -33,7 +37,8 @@ class ActorCritic(nn.Module):
         x = obs
         for width in self.hidden:
             x = nn.tanh(nn.Dense(width, kernel_init=init(np.sqrt(2)), bias_init=nn.initializers.zeros)(x))
-        logits = nn.Dense(2 * self.num_devices, kernel_init=init(0.01), bias_init=nn.initializers.zeros)(x)
+        bias = float(np.log(np.expm1(self.init_concentration - 1.0)))  # softplus(bias) + 1 = c
+        logits = nn.Dense(2 * self.num_devices, kernel_init=init(0.01), bias_init=nn.initializers.constant(bias))(x)
         alpha = 1.0 + nn.softplus(logits[..., : self.num_devices])
         beta = 1.0 + nn.softplus(logits[..., self.num_devices:])
 

@@ -22,6 +22,7 @@ Truncated episodes are bootstrapped: the value target of the last step of an epi
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -54,6 +55,12 @@ class PPOConfig:
         allocation reward spans orders of magnitude between light and overloaded episodes).
       lr, ent_coef, clip_eps, vf_coef, gamma, gae_lambda, max_grad_norm: defaults of :class:`HyperParams`.
       util_weight, load_min, load_max: environment parameters overridden per agent (None keeps the env's).
+      share_levels: 0 sends the sampled shares as they are; K > 0 rounds each share to the nearest of
+        {0, 1/K, ..., 1/3, 1/2, 1} before the environment sees it (see :func:`snap_shares`), so that
+        concurrent requests can pack a device exactly (two halves, three thirds). The log-probability
+        is that of the continuous sample; the rounding is part of the environment from PPO's side.
+      init_concentration: alpha = beta of the initial Beta policy (> 1; see
+        :class:`~jaxsplit.agents.networks.ActorCritic`).
     """
 
     env_name: str = "alloc-v0"
@@ -77,6 +84,8 @@ class PPOConfig:
     util_weight: float | None = None
     load_min: float | None = None
     load_max: float | None = None
+    share_levels: int = 0
+    init_concentration: float = 1.0 + math.log(2.0)
 
     @property
     def batch_size(self) -> int:
@@ -110,6 +119,11 @@ class PPOConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value == value and ok):
                 raise ValueError(f"{name} is out of range: {value!r}")
+        if not isinstance(self.share_levels, int) or self.share_levels < 0:
+            raise ValueError(f"share_levels must be a non-negative integer, got {self.share_levels!r}")
+        if not (isinstance(self.init_concentration, (int, float)) and self.init_concentration > 1
+                and math.isfinite(self.init_concentration)):
+            raise ValueError(f"init_concentration must be a finite number > 1, got {self.init_concentration!r}")
         if self.load_min is not None and self.load_min <= 0:
             raise ValueError(f"load_min must be > 0, got {self.load_min!r}")
         if self.load_min is not None and self.load_max is not None and self.load_min > self.load_max:
@@ -230,6 +244,20 @@ METRICS = ("reward", "latency", "utilization", "invalid_rate", "episodes", "valu
            "actor_loss", "entropy", "approx_kl", "clip_frac", "grad_norm", "lr")
 
 
+def share_grid(levels: int) -> jax.Array:
+    """The sorted share levels {0} + {1/k : k = levels..1}; float32 (levels + 1,)."""
+    return jnp.asarray([0.0] + [1.0 / k for k in range(levels, 0, -1)], jnp.float32)
+
+
+def snap_shares(action: jax.Array, levels: int) -> jax.Array:
+    """Round every share of ``action`` (..., N) to the nearest level of :func:`share_grid` (identity
+    when ``levels`` is 0)."""
+    if levels == 0:
+        return action
+    grid = share_grid(levels)
+    return grid[jnp.argmin(jnp.abs(action[..., None] - grid), axis=-1)]
+
+
 def make_env(config: PPOConfig) -> tuple[Any, Any]:
     """``jaxsplit.envs.make(config.env_name, **overrides)``."""
     from jaxsplit import envs
@@ -285,7 +313,8 @@ class Trainer:
         if env is None:
             env, env_params = make_env(config)
         self.env, self.env_params = env, env_params
-        self.network = ActorCritic(num_devices=int(env.num_devices), hidden=tuple(config.hidden))
+        self.network = ActorCritic(num_devices=int(env.num_devices), hidden=tuple(config.hidden),
+                                    init_concentration=float(config.init_concentration))
 
     def default_hparams(self) -> HyperParams:
         """The config's hyperparameters as traced scalars."""
@@ -319,7 +348,8 @@ class Trainer:
             action = beta_sample(k_act, alpha, beta)
             log_prob = beta_log_prob(action, alpha, beta)
             next_obs, env_state, reward, terminated, truncated, info = jax.vmap(
-                env.step, in_axes=(0, 0, 0, None))(jax.random.split(k_env, cfg.num_envs), env_state, action, env_params)
+                env.step, in_axes=(0, 0, 0, None))(jax.random.split(k_env, cfg.num_envs), env_state,
+                                                   snap_shares(action, cfg.share_levels), env_params)
             reward = reward.astype(jnp.float32)
             final_obs = info["final_observation"].astype(jnp.float32)
             returns = returns * hp.gamma + reward
@@ -416,14 +446,15 @@ class Trainer:
         """``policy_fn(key, obs (..., obs_dim)) -> shares (..., N)`` of a trained runner state.
 
         Observations are normalised with the run's final statistics; the action is the Beta mean
-        (``deterministic``) or a sample.
+        (``deterministic``) or a sample, rounded to the share levels when ``config.share_levels``.
         """
         net, cfg, params, stats = self.network, self.config, runner.params, runner.obs_stats
 
         def policy_fn(key: jax.Array, obs: jax.Array) -> jax.Array:
             obs = obs.astype(jnp.float32)
             alpha, beta, _ = net.apply(params, stats.normalize(obs) if cfg.normalize_obs else obs)
-            return beta_mean(alpha, beta) if deterministic else beta_sample(key, alpha, beta)
+            action = beta_mean(alpha, beta) if deterministic else beta_sample(key, alpha, beta)
+            return snap_shares(action, cfg.share_levels)
 
         return policy_fn
 

@@ -60,6 +60,10 @@ class TrainArgs:
     """GAE lambda"""
     max_grad_norm: float = 0.5
     """global gradient norm clip"""
+    share_levels: int = 4
+    """round sampled shares to the nearest of 0, 1/K, ..., 1/2, 1 (K = this; 0 keeps them continuous)"""
+    init_concentration: float = 10.0
+    """alpha = beta of every share's Beta at initialisation (> 1; larger starts nearer half of every device)"""
     normalize_obs: bool = True
     """standardise observations with running statistics"""
     normalize_reward: bool = True

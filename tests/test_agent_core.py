@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from jaxsplit.agents.distributions import beta_entropy, beta_log_prob, beta_mean, beta_sample
-from jaxsplit.agents.ppo import METRICS, HyperParams, PPOConfig, Trainer, gae, make_train
+from jaxsplit.agents.ppo import METRICS, HyperParams, PPOConfig, Trainer, gae, make_train, share_grid, snap_shares
 from tiny_env import TinyEnv
 
 SMALL = dict(num_envs=16, num_steps=32, num_minibatches=4, lr=3e-3)
@@ -63,10 +63,23 @@ def test_gae_bootstraps_truncation_and_cuts_termination():
 
 @pytest.mark.parametrize("field,value", [("num_envs", 0), ("num_minibatches", 7), ("total_timesteps", 10),
                                          ("lr", -1.0), ("gamma", 1.5), ("clip_eps", 0.0), ("hidden", ()),
-                                         ("load_min", 0.0)])
+                                         ("load_min", 0.0), ("share_levels", -1)])
 def test_bad_config_raises_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         PPOConfig(**{**SMALL, "total_timesteps": 16 * 32 * 2, field: value}).validate()
+
+
+def test_snap_shares_rounds_to_the_nearest_unit_fraction():
+    np.testing.assert_allclose(np.asarray(share_grid(4)), [0.0, 0.25, 1 / 3, 0.5, 1.0], rtol=1e-6)
+    x = np.random.default_rng(3).uniform(0.0, 1.0, (500, 4)).astype(np.float32)
+    got = np.asarray(snap_shares(jnp.asarray(x), 4))
+    grid = np.array([0.0, 0.25, 1 / 3, 0.5, 1.0], np.float32)
+    want = grid[np.argmin(np.abs(x[..., None] - grid), axis=-1)]
+    np.testing.assert_array_equal(got, want)
+    assert set(np.unique(got)) <= set(grid)
+    # two halves and three thirds fill a device exactly; levels=0 leaves actions alone
+    assert np.asarray(snap_shares(jnp.array([0.47, 0.6]), 4)).sum() == 1.0
+    np.testing.assert_array_equal(np.asarray(snap_shares(jnp.asarray(x), 0)), x)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,227 @@
+"""PPO against every baseline policy: mean latency by offered load, several seeds, 95% confidence intervals.
+
+What it does, in one run:
+
+1. Trains ``--seeds`` PPO agents (the default configuration of ``jaxsplit train``, ``--timesteps``
+   environment steps each) as one population: ``jit(vmap(train))`` over the seeds.
+2. Evaluates every agent (deterministic policy) and every baseline of ``jaxsplit.envs.policies`` at
+   ``--loads`` on the default randomised clusters and on a fixed cluster (``--cluster``, the instance
+   format; the agents never saw it in training). Every policy runs on the same episodes.
+3. The ablation: the same PPO trained and evaluated with the equal split in place of the closed form
+   inside the environment (``--no-ablation`` skips it).
+
+PPO's figure is the mean over seeds of each seed's mean latency, with a 95% t-interval over the
+seeds; a baseline's figure is its mean over the same seeds x episodes with a 95% normal interval.
+The goal (at loads >= 0.9, PPO at least 10% below the best baseline; at lower loads within 3%) is
+checked against the best baseline at each load. Results go to benchmarks/RESULTS.md and
+benchmarks/ppo_results.png.
+
+    python benchmarks/ppo_results.py                 # 5 seeds, full length (tens of minutes on 2 cores)
+    python benchmarks/ppo_results.py --quick         # 2 seeds, short training, no RESULTS.md update
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import command, git_revision, machine, record  # noqa: E402
+
+from jaxsplit.agents.population import gather, population_grid, train_population  # noqa: E402
+from jaxsplit.agents.ppo import make_train  # noqa: E402
+from jaxsplit.agents.train_cli import TrainArgs, config_from_args  # noqa: E402
+from jaxsplit.envs import policies as policies_mod  # noqa: E402
+from jaxsplit.envs.evaluation import evaluate  # noqa: E402
+from jaxsplit.envs.evaluate_cli import load_cluster  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def t_interval(values: np.ndarray) -> float:
+    """Half-width of the 95% Student-t interval of the mean of ``values`` (n >= 2)."""
+    from scipy import stats
+
+    n = len(values)
+    return float(stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+
+
+def train_agents(split: str, seeds: int, timesteps: int):
+    """Train ``seeds`` agents of the default ``jaxsplit train`` configuration; (trainer, runners, seconds)."""
+    args = TrainArgs(split=split, total_timesteps=timesteps)
+    config = config_from_args(args)
+    train = make_train(config)
+    trainer = train.trainer
+    keys, hparams, _ = population_grid(trainer.default_hparams(), seeds)
+    t0 = time.perf_counter()
+    runners, metrics = train_population(train, keys, hparams, sharded=False)
+    runners = gather(runners)
+    seconds = time.perf_counter() - t0
+    return trainer, runners, metrics, seconds
+
+
+def evaluate_agents(trainer, runners, seeds: int, params, loads, episodes: int) -> dict[float, dict]:
+    """Per load: PPO's mean over seeds of each seed's mean latency, its t-interval, and per-seed figures."""
+    per_seed = []
+    for s in range(seeds):
+        runner = jax.tree.map(lambda x: x[s], runners)
+        rows = evaluate(trainer.policy(runner), trainer.env, params, loads, episodes=episodes, seed=1000, name="ppo")
+        per_seed.append({r["load"]: r for r in rows})
+    out = {}
+    for load in loads:
+        lat = np.array([p[load]["mean_latency_s"] for p in per_seed])
+        p99 = np.array([p[load]["p99_latency_s"] for p in per_seed])
+        util = np.array([p[load]["request_utilization"] for p in per_seed])
+        out[load] = dict(mean=float(lat.mean()), ci=t_interval(lat), seeds=lat.tolist(), p99=float(p99.mean()),
+                         request_utilization=float(util.mean()))
+    return out
+
+
+def evaluate_baselines(env, params, loads, seeds: int, episodes: int) -> dict[str, dict[float, dict]]:
+    """Every registered baseline on the same episodes as the agents (seeds x episodes per load)."""
+    out = {}
+    for name in policies_mod.registered():
+        rows = evaluate(name, env, params, loads, episodes=episodes * seeds, seed=1000)
+        out[name] = {r["load"]: dict(mean=r["mean_latency_s"], ci=r["mean_latency_s_ci"], p99=r["p99_latency_s"],
+                                     request_utilization=r["request_utilization"]) for r in rows}
+        print(f"  {name:14s} " + "  ".join(f"{l}: {out[name][l]['mean']:.4g}" for l in loads), flush=True)
+    return out
+
+
+def table(ppo: dict, baselines: dict, loads) -> tuple[str, list[dict]]:
+    """Markdown table of mean latency (s) +- 95% CI, and the per-load comparison with the best baseline."""
+    head = "| policy | " + " | ".join(f"rho = {l}" for l in loads) + " |\n|---|" + "---:|" * len(loads) + "\n"
+    lines = ["| **ppo** | " + " | ".join(f"**{ppo[l]['mean']:.4g} +- {ppo[l]['ci']:.2g}**" for l in loads) + " |"]
+    for name, rows in baselines.items():
+        lines.append(f"| {name} | " + " | ".join(f"{rows[l]['mean']:.4g} +- {rows[l]['ci']:.2g}" for l in loads) + " |")
+    verdicts = []
+    for l in loads:
+        best = min(baselines, key=lambda n: baselines[n][l]["mean"])
+        change = 100.0 * (ppo[l]["mean"] / baselines[best][l]["mean"] - 1.0)
+        goal = change <= -10.0 if l >= 0.9 else change <= 3.0
+        verdicts.append(dict(load=l, best=best, best_mean=baselines[best][l]["mean"], ppo=ppo[l]["mean"],
+                             change_pct=change, goal=("met" if goal else "NOT met")))
+    lines.append("")
+    lines.append("| rho | best baseline | its latency (s) | PPO (s) | PPO vs best | goal |\n|---:|---|---:|---:|---:|---|")
+    for v in verdicts:
+        target = "<= -10%" if v["load"] >= 0.9 else "<= +3%"
+        lines.append(f"| {v['load']} | {v['best']} | {v['best_mean']:.4g} | {v['ppo']:.4g} | {v['change_pct']:+.1f}% "
+                     f"| {target}: {v['goal']} |")
+    return head + "\n".join(lines) + "\n", verdicts
+
+
+def plot(panels: list[tuple[str, dict, dict]], loads, path: Path) -> None:
+    """Mean latency against load, one panel per setting, one line per policy (95% CI error bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
+    for ax, (title, ppo, baselines) in zip(axes[0], panels):
+        for name, rows in baselines.items():
+            ax.errorbar(loads, [rows[l]["mean"] for l in loads], yerr=[rows[l]["ci"] for l in loads], marker="o",
+                        ms=3, capsize=2, lw=1, label=name)
+        ax.errorbar(loads, [ppo[l]["mean"] for l in loads], yerr=[ppo[l]["ci"] for l in loads], marker="s", ms=4,
+                    capsize=3, lw=2.4, color="black", label="ppo")
+        ax.set_yscale("log")
+        ax.set_xlabel("offered load rho")
+        ax.set_ylabel("mean latency (s)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, default=5, help="PPO agents (seeds) per setting")
+    ap.add_argument("--timesteps", type=int, default=None,
+                    help="environment steps per agent (default: jaxsplit train's default)")
+    ap.add_argument("--loads", default="0.3,0.6,0.9,1.2", help="offered loads of the evaluation")
+    ap.add_argument("--episodes", type=int, default=8, help="evaluation episodes per seed and load")
+    ap.add_argument("--cluster", default=str(HERE.parent / "examples" / "vgg16_cluster.json"),
+                    help="fixed cluster of the second evaluation (instance format; shares ignored)")
+    ap.add_argument("--no-ablation", action="store_true", help="skip the equal-split ablation")
+    ap.add_argument("--quick", action="store_true", help="2 seeds, 200k steps, no RESULTS.md update")
+    args = ap.parse_args()
+    loads = [float(x) for x in args.loads.split(",")]
+    timesteps = args.timesteps or TrainArgs().total_timesteps
+    seeds = args.seeds
+    if args.quick:
+        seeds, timesteps = 2, min(timesteps, 200_000)
+    if seeds < 2:
+        raise SystemExit("--seeds must be at least 2 for a confidence interval")
+
+    settings = {}
+    for split in ("closed_form",) + (() if args.no_ablation else ("equal",)):
+        print(f"training {seeds} agents, split {split}, {timesteps:,} steps each ...", flush=True)
+        trainer, runners, metrics, seconds = train_agents(split, seeds, timesteps)
+        print(f"  trained in {seconds:.0f} s ({seeds * timesteps / seconds:,.0f} env-steps/s)", flush=True)
+        settings[split] = (trainer, runners, seconds)
+
+    trainer, runners, train_s = settings["closed_form"]
+    env, params = trainer.env, trainer.env_params
+    fixed_params = env.default_params(cluster=load_cluster(args.cluster))
+
+    results = {}
+    for label, p in (("randomised clusters", params), (f"fixed cluster {Path(args.cluster).name}", fixed_params)):
+        print(f"evaluating on {label} ...", flush=True)
+        ppo = evaluate_agents(trainer, runners, seeds, p, loads, args.episodes)
+        print(f"  {'ppo':14s} " + "  ".join(f"{l}: {ppo[l]['mean']:.4g}" for l in loads), flush=True)
+        results[label] = (ppo, evaluate_baselines(env, p, loads, seeds, args.episodes))
+
+    ablation = None
+    if "equal" in settings:
+        eq_trainer, eq_runners, eq_s = settings["equal"]
+        print("evaluating the equal-split ablation ...", flush=True)
+        eq_ppo = evaluate_agents(eq_trainer, eq_runners, seeds, eq_trainer.env_params, loads, args.episodes)
+        eq_best = evaluate(policies_mod.get("constant", eq_trainer.env, c=0.5), eq_trainer.env, eq_trainer.env_params,
+                           loads, episodes=args.episodes * seeds, seed=1000, name="constant_0.5")
+        ablation = (eq_ppo, {r["load"]: r for r in eq_best}, eq_s)
+
+    sections = []
+    verdict_all = {}
+    for label, (ppo, baselines) in results.items():
+        text, verdicts = table(ppo, baselines, loads)
+        verdict_all[label] = verdicts
+        sections.append(f"#### {label}\n\n{text}")
+    body = "\n".join(sections)
+    if ablation is not None:
+        eq_ppo, eq_const, eq_s = ablation
+        ppo_cf = results["randomised clusters"][0]
+        rows = ["| rho | PPO, closed form (s) | PPO, equal split (s) | equal / closed form | constant 0.5, equal split (s) |",
+                "|---:|---:|---:|---:|---:|"]
+        for l in loads:
+            rows.append(f"| {l} | {ppo_cf[l]['mean']:.4g} +- {ppo_cf[l]['ci']:.2g} | {eq_ppo[l]['mean']:.4g} +- "
+                        f"{eq_ppo[l]['ci']:.2g} | {eq_ppo[l]['mean'] / ppo_cf[l]['mean']:.2f}x | "
+                        f"{eq_const[l]['mean_latency_s']:.4g} |")
+        body += ("\n#### Ablation: the equal split inside the environment (randomised clusters)\n\n"
+                 + "\n".join(rows) + "\n")
+    print(body)
+    if args.quick:
+        print("(quick run: RESULTS.md not updated)")
+        return
+    png = HERE / "ppo_results.png"
+    plot([(label, ppo, baselines) for label, (ppo, baselines) in results.items()], loads, png)
+    cfg = config_from_args(TrainArgs(total_timesteps=timesteps))
+    header = (f"### PPO against the baselines\n\n`{command()}` (rev {git_revision()}) on {machine()}.\n\n"
+              f"{seeds} seeds x {timesteps:,} environment steps each (the default `jaxsplit train` configuration: "
+              f"{cfg.num_envs} envs x {cfg.num_steps} steps per update, lr {cfg.lr}, share levels "
+              f"{cfg.share_levels}); training took {train_s:.0f} s for the population. Evaluation: {args.episodes} "
+              f"episodes of {env.requests} requests per seed and load (10% warm-up left out), deterministic policy. "
+              f"Mean latency in seconds, +- the 95% interval (PPO: t over seeds; baselines: over episodes). "
+              f"Plot: [ppo_results.png](ppo_results.png).\n\n")
+    record("ppo-results", header + body)
+    print(f"recorded in {HERE / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    main()
