@@ -59,6 +59,11 @@ class PPOConfig:
         {0, 1/K, ..., 1/3, 1/2, 1} before the environment sees it (see :func:`snap_shares`), so that
         concurrent requests can pack a device exactly (two halves, three thirds). The log-probability
         is that of the continuous sample; the rounding is part of the environment from PPO's side.
+      reward_groups: with normalize_reward, the number of offered-load groups (equal slices of the
+        episode load range) that keep their own return statistics. Episodes at different loads then
+        weigh alike in the gradient instead of the overloaded ones drowning the rest; each group's
+        rewards are scaled by a positive constant only, and the load is in the observation, so the
+        best policy of every episode is unchanged. 1 keeps one global statistic.
       init_concentration: alpha = beta of the initial Beta policy (> 1; see
         :class:`~jaxsplit.agents.networks.ActorCritic`).
     """
@@ -85,6 +90,7 @@ class PPOConfig:
     load_min: float | None = None
     load_max: float | None = None
     share_levels: int = 0
+    reward_groups: int = 1
     init_concentration: float = 1.0 + math.log(2.0)
 
     @property
@@ -121,6 +127,8 @@ class PPOConfig:
                 raise ValueError(f"{name} is out of range: {value!r}")
         if not isinstance(self.share_levels, int) or self.share_levels < 0:
             raise ValueError(f"share_levels must be a non-negative integer, got {self.share_levels!r}")
+        if not isinstance(self.reward_groups, int) or self.reward_groups < 1:
+            raise ValueError(f"reward_groups must be a positive integer, got {self.reward_groups!r}")
         if not (isinstance(self.init_concentration, (int, float)) and self.init_concentration > 1
                 and math.isfinite(self.init_concentration)):
             raise ValueError(f"init_concentration must be a finite number > 1, got {self.init_concentration!r}")
@@ -184,6 +192,18 @@ class RunningStats:
     def update(self, x: jax.Array) -> "RunningStats":
         """Fold in a batch ``x`` of shape (B,) + sample shape."""
         b_mean, b_var, b_count = x.mean(0), x.var(0), jnp.float32(x.shape[0])
+        total = self.count + b_count
+        delta = b_mean - self.mean
+        m2 = self.var * self.count + b_var * b_count + delta**2 * self.count * b_count / total
+        return RunningStats(mean=self.mean + delta * b_count / total, var=m2 / total, count=total)
+
+    def update_grouped(self, x: jax.Array, group: jax.Array) -> "RunningStats":
+        """Fold in samples ``x`` (B,) into per-group statistics (shape (G,)); ``group`` (B,) int32 in [0, G)."""
+        onehot = jax.nn.one_hot(group, self.mean.shape[0], dtype=x.dtype)  # (B, G)
+        b_count = onehot.sum(0)
+        safe = jnp.maximum(b_count, 1.0)
+        b_mean = (onehot * x[:, None]).sum(0) / safe
+        b_var = (onehot * (x[:, None] - b_mean) ** 2).sum(0) / safe
         total = self.count + b_count
         delta = b_mean - self.mean
         m2 = self.var * self.count + b_var * b_count + delta**2 * self.count * b_count / total
@@ -330,8 +350,16 @@ class Trainer:
         opt_state = make_optimizer(cfg, hp).init(params)
         obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_env, cfg.num_envs), env_params)
         return RunnerState(params=params, opt_state=opt_state, env_state=env_state, obs=obs.astype(jnp.float32),
-                           obs_stats=RunningStats.create((env.obs_dim,)), ret_stats=RunningStats.create(),
+                           obs_stats=RunningStats.create((env.obs_dim,)), ret_stats=RunningStats.create(
+                               (cfg.reward_groups,) if cfg.reward_groups > 1 else ()),
                            returns=jnp.zeros((cfg.num_envs,), jnp.float32), key=key, update=jnp.int32(0))
+
+    def load_group(self, load: jax.Array, env_params: Any) -> jax.Array:
+        """Offered-load group, int32 of the shape of ``load`` (the episode's rho, ``info["load"]``)."""
+        g = self.config.reward_groups
+        span = jnp.maximum(env_params.load_max - env_params.load_min, 1e-6)
+        frac = (load - env_params.load_min) / span
+        return jnp.clip(jnp.floor(frac * g), 0, g - 1).astype(jnp.int32)
 
     def rollout(self, runner: RunnerState, hp: HyperParams) -> tuple[RunnerState, Transition]:
         """``num_steps`` steps of every environment under the current policy."""
@@ -354,8 +382,13 @@ class Trainer:
             final_obs = info["final_observation"].astype(jnp.float32)
             returns = returns * hp.gamma + reward
             if cfg.normalize_reward:
-                ret_stats = ret_stats.update(returns)
-                scaled = reward / jnp.sqrt(ret_stats.var + 1e-8)
+                if cfg.reward_groups > 1:
+                    group = self.load_group(info["load"], env_params)
+                    ret_stats = ret_stats.update_grouped(returns, group)
+                    scaled = reward / jnp.sqrt(ret_stats.var[group] + 1e-8)
+                else:
+                    ret_stats = ret_stats.update(returns)
+                    scaled = reward / jnp.sqrt(ret_stats.var + 1e-8)
             else:
                 scaled = reward
             returns = jnp.where(jnp.logical_or(terminated, truncated), 0.0, returns)

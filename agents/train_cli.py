@@ -62,6 +62,8 @@ class TrainArgs:
     """global gradient norm clip"""
     share_levels: int = 4
     """round sampled shares to the nearest of 0, 1/K, ..., 1/2, 1 (K = this; 0 keeps them continuous)"""
+    reward_groups: int = 1
+    """offered-load groups with their own reward scale (1: one global scale; see PPOConfig)"""
     init_concentration: float = 10.0
     """alpha = beta of every share's Beta at initialisation (> 1; larger starts nearer half of every device)"""
     normalize_obs: bool = True

@@ -10,7 +10,8 @@ import pytest
 from scipy import stats
 
 from jaxsplit.agents.distributions import beta_entropy, beta_log_prob, beta_mean, beta_sample
-from jaxsplit.agents.ppo import METRICS, HyperParams, PPOConfig, Trainer, gae, make_train, share_grid, snap_shares
+from jaxsplit.agents.ppo import (METRICS, HyperParams, PPOConfig, RunningStats, Trainer, gae, make_train, share_grid,
+                                 snap_shares)
 from tiny_env import TinyEnv
 
 SMALL = dict(num_envs=16, num_steps=32, num_minibatches=4, lr=3e-3)
@@ -63,7 +64,8 @@ def test_gae_bootstraps_truncation_and_cuts_termination():
 
 @pytest.mark.parametrize("field,value", [("num_envs", 0), ("num_minibatches", 7), ("total_timesteps", 10),
                                          ("lr", -1.0), ("gamma", 1.5), ("clip_eps", 0.0), ("hidden", ()),
-                                         ("load_min", 0.0), ("share_levels", -1)])
+                                         ("load_min", 0.0), ("share_levels", -1),
+                                         ("reward_groups", 0), ("init_concentration", 1.0)])
 def test_bad_config_raises_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         PPOConfig(**{**SMALL, "total_timesteps": 16 * 32 * 2, field: value}).validate()
@@ -80,6 +82,24 @@ def test_snap_shares_rounds_to_the_nearest_unit_fraction():
     # two halves and three thirds fill a device exactly; levels=0 leaves actions alone
     assert np.asarray(snap_shares(jnp.array([0.47, 0.6]), 4)).sum() == 1.0
     np.testing.assert_array_equal(np.asarray(snap_shares(jnp.asarray(x), 0)), x)
+
+
+def test_grouped_return_statistics_equal_each_group_on_its_own():
+    rng = np.random.default_rng(4)
+    batches = [(rng.normal(3.0, 2.0, 64).astype(np.float32), rng.integers(0, 3, 64)) for _ in range(5)]
+    batches.append((rng.normal(0.0, 1.0, 8).astype(np.float32), np.zeros(8, int)))  # groups 1, 2 absent
+    stats = RunningStats.create((3,))
+    for x, g in batches:
+        stats = stats.update_grouped(jnp.asarray(x), jnp.asarray(g, jnp.int32))
+    for group in range(3):
+        alone = RunningStats.create()
+        for x, g in batches:
+            if np.any(g == group):
+                alone = alone.update(jnp.asarray(x[g == group]))
+        values = np.concatenate([x[g == group] for x, g in batches])
+        np.testing.assert_allclose(float(stats.mean[group]), float(alone.mean), rtol=1e-5)
+        np.testing.assert_allclose(float(stats.var[group]), float(alone.var), rtol=1e-4)
+        np.testing.assert_allclose(float(stats.var[group]), values.var(), rtol=1e-3)
 
 
 @pytest.fixture(scope="module")
