@@ -197,6 +197,12 @@ class RunningStats:
         m2 = self.var * self.count + b_var * b_count + delta**2 * self.count * b_count / total
         return RunningStats(mean=self.mean + delta * b_count / total, var=m2 / total, count=total)
 
+    @classmethod
+    def create_grouped(cls, groups: int) -> "RunningStats":
+        """Scalar statistics for each of ``groups`` groups (mean, var and count of shape (groups,))."""
+        return cls(mean=jnp.zeros((groups,), jnp.float32), var=jnp.ones((groups,), jnp.float32),
+                   count=jnp.full((groups,), 1e-4, jnp.float32))
+
     def update_grouped(self, x: jax.Array, group: jax.Array) -> "RunningStats":
         """Fold in samples ``x`` (B,) into per-group statistics (shape (G,)); ``group`` (B,) int32 in [0, G)."""
         onehot = jax.nn.one_hot(group, self.mean.shape[0], dtype=x.dtype)  # (B, G)
@@ -350,8 +356,8 @@ class Trainer:
         opt_state = make_optimizer(cfg, hp).init(params)
         obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_env, cfg.num_envs), env_params)
         return RunnerState(params=params, opt_state=opt_state, env_state=env_state, obs=obs.astype(jnp.float32),
-                           obs_stats=RunningStats.create((env.obs_dim,)), ret_stats=RunningStats.create(
-                               (cfg.reward_groups,) if cfg.reward_groups > 1 else ()),
+                           obs_stats=RunningStats.create((env.obs_dim,)), ret_stats=(RunningStats.create_grouped(cfg.reward_groups) if cfg.reward_groups > 1
+                                      else RunningStats.create()),
                            returns=jnp.zeros((cfg.num_envs,), jnp.float32), key=key, update=jnp.int32(0))
 
     def load_group(self, load: jax.Array, env_params: Any) -> jax.Array:

@@ -88,7 +88,7 @@ def test_grouped_return_statistics_equal_each_group_on_its_own():
     rng = np.random.default_rng(4)
     batches = [(rng.normal(3.0, 2.0, 64).astype(np.float32), rng.integers(0, 3, 64)) for _ in range(5)]
     batches.append((rng.normal(0.0, 1.0, 8).astype(np.float32), np.zeros(8, int)))  # groups 1, 2 absent
-    stats = RunningStats.create((3,))
+    stats = RunningStats.create_grouped(3)
     for x, g in batches:
         stats = stats.update_grouped(jnp.asarray(x), jnp.asarray(g, jnp.int32))
     for group in range(3):
