@@ -55,11 +55,10 @@ class PPOConfig:
         allocation reward spans orders of magnitude between light and overloaded episodes).
       lr, ent_coef, clip_eps, vf_coef, gamma, gae_lambda, max_grad_norm: defaults of :class:`HyperParams`.
       util_weight, load_min, load_max: environment parameters overridden per agent (None keeps the env's).
-      share_levels: 0 sends the sampled shares as they are; K > 0 rounds each share to the nearest
-        multiple of 1/K before the environment sees it (see :func:`snap_shares`), so that concurrent
-        requests can pack a device exactly (with K = 12: halves, thirds, quarters, sixths and their
-        complements). The log-probability is that of the continuous sample; the rounding is part of
-        the environment from PPO's side.
+      share_levels: 0 sends the sampled shares as they are; K > 0 rounds each share to the nearest of
+        {0, 1/K, ..., 1/3, 1/2, 1} before the environment sees it (see :func:`snap_shares`), so that
+        concurrent requests can pack a device exactly (two halves, three thirds). The log-probability
+        is that of the continuous sample; the rounding is part of the environment from PPO's side.
       reward_groups: with normalize_reward, the number of offered-load groups (equal slices of the
         episode load range) that keep their own return statistics. Episodes at different loads then
         weigh alike in the gradient instead of the overloaded ones drowning the rest; each group's
@@ -271,12 +270,18 @@ METRICS = ("reward", "latency", "utilization", "invalid_rate", "episodes", "valu
            "actor_loss", "entropy", "approx_kl", "clip_frac", "grad_norm", "lr")
 
 
+def share_grid(levels: int) -> jax.Array:
+    """The sorted share levels {0} + {1/k : k = levels..1}; float32 (levels + 1,)."""
+    return jnp.asarray([0.0] + [1.0 / k for k in range(levels, 0, -1)], jnp.float32)
+
+
 def snap_shares(action: jax.Array, levels: int) -> jax.Array:
-    """Round every share of ``action`` (..., N) to the nearest multiple of 1 / ``levels`` (identity when
-    ``levels`` is 0); shares stay in [0, 1]."""
+    """Round every share of ``action`` (..., N) to the nearest level of :func:`share_grid` (identity
+    when ``levels`` is 0)."""
     if levels == 0:
         return action
-    return jnp.clip(jnp.round(action * levels) / levels, 0.0, 1.0).astype(action.dtype)
+    grid = share_grid(levels)
+    return grid[jnp.argmin(jnp.abs(action[..., None] - grid), axis=-1)]
 
 
 def make_env(config: PPOConfig) -> tuple[Any, Any]:

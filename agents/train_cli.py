@@ -60,8 +60,8 @@ class TrainArgs:
     """GAE lambda"""
     max_grad_norm: float = 0.5
     """global gradient norm clip"""
-    share_levels: int = 12
-    """round sampled shares to the nearest multiple of 1/K (K = this; 0 keeps them continuous)"""
+    share_levels: int = 4
+    """round sampled shares to the nearest of 0, 1/K, ..., 1/2, 1 (K = this; 0 keeps them continuous)"""
     reward_groups: int = 1
     """offered-load groups with their own reward scale (1: one global scale; see PPOConfig)"""
     init_concentration: float = 10.0

@@ -10,7 +10,8 @@ import pytest
 from scipy import stats
 
 from jaxsplit.agents.distributions import beta_entropy, beta_log_prob, beta_mean, beta_sample
-from jaxsplit.agents.ppo import (METRICS, HyperParams, PPOConfig, RunningStats, Trainer, gae, make_train, snap_shares)
+from jaxsplit.agents.ppo import (METRICS, HyperParams, PPOConfig, RunningStats, Trainer, gae, make_train, share_grid,
+                                 snap_shares)
 from tiny_env import TinyEnv
 
 SMALL = dict(num_envs=16, num_steps=32, num_minibatches=4, lr=3e-3)
@@ -70,16 +71,16 @@ def test_bad_config_raises_naming_the_field(field, value):
         PPOConfig(**{**SMALL, "total_timesteps": 16 * 32 * 2, field: value}).validate()
 
 
-def test_snap_shares_rounds_to_the_nearest_multiple():
+def test_snap_shares_rounds_to_the_nearest_unit_fraction():
+    np.testing.assert_allclose(np.asarray(share_grid(4)), [0.0, 0.25, 1 / 3, 0.5, 1.0], rtol=1e-6)
     x = np.random.default_rng(3).uniform(0.0, 1.0, (500, 4)).astype(np.float32)
-    for levels in (1, 4, 12):
-        got = np.asarray(snap_shares(jnp.asarray(x), levels))
-        grid = np.arange(levels + 1, dtype=np.float32) / levels
-        want = grid[np.argmin(np.abs(x[..., None] - grid), axis=-1)]
-        np.testing.assert_allclose(got, want, atol=1e-7)
-    # two halves and three thirds fill a device within the environment's tolerance
-    assert abs(float(snap_shares(jnp.array([0.47, 0.53]), 12).sum()) - 1.0) < 1e-6
-    assert abs(float(snap_shares(jnp.array([0.3, 0.35, 0.32]), 12).sum()) - 1.0) < 1e-6
+    got = np.asarray(snap_shares(jnp.asarray(x), 4))
+    grid = np.array([0.0, 0.25, 1 / 3, 0.5, 1.0], np.float32)
+    want = grid[np.argmin(np.abs(x[..., None] - grid), axis=-1)]
+    np.testing.assert_array_equal(got, want)
+    assert set(np.unique(got)) <= set(grid)
+    # two halves and three thirds fill a device exactly; levels=0 leaves actions alone
+    assert np.asarray(snap_shares(jnp.array([0.47, 0.6]), 4)).sum() == 1.0
     np.testing.assert_array_equal(np.asarray(snap_shares(jnp.asarray(x), 0)), x)
 
 
