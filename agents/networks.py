@@ -21,14 +21,16 @@ class ActorCritic(nn.Module):
     Attributes:
       num_devices: N, the number of shares the actor outputs.
       hidden: widths of the hidden layers of each MLP.
-      init_concentration: alpha = beta of every share at initialisation (> 1): the initial policy
-        has mean share 1/2 and standard deviation 1 / (2 sqrt(2 c + 1)); larger values start closer
-        to "half of every device" (the default 1 + log 2 is the plain zero-bias initialisation).
+      init_concentration, init_mean: the initial Beta of every share is alpha = 2 c m, beta = 2 c (1 - m)
+        for c = init_concentration and m = init_mean (both concentrations must exceed 1): mean m,
+        standard deviation sqrt(m (1 - m) / (2 c + 1)). The defaults (c = 1 + log 2, m = 1/2) are the
+        plain zero-bias initialisation.
     """
 
     num_devices: int
     hidden: Sequence[int] = (64, 64)
     init_concentration: float = 1.0 + float(np.log(2.0))
+    init_mean: float = 0.5
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -37,8 +39,11 @@ class ActorCritic(nn.Module):
         x = obs
         for width in self.hidden:
             x = nn.tanh(nn.Dense(width, kernel_init=init(np.sqrt(2)), bias_init=nn.initializers.zeros)(x))
-        bias = float(np.log(np.expm1(self.init_concentration - 1.0)))  # softplus(bias) + 1 = c
-        logits = nn.Dense(2 * self.num_devices, kernel_init=init(0.01), bias_init=nn.initializers.constant(bias))(x)
+        a0 = 2.0 * self.init_concentration * self.init_mean
+        b0 = 2.0 * self.init_concentration * (1.0 - self.init_mean)
+        bias = np.log(np.expm1(np.array([a0 - 1.0] * self.num_devices + [b0 - 1.0] * self.num_devices)))
+        logits = nn.Dense(2 * self.num_devices, kernel_init=init(0.01),
+                          bias_init=lambda *_: jnp.asarray(bias, jnp.float32))(x)
         alpha = 1.0 + nn.softplus(logits[..., : self.num_devices])
         beta = 1.0 + nn.softplus(logits[..., self.num_devices:])
 

@@ -64,8 +64,8 @@ class PPOConfig:
         weigh alike in the gradient instead of the overloaded ones drowning the rest; each group's
         rewards are scaled by a positive constant only, and the load is in the observation, so the
         best policy of every episode is unchanged. 1 keeps one global statistic.
-      init_concentration: alpha = beta of the initial Beta policy (> 1; see
-        :class:`~jaxsplit.agents.networks.ActorCritic`).
+      init_concentration, init_mean: the initial Beta policy, alpha = 2 c m and beta = 2 c (1 - m), both > 1
+        (see :class:`~jaxsplit.agents.networks.ActorCritic`).
     """
 
     env_name: str = "alloc-v0"
@@ -92,6 +92,7 @@ class PPOConfig:
     share_levels: int = 0
     reward_groups: int = 1
     init_concentration: float = 1.0 + math.log(2.0)
+    init_mean: float = 0.5
 
     @property
     def batch_size(self) -> int:
@@ -129,9 +130,12 @@ class PPOConfig:
             raise ValueError(f"share_levels must be a non-negative integer, got {self.share_levels!r}")
         if not isinstance(self.reward_groups, int) or self.reward_groups < 1:
             raise ValueError(f"reward_groups must be a positive integer, got {self.reward_groups!r}")
-        if not (isinstance(self.init_concentration, (int, float)) and self.init_concentration > 1
-                and math.isfinite(self.init_concentration)):
-            raise ValueError(f"init_concentration must be a finite number > 1, got {self.init_concentration!r}")
+        c, m = self.init_concentration, self.init_mean
+        if not (isinstance(m, (int, float)) and 0 < m < 1):
+            raise ValueError(f"init_mean must be in (0, 1), got {m!r}")
+        if not (isinstance(c, (int, float)) and math.isfinite(c) and 2 * c * min(m, 1 - m) > 1):
+            raise ValueError(f"init_concentration={c!r} with init_mean={m!r} gives an initial Beta concentration "
+                             f"<= 1 (need 2 * c * min(m, 1 - m) > 1)")
         if self.load_min is not None and self.load_min <= 0:
             raise ValueError(f"load_min must be > 0, got {self.load_min!r}")
         if self.load_min is not None and self.load_max is not None and self.load_min > self.load_max:
@@ -340,7 +344,8 @@ class Trainer:
             env, env_params = make_env(config)
         self.env, self.env_params = env, env_params
         self.network = ActorCritic(num_devices=int(env.num_devices), hidden=tuple(config.hidden),
-                                    init_concentration=float(config.init_concentration))
+                                    init_concentration=float(config.init_concentration),
+                                    init_mean=float(config.init_mean))
 
     def default_hparams(self) -> HyperParams:
         """The config's hyperparameters as traced scalars."""

@@ -44,7 +44,7 @@ class TrainArgs:
     """minibatches per epoch"""
     hidden: tuple[int, ...] = (64, 64)
     """hidden layer widths of the actor and the critic"""
-    lr: float = 3e-4
+    lr: float = 1e-3
     """Adam learning rate (annealed linearly to 0 unless --no-anneal-lr)"""
     anneal_lr: bool = True
     """decay the learning rate linearly over the run"""
@@ -62,10 +62,12 @@ class TrainArgs:
     """global gradient norm clip"""
     share_levels: int = 4
     """round sampled shares to the nearest of 0, 1/K, ..., 1/2, 1 (K = this; 0 keeps them continuous)"""
-    reward_groups: int = 1
+    reward_groups: int = 8
     """offered-load groups with their own reward scale (1: one global scale; see PPOConfig)"""
     init_concentration: float = 10.0
-    """alpha = beta of every share's Beta at initialisation (> 1; larger starts nearer half of every device)"""
+    """concentration c of the initial Beta of every share (alpha = 2 c m, beta = 2 c (1 - m)); larger explores less"""
+    init_mean: float = 0.5
+    """mean share m of the initial policy"""
     normalize_obs: bool = True
     """standardise observations with running statistics"""
     normalize_reward: bool = True

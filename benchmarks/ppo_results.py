@@ -10,8 +10,9 @@ What it does, in one run:
 3. The ablation: the same PPO trained and evaluated with the equal split in place of the closed form
    inside the environment (``--no-ablation`` skips it).
 
-PPO's figure is the mean over seeds of each seed's mean latency, with a 95% t-interval over the
-seeds; a baseline's figure is its mean over the same seeds x episodes with a 95% normal interval.
+Every policy runs on the same seeds x episodes episodes. PPO's figure is the mean over seeds of each
+seed's mean latency, with a 95% t-interval over the seeds; a baseline's figure is its mean over the
+episodes with a 95% normal interval.
 The goal (at loads >= 0.9, PPO at least 10% below the best baseline; at lower loads within 3%) is
 checked against the best baseline at each load. Results go to benchmarks/RESULTS.md and
 benchmarks/ppo_results.png.
@@ -23,9 +24,12 @@ benchmarks/ppo_results.png.
 from __future__ import annotations
 
 import argparse
+import json
+import pickle
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -37,7 +41,7 @@ from jaxsplit.agents.population import gather, population_grid, train_population
 from jaxsplit.agents.ppo import make_train  # noqa: E402
 from jaxsplit.agents.train_cli import TrainArgs, config_from_args  # noqa: E402
 from jaxsplit.envs import policies as policies_mod  # noqa: E402
-from jaxsplit.envs.evaluation import evaluate  # noqa: E402
+from jaxsplit.envs.evaluation import episode_metrics, evaluate, run_episodes  # noqa: E402
 from jaxsplit.envs.evaluate_cli import load_cluster  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -65,20 +69,24 @@ def train_agents(split: str, seeds: int, timesteps: int):
     return trainer, runners, metrics, seconds
 
 
-def evaluate_agents(trainer, runners, seeds: int, params, loads, episodes: int) -> dict[float, dict]:
-    """Per load: PPO's mean over seeds of each seed's mean latency, its t-interval, and per-seed figures."""
-    per_seed = []
-    for s in range(seeds):
-        runner = jax.tree.map(lambda x: x[s], runners)
-        rows = evaluate(trainer.policy(runner), trainer.env, params, loads, episodes=episodes, seed=1000, name="ppo")
-        per_seed.append({r["load"]: r for r in rows})
+def evaluate_agents(trainer, runners, params, loads, episodes: int) -> dict[float, dict]:
+    """Every agent (deterministic policy) on the baselines' episodes, all agents in one vmapped call.
+
+    Per load: the mean over agents of each agent's mean latency, its 95% t-interval, and per-agent figures.
+    """
+    def act(key, obs, state, env_params, aux):
+        net_params, obs_stats = aux
+        return trainer.policy(SimpleNamespace(params=net_params, obs_stats=obs_stats))(key, obs)
+
+    aux = (runners.params, runners.obs_stats)
+    recs = run_episodes(trainer.env, params, act, loads, episodes, seed=1000, aux=aux)  # (P, loads, episodes, R)
+    metrics = episode_metrics(recs, int(0.1 * trainer.env.requests))
     out = {}
-    for load in loads:
-        lat = np.array([p[load]["mean_latency_s"] for p in per_seed])
-        p99 = np.array([p[load]["p99_latency_s"] for p in per_seed])
-        util = np.array([p[load]["request_utilization"] for p in per_seed])
-        out[load] = dict(mean=float(lat.mean()), ci=t_interval(lat), seeds=lat.tolist(), p99=float(p99.mean()),
-                         request_utilization=float(util.mean()))
+    for i, load in enumerate(loads):
+        lat = metrics["mean_latency_s"][:, i].mean(-1)
+        out[load] = dict(mean=float(lat.mean()), ci=t_interval(lat), seeds=lat.tolist(),
+                         p99=float(metrics["p99_latency_s"][:, i].mean()),
+                         request_utilization=float(metrics["request_utilization"][:, i].mean()))
     return out
 
 
@@ -146,10 +154,15 @@ def main() -> None:
     ap.add_argument("--timesteps", type=int, default=None,
                     help="environment steps per agent (default: jaxsplit train's default)")
     ap.add_argument("--loads", default="0.3,0.6,0.9,1.2", help="offered loads of the evaluation")
-    ap.add_argument("--episodes", type=int, default=8, help="evaluation episodes per seed and load")
+    ap.add_argument("--episodes", type=int, default=8,
+                    help="evaluation episodes per seed and load (every policy runs on seeds x episodes episodes)")
     ap.add_argument("--cluster", default=str(HERE.parent / "examples" / "vgg16_cluster.json"),
                     help="fixed cluster of the second evaluation (instance format; shares ignored)")
     ap.add_argument("--no-ablation", action="store_true", help="skip the equal-split ablation")
+    ap.add_argument("--agents", default="runs/ppo_results",
+                    help="folder where the trained agents are kept (for --reuse-agents)")
+    ap.add_argument("--reuse-agents", action="store_true",
+                    help="evaluate the agents kept by an earlier run of the same size instead of training")
     ap.add_argument("--quick", action="store_true", help="2 seeds, 200k steps, no RESULTS.md update")
     args = ap.parse_args()
     loads = [float(x) for x in args.loads.split(",")]
@@ -162,9 +175,20 @@ def main() -> None:
 
     settings = {}
     for split in ("closed_form",) + (() if args.no_ablation else ("equal",)):
-        print(f"training {seeds} agents, split {split}, {timesteps:,} steps each ...", flush=True)
-        trainer, runners, metrics, seconds = train_agents(split, seeds, timesteps)
-        print(f"  trained in {seconds:.0f} s ({seeds * timesteps / seconds:,.0f} env-steps/s)", flush=True)
+        saved = Path(args.agents) / f"ppo_agents_{split}_{seeds}x{timesteps}.pkl"
+        if args.reuse_agents and saved.exists():
+            with open(saved, "rb") as fh:
+                trainer_args, runners, seconds = pickle.load(fh)
+            trainer = make_train(config_from_args(TrainArgs(**trainer_args))).trainer
+            print(f"reusing the {seeds} agents of {saved} (trained in {seconds:.0f} s)", flush=True)
+        else:
+            print(f"training {seeds} agents, split {split}, {timesteps:,} steps each ...", flush=True)
+            trainer, runners, metrics, seconds = train_agents(split, seeds, timesteps)
+            print(f"  trained in {seconds:.0f} s ({seeds * timesteps / seconds:,.0f} env-steps/s)", flush=True)
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            light = SimpleNamespace(params=runners.params, obs_stats=runners.obs_stats)
+            with open(saved, "wb") as fh:
+                pickle.dump((dict(split=split, total_timesteps=timesteps), light, seconds), fh)
         settings[split] = (trainer, runners, seconds)
 
     trainer, runners, train_s = settings["closed_form"]
@@ -174,15 +198,19 @@ def main() -> None:
     results = {}
     for label, p in (("randomised clusters", params), (f"fixed cluster {Path(args.cluster).name}", fixed_params)):
         print(f"evaluating on {label} ...", flush=True)
-        ppo = evaluate_agents(trainer, runners, seeds, p, loads, args.episodes)
+        ppo = evaluate_agents(trainer, runners, p, loads, args.episodes * seeds)
         print(f"  {'ppo':14s} " + "  ".join(f"{l}: {ppo[l]['mean']:.4g}" for l in loads), flush=True)
         results[label] = (ppo, evaluate_baselines(env, p, loads, seeds, args.episodes))
+
+    raw = {label: {"ppo": ppo, "baselines": baselines} for label, (ppo, baselines) in results.items()}
+    if not args.quick:  # the raw figures, kept even if a later step fails
+        (HERE / "ppo_results.json").write_text(json.dumps(raw, indent=1) + "\n")
 
     ablation = None
     if "equal" in settings:
         eq_trainer, eq_runners, eq_s = settings["equal"]
         print("evaluating the equal-split ablation ...", flush=True)
-        eq_ppo = evaluate_agents(eq_trainer, eq_runners, seeds, eq_trainer.env_params, loads, args.episodes)
+        eq_ppo = evaluate_agents(eq_trainer, eq_runners, eq_trainer.env_params, loads, args.episodes * seeds)
         eq_best = evaluate(policies_mod.get("constant", eq_trainer.env, c=0.5), eq_trainer.env, eq_trainer.env_params,
                            loads, episodes=args.episodes * seeds, seed=1000, name="constant_0.5")
         ablation = (eq_ppo, {r["load"]: r for r in eq_best}, eq_s)
@@ -215,8 +243,8 @@ def main() -> None:
     header = (f"### PPO against the baselines\n\n`{command()}` (rev {git_revision()}) on {machine()}.\n\n"
               f"{seeds} seeds x {timesteps:,} environment steps each (the default `jaxsplit train` configuration: "
               f"{cfg.num_envs} envs x {cfg.num_steps} steps per update, lr {cfg.lr}, share levels "
-              f"{cfg.share_levels}); training took {train_s:.0f} s for the population. Evaluation: {args.episodes} "
-              f"episodes of {env.requests} requests per seed and load (10% warm-up left out), deterministic policy. "
+              f"{cfg.share_levels}); training took {train_s:.0f} s for the population. Evaluation: the same "
+              f"{args.episodes * seeds} episodes of {env.requests} requests for every policy and load (10% warm-up left out), deterministic policy. "
               f"Mean latency in seconds, +- the 95% interval (PPO: t over seeds; baselines: over episodes). "
               f"Plot: [ppo_results.png](ppo_results.png).\n\n")
     record("ppo-results", header + body)

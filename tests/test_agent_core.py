@@ -65,7 +65,8 @@ def test_gae_bootstraps_truncation_and_cuts_termination():
 @pytest.mark.parametrize("field,value", [("num_envs", 0), ("num_minibatches", 7), ("total_timesteps", 10),
                                          ("lr", -1.0), ("gamma", 1.5), ("clip_eps", 0.0), ("hidden", ()),
                                          ("load_min", 0.0), ("share_levels", -1),
-                                         ("reward_groups", 0), ("init_concentration", 1.0)])
+                                         ("reward_groups", 0), ("init_concentration", 1.0),
+                                         ("init_mean", 1.0)])
 def test_bad_config_raises_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         PPOConfig(**{**SMALL, "total_timesteps": 16 * 32 * 2, field: value}).validate()
