@@ -207,14 +207,43 @@ def test_benchmark_times_real_pieces():
         assert np.all(x[:, 0] == 1.0) and np.all(x[:, 1] > 0)
         # every shape is timed on about a tenth, a half and all of its rows, in that order
         work = x[:, 1].reshape(-1, 3)
-        assert np.all(np.diff(work, axis=1) > 0)
+        assert np.all(np.diff(work, axis=1) > 0), work.tolist()
         c = cb.fit_costs(x, cpu)
         assert np.all(np.isfinite(c)) and np.all(c >= 0)
     # whole layers take more CPU time than their tenths, over all shapes of a class
     x, cpu, _ = samples["avgpool"]
-    assert cpu.reshape(-1, 3)[:, 2].sum() > cpu.reshape(-1, 3)[:, 0].sum()
+    assert cpu.reshape(-1, 3)[:, 2].sum() > cpu.reshape(-1, 3)[:, 0].sum(), cpu.tolist()
 
 
 def test_core_share_is_a_fraction():
     share, slc = cb.core_share(seconds=0.05)
     assert 0.0 < share <= 1.0 and slc > 0
+
+
+def test_model_from_run_needs_a_calibrated_run():
+    with pytest.raises(ValueError, match="field 'bench' is missing"):
+        cb.model_from_run({"flops": [1.0, 1.0]})
+
+
+def test_fit_link_recovers_latency_and_bandwidth():
+    sizes = np.array([4.0, 65536, 524288, 2097152, 8388608])
+    tau, bw = 2e-4, 2e9
+    got_tau, got_bw = cb.fit_link(sizes, 2 * tau + sizes / bw)
+    assert got_tau == pytest.approx(tau, rel=1e-9) and got_bw == pytest.approx(bw, rel=1e-9)
+    # 5% noise on the largest message hardly moves the latency (relative weighting)
+    noisy = 2 * tau + sizes / bw
+    noisy[-1] *= 1.05
+    assert cb.fit_link(sizes, noisy)[0] == pytest.approx(tau, rel=0.1)
+    # times that do not grow with the size: latency only
+    assert cb.fit_link(sizes, np.full(5, 1e-3)) == (pytest.approx(5e-4), math.inf)
+
+
+@pytest.mark.parametrize("sizes, seconds, match", [
+    (np.ones(3), np.ones(3), "field 'sizes'"),
+    (np.array([1.0, 2.0]), np.ones(3), "fields 'sizes' and 'seconds'"),
+    (np.array([1.0, 2.0]), np.array([1.0, 0.0]), "field 'seconds'"),
+    (np.array([1.0, math.inf]), np.array([1.0, 1.0]), "field 'sizes'"),
+])
+def test_fit_link_bad_input(sizes, seconds, match):
+    with pytest.raises(ValueError, match=match):
+        cb.fit_link(sizes, seconds)

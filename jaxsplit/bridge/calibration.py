@@ -244,6 +244,38 @@ def layer_latencies(layers: Sequence[Layer], rows: np.ndarray, model: ComputeMod
     return out, comp
 
 
+def fit_link(sizes: np.ndarray, seconds: np.ndarray) -> tuple[float, float]:
+    """Message latency tau (s) and bandwidth B (bytes/s) from round-trip times ``2 tau + bytes / B``.
+
+    Least squares weighted by relative error (a small message's time counts as much as a large
+    one's; unweighted, the noise of the largest messages decides the intercept).
+
+    Args:
+      sizes: (S,) bytes sent per round trip, at least two different sizes.
+      seconds: (S,) round-trip times, positive.
+    Returns:
+      (tau >= 0, B > 0; inf when the times do not grow with the size).
+    Raises:
+      ValueError: shapes differ, fewer than two distinct sizes, or a non-positive or non-finite time.
+    """
+    x = np.asarray(sizes, np.float64)
+    y = np.asarray(seconds, np.float64)
+    if x.ndim != 1 or x.shape != y.shape:
+        raise ValueError(f"fields 'sizes' and 'seconds' must be 1-D of one length, got {x.shape} and {y.shape}")
+    if len(np.unique(x)) < 2 or np.any(x < 0) or not np.all(np.isfinite(x)):
+        raise ValueError(f"field 'sizes' must hold at least two different byte counts >= 0, got {x.tolist()}")
+    if not np.all(np.isfinite(y)) or np.any(y <= 0):
+        raise ValueError(f"field 'seconds' must be positive and finite, got {y.tolist()}")
+    a = np.column_stack([np.ones_like(x), x]) / y[:, None]
+    (intercept, slope), *_ = np.linalg.lstsq(a, np.ones_like(y), rcond=None)
+    if slope <= 0:  # no measurable transfer cost: all of it is latency
+        return float(np.median(y) / 2.0), math.inf
+    if intercept < 0:  # no measurable latency: refit through the origin
+        slope = float(np.sum(x * y) / np.sum(x * x))
+        return 0.0, 1.0 / slope
+    return float(intercept / 2.0), float(1.0 / slope)
+
+
 # ----------------------------------------------------------------------------------- microbenchmarks
 #: Held-out layer shapes for the microbenchmarks, per class: (module constructor arguments, input
 #: (C, H, W) or in_features). None of them is a layer of the zoo models; they span the zoo's range of

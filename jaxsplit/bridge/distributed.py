@@ -314,22 +314,25 @@ class Coordinator:
             _wait(w, self.spec.timeout, f"coordinator: stopping rank {j}")
 
 
-def calibrate_link(coord: Coordinator, j: int, sizes: Sequence[int] = (1, 65536, 524288, 2097152),
-                   repeats: int = 7) -> tuple[float, float]:
+def calibrate_link(coord: Coordinator, j: int,
+                   sizes: Sequence[int] = (1, 16384, 131072, 524288, 1048576, 2097152),
+                   repeats: int = 7, samples: list | None = None) -> tuple[float, float]:
     """Fit rank j's message latency tau (s) and bandwidth B (bytes/s) from ping round trips.
 
     A round trip of s bytes out and one element back takes 2 tau + s / B (the latency model's
-    scatter-gather of one piece without compute); the fit is least squares on the median times.
+    scatter-gather of one piece without compute); the fit is :func:`calibration.fit_link` on the
+    median times. ``samples``, if given, receives the (bytes, seconds) pairs.
     """
     q = torch.empty((), dtype=_dtype(coord.spec.dtype)).element_size()
-    coord.ping(j, 1)  # warm the connection
+    for _ in range(2):  # warm the connection and the buffers of the largest message
+        coord.ping(j, max(sizes), busy=True)
     xs, ys = [], []
     for s in sizes:
         xs.append(s * q)
         ys.append(float(np.median([coord.ping(j, s, busy=True) for _ in range(repeats)])))
-    slope, intercept = np.polyfit(np.asarray(xs, float), np.asarray(ys), 1)
-    bandwidth = 1.0 / slope if slope > 0 else math.inf
-    return max(intercept / 2.0, 0.0), bandwidth
+    if samples is not None:
+        samples.extend(zip(xs, ys))
+    return calibration.fit_link(np.asarray(xs, float), np.asarray(ys))
 
 
 _BUSY: dict[torch.dtype, tuple[torch.nn.Module, torch.Tensor]] = {}
@@ -389,7 +392,9 @@ def run_rank(spec: RunSpec, rank: int, master_addr: str, master_port: int,
         result: dict[str, Any] = {"flops": [math.nan] * world}
         if spec.calibrate:
             result["flops"] = coord.flops()
-            links = [calibrate_link(coord, j) for j in range(1, world)]
+            pings: list[list] = [[] for _ in range(world)]
+            links = [calibrate_link(coord, j, samples=pings[j]) for j in range(1, world)]
+            result["pings"] = pings
             result["latency"] = [0.0] + [l[0] for l in links]
             result["bandwidth"] = [math.inf] + [l[1] for l in links]
             result["bench"] = [calibration.pack(coord.benchmark(j)).tolist() for j in range(world)]
