@@ -56,6 +56,7 @@ def one(model: str, n: int, size: int, repeats: int, timeout: float) -> dict:
     kinds, _ = cb.layer_latencies(layers, rows, calibrated, res["bandwidth"], res["latency"])
     cpu_model = cb.ComputeModel.dedicated(calibrated.coef)
     pred_cpu = cb.compute_times(layers, rows, cpu_model)
+    dedicated, _ = cb.layer_latencies(layers, rows, cpu_model, res["bandwidth"], res["latency"])
     meas = np.asarray(res["layer_times"])
     cpu = np.asarray(res["compute_cpu_times"])
     wall = np.asarray(res["compute_times"])
@@ -63,9 +64,11 @@ def one(model: str, n: int, size: int, repeats: int, timeout: float) -> dict:
     return {
         "model": model, "n": n, "rows": rows, "meas": meas, "single": single, "kinds": kinds,
         "err_single": np.abs(single - meas) / meas, "err_kinds": np.abs(kinds - meas) / meas,
+        "dedicated": dedicated, "err_dedicated": np.abs(dedicated - meas) / meas, "pings": res["pings"],
         "piece_err": np.abs(pred_cpu[on] - cpu[on]) / cpu[on],
         "piece_stretch": wall[on] / cpu[on],
         "request_meas": res["request_time"], "request_single": single.sum(), "request_kinds": kinds.sum(),
+        "request_dedicated": dedicated.sum(),
         "flops": res["flops"], "bandwidth": res["bandwidth"], "latency": res["latency"],
         "core_share": res["core_share"], "core_share_alone": res["core_share_alone"],
         "share": calibrated.share, "slice": calibrated.slice, "coef": calibrated.coef, "cpu": cpu, "wall": wall, "pred_cpu": pred_cpu,
@@ -95,14 +98,14 @@ def main() -> None:
         for n in args.processes:
             t0 = time.time()
             r = one(model, n, args.size, args.repeats, args.timeout)
-            es, ek = r["err_single"], r["err_kinds"]
+            es, ed, ek = r["err_single"], r["err_dedicated"], r["err_kinds"]
             rq = r["request_meas"]
+            req = [r["request_single"], r["request_dedicated"], r["request_kinds"]]
             table.append(
-                f"| {model} | {n} | {_pct(np.median(es))} / {_pct(np.median(ek))} | "
-                f"{_pct(np.percentile(es, 90))} / {_pct(np.percentile(ek, 90))} | {rq * 1e3:.1f} | "
-                f"{r['request_single'] * 1e3:.1f} / {r['request_kinds'] * 1e3:.1f} | "
-                f"{_pct(abs(r['request_single'] - rq) / rq)} / {_pct(abs(r['request_kinds'] - rq) / rq)} | "
-                f"{r['load']:.1f} |")
+                f"| {model} | {n} | {' / '.join(_pct(np.median(e)) for e in (es, ed, ek))} | "
+                f"{' / '.join(_pct(np.percentile(e, 90)) for e in (es, ed, ek))} | {rq * 1e3:.1f} | "
+                f"{' / '.join(f'{p * 1e3:.1f}' for p in req)} | "
+                f"{' / '.join(_pct(abs(p - rq) / rq) for p in req)} | {r['load']:.1f} |")
             print(table[-1], f"({time.time() - t0:.0f} s)", flush=True)
             cls = np.array(r["classes"])
             by_class = ", ".join(f"{c} {_pct(np.median(es[cls == c]))} -> {_pct(np.median(ek[cls == c]))}"
@@ -140,9 +143,11 @@ def main() -> None:
         f"Input {args.size}x{args.size}, float32, closed-form split planned on MODEL.md parameters fitted by a first "
         f"run; a second run calibrates again, then times {args.repeats} requests after a warm-up (medians). Error = "
         f"|predicted - measured| / measured per layer (all layers of the table). Each cell: **single rate** "
-        f"(MODEL.md section 3, one FLOP/s per device fitted on a convolution) / **per class** (the same formula with "
-        f"the calibrated compute term: per-class cost model fitted on held-out layer shapes, times the measured "
-        f"core-sharing slowdown; docs/MODEL.md, \"Where the implementation refines the model\").",
+        f"(before: MODEL.md section 3, one FLOP/s per device fitted on a convolution, all ranks at once) / "
+        f"**per class** (the same formula with the compute term of the per-class cost model, fitted on held-out "
+        f"layer shapes, as if every device had a core of its own) / **per class + sharing** (after: also the "
+        f"measured core share and time slice of processes sharing cores; docs/MODEL.md, \"Where the implementation "
+        f"refines the model\"). Transfers: 2 tau + bytes / B with the fitted link parameters in all three.",
         "",
         "| model | N | median layer error | p90 layer error | request measured (ms) | request predicted (ms) | "
         "request error | load (1 min) before the timed run |",
