@@ -1,7 +1,7 @@
-"""Per-kind compute-cost calibration of real devices (an extension of MODEL.md section 3).
+"""Per-class compute-cost calibration of real devices (an extension of MODEL.md section 3).
 
 MODEL.md gives every device one compute rate F_i, so a piece of phi * n FLOP takes phi n / F_i.
-Real kernels do not run at one rate: PyTorch's CPU max pooling does about a thousand times fewer of
+Real kernels do not run at one rate: PyTorch's CPU max pooling does hundreds of times fewer of
 the model's pool operations per second than a convolution does FLOP, large linear layers are bound
 by reading their weights, and every call has a fixed cost. This module fits, per device and per
 layer class (:data:`CLASSES`), a linear cost model of one piece

@@ -367,6 +367,17 @@ def calibrate_flops(dtype: torch.dtype, seconds: float = 0.3) -> float:
                 return flop * count / elapsed
 
 
+def _calibrate_sharing(coord: Coordinator) -> dict[str, Any]:
+    """Links (latency, bandwidth, ping samples) and core shares of every rank, alone and in groups."""
+    world = coord.spec.world_size
+    pings: list[list] = [[] for _ in range(world)]
+    links = [calibrate_link(coord, j, samples=pings[j]) for j in range(1, world)]
+    return {"pings": pings, "latency": [0.0] + [l[0] for l in links],
+            "bandwidth": [math.inf] + [l[1] for l in links],
+            "core_share_alone": [coord.core_shares([j])[0] for j in range(world)],
+            "core_share": [coord.core_shares(list(range(k))) for k in range(1, world + 1)]}
+
+
 # --------------------------------------------------------------------------------------- one rank
 def run_rank(spec: RunSpec, rank: int, master_addr: str, master_port: int,
              report: Callable[[tuple], None] | None = None) -> dict[str, Any] | None:
@@ -392,14 +403,8 @@ def run_rank(spec: RunSpec, rank: int, master_addr: str, master_port: int,
         result: dict[str, Any] = {"flops": [math.nan] * world}
         if spec.calibrate:
             result["flops"] = coord.flops()
-            pings: list[list] = [[] for _ in range(world)]
-            links = [calibrate_link(coord, j, samples=pings[j]) for j in range(1, world)]
-            result["pings"] = pings
-            result["latency"] = [0.0] + [l[0] for l in links]
-            result["bandwidth"] = [math.inf] + [l[1] for l in links]
+            result.update(_calibrate_sharing(coord))
             result["bench"] = [calibration.pack(coord.benchmark(j)).tolist() for j in range(world)]
-            result["core_share_alone"] = [coord.core_shares([j])[0] for j in range(world)]
-            result["core_share"] = [coord.core_shares(list(range(k))) for k in range(1, world + 1)]
         with torch.no_grad():
             want = traced.gm(x)
         coord.forward(x)  # warm-up
@@ -414,6 +419,8 @@ def run_rank(spec: RunSpec, rank: int, master_addr: str, master_port: int,
                 layer_times = [coord.times.copy()]
             else:
                 layer_times.append(coord.times.copy())
+        if spec.calibrate:  # the same again, to see how much the machine changed during the requests
+            result["after"] = _calibrate_sharing(coord)
         coord.stop()
         result.update({
             "names": [op.layer.name for op in traced.ops],
@@ -452,7 +459,8 @@ def launch_local(spec: RunSpec, master_addr: str = "127.0.0.1", master_port: int
     output), ``tolerance``, ``flops`` (N,), and with ``spec.calibrate`` the fitted ``latency`` and
     ``bandwidth`` (N,), ``bench`` (N packed sample arrays, :func:`calibration.unpack`),
     ``core_share_alone`` (N pairs) every rank's (core share, time slice) computing alone and
-    ``core_share`` (N lists: entry k-1 holds those pairs of ranks 0..k-1 computing at once).
+    ``core_share`` (N lists: entry k-1 holds those pairs of ranks 0..k-1 computing at once), and in
+    ``after`` the links and core shares measured again after the timed requests.
     Raises:
       ValueError: the port is taken.
       RunError: a rank failed or died, or the whole run exceeded ``deadline`` seconds.
