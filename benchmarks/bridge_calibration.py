@@ -15,7 +15,10 @@ gloo, loopback, one torch thread per process):
 Each layer's measured time is compared with two predictions: MODEL.md section 3 with one FLOP/s per
 device ("single rate"), and the same formula with the calibrated compute term ("per class").
 
-Run: python benchmarks/bridge_calibration.py [--size 224] [--repeats 7]
+Every configuration is measured ``--runs`` times, one after the other, to show how the errors move with
+the load of other jobs.
+
+Run: python benchmarks/bridge_calibration.py [--size 224] [--repeats 7] [--runs 2]
 """
 
 from __future__ import annotations
@@ -92,21 +95,24 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds any single wait may take")
     ap.add_argument("--models", nargs="+", default=["vgg16", "resnet18"])
     ap.add_argument("--processes", nargs="+", type=int, default=[2, 3])
+    ap.add_argument("--runs", type=int, default=2,
+                    help="measure every configuration this many times, one after the other (the load of other "
+                         "jobs changes between runs)")
     ap.add_argument("--dump", type=str, default="", help="also write every per-layer figure to this JSON file")
     args = ap.parse_args()
 
     load_before = os.getloadavg()
     t_start = time.time()
     table, detail, pieces, dump, goal = [], [], [], [], []
-    for model in args.models:
-        for n in args.processes:
+    configs = [(run, model, n) for run in range(1, args.runs + 1) for model in args.models for n in args.processes]
+    for run, model, n in configs:
             t0 = time.time()
             r = one(model, n, args.size, args.repeats, args.timeout)
             es, ed, ek = r["err_single"], r["err_dedicated"], r["err_kinds"]
             rq = r["request_meas"]
             req = [r["request_single"], r["request_dedicated"], r["request_kinds"]]
             table.append(
-                f"| {model} | {n} | {' / '.join(_pct(np.median(e)) for e in (es, ed, ek))} | "
+                f"| {run} | {model} | {n} | {' / '.join(_pct(np.median(e)) for e in (es, ed, ek))} | "
                 f"{' / '.join(_pct(np.percentile(e, 90)) for e in (es, ed, ek))} | {rq * 1e3:.1f} | "
                 f"{' / '.join(f'{p * 1e3:.1f}' for p in req)} | "
                 f"{' / '.join(_pct(abs(p - rq) / rq) for p in req)} | "
@@ -119,7 +125,7 @@ def main() -> None:
                      + "; ".join(f"ranks 0..{k}: " + ", ".join(f"{a:.2f}/{g * 1e3:.0f}" for a, g in s)
                                  for k, s in enumerate(r["core_share"]) if k))
             pieces.append(
-                f"| {model} | {n} | {_pct(np.median(r['piece_err']))} | {_pct(np.percentile(r['piece_err'], 90))} | "
+                f"| {run} | {model} | {n} | {_pct(np.median(r['piece_err']))} | {_pct(np.percentile(r['piece_err'], 90))} | "
                 f"{np.median(r['piece_stretch']):.2f} | {np.percentile(r['piece_stretch'], 90):.2f} | {share} | "
                 f"{', '.join(f'{f / 1e9:.0f}' for f in r['flops'])} | "
                 f"{', '.join(f'{b / 1e9:.2g}' for b in r['bandwidth'][1:])} | "
@@ -133,8 +139,8 @@ def main() -> None:
             worst = np.argsort(-ek)[:3]
             spread = np.median(np.abs(r["spread"] - r["meas"]) / r["meas"])
             split = (np.asarray(r["rows"]) > 0).sum(axis=1) > 1
-            goal.append((model, n, float(np.median(ek))))
-            detail.append(f"{model} N={n}: median error by layer class (single rate -> per class): {by_class}; "
+            goal.append((run, model, n, float(np.median(ek))))
+            detail.append(f"run {run}, {model} N={n}: median error by layer class (single rate -> per class): {by_class}; "
                           f"median deviation of one request's layer time from the median over the requests "
                           f"{_pct(spread)}; median error (per class + sharing) of the {int((~split).sum())} layers computed by one "
                           f"device {_pct(np.median(ek[~split]))}, of the {int(split.sum())} split layers "
@@ -167,26 +173,27 @@ def main() -> None:
         f"measured core share and time slice of processes sharing cores; docs/MODEL.md, \"Where the implementation "
         f"refines the model\"). Transfers: 2 tau + bytes / B with the fitted link parameters in all three.",
         "",
-        "| model | N | median layer error | p90 layer error | request measured (ms) | request predicted (ms) | "
+        "| run | model | N | median layer error | p90 layer error | request measured (ms) | request predicted (ms) | "
         "request error | sum of layer times, fastest-slowest request (ms) | load (1 min) before the timed run |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *table,
         "",
         "Compute alone, per piece (every device's piece of every layer): the cost model's predicted CPU time against "
         "the piece's measured CPU time, and the stretch = measured wall-clock / CPU time of the pieces (1 on an idle "
         "core). Core share = CPU / wall time and slice = CPU time between two interruptions, of every rank alone and of ranks 0..k-1 computing at once (calibration).",
         "",
-        "| model | N | median piece CPU-time error | p90 | median stretch | p90 stretch | core share / slice ms (calibration) | "
+        "| run | model | N | median piece CPU-time error | p90 | median stretch | p90 stretch | core share / slice ms (calibration) | "
         "fitted GFLOP/s (single rate) | fitted GB/s (workers) | fitted latency ms (workers) | "
         "ping round trips ms, 4 B to 8 MB (workers) | output rel. error |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *pieces,
         "",
         *[f"- {d}" for d in detail],
         "",
-        "Goal, a median error of at most 25% per layer (per class + sharing): met in this run by "
-        + (", ".join(f"{m} N={n} ({_pct(e)})" for m, n, e in goal if e <= 0.25) or "none")
-        + "; not met by " + (", ".join(f"{m} N={n} ({_pct(e)})" for m, n, e in goal if e > 0.25) or "none") + ".",
+        "Goal, a median error of at most 25% per layer (per class + sharing): met by "
+        + (", ".join(f"{m} N={n} run {k} ({_pct(e)})" for k, m, n, e in goal if e <= 0.25) or "none")
+        + "; not met by " + (", ".join(f"{m} N={n} run {k} ({_pct(e)})" for k, m, n, e in goal if e > 0.25) or "none")
+        + ".",
         "",
         EXPLANATION,
     ])
@@ -216,9 +223,9 @@ request to request. On ResNet-18, whose pieces compute for about 1 ms, this domi
 (identical layers with identical rows differ by up to a factor of 2 within one run), and the
 request-to-request spread column shows the noise floor it sets (compare the errors of layers computed by
 one device with those of split layers above). The links and core shares measured again right after the
-requests show how far the machine moved in between, and how the error changes with them. Repeated runs of this script on this machine moved the
-medians by 10-30 points with the load of other jobs, most for 3 processes on the 2 cores; an idle
-machine, or one core per process, is what would remove (2) and (3)."""
+requests show how far the machine moved in between, and how the error changes with them; the runs,
+one after the other, show how much the medians move with the load of other jobs. An idle machine, or one
+core per process, is what would remove (2) and (3)."""
 
 
 if __name__ == "__main__":
