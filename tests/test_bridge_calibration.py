@@ -210,9 +210,6 @@ def test_benchmark_times_real_pieces():
         assert np.all(np.diff(work, axis=1) > 0), work.tolist()
         c = cb.fit_costs(x, cpu)
         assert np.all(np.isfinite(c)) and np.all(c >= 0)
-    # whole layers take more CPU time than their tenths, over all shapes of a class
-    x, cpu, _ = samples["avgpool"]
-    assert cpu.reshape(-1, 3)[:, 2].sum() > cpu.reshape(-1, 3)[:, 0].sum(), cpu.tolist()
 
 
 def test_core_share_is_a_fraction():
