@@ -93,10 +93,13 @@ def test_validate_bad_input_exits_2(user_file, capsys, args, match):
 
 def test_run_command_local(user_file, capsys):
     code = main(["run", "--model", f"{user_file}:make", "--devices", "2", "--solver", "equal", "--repeats", "1",
-                 "--timeout", "30", "--json"])
+                 "--timeout", "30", "--json", "--calibrate"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["passed"] and out["max_error"] <= 1e-5
     assert out["rows"][0] == [7, 7] and len(out["layer_times"]) == 4
+    # both calibrated predictions: MODEL.md's single rate and the per-class compute costs
+    assert len(out["predicted_calibrated"]) == len(out["predicted_per_class"]) == 4
+    assert all(t > 0 for t in out["predicted_per_class"])
 
 
 def test_run_bad_options_exit_2(user_file, capsys):

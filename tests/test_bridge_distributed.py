@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import textwrap
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -28,6 +29,17 @@ def test_two_workers_match_the_unsplit_model():
     assert res["request_time"] >= sum(res["layer_times"]) * 0.5
     assert len(res["flops"]) == 2 and min(res["flops"]) > 0
     assert res["latency"][1] >= 0 and res["bandwidth"][1] > 0
+    # per-class calibration: every rank's microbenchmarks and core shares, and a model from them
+    from jaxsplit.bridge.calibration import CLASSES, layer_latencies, model_from_run
+
+    model = model_from_run(res)
+    assert model.coef.shape == (2, len(CLASSES), 4) and np.all(model.coef >= 0)
+    assert np.all((model.share > 0) & (model.share <= 1)) and model.share.shape == (2, 2)
+    assert len(res["core_share"]) == 2 and [len(g) for g in res["core_share"]] == [1, 2]
+    cpu = np.asarray(res["compute_cpu_times"])
+    assert cpu.shape == rows.shape and np.all(cpu[rows > 0] > 0) and np.all(cpu[rows == 0] == 0)
+    pred, _ = layer_latencies(layers, rows, model, res["bandwidth"], res["latency"])
+    assert pred.shape == (len(layers),) and np.all(pred > 0)
 
 
 def test_port_taken_is_a_clear_error():

@@ -31,11 +31,12 @@ import torch
 import torch.distributed as dist
 import torch.fx as fx
 
+from . import calibration
 from .graph import LayerOp, TracedModel, trace
 from .pieces import TOLERANCE, _call, relative_error, run_piece
 from .planning import load_model
 
-_PIECE, _STOP, _PING, _FLOPS = 1, 2, 3, 4
+_PIECE, _STOP, _PING, _FLOPS, _BENCH, _SHARE = 1, 2, 3, 4, 5, 6
 _TAG_HEADER, _TAG_DATA, _TAG_OUT, _TAG_TIME = 10, 11, 12, 13
 
 
@@ -56,7 +57,8 @@ class RunSpec:
       timeout: seconds any single wait may take before the run fails.
       repeats: timed runs of the whole request (after one warm-up run).
       threads: torch intra-op threads per process.
-      calibrate: also run the calibration microbenchmarks.
+      calibrate: also run the calibration microbenchmarks (MODEL.md's one FLOP/s per device, link
+        bandwidth and latency, and the per-class cost model of :mod:`jaxsplit.bridge.calibration`).
     """
 
     model: str
@@ -137,6 +139,16 @@ def _worker_loop(traced: TracedModel, spec: RunSpec, rank: int) -> None:
             f = torch.tensor([calibrate_flops(dtype)], dtype=torch.float64)
             _wait(dist.isend(f, 0, tag=_TAG_OUT), spec.timeout, f"rank {rank}: sending its FLOP/s")
             continue
+        if cmd == _BENCH:  # calibration: per-class cost samples of this rank while the others wait
+            flat = torch.from_numpy(calibration.pack(calibration.benchmark(spec.dtype)))
+            _wait(dist.isend(torch.tensor([flat.numel()], dtype=torch.int64), 0, tag=_TAG_OUT), spec.timeout,
+                  f"rank {rank}: sending its benchmark")
+            _wait(dist.isend(flat, 0, tag=_TAG_DATA), spec.timeout, f"rank {rank}: sending its benchmark")
+            continue
+        if cmd == _SHARE:  # calibration: share of a core while `rows` ranks compute at once
+            f = torch.tensor(calibration.core_share(spec.dtype), dtype=torch.float64)
+            _wait(dist.isend(f, 0, tag=_TAG_OUT), spec.timeout, f"rank {rank}: sending its core share")
+            continue
         if cmd == _PING:  # calibration: a piece's message pattern with `size` elements out, one back
             buf = torch.empty(size, dtype=dtype)
             _wait(dist.irecv(buf, 0, tag=_TAG_DATA), spec.timeout, f"rank {rank}: ping")
@@ -151,10 +163,10 @@ def _worker_loop(traced: TracedModel, spec: RunSpec, rank: int) -> None:
         in_shape, _ = _piece_shapes(op, batch, lo, hi, rows)
         x = torch.empty(in_shape, dtype=dtype)
         _wait(dist.irecv(x, 0, tag=_TAG_DATA), spec.timeout, f"rank {rank}: receiving layer {op.layer.name}")
-        t0 = time.perf_counter()
+        c0, t0 = time.thread_time(), time.perf_counter()
         with torch.no_grad():
             out = run_piece(op, traced.module(op), x, lo, start, rows).contiguous()
-        took = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+        took = torch.tensor([time.perf_counter() - t0, time.thread_time() - c0], dtype=torch.float64)
         _wait(dist.isend(out, 0, tag=_TAG_OUT), spec.timeout, f"rank {rank}: sending layer {op.layer.name}")
         _wait(dist.isend(took, 0, tag=_TAG_TIME), spec.timeout, f"rank {rank}: sending its time")
 
@@ -169,6 +181,7 @@ class Coordinator:
         self.op_by_node = {op.node: (i, op) for i, op in enumerate(traced.ops)}
         self.times = np.zeros(len(traced.ops))          # measured layer latency (s)
         self.compute = np.zeros((len(traced.ops), spec.world_size))  # compute time per device (s)
+        self.compute_cpu = np.zeros((len(traced.ops), spec.world_size))  # its CPU time (s)
 
     def _layer(self, i: int, op: LayerOp, x: torch.Tensor) -> torch.Tensor:
         rows, timeout = self.rows[i], self.spec.timeout
@@ -184,11 +197,11 @@ class Coordinator:
             header = torch.tensor([_PIECE, i, start, n, lo, hi, batch, 0], dtype=torch.int64)
             sends += [(dist.isend(header, j, tag=_TAG_HEADER), j), (dist.isend(data.contiguous(), j, tag=_TAG_DATA), j)]
             out = torch.empty(_piece_shapes(op, batch, lo, hi, n)[1], dtype=x.dtype)
-            took = torch.zeros(1, dtype=torch.float64)
+            took = torch.zeros(2, dtype=torch.float64)
             recvs.append((dist.irecv(out, j, tag=_TAG_OUT), dist.irecv(took, j, tag=_TAG_TIME), j, took))
             outs[j] = out
         if rows[0] > 0:
-            c0 = time.perf_counter()
+            c0, cc0 = time.perf_counter(), time.thread_time()
             with torch.no_grad():
                 if op.kind == "linear":
                     outs[0] = run_piece(op, self.traced.module(op), x, 0, 0, 1)
@@ -196,12 +209,13 @@ class Coordinator:
                     lo, hi = op.layer.input_rows(0, int(rows[0]))
                     outs[0] = run_piece(op, self.traced.module(op), x[:, :, lo:hi], lo, 0, int(rows[0]))
             self.compute[i, 0] = time.perf_counter() - c0
+            self.compute_cpu[i, 0] = time.thread_time() - cc0
         for work, j in sends:
             _wait(work, timeout, f"coordinator: sending layer {op.layer.name} to rank {j}")
         for out_work, time_work, j, took in recvs:
             _wait(out_work, timeout, f"coordinator: receiving layer {op.layer.name} from rank {j}")
             _wait(time_work, timeout, f"coordinator: receiving the time of rank {j}")
-            self.compute[i, j] = float(took[0])
+            self.compute[i, j], self.compute_cpu[i, j] = float(took[0]), float(took[1])
         self.times[i] = time.perf_counter() - t0
         if op.kind == "linear":
             return outs[int(np.argmax(rows))]
@@ -269,6 +283,30 @@ class Coordinator:
             _wait(work, self.spec.timeout, f"coordinator: calibrating rank {j}")
         return [own] + [float(g[0]) for g in got[1:]]
 
+    def benchmark(self, j: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Rank j's per-class cost samples (:func:`calibration.benchmark`), the other ranks waiting."""
+        if j == 0:
+            return calibration.benchmark(self.spec.dtype)
+        header = torch.tensor([_BENCH, 0, 0, 0, 0, 0, 0, 0], dtype=torch.int64)
+        count = torch.zeros(1, dtype=torch.int64)
+        _wait(dist.isend(header, j, tag=_TAG_HEADER), self.spec.timeout, f"coordinator: benchmark of rank {j}")
+        _wait(dist.irecv(count, j, tag=_TAG_OUT), self.spec.timeout, f"coordinator: benchmark of rank {j}")
+        flat = torch.zeros(int(count[0]), dtype=torch.float64)
+        _wait(dist.irecv(flat, j, tag=_TAG_DATA), self.spec.timeout, f"coordinator: benchmark of rank {j}")
+        return calibration.unpack(flat.numpy())
+
+    def core_shares(self, ranks: Sequence[int]) -> list[tuple[float, float]]:
+        """(share of a core, time slice) (:func:`calibration.core_share`) of each of ``ranks`` while
+        they compute at once."""
+        header = torch.tensor([_SHARE, 0, 0, len(ranks), 0, 0, 0, 0], dtype=torch.int64)
+        got = {j: torch.zeros(2, dtype=torch.float64) for j in ranks if j != 0}
+        recvs = [(dist.irecv(got[j], j, tag=_TAG_OUT), j) for j in got]
+        sends = [(dist.isend(header, j, tag=_TAG_HEADER), j) for j in got]
+        own = calibration.core_share(self.spec.dtype) if 0 in ranks else (math.nan, math.nan)
+        for work, j in sends + recvs:
+            _wait(work, self.spec.timeout, f"coordinator: core share of rank {j}")
+        return [own if j == 0 else (float(got[j][0]), float(got[j][1])) for j in ranks]
+
     def stop(self) -> None:
         header = torch.tensor([_STOP, 0, 0, 0, 0, 0, 0, 0], dtype=torch.int64)
         works = [(dist.isend(header, j, tag=_TAG_HEADER), j) for j in range(1, self.spec.world_size)]
@@ -276,22 +314,25 @@ class Coordinator:
             _wait(w, self.spec.timeout, f"coordinator: stopping rank {j}")
 
 
-def calibrate_link(coord: Coordinator, j: int, sizes: Sequence[int] = (1, 65536, 524288, 2097152),
-                   repeats: int = 7) -> tuple[float, float]:
+def calibrate_link(coord: Coordinator, j: int,
+                   sizes: Sequence[int] = (1, 16384, 131072, 524288, 1048576, 2097152),
+                   repeats: int = 7, samples: list | None = None) -> tuple[float, float]:
     """Fit rank j's message latency tau (s) and bandwidth B (bytes/s) from ping round trips.
 
     A round trip of s bytes out and one element back takes 2 tau + s / B (the latency model's
-    scatter-gather of one piece without compute); the fit is least squares on the median times.
+    scatter-gather of one piece without compute); the fit is :func:`calibration.fit_link` on the
+    median times. ``samples``, if given, receives the (bytes, seconds) pairs.
     """
     q = torch.empty((), dtype=_dtype(coord.spec.dtype)).element_size()
-    coord.ping(j, 1)  # warm the connection
+    for _ in range(2):  # warm the connection and the buffers of the largest message
+        coord.ping(j, max(sizes), busy=True)
     xs, ys = [], []
     for s in sizes:
         xs.append(s * q)
         ys.append(float(np.median([coord.ping(j, s, busy=True) for _ in range(repeats)])))
-    slope, intercept = np.polyfit(np.asarray(xs, float), np.asarray(ys), 1)
-    bandwidth = 1.0 / slope if slope > 0 else math.inf
-    return max(intercept / 2.0, 0.0), bandwidth
+    if samples is not None:
+        samples.extend(zip(xs, ys))
+    return calibration.fit_link(np.asarray(xs, float), np.asarray(ys))
 
 
 _BUSY: dict[torch.dtype, tuple[torch.nn.Module, torch.Tensor]] = {}
@@ -326,6 +367,17 @@ def calibrate_flops(dtype: torch.dtype, seconds: float = 0.3) -> float:
                 return flop * count / elapsed
 
 
+def _calibrate_sharing(coord: Coordinator) -> dict[str, Any]:
+    """Links (latency, bandwidth, ping samples) and core shares of every rank, alone and in groups."""
+    world = coord.spec.world_size
+    pings: list[list] = [[] for _ in range(world)]
+    links = [calibrate_link(coord, j, samples=pings[j]) for j in range(1, world)]
+    return {"pings": pings, "latency": [0.0] + [l[0] for l in links],
+            "bandwidth": [math.inf] + [l[1] for l in links],
+            "core_share_alone": [coord.core_shares([j])[0] for j in range(world)],
+            "core_share": [coord.core_shares(list(range(k))) for k in range(1, world + 1)]}
+
+
 # --------------------------------------------------------------------------------------- one rank
 def run_rank(spec: RunSpec, rank: int, master_addr: str, master_port: int,
              report: Callable[[tuple], None] | None = None) -> dict[str, Any] | None:
@@ -351,27 +403,31 @@ def run_rank(spec: RunSpec, rank: int, master_addr: str, master_port: int,
         result: dict[str, Any] = {"flops": [math.nan] * world}
         if spec.calibrate:
             result["flops"] = coord.flops()
-            links = [calibrate_link(coord, j) for j in range(1, world)]
-            result["latency"] = [0.0] + [l[0] for l in links]
-            result["bandwidth"] = [math.inf] + [l[1] for l in links]
+            result.update(_calibrate_sharing(coord))
+            result["bench"] = [calibration.pack(coord.benchmark(j)).tolist() for j in range(world)]
         with torch.no_grad():
             want = traced.gm(x)
         coord.forward(x)  # warm-up
-        times, compute = [], []
+        times, compute, compute_cpu = [], [], []
         for k in range(max(1, spec.repeats)):
             t0 = time.perf_counter()
             got = coord.forward(x, (lambda i, k=k: report(("progress", k, i))) if report else None)
             times.append(time.perf_counter() - t0)
             compute.append(coord.compute.copy())
+            compute_cpu.append(coord.compute_cpu.copy())
             if k == 0:
                 layer_times = [coord.times.copy()]
             else:
                 layer_times.append(coord.times.copy())
+        if spec.calibrate:  # the same again, to see how much the machine changed during the requests
+            result["after"] = _calibrate_sharing(coord)
         coord.stop()
         result.update({
             "names": [op.layer.name for op in traced.ops],
             "layer_times": np.median(np.stack(layer_times), axis=0).tolist(),
             "compute_times": np.median(np.stack(compute), axis=0).tolist(),
+            "compute_cpu_times": np.median(np.stack(compute_cpu), axis=0).tolist(),
+            "layer_times_all": np.stack(layer_times).tolist(),
             "request_time": float(np.median(times)),
             "max_error": relative_error(got, want),
             "tolerance": TOLERANCE[dtype],
@@ -397,9 +453,14 @@ def launch_local(spec: RunSpec, master_addr: str = "127.0.0.1", master_port: int
                  deadline: float | None = None, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Start every rank of ``spec`` as a local process (loopback) and return rank 0's result.
 
-    Returns a dict: ``names``, ``layer_times`` (L,) s, ``compute_times`` (L, N) s, ``request_time`` s,
-    ``max_error`` (relative to the unsplit model's output), ``tolerance``, ``flops`` (N,), and with
-    ``spec.calibrate`` the fitted ``latency`` and ``bandwidth`` (N,).
+    Returns a dict: ``names``, ``layer_times`` (L,) s (median over the repeats; every repeat in
+    ``layer_times_all`` (R, L)), ``compute_times`` (L, N) wall-clock s and ``compute_cpu_times``
+    (L, N) CPU s of every piece, ``request_time`` s, ``max_error`` (relative to the unsplit model's
+    output), ``tolerance``, ``flops`` (N,), and with ``spec.calibrate`` the fitted ``latency`` and
+    ``bandwidth`` (N,), ``bench`` (N packed sample arrays, :func:`calibration.unpack`),
+    ``core_share_alone`` (N pairs) every rank's (core share, time slice) computing alone and
+    ``core_share`` (N lists: entry k-1 holds those pairs of ranks 0..k-1 computing at once), and in
+    ``after`` the links and core shares measured again after the timed requests.
     Raises:
       ValueError: the port is taken.
       RunError: a rank failed or died, or the whole run exceeded ``deadline`` seconds.

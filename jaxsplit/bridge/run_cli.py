@@ -37,7 +37,8 @@ class RunArgs:
     repeats: int = 3
     """Timed runs of the request (after one warm-up run); medians are reported."""
     calibrate: bool = False
-    """Fit every device's FLOP/s, bandwidth and message latency, and predict with them."""
+    """Fit every device's FLOP/s, bandwidth and message latency, and predict with them; also fit the
+    per-class compute costs (microbenchmarks) and predict with those."""
     timeout: float = 60.0
     """Seconds any single wait may take; a rank that does not answer in time fails the run."""
     threads: int = 1
@@ -106,17 +107,22 @@ def main(argv: Sequence[str]) -> int:
         print(f"jaxsplit run: error: {err}", file=sys.stderr)
         return 1
     q = 8.0 if args.dtype == "float64" else 4.0
-    calibrated = None
+    calibrated = per_class = None
     if args.calibrate:
+        from .calibration import layer_latencies, model_from_run
+
         calibrated = predict(layers, rows, result["flops"], result["bandwidth"], result["latency"], q)
+        per_class = layer_latencies(layers, rows, model_from_run(result), result["bandwidth"], result["latency"],
+                                    q)[0].tolist()
     ok = result["max_error"] <= result["tolerance"]
     if args.json:
         out = {"model": args.model, "solver": args.solver, "devices": spec.world_size, "rows": rows.tolist(),
                "predicted": [float(p) for p in predicted], "predicted_calibrated": calibrated,
+               "predicted_per_class": per_class,
                **{k: v for k, v in result.items()}, "passed": ok}
         sys.stdout.write(json.dumps(out, default=float) + "\n")
     else:
-        _print(result, rows, predicted, calibrated, args, spec)
+        _print(result, rows, predicted, calibrated, per_class, args, spec)
     return 0 if ok else 1
 
 
@@ -136,7 +142,7 @@ def _with_progress(spec, args: RunArgs, n_layers: int):
         return launch_local(spec, args.master_addr, args.master_port, progress=step)
 
 
-def _print(result, rows, predicted, calibrated, args: RunArgs, spec) -> None:
+def _print(result, rows, predicted, calibrated, per_class, args: RunArgs, spec) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -145,18 +151,19 @@ def _print(result, rows, predicted, calibrated, args: RunArgs, spec) -> None:
                   title_justify="left")
     cols = ["layer", "rows per device", "measured (ms)", "predicted (ms)"]
     if calibrated is not None:
-        cols.append("calibrated prediction (ms)")
+        cols += ["calibrated prediction (ms)", "per-class prediction (ms)"]
     for c in cols:
         table.add_column(c, justify="left" if c == "layer" else "right")
     for i, name in enumerate(result["names"]):
         cells = [name, "/".join(map(str, rows[i])), f"{result['layer_times'][i] * 1e3:.3f}", f"{predicted[i] * 1e3:.3f}"]
         if calibrated is not None:
-            cells.append(f"{calibrated[i] * 1e3:.3f}")
+            cells += [f"{calibrated[i] * 1e3:.3f}", f"{per_class[i] * 1e3:.3f}"]
         table.add_row(*cells)
     console.print(table)
     console.print(f"request: measured {result['request_time'] * 1e3:.2f} ms (median of {spec.repeats}), "
                   f"sum of layers predicted {sum(predicted) * 1e3:.2f} ms"
-                  + (f", calibrated {sum(calibrated) * 1e3:.2f} ms" if calibrated is not None else ""))
+                  + (f", calibrated {sum(calibrated) * 1e3:.2f} ms, per class {sum(per_class) * 1e3:.2f} ms"
+                     if calibrated is not None else ""))
     if calibrated is not None:
         console.print("fitted: FLOP/s " + ", ".join(f"{f:.3g}" for f in result["flops"]) + "; bandwidth B/s "
                       + ", ".join(f"{b:.3g}" for b in result["bandwidth"]) + "; latency s "
