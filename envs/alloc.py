@@ -31,7 +31,7 @@ import numpy as np
 from flax import struct
 
 from jaxsplit.latency import Cluster, LayerArrays, allocation_rates, device_times
-from jaxsplit.solvers import closed_form_split, equal_split
+from jaxsplit.solvers import closed_form_split, device_times_major, equal_split
 
 from .catalogue import Catalogue, build_catalogue
 
@@ -267,16 +267,31 @@ class AllocationEnv:
         rows = self._split_fn(layer, cluster, share)
         return jnp.max(device_times(layer, allocation_rates(cluster, share), rows))
 
+    def layer_latencies(self, layers: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
+        """Latency (s) of each of L layers (fields (L,)) under one allocation (cluster, share (N,)); (L,).
+
+        The closed form solves all L layers as one device-major (N, L) batch (the layer axis is
+        the minor, vectorised one), with the same rows as :meth:`layer_latency` layer by layer.
+        """
+        if self.split != "closed_form":
+            return jax.vmap(self.layer_latency, in_axes=(0, None, None))(layers, cluster, share)
+        shape = (self.num_devices, layers.out_height.shape[0])
+        cl = jax.tree.map(lambda x: jnp.broadcast_to(x[:, None], shape), cluster)
+        sh = jnp.broadcast_to(share[:, None], shape)
+        rows = closed_form_split(layers, cl, sh)
+        times = device_times_major(layers, allocation_rates(cl, sh), rows)
+        return jnp.max(times, axis=0)
+
     def exec_time(self, cluster: Cluster, share: jax.Array, model: jax.Array) -> jax.Array:
         """E: latency (s) of one request of ``model`` alone under ``share`` (N,), every layer split."""
         layers = jax.tree.map(lambda a: a[model], self.catalogue.layers)
-        per_layer = jax.vmap(self.layer_latency, in_axes=(0, None, None))(layers, cluster, share)
+        per_layer = self.layer_latencies(layers, cluster, share)
         return jnp.sum(per_layer * self.catalogue.count[model])
 
     def reference_times(self, cluster: Cluster) -> jax.Array:
         """E_ref(k) for every model, all shares 1; (K,) seconds."""
         ones = jnp.ones((self.num_devices,), self.dtype)
-        per_layer = jax.vmap(self.layer_latency, in_axes=(0, None, None))(self.catalogue.flat_layers, cluster, ones)
+        per_layer = self.layer_latencies(self.catalogue.flat_layers, cluster, ones)
         onehot = jax.nn.one_hot(self.catalogue.flat_model, self.num_models, dtype=self.dtype)
         return (per_layer * self.catalogue.flat_count) @ onehot
 
@@ -287,7 +302,7 @@ class AllocationEnv:
         idx = jnp.minimum(idx, self.num_flat - 1)
         layers = jax.tree.map(lambda a: a[idx], self.catalogue.flat_layers)
         ones = jnp.ones((self.num_devices,), self.dtype)
-        per_layer = jax.vmap(self.layer_latency, in_axes=(0, None, None))(layers, cluster, ones)
+        per_layer = self.layer_latencies(layers, cluster, ones)
         weight = jnp.where(valid, self.catalogue.flat_count[idx], 0.0)
         onehot = jax.nn.one_hot(self.catalogue.flat_model[idx], self.num_models, dtype=self.dtype)
         return (per_layer * weight) @ onehot
