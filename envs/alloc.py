@@ -31,7 +31,7 @@ import numpy as np
 from flax import struct
 
 from jaxsplit.latency import Cluster, LayerArrays, allocation_rates, device_times
-from jaxsplit.solvers import closed_form_split, device_times_major, equal_split
+from jaxsplit.solvers import closed_form_request, closed_form_split, equal_split
 
 from .catalogue import Catalogue, build_catalogue
 
@@ -271,16 +271,15 @@ class AllocationEnv:
         """Latency (s) of each of L layers (fields (L,)) under one allocation (cluster, share (N,)); (L,).
 
         The closed form solves all L layers as one device-major (N, L) batch (the layer axis is
-        the minor, vectorised one), with the same rows as :meth:`layer_latency` layer by layer.
+        the minor, vectorised one; :func:`jaxsplit.solvers.closed_form_request`), with the same rows
+        as :meth:`layer_latency` layer by layer; the latencies are then taken per layer as there.
         """
         if self.split != "closed_form":
             return jax.vmap(self.layer_latency, in_axes=(0, None, None))(layers, cluster, share)
-        shape = (self.num_devices, layers.out_height.shape[0])
-        cl = jax.tree.map(lambda x: jnp.broadcast_to(x[:, None], shape), cluster)
-        sh = jnp.broadcast_to(share[:, None], shape)
-        rows = closed_form_split(layers, cl, sh)
-        times = device_times_major(layers, allocation_rates(cl, sh), rows)
-        return jnp.max(times, axis=0)
+        rows = closed_form_request(layers, cluster, share)  # (N, L)
+        rates = allocation_rates(cluster, share)
+        times = jax.vmap(lambda layer, r: device_times(layer, rates, r))(layers, rows.T)  # (L, N)
+        return jnp.max(times, axis=-1)
 
     def exec_time(self, cluster: Cluster, share: jax.Array, model: jax.Array) -> jax.Array:
         """E: latency (s) of one request of ``model`` alone under ``share`` (N,), every layer split."""

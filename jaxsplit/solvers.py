@@ -209,6 +209,35 @@ def closed_form_split(layer: LayerArrays, cluster: Cluster, share: jax.Array,
     """
     rates = allocation_rates(cluster, share)
     alpha, beta = affine_model(layer, rates)
+    return _closed_form_affine(layer, rates, alpha, beta, correction_rounds)
+
+
+def closed_form_request(layers: LayerArrays, cluster: Cluster, share: jax.Array,
+                        correction_rounds: int = CLOSED_FORM_CORRECTION_ROUNDS) -> jax.Array:
+    """:func:`closed_form_split` of every layer of a request under one allocation, as one batch.
+
+    Args:
+      layers: fields (L,).
+      cluster: fields (N,); share: (N,).
+    Returns:
+      int32 rows (N, L) (device-major), equal to ``closed_form_split`` layer by layer.
+
+    The affine model is evaluated per layer with the device axis last and kept apart (an
+    optimisation barrier), then the rest runs device-major on (N, L). Evaluated inside the
+    device-major pass, XLA contracts the multiply-adds of ``beta`` in a different order and can
+    round it one ulp differently, which changes the rows where devices tie exactly.
+    """
+    rates = allocation_rates(cluster, share)
+    alpha, beta = jax.vmap(lambda layer: affine_model(layer, rates))(layers)  # (L, N) each
+    alpha, beta = jax.lax.optimization_barrier((alpha, beta))
+    shape = (share.shape[-1], layers.out_height.shape[0])
+    rates = jax.tree.map(lambda x: jnp.broadcast_to(x[:, None], shape), rates)
+    return _closed_form_affine(layers, rates, alpha.T, beta.T, correction_rounds)
+
+
+def _closed_form_affine(layer: LayerArrays, rates: Rates, alpha: jax.Array, beta: jax.Array,
+                        correction_rounds: int) -> jax.Array:
+    """Steps 1-5 of :func:`closed_form_split` from the affine model (alpha, beta) (N, ...)."""
     total = layer.out_height
     _, n_plain = water_fill(alpha, beta, rates.active, total)
     first, last = _border_flags(n_plain > 0)
