@@ -7,7 +7,10 @@ jit them and vmap them over batches (:func:`solve_batch` does both).
 
 * ``closed_form``: the paper's level 1. Equal finish time under the affine model
   T_i(n) = alpha_i + beta_i n, water-filled over the active set without sorting, rounded so that the
-  rows sum exactly, then refined (border-aware intercepts and a bounded exact correction).
+  rows sum exactly, then refined (border-aware intercepts and a bounded exact correction). It is
+  written device-major (device axis first, any batch axes after it): :func:`solve_batch` and
+  :func:`closed_form_request` (every layer of a request at once) run it with the batch as the
+  minor, vectorised axis, and give the same rows as one call per instance.
 * ``exact``: the integer optimum of the exact model for the fixed device order, by bisection on the
   latency's float bit pattern with a greedy feasibility pass.
 * baselines: ``single``, ``equal``, ``proportional``, ``rebalance`` (EdgeLD-style) and ``lp``
@@ -546,16 +549,21 @@ def _chunked_vmap(fn: Callable, layer: LayerArrays, cluster: Cluster, share: jax
 def _device_major_blocks(fn: Callable, layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
     """Run a device-major solver (cluster fields and shares (N, ...)) on a batch with the device
     axis last, rows (B, N): blocks of about :data:`DEVICE_MAJOR_BLOCK` / N instances (``lax.map``),
-    each transposed to (N, block) so that the batch is the minor, vectorised axis."""
+    each transposed once to (N, block) so that the batch is the minor, vectorised axis (the
+    transposed block is materialised, not re-read with a stride by every fused loop)."""
     batch, num = share.shape
     block = max(256, DEVICE_MAJOR_BLOCK // num)
+
+    def solve(args):
+        layer, cluster, share = args
+        cluster, share = jax.lax.optimization_barrier(jax.tree.map(jnp.transpose, (cluster, share)))
+        return fn(layer, cluster, share).T
+
     if batch <= block:
-        return fn(layer, jax.tree.map(jnp.transpose, cluster), share.T).T
-    blocks, (layer, cluster, share) = _blocks(batch, block, (layer, cluster, share))
-    # (blocks, block, N) -> (blocks, N, block): one transpose of the whole batch up front.
-    cluster, share = jax.tree.map(lambda x: jnp.swapaxes(x, 1, 2), (cluster, share))
-    out = jax.lax.map(lambda a: fn(*a), (layer, cluster, share))
-    return jnp.swapaxes(out, 1, 2).reshape(blocks * block, num)[:batch]
+        return solve((layer, cluster, share))
+    blocks, args = _blocks(batch, block, (layer, cluster, share))
+    out = jax.lax.map(solve, args)
+    return out.reshape(blocks * block, num)[:batch]
 
 
 def solve_batch(name: str, layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
