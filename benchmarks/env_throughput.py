@@ -156,11 +156,14 @@ def main() -> int:
     body += ["", "What bounds the step is the closed-form split: with the equal split rule (same dynamics, no solve)",
              f"the step runs {equal[8] / best[8]:.0f}x faster at N = 8. Every step solves all U = "
              f"{envs.make('alloc-v0', num_devices=4)[0].catalogue.count.shape[1]} padded unique layers of its "
-             "request (the catalogue pads every model to the longest, rounded up to a",
-             "multiple of 8) and one reference layer. The request is solved device-major: (N, U) arrays with",
-             "the layer axis as the minor, vectorised one (two O(N^2) water fills, two rounding loops of up to",
-             "N rounds, three correction rounds and the never-worse check). Beyond a few hundred environments",
-             "the (envs, N, N, U) water-fill intermediates leave the cache and the rate falls.",
+             "request (the catalogue pads every model to the longest) and one reference layer, with one",
+             "vmap over the layers: an (envs x U x N) batch whose minor axis is the device axis. The",
+             "device-major closed form (the batch as the minor axis) is 2-3x faster on such a request in",
+             "isolation, but it is not used here: in that layout XLA contracts multiply-adds and orders the",
+             "water-fill sums differently, and on exact ties (identical devices) about 1 in 2 million",
+             "layer-solves got other rows (same latency) than the per-layer solve, so the environment keeps",
+             "the per-layer layout and its rows. Beyond a few hundred environments the (envs, U, N, N)",
+             "water-fill intermediates leave the cache and the rate falls.",
              "Other jobs shared the machine's cores (load average above): repeated runs differ by up to 2x; the",
              "before/after rows are interleaved so that both saw the same load."]
     if not args.quick:

@@ -31,7 +31,7 @@ import numpy as np
 from flax import struct
 
 from jaxsplit.latency import Cluster, LayerArrays, allocation_rates, device_times
-from jaxsplit.solvers import closed_form_request, closed_form_split, equal_split
+from jaxsplit.solvers import closed_form_split, equal_split
 
 from .catalogue import Catalogue, build_catalogue
 
@@ -267,30 +267,16 @@ class AllocationEnv:
         rows = self._split_fn(layer, cluster, share)
         return jnp.max(device_times(layer, allocation_rates(cluster, share), rows))
 
-    def layer_latencies(self, layers: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
-        """Latency (s) of each of L layers (fields (L,)) under one allocation (cluster, share (N,)); (L,).
-
-        The closed form solves all L layers as one device-major (N, L) batch (the layer axis is
-        the minor, vectorised one; :func:`jaxsplit.solvers.closed_form_request`), with the same rows
-        as :meth:`layer_latency` layer by layer; the latencies are then taken per layer as there.
-        """
-        if self.split != "closed_form":
-            return jax.vmap(self.layer_latency, in_axes=(0, None, None))(layers, cluster, share)
-        rows = closed_form_request(layers, cluster, share)  # (N, L)
-        rates = allocation_rates(cluster, share)
-        times = jax.vmap(lambda layer, r: device_times(layer, rates, r))(layers, rows.T)  # (L, N)
-        return jnp.max(times, axis=-1)
-
     def exec_time(self, cluster: Cluster, share: jax.Array, model: jax.Array) -> jax.Array:
         """E: latency (s) of one request of ``model`` alone under ``share`` (N,), every layer split."""
         layers = jax.tree.map(lambda a: a[model], self.catalogue.layers)
-        per_layer = self.layer_latencies(layers, cluster, share)
+        per_layer = jax.vmap(self.layer_latency, in_axes=(0, None, None))(layers, cluster, share)
         return jnp.sum(per_layer * self.catalogue.count[model])
 
     def reference_times(self, cluster: Cluster) -> jax.Array:
         """E_ref(k) for every model, all shares 1; (K,) seconds."""
         ones = jnp.ones((self.num_devices,), self.dtype)
-        per_layer = self.layer_latencies(self.catalogue.flat_layers, cluster, ones)
+        per_layer = jax.vmap(self.layer_latency, in_axes=(0, None, None))(self.catalogue.flat_layers, cluster, ones)
         onehot = jax.nn.one_hot(self.catalogue.flat_model, self.num_models, dtype=self.dtype)
         return (per_layer * self.catalogue.flat_count) @ onehot
 
@@ -301,7 +287,7 @@ class AllocationEnv:
         idx = jnp.minimum(idx, self.num_flat - 1)
         layers = jax.tree.map(lambda a: a[idx], self.catalogue.flat_layers)
         ones = jnp.ones((self.num_devices,), self.dtype)
-        per_layer = self.layer_latencies(layers, cluster, ones)
+        per_layer = jax.vmap(self.layer_latency, in_axes=(0, None, None))(layers, cluster, ones)
         weight = jnp.where(valid, self.catalogue.flat_count[idx], 0.0)
         onehot = jax.nn.one_hot(self.catalogue.flat_model[idx], self.num_models, dtype=self.dtype)
         return (per_layer * weight) @ onehot

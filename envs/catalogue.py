@@ -19,14 +19,9 @@ from jaxsplit import zoo
 from jaxsplit.latency import LayerArrays, layer_arrays_numpy
 
 
-#: The padded layer count U is a multiple of this (CPU vector lanes of float32).
-LAYER_ALIGN = 8
-
-
 @struct.dataclass
 class Catalogue:
-    """The model catalogue as padded arrays (static shapes; K models, U unique layers rounded up to a
-    multiple of :data:`LAYER_ALIGN`, T = total).
+    """The model catalogue as padded arrays (static shapes; K models, U unique layers, T = total).
 
     Attributes:
       layers: :class:`LayerArrays` with fields of shape (K, U): each model's unique layers, padded.
@@ -64,9 +59,6 @@ def build_catalogue(models: Sequence[str], input_size: tuple[int, int], bytes_pe
     """Pad the unique-layer tables of ``models`` to one length; see :class:`Catalogue`."""
     tables = [unique_layers(m, input_size, bytes_per_element) for m in models]
     width = max(len(t[0]) for t in tables)
-    # A whole number of 8-lane vectors: the layer axis is the minor one of the device-major closed
-    # form, and a ragged tail (31 layers, say) measured about 1.4x slower than 32 on a CPU.
-    width = -(-width // LAYER_ALIGN) * LAYER_ALIGN
     fields = list(LayerArrays.__dataclass_fields__)
     padded = np.zeros((len(models), width, len(fields)))
     # padding rows: a harmless 1-row layer (never counted: multiplicity 0)

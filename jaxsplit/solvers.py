@@ -8,9 +8,8 @@ jit them and vmap them over batches (:func:`solve_batch` does both).
 * ``closed_form``: the paper's level 1. Equal finish time under the affine model
   T_i(n) = alpha_i + beta_i n, water-filled over the active set without sorting, rounded so that the
   rows sum exactly, then refined (border-aware intercepts and a bounded exact correction). It is
-  written device-major (device axis first, any batch axes after it): :func:`solve_batch` and
-  :func:`closed_form_request` (every layer of a request at once) run it with the batch as the
-  minor, vectorised axis, and give the same rows as one call per instance.
+  written device-major (device axis first, any batch axes after it): :func:`solve_batch` runs it
+  with the batch as the minor, vectorised axis and gives the same rows as one call per instance.
 * ``exact``: the integer optimum of the exact model for the fixed device order, by bisection on the
   latency's float bit pattern with a greedy feasibility pass.
 * baselines: ``single``, ``equal``, ``proportional``, ``rebalance`` (EdgeLD-style) and ``lp``
@@ -213,29 +212,6 @@ def closed_form_split(layer: LayerArrays, cluster: Cluster, share: jax.Array,
     rates = allocation_rates(cluster, share)
     alpha, beta = affine_model(layer, rates)
     return _closed_form_affine(layer, rates, alpha, beta, correction_rounds)
-
-
-def closed_form_request(layers: LayerArrays, cluster: Cluster, share: jax.Array,
-                        correction_rounds: int = CLOSED_FORM_CORRECTION_ROUNDS) -> jax.Array:
-    """:func:`closed_form_split` of every layer of a request under one allocation, as one batch.
-
-    Args:
-      layers: fields (L,).
-      cluster: fields (N,); share: (N,).
-    Returns:
-      int32 rows (N, L) (device-major), equal to ``closed_form_split`` layer by layer.
-
-    The affine model is evaluated per layer with the device axis last and kept apart (an
-    optimisation barrier), then the rest runs device-major on (N, L). Evaluated inside the
-    device-major pass, XLA contracts the multiply-adds of ``beta`` in a different order and can
-    round it one ulp differently, which changes the rows where devices tie exactly.
-    """
-    rates = allocation_rates(cluster, share)
-    alpha, beta = jax.vmap(lambda layer: affine_model(layer, rates))(layers)  # (L, N) each
-    alpha, beta = jax.lax.optimization_barrier((alpha, beta))
-    shape = (share.shape[-1], layers.out_height.shape[0])
-    rates = jax.tree.map(lambda x: jnp.broadcast_to(x[:, None], shape), rates)
-    return _closed_form_affine(layers, rates, alpha.T, beta.T, correction_rounds)
 
 
 def _closed_form_affine(layer: LayerArrays, rates: Rates, alpha: jax.Array, beta: jax.Array,

@@ -1,7 +1,7 @@
 """The device-major closed form returns the same int32 rows, bit for bit, as the previous
 implementation (device axis last, one instance at a time; frozen in tests/previous_closed_form.py):
-batched, single-instance, vmapped and request-level (N, L) calls, on random instances and on the
-hard cases (identical devices with exact ties, zero and tiny shares, one-row layers, no local
+batched, single-instance and vmapped calls (as the environment makes them), on random instances and
+on the hard cases (identical devices with exact ties, zero and tiny shares, one-row layers, no local
 coordinator, coarse share grids)."""
 
 import chex
@@ -107,9 +107,10 @@ def test_vmapped_single_instance_equals_previous_and_never_retraces():
 
 
 @pytest.mark.parametrize("n", [4, 8])
-def test_request_level_batch_equals_previous_per_layer(n):
-    """The environment's (N, L) solve of every catalogue layer gives the previous per-layer rows,
-    for random clusters, the default fixed cluster (identical remote devices) and grid shares."""
+def test_environment_rows_equal_previous_per_layer(n):
+    """The environment's per-layer solve (vmap over the layers of a request, inside a vmap over
+    environments) gives the previous rows, for random clusters, the default fixed cluster
+    (identical remote devices: exact ties) and grid, uniform, all-one and fallback shares."""
     env, params = envs.make("alloc-v0", num_devices=n)
     layers = env.catalogue.flat_layers
     rng = np.random.default_rng(n)
@@ -117,27 +118,16 @@ def test_request_level_batch_equals_previous_per_layer(n):
     random_clusters = jax.vmap(env.sample_cluster, in_axes=(0, None))(keys, params)
     fixed = jax.tree.map(lambda x: jnp.broadcast_to(x, (64, n)),
                          Cluster(params.cluster_flops, params.cluster_bandwidth, params.cluster_latency))
-    grid = jnp.asarray(np.maximum(rng.integers(0, 5, (64, n)) / 4, np.eye(n)[rng.integers(0, n, 64)]), jnp.float32)
-    uniform = jnp.asarray(rng.uniform(0.05, 1.0, (64, n)), jnp.float32)
+    shares = [np.maximum(rng.integers(0, 5, (64, n)) / 4, np.eye(n)[rng.integers(0, n, 64)]),
+              rng.uniform(0.05, 1.0, (64, n)), np.ones((64, n)), np.eye(n)[np.zeros(64, int)] * 0.05]
 
-    def request(cluster, share):  # as AllocationEnv.layer_latencies solves a request
-        return solvers.closed_form_request(layers, cluster, share).T
+    def per_layer(solver):
+        return jax.jit(jax.vmap(lambda c, a: jax.vmap(solver, in_axes=(0, None, None))(layers, c, a)))
 
-    per_layer = jax.vmap(previous.closed_form_split, in_axes=(0, None, None))
-    new = jax.jit(jax.vmap(request))
-    old = jax.jit(jax.vmap(lambda c, a: per_layer(layers, c, a)))
+    new, old = per_layer(solvers.closed_form_split), per_layer(previous.closed_form_split)
     for cluster in (random_clusters, fixed):
-        for share in (grid, uniform, jnp.ones((64, n), jnp.float32)):
+        for share in shares:
+            share = jnp.asarray(share, jnp.float32)
             got, want = np.asarray(new(cluster, share)), np.asarray(old(cluster, share))
             assert got.shape == want.shape == (64, layers.out_height.shape[0], n)
             assert (got == want).all()
-    # and the environment's execution time is the previous per-layer sum
-    prev_lat = jax.vmap(lambda l, c, a: jnp.max(previous.device_times(l, previous.allocation_rates(c, a),
-                                                                      previous.closed_form_split(l, c, a))),
-                        in_axes=(0, None, None))
-    for k in range(env.num_models):
-        cluster = jax.tree.map(lambda x: x[0], random_clusters)
-        e = float(env.exec_time(cluster, grid[0], jnp.int32(k)))
-        lay = jax.tree.map(lambda a: a[k], env.catalogue.layers)
-        want = float(jnp.sum(prev_lat(lay, cluster, grid[0]) * env.catalogue.count[k]))
-        assert e == pytest.approx(want, rel=1e-6)
