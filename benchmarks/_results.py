@@ -59,3 +59,21 @@ def git_revision() -> str:
                               cwd=RESULTS.parent, check=True).stdout.strip()
     except Exception:  # pragma: no cover
         return "unknown"
+
+
+def load_average() -> str:
+    """The machine's 1-minute load average (other jobs sharing its cores), e.g. "3.2"."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:  # pragma: no cover - not on every platform
+        return "unknown"
+
+
+def previous_closed_form():
+    """The closed form as it was before the device-major rewrite (frozen in tests/), for same-run
+    before/after figures."""
+    sys.path.insert(0, str(RESULTS.parent.parent / "tests"))
+    import previous_closed_form
+
+    return previous_closed_form
+

@@ -7,7 +7,9 @@ jit them and vmap them over batches (:func:`solve_batch` does both).
 
 * ``closed_form``: the paper's level 1. Equal finish time under the affine model
   T_i(n) = alpha_i + beta_i n, water-filled over the active set without sorting, rounded so that the
-  rows sum exactly, then refined (border-aware intercepts and a bounded exact correction).
+  rows sum exactly, then refined (border-aware intercepts and a bounded exact correction). It is
+  written device-major (device axis first, any batch axes after it): :func:`solve_batch` runs it
+  with the batch as the minor, vectorised axis and gives the same rows as one call per instance.
 * ``exact``: the integer optimum of the exact model for the fixed device order, by bisection on the
   latency's float bit pattern with a greedy feasibility pass.
 * baselines: ``single``, ``equal``, ``proportional``, ``rebalance`` (EdgeLD-style) and ``lp``
@@ -32,16 +34,51 @@ CLOSED_FORM_CORRECTION_ROUNDS = 3
 
 
 # --------------------------------------------------------------------------- the affine model
+# The closed form works on device-major arrays: the device axis is axis 0 and any further axes are
+# batch axes, e.g. (N,) for one instance, (N, L) for every layer of a request, (N, B) for a batch.
+# Reductions over devices then run over the major axis, so XLA vectorises them along the batch
+# (minor) axis; with the device axis last (what ``vmap`` over instances gives) a reduction over
+# N = 8 values is one short, poorly vectorised row per instance.
 def affine_model(layer: LayerArrays, rates: Rates) -> tuple[jax.Array, jax.Array]:
     """Interior-halo affine model T_i(n) = alpha_i + beta_i n of MODEL.md section 4; seconds.
 
     ``beta_i = (sh W C_in q + W_out C_out q)/b_i + phi/f_i``,
-    ``alpha_i = 2 tau_i + max(keff_h - sh, 0) W C_in q / b_i``. Shapes (N,).
+    ``alpha_i = 2 tau_i + max(keff_h - sh, 0) W C_in q / b_i``. Shapes: rates (N, ...), layer
+    fields broadcastable to them (scalars for one instance); returns two arrays of the rates' shape.
     """
     in_row = layer.in_row_bytes * rates.sec_per_byte
     beta = layer.stride * in_row + layer.out_row_bytes * rates.sec_per_byte + layer.row_work * rates.sec_per_flop
     alpha = rates.message + jnp.maximum(layer.kernel_extent - layer.stride, 0.0) * in_row
     return alpha, beta
+
+
+def _device_index(x: jax.Array) -> jax.Array:
+    """Device numbers 0..N-1 shaped (N, 1, ..., 1) to broadcast against a device-major ``x``."""
+    return jnp.arange(x.shape[0]).reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def _first_argmin(x: jax.Array) -> jax.Array:
+    """``jnp.argmin(x, axis=0)`` (first minimum; the first NaN if any) as two plain reductions."""
+    low = jnp.min(x, axis=0)
+    hit = jnp.where(jnp.isnan(low), jnp.isnan(x), x == low)
+    return jnp.min(jnp.where(hit, _device_index(x), x.shape[0]), axis=0)
+
+
+def _first_argmax(x: jax.Array) -> jax.Array:
+    """``jnp.argmax(x, axis=0)`` (first maximum; the first NaN if any) as two plain reductions."""
+    high = jnp.max(x, axis=0)
+    hit = jnp.where(jnp.isnan(high), jnp.isnan(x), x == high)
+    return jnp.min(jnp.where(hit, _device_index(x), x.shape[0]), axis=0)
+
+
+def device_times_major(layer: LayerArrays, rates: Rates, rows: jax.Array) -> jax.Array:
+    """:func:`jaxsplit.latency.device_times` for device-major rows (N, ...) (devices taken in order
+    along axis 0; layer fields of shape (...)); seconds, same shape as ``rows``."""
+    start = jnp.cumsum(rows, axis=0) - rows
+    return segment_time(layer, rates, start, rows)
+
+
+_device_times = device_times_major
 
 
 def water_fill(alpha: jax.Array, beta: jax.Array, active: jax.Array, total: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -53,39 +90,42 @@ def water_fill(alpha: jax.Array, beta: jax.Array, active: jax.Array, total: jax.
     their minimum is the water level. Every prefix is evaluated at once with an N x N mask.
 
     Args:
-      alpha, beta: (N,) seconds and seconds per row; beta > 0 where active.
-      active: (N,) booleans.
-      total: H_out, scalar.
+      alpha, beta: (N, ...) seconds and seconds per row (device axis first); beta > 0 where active.
+      active: (N, ...) booleans.
+      total: H_out, shape (...) (a scalar for one instance).
     Returns:
-      (T*, n): the water level (s) and the continuous rows (N,), 0 where inactive.
+      (T*, n): the water level (s), shape (...), and the continuous rows (N, ...), 0 where inactive.
     """
     w = jnp.where(active, 1.0 / jnp.where(active, beta, 1.0), 0.0)
     aw = jnp.where(active, alpha * w, 0.0)
-    idx = jnp.arange(alpha.shape[-1])
-    before = (alpha[None, :] < alpha[:, None]) | ((alpha[None, :] == alpha[:, None]) & (idx[None, :] <= idx[:, None]))
+    idx = _device_index(alpha)
+    # before[i, j]: device j is in device i's prefix (alpha_j < alpha_i, ties by index).
+    a_i, a_j = alpha[:, None], alpha[None, :]
+    i, j = idx[:, None], idx[None, :]
+    before = (a_j < a_i) | ((a_j == a_i) & (j <= i))
     # A device is always in its own prefix. Said explicitly because XLA CPU may recompute ``alpha``
     # inside the fused comparison twice with different rounding (contracted multiply-adds), and
     # then ``alpha_i < alpha_i`` and ``alpha_i == alpha_i`` can both be false.
-    before = before | (idx[None, :] == idx[:, None])
+    before = before | (j == i)
     mask = before & active[None, :]
-    num = total + jnp.sum(jnp.where(mask, aw[None, :], 0.0), axis=-1)
-    den = jnp.sum(jnp.where(mask, w[None, :], 0.0), axis=-1)
+    num = total + jnp.sum(jnp.where(mask, aw[None, :], 0.0), axis=1)
+    den = jnp.sum(jnp.where(mask, w[None, :], 0.0), axis=1)
     levels = jnp.where(active, num / jnp.where(active, den, 1.0), jnp.inf)
-    level = jnp.min(levels)
+    level = jnp.min(levels, axis=0)
     n = jnp.where(active, jnp.maximum(0.0, (level - alpha) * w), 0.0)
     return level, n
 
 
 def _fix_total(rows: jax.Array, total: jax.Array, active: jax.Array) -> jax.Array:
-    """Make int rows sum exactly to ``total`` (a guard against float round-off; normally a no-op).
+    """Make int rows (N, ...) sum exactly to ``total`` (a guard against float round-off; normally a no-op).
 
     Excess is cut from the end (cumulative clip); a deficit goes to the last active device.
     """
-    ends = jnp.minimum(jnp.cumsum(rows), total)
-    rows = ends - jnp.concatenate([jnp.zeros((1,), ends.dtype), ends[:-1]])
-    deficit = total - jnp.sum(rows)
-    idx = jnp.arange(rows.shape[-1])
-    last = jnp.max(jnp.where(active, idx, -1))
+    ends = jnp.minimum(jnp.cumsum(rows, axis=0), total)
+    rows = ends - jnp.concatenate([jnp.zeros_like(ends[:1]), ends[:-1]])
+    deficit = total - jnp.sum(rows, axis=0)
+    idx = _device_index(rows)
+    last = jnp.max(jnp.where(active, idx, -1), axis=0)
     return rows + jnp.where(idx == last, deficit, 0)
 
 
@@ -93,19 +133,28 @@ def round_split(n: jax.Array, alpha: jax.Array, beta: jax.Array, active: jax.Arr
     """Round continuous rows to integers summing to ``total`` (MODEL.md section 4).
 
     Floor, then give the remaining rows one by one to the device with the smallest
-    ``alpha_i + beta_i (n_i + 1)``. The remainder is below the number of active devices, so N
-    rounds (a static count) always suffice. Returns int32 (N,).
+    ``alpha_i + beta_i (n_i + 1)`` (the first such device on ties). The remainder is below the
+    number of active devices, so N rounds always suffice; the loop stops early once no instance of
+    the batch has rows left to give (the later rounds would change nothing). Shapes: n, alpha,
+    beta, active (N, ...); total (...). Returns int32 (N, ...).
     """
-    num = n.shape[-1]
+    num = n.shape[0]
     rows = jnp.where(active, jnp.floor(n), 0.0).astype(jnp.int32)
     total_i = total.astype(jnp.int32)
-    remaining = total_i - jnp.sum(rows)
-    idx = jnp.arange(num)
-    for _ in range(num):
+    remaining = total_i - jnp.sum(rows, axis=0)
+    idx = _device_index(n)
+
+    def more(state):
+        _, left, k = state
+        return (k < num) & jnp.any(left > 0)
+
+    def give(state):
+        rows, left, k = state
         cost = jnp.where(active, alpha + beta * (rows + 1).astype(alpha.dtype), jnp.inf)
-        pick = jnp.argmin(cost)
-        rows = rows + jnp.where((idx == pick) & (remaining > 0), 1, 0)
-        remaining = remaining - 1
+        pick = _first_argmin(cost)
+        return rows + jnp.where((idx == pick) & (left > 0), 1, 0), left - 1, k + 1
+
+    rows, _, _ = jax.lax.while_loop(more, give, (rows, remaining, jnp.zeros((), jnp.int32)))
     return _fix_total(rows, total_i, active)
 
 
@@ -115,7 +164,7 @@ def border_intercepts(layer: LayerArrays, rates: Rates, first: jax.Array, last: 
 
     An interior segment reads ``(n - 1) sh + keff`` input rows; the first segment (start 0) reads
     ``p_top`` fewer rows; the last reads up to ``H_end = min(H, (H_out - 1) sh - p_top + keff)``.
-    ``first`` and ``last`` are (N,) booleans marking the devices at the two borders.
+    ``first`` and ``last`` are (N, ...) booleans marking the devices at the two borders.
     """
     in_row = layer.in_row_bytes * rates.sec_per_byte
     halo = layer.kernel_extent - layer.stride
@@ -127,14 +176,16 @@ def border_intercepts(layer: LayerArrays, rates: Rates, first: jax.Array, last: 
 
 
 def _border_flags(rows_positive: jax.Array) -> tuple[jax.Array, jax.Array]:
-    idx = jnp.arange(rows_positive.shape[-1])
-    first_idx = jnp.min(jnp.where(rows_positive, idx, rows_positive.shape[-1]))
-    last_idx = jnp.max(jnp.where(rows_positive, idx, -1))
+    idx = _device_index(rows_positive)
+    first_idx = jnp.min(jnp.where(rows_positive, idx, rows_positive.shape[0]), axis=0)
+    last_idx = jnp.max(jnp.where(rows_positive, idx, -1), axis=0)
     return idx == first_idx, idx == last_idx
 
 
 def closed_form_plain(layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
-    """The unrefined closed form of MODEL.md section 4 (interior-halo model, floor + greedy rounding)."""
+    """The unrefined closed form of MODEL.md section 4 (interior-halo model, floor + greedy rounding).
+
+    Shapes as :func:`closed_form_split`."""
     rates = allocation_rates(cluster, share)
     alpha, beta = affine_model(layer, rates)
     _, n = water_fill(alpha, beta, rates.active, layer.out_height)
@@ -152,9 +203,20 @@ def closed_form_split(layer: LayerArrays, cluster: Cluster, share: jax.Array,
        whose affine time after one more row is smallest, kept only if the exact latency falls.
     5. Return the plain rule's rows (:func:`closed_form_plain`) instead where they are faster, so the
        result is never worse than the unrefined closed form. Every step has a static size.
+
+    Shapes: one instance has layer fields scalar and cluster fields and ``share`` (N,). The device
+    axis is always axis 0: cluster fields and ``share`` of shape (N, ...) with layer fields of
+    shape (...) (or broadcastable to it) solve a whole batch at once, rows (N, ...); this
+    device-major layout is the fast one for batches (see :func:`solve_batch`).
     """
     rates = allocation_rates(cluster, share)
     alpha, beta = affine_model(layer, rates)
+    return _closed_form_affine(layer, rates, alpha, beta, correction_rounds)
+
+
+def _closed_form_affine(layer: LayerArrays, rates: Rates, alpha: jax.Array, beta: jax.Array,
+                        correction_rounds: int) -> jax.Array:
+    """Steps 1-5 of :func:`closed_form_split` from the affine model (alpha, beta) (N, ...)."""
     total = layer.out_height
     _, n_plain = water_fill(alpha, beta, rates.active, total)
     first, last = _border_flags(n_plain > 0)
@@ -164,25 +226,33 @@ def closed_form_split(layer: LayerArrays, cluster: Cluster, share: jax.Array,
     rows = correct_split(layer, rates, rows, alpha_b, beta, correction_rounds)
     # Never worse than the plain rule: keep its rows where the refinement lost (rare).
     plain = round_split(n_plain, alpha, beta, rates.active, total)
-    better = jnp.max(device_times(layer, rates, rows)) <= jnp.max(device_times(layer, rates, plain))
+    # Both latencies are recomputed here (not carried over from the correction): XLA may round the
+    # same expression differently in different fusions, and this comparison decides ties.
+    better = jnp.max(_device_times(layer, rates, rows), axis=0) <= jnp.max(_device_times(layer, rates, plain), axis=0)
     return jnp.where(better, rows, plain)
 
 
 def correct_split(layer: LayerArrays, rates: Rates, rows: jax.Array, alpha: jax.Array, beta: jax.Array,
                   rounds: int) -> jax.Array:
     """Bounded local correction: ``rounds`` one-row moves from the slowest device, each kept only if
-    it lowers the exact layer latency. Shapes (N,)."""
-    idx = jnp.arange(rows.shape[-1])
-    times = device_times(layer, rates, rows)
-    best = jnp.max(times)
+    it lowers the exact layer latency. Shapes (N, ...), device axis first.
+
+    A rejected move leaves the state as it was, so the next round would propose the same move and
+    reject it again: the loop stops early once no instance of the batch moved a row.
+    """
+    idx = _device_index(rows)
+    times = _device_times(layer, rates, rows)
+    best = jnp.max(times, axis=0)
     for _ in range(rounds):
-        slow = jnp.argmax(times)
+        slow = _first_argmax(times)
         cost = jnp.where(rates.active & (idx != slow), alpha + beta * (rows + 1).astype(alpha.dtype), jnp.inf)
-        fast = jnp.argmin(cost)
+        fast = _first_argmin(cost)
+        cheapest = jnp.min(cost, axis=0)  # cost[fast]
+        slow_rows = jnp.sum(jnp.where(idx == slow, rows, 0), axis=0)  # rows[slow]
         cand = rows - (idx == slow).astype(rows.dtype) + (idx == fast).astype(rows.dtype)
-        cand_times = device_times(layer, rates, cand)
-        cand_best = jnp.max(cand_times)
-        ok = (cand_best < best) & (rows[slow] > 0) & jnp.isfinite(cost[fast])
+        cand_times = _device_times(layer, rates, cand)
+        cand_best = jnp.max(cand_times, axis=0)
+        ok = (cand_best < best) & (slow_rows > 0) & jnp.isfinite(cheapest)
         rows = jnp.where(ok, cand, rows)
         times = jnp.where(ok, cand_times, times)
         best = jnp.where(ok, cand_best, best)
@@ -402,8 +472,11 @@ def get_solver(name: str) -> Solver:
 
 @functools.lru_cache(maxsize=None)
 def batched_solver(name: str) -> Callable[[LayerArrays, Cluster, jax.Array], jax.Array]:
-    """``jit(vmap(solver))`` over a leading batch axis: layer fields (B,), cluster fields and shares
-    (B, N) -> rows (B, N). Cached per name so repeated calls with one shape never retrace."""
+    """Jitted batched solver: layer fields (B,), cluster fields and shares (B, N) -> rows (B, N).
+
+    The closed form runs device-major (:func:`_device_major_blocks`); the other JAX solvers are
+    ``vmap``-ed (:func:`_chunked_vmap`). Cached per name so repeated calls with one shape never
+    retrace."""
     solver = get_solver(name)
     if name in HOST_SOLVERS:
         def host(layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
@@ -411,11 +484,27 @@ def batched_solver(name: str) -> Callable[[LayerArrays, Cluster, jax.Array], jax
                    for b in range(share.shape[0])]
             return jnp.asarray(np.stack(out), jnp.int32)
         return host
+    if name == "closed_form":
+        return jax.jit(functools.partial(_device_major_blocks, closed_form_split))
     return jax.jit(functools.partial(_chunked_vmap, jax.vmap(solver)))
 
 
-#: Instances per block in batched solves: the intermediates of a block stay in cache.
+#: Instances per block in vmapped batched solves: the intermediates of a block stay in cache.
 BLOCK = 4096
+#: Device-instances (N x block) per block of the device-major closed form (measured best near it).
+DEVICE_MAJOR_BLOCK = 16384
+
+
+def _blocks(batch: int, block: int, tree):
+    """Pad the leading axis of every leaf to a whole number of blocks; leaves (blocks, block, ...)."""
+    blocks = -(-batch // block)
+    pad = blocks * block - batch
+
+    def blocked(x):
+        x = jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]) if pad else x
+        return x.reshape((blocks, block) + x.shape[1:])
+
+    return blocks, jax.tree.map(blocked, tree)
 
 
 def _chunked_vmap(fn: Callable, layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
@@ -428,16 +517,29 @@ def _chunked_vmap(fn: Callable, layer: LayerArrays, cluster: Cluster, share: jax
     batch = share.shape[0]
     if batch <= BLOCK:
         return fn(layer, cluster, share)
-    blocks = -(-batch // BLOCK)
-    pad = blocks * BLOCK - batch
-
-    def blocked(x):
-        x = jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]) if pad else x
-        return x.reshape((blocks, BLOCK) + x.shape[1:])
-
-    args = jax.tree.map(blocked, (layer, cluster, share))
+    blocks, args = _blocks(batch, BLOCK, (layer, cluster, share))
     out = jax.lax.map(lambda a: fn(*a), args)
     return out.reshape((blocks * BLOCK,) + out.shape[2:])[:batch]
+
+
+def _device_major_blocks(fn: Callable, layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
+    """Run a device-major solver (cluster fields and shares (N, ...)) on a batch with the device
+    axis last, rows (B, N): blocks of about :data:`DEVICE_MAJOR_BLOCK` / N instances (``lax.map``),
+    each transposed once to (N, block) so that the batch is the minor, vectorised axis (the
+    transposed block is materialised, not re-read with a stride by every fused loop)."""
+    batch, num = share.shape
+    block = max(256, DEVICE_MAJOR_BLOCK // num)
+
+    def solve(args):
+        layer, cluster, share = args
+        cluster, share = jax.lax.optimization_barrier(jax.tree.map(jnp.transpose, (cluster, share)))
+        return fn(layer, cluster, share).T
+
+    if batch <= block:
+        return solve((layer, cluster, share))
+    blocks, args = _blocks(batch, block, (layer, cluster, share))
+    out = jax.lax.map(solve, args)
+    return out.reshape(blocks * block, num)[:batch]
 
 
 def solve_batch(name: str, layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
