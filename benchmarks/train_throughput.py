@@ -8,7 +8,7 @@ What is measured (one process, one machine):
   (compilation + run) is timed apart, the second gives steps/s = agents x updates x num_envs x
   num_steps / seconds. The traced function is guarded with ``chex.assert_max_traces(n=1)``, so the
   second call runs the compiled program.
-- Peer: Stable-Baselines3 PPO (torch, CPU, ``torch.set_num_threads(os.cpu_count())``) on
+- Peer: Stable-Baselines3 PPO (torch, CPU, ``torch.set_num_threads(--torch-threads)``, default 1) on
   ``GymnasiumAllocationVectorEnv`` (the same JAX environment, one jitted vmapped step for all
   environments per call) behind a small SB3 ``VecEnv`` adapter, with ``VecNormalize`` for the
   observation and reward normalisation. Same n_envs, n_steps, minibatch size, epochs, learning rate
@@ -33,17 +33,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
-
-# XLA's multi-threaded Eigen pool on the CPU can wedge (every thread idle, block_until_ready never
-# returns) when a vmapped population program runs after another large program in the same process;
-# single-threaded Eigen avoids it and measured no slower for these programs on this machine.
-if "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
 
 import chex  # noqa: E402
 import jax  # noqa: E402
@@ -153,13 +149,13 @@ def sb3_vec_env(config: PPOConfig, seed: int):
     return AllocationVecEnv()
 
 
-def train_sb3(config: PPOConfig, timesteps: int, seed: int) -> dict[str, Any]:
+def train_sb3(config: PPOConfig, timesteps: int, seed: int, threads: int = 1) -> dict[str, Any]:
     """SB3 PPO with the config's hyperparameters: steps/s of ``learn`` and the trained policy."""
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import VecNormalize
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads)
     venv = sb3_vec_env(config, seed)
     venv.reset()
     venv.step_async(np.full((config.num_envs, venv.action_space.shape[0]), 0.5, np.float32))
@@ -207,24 +203,79 @@ def _fmt_rate(x: float) -> str:
     return f"{x:,.0f}"
 
 
+def _parts_args(args: argparse.Namespace) -> list[str]:
+    return ["--timesteps", str(args.timesteps), "--pop-updates", str(args.pop_updates), "--eval-episodes",
+            str(args.eval_episodes), "--seed", str(args.seed)]
+
+
+def run_part(args: argparse.Namespace, part: str, timeout_s: float, attempts: int = 2) -> dict[str, Any] | None:
+    """Run one JAX measurement in a fresh process (retried once if it stalls); its JSON result.
+
+    Each training program gets a process of its own: on this CPU, XLA's runtime occasionally never
+    signals the end of a vmapped population program that follows another large program in the
+    same process (every worker thread idle, ``block_until_ready`` waiting forever).
+    """
+    cmd = [sys.executable, "-u", str(Path(__file__).resolve()), "--part", part, *_parts_args(args)]
+    for attempt in range(1, attempts + 1):
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            print(f"{part}: no result after {timeout_s:.0f} s (attempt {attempt})", flush=True)
+            continue
+        if out.returncode != 0:
+            raise SystemExit(f"{part} failed:\n{out.stderr[-3000:]}")
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        result["attempts"] = attempt
+        return result
+    return None
+
+
+def part_main(args: argparse.Namespace, config: PPOConfig, pop_config: PPOConfig) -> None:
+    """One measurement in this process; prints a JSON line."""
+    if os.environ.get("TRAIN_THROUGHPUT_SYNC", "1") == "1":
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
+    if args.part == "single":
+        r = time_single(config, args.seed)
+        env, params = make_env(config)
+        rows = envs.evaluate(r["trainer"].policy(r["runner"]), env, params, EVAL_LOADS,
+                             episodes=args.eval_episodes, seed=args.seed + 7, name="ppo (jaxsplit)")
+        r = {k: v for k, v in r.items() if k not in ("runner", "trainer")}
+        r["eval"] = rows
+    else:
+        r = time_population(pop_config, int(args.part.split(":")[1]))
+    print(json.dumps(r), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few updates each; prints, does not record")
     parser.add_argument("--timesteps", type=int, default=None,
-                        help="steps of the single JAX agent and of SB3 (default 1,048,576; quick 16,384)")
+                        help="steps of the single JAX agent and of SB3 (default 524,288; quick 16,384)")
     parser.add_argument("--pop-updates", type=int, default=None,
                         help="updates per agent in the timed population calls (default 3; quick 1)")
     parser.add_argument("--agents", default=None, help="population sizes (default 8,64; quick 8)")
     parser.add_argument("--eval-episodes", type=int, default=None, help="episodes per load (default 16; quick 2)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="torch.set_num_threads of the peer (1: its fastest for these 64-wide MLPs here)")
     parser.add_argument("--no-sb3", action="store_true", help="skip the peer")
     parser.add_argument("--no-record", action="store_true", help="do not write RESULTS.md")
+    parser.add_argument("--part", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     quick = args.quick
-    timesteps = args.timesteps or (16_384 if quick else 1_048_576)
-    pop_updates = args.pop_updates or (1 if quick else 3)
-    agents_list = [int(a) for a in (args.agents or ("8" if quick else "8,64")).split(",") if a.strip()]
-    eval_episodes = args.eval_episodes or (2 if quick else 16)
+    args.timesteps = args.timesteps or (16_384 if quick else 524_288)
+    args.pop_updates = args.pop_updates or (1 if quick else 3)
+    agents_list = [int(a) for a in (args.agents or ("8" if quick else "8,64")).split(",") if a.strip() and int(a) > 0]
+    args.eval_episodes = args.eval_episodes or (2 if quick else 16)
+    timesteps, eval_episodes = args.timesteps, args.eval_episodes
+
+    base = PPOConfig()  # the train command's PPO settings; only the run length is set here
+    config = dataclasses.replace(base, total_timesteps=timesteps)
+    config.validate()
+    pop_config = dataclasses.replace(base, total_timesteps=args.pop_updates * base.batch_size)
+    if args.part:
+        part_main(args, config, pop_config)
+        return
 
     if not args.no_sb3:
         try:
@@ -234,34 +285,34 @@ def main() -> None:
             sys.exit(f"the peer needs stable-baselines3 and torch ({err.name} is missing): "
                      f"pip install -e '.[bench]' (or pass --no-sb3)")
 
-    base = PPOConfig()  # the train command's PPO settings; only the run length is set here
-    config = dataclasses.replace(base, total_timesteps=timesteps)
-    config.validate()
-    pop_config = dataclasses.replace(base, total_timesteps=pop_updates * base.batch_size)
     load0 = os.getloadavg()
     print(f"machine: {machine()}; load average {load0[0]:.2f}", flush=True)
-
     rows = []
-    single = time_single(config, args.seed)
+    single = run_part(args, "single", timeout_s=180 + timesteps / 2000)
+    if single is None:
+        raise SystemExit("the single-agent run stalled twice")
     rows.append(single)
+    stalled = []
     print(f"jax 1 agent: {single['updates']} updates, compile {single['compile_s']:.1f} s, "
           f"{_fmt_rate(single['rate'])} steps/s", flush=True)
     for agents in agents_list:
-        r = time_population(pop_config, agents)
+        r = run_part(args, f"pop:{agents}", timeout_s=150 + agents * args.pop_updates * base.batch_size / 4000,
+                     attempts=1)
+        if r is None:
+            stalled.append(agents)
+            continue
         rows.append(r)
         print(f"jax {agents} agents: {r['updates']} updates each, compile {r['compile_s']:.1f} s, "
               f"{_fmt_rate(r['rate'])} steps/s", flush=True)
 
     peer = None
     if not args.no_sb3:
-        peer = train_sb3(config, timesteps, args.seed)
+        peer = train_sb3(config, timesteps, args.seed, args.torch_threads)
         print(f"sb3: {peer['steps']} steps in {peer['run_s']:.1f} s, {_fmt_rate(peer['rate'])} steps/s", flush=True)
 
     # final latency of both at equal environment steps, on the same episodes
     env, params = make_env(config)
-    jax_fn = single["trainer"].policy(single["runner"])
-    evals = {"ppo (jaxsplit)": envs.evaluate(jax_fn, env, params, EVAL_LOADS, episodes=eval_episodes,
-                                             seed=args.seed + 7, name="ppo (jaxsplit)")}
+    evals = {"ppo (jaxsplit)": single["eval"]}
     if peer is not None:
         fn = sb3_policy_fn(peer["model"], peer["vecnorm"], env.num_devices)
         evals["ppo (SB3)"] = envs.evaluate(fn, env, params, EVAL_LOADS, episodes=eval_episodes,
@@ -284,7 +335,9 @@ def main() -> None:
             f"clip {config.clip_eps}, ent {config.ent_coef}, vf {config.vf_coef}, grad clip {config.max_grad_norm}, "
             f"obs/reward normalisation {config.normalize_obs}/{config.normalize_reward}.", "",
             "Steps/s counts environment steps of all agents in the second (compiled) call; compile = first "
-            "call minus second call.", "",
+            "call minus second call. Each JAX row runs in a fresh process "
+            f"(stalled processes retried: {sum(r['attempts'] - 1 for r in rows)}); SB3 and the evaluation run in the "
+            "main process.", "",
             "| trainer | agents | updates per agent | env steps | compile (s) | run (s) | env steps/s | vs SB3 |",
             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -292,6 +345,9 @@ def main() -> None:
         body.append(f"| jaxsplit PPO, jit{'(vmap' if r['agents'] > 1 else ''}(train){')' if r['agents'] > 1 else ''} "
                     f"| {r['agents']} | {r['updates']} | {r['steps']:,} | {r['compile_s']:.1f} | {r['run_s']:.1f} | "
                     f"{_fmt_rate(r['rate'])} | {ratio} |")
+    for agents in stalled:
+        body.append(f"| jaxsplit PPO, jit(vmap(train)) | {agents} | {args.pop_updates} | - | - | - | stalled (see "
+                    f"below) | - |")
     if peer:
         body.append(f"| SB3 {peer['version']} PPO (torch {peer['torch']}, {peer['threads']} threads) on the "
                     f"Gymnasium vector adapter | 1 | {peer['steps'] // config.batch_size} | {peer['steps']:,} | - | "
@@ -313,6 +369,10 @@ def main() -> None:
         body += ["", f"Ratio measured in this run: one jaxsplit agent runs {single['rate'] / peer['rate']:.1f}x "
                  f"SB3's steps/s, a population of {best_pop['agents']} {best_pop['rate'] / peer['rate']:.1f}x "
                  f"(aggregate); final mean latency over the loads {jl:.4f} s (jaxsplit) vs {sl:.4f} s (SB3)."]
+    if stalled:
+        body += ["", f"Stalled: the population run(s) of {stalled} agents never finished in their process (every "
+                 "XLA worker thread idle, `block_until_ready` waiting; a runtime stall of XLA on this CPU that "
+                 "also happens with `--xla_cpu_multi_thread_eigen=false` and synchronous dispatch); no figure."]
     text = "\n".join(body)
     print(text)
     if quick or args.no_record:
