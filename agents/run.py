@@ -121,14 +121,34 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def load_run(run_dir: str | Path, env: Any = None, env_params: Any = None) -> tuple[Trainer, RunnerState]:
-    """The trainer and the newest checkpointed runner state of a run (ValueError when unusable)."""
+def read_config(run_dir: str | Path) -> tuple[PPOConfig, int]:
+    """The PPOConfig and seed saved in ``RUN_DIR/config.json`` (ValueError when missing or unreadable)."""
     run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise ValueError(f"--checkpoint {run_dir}: no such directory")
+    if not run_dir.is_dir():
+        raise ValueError(f"--checkpoint {run_dir}: not a directory")
     config_path = run_dir / "config.json"
     if not config_path.exists():
         raise ValueError(f"--checkpoint {run_dir}: no config.json (not a training run folder)")
-    saved = json.loads(config_path.read_text())
-    trainer = Trainer(config_from_json(saved["config"]), env, env_params)
+    try:
+        saved = json.loads(config_path.read_text())
+        config = config_from_json(saved["config"])
+        seed = int(saved.get("seed", 0))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"--checkpoint {run_dir}: config.json is unreadable or corrupt "
+                         f"({type(err).__name__}: {str(err)[:200]})") from None
+    return config, seed
+
+
+def load_run(run_dir: str | Path, env: Any = None, env_params: Any = None) -> tuple[Trainer, RunnerState]:
+    """The trainer and the newest checkpointed runner state of a run (ValueError when unusable)."""
+    run_dir = Path(run_dir)
+    config, _ = read_config(run_dir)
+    trainer = Trainer(config, env, env_params)
+    if checkpoint.latest_step(run_dir) is None:
+        raise ValueError(f"--checkpoint {run_dir}: no checkpoint in {checkpoint.checkpoint_dir(run_dir)} "
+                         f"(the run saved none yet)")
     target = jax.eval_shape(trainer.init, jax.random.PRNGKey(0), trainer.default_hparams())
     runner, _ = checkpoint.restore(run_dir, target)
     return trainer, runner
@@ -148,3 +168,41 @@ def load_policy(run_dir: str | Path, num_devices: int | None = None, obs_dim: in
         raise ValueError(f"--checkpoint {run_dir}: observation size {obs_dim} differs from the run's "
                          f"{trainer.env.obs_dim}")
     return trainer.policy(runner)
+
+
+def checkpoint_loader(run_dir: str, env_name: str, overrides: dict[str, Any]
+                      ) -> tuple[str, Any, Any, Callable[[jax.Array, jax.Array], jax.Array]]:
+    """The trained policy of a run folder for ``jaxsplit evaluate --checkpoint RUN_DIR``.
+
+    The policy is evaluated in the evaluation environment ``jaxsplit.envs.make(env_name, **overrides)``
+    (the one the baselines run in: ``--env``, ``--cluster``, ``--models``, ``--requests``). Its number of
+    devices and its catalogue (the observation's model one-hot) must be the run's, else ValueError
+    naming both. Returns ``("ppo", env, params, policy_fn)`` with the deterministic policy (Beta mean).
+    """
+    from jaxsplit import envs
+
+    from .ppo import make_env
+
+    config, _ = read_config(run_dir)
+    env, params = envs.make(env_name, **overrides)
+    trained_env, trained_params = make_env(config)
+    where = "the --cluster file" if overrides.get("cluster") is not None else f"--env {env_name}"
+    if trained_env.num_devices != env.num_devices:
+        raise ValueError(f"--checkpoint {run_dir}: the policy was trained for {trained_env.num_devices} devices, "
+                         f"but the evaluation cluster ({where}) has {env.num_devices}")
+    if tuple(trained_env.models) != tuple(env.models):
+        raise ValueError(f"--checkpoint {run_dir}: the policy was trained on the catalogue "
+                         f"{','.join(trained_env.models)}, not {','.join(env.models)} (pass --models "
+                         f"{','.join(trained_env.models)})")
+    trainer, runner = load_run(run_dir, trained_env, trained_params)
+    return "ppo", env, params, trainer.policy(runner)
+
+
+def _register() -> None:
+    """Make ``jaxsplit evaluate --checkpoint`` use :func:`checkpoint_loader` (once)."""
+    from jaxsplit.envs.evaluate_cli import register_checkpoint_loader
+
+    register_checkpoint_loader(checkpoint_loader)
+
+
+_register()

@@ -1,15 +1,22 @@
 """``jaxsplit evaluate``: baseline (and learned) allocation policies across loads (MODEL.md section 6).
 
-Extra policy sources plug in through :func:`register_checkpoint_loader`: a loader
+``--checkpoint RUN_DIR`` adds a trained policy, named ``ppo``, to the policies: ``--policy
+ppo,best_constant,myopic --checkpoint runs/ppo`` compares it with two baselines on the same episodes
+(the order of ``--policy`` is the order of the rows; without ``ppo`` in ``--policy`` its rows come
+last). The policy runs in the same environment as the baselines (``--env``, ``--cluster``,
+``--models``, ``--requests``), which must have the run's number of devices and catalogue.
+
+Policy sources plug in through :func:`register_checkpoint_loader`: a loader
 ``loader(run_dir, env_name, overrides) -> (label, env, params, policy_fn)`` turns a training run
-directory into an observation policy ``policy_fn(key, obs) -> action`` (and the environment it was
-trained for, whose static settings must match). ``--checkpoint RUN_DIR`` calls the registered loader;
-if none is registered yet, importing ``jaxsplit.agents`` is tried first (it may register one).
+directory into an observation policy ``policy_fn(key, obs) -> action`` and the environment to run it
+in. When none is registered, ``jaxsplit.agents.run`` is imported: it registers the PPO loader
+(:func:`jaxsplit.agents.run.checkpoint_loader`). This package never imports the agents otherwise.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import math
 import sys
@@ -24,8 +31,27 @@ _CHECKPOINT_LOADERS: list[CheckpointLoader] = []
 
 
 def register_checkpoint_loader(loader: CheckpointLoader) -> None:
-    """Let ``--checkpoint RUN_DIR`` evaluate learned policies (the last registered loader is used)."""
-    _CHECKPOINT_LOADERS.append(loader)
+    """Let ``--checkpoint RUN_DIR`` evaluate learned policies (the last registered loader is used;
+    registering a loader that is already registered does nothing)."""
+    if loader not in _CHECKPOINT_LOADERS:
+        _CHECKPOINT_LOADERS.append(loader)
+
+
+#: the policy name that stands for the ``--checkpoint`` runs in ``--policy``.
+CHECKPOINT_POLICY = "ppo"
+
+
+def checkpoint_loader() -> CheckpointLoader:
+    """The last registered loader; imports ``jaxsplit.agents.run`` (which registers one) when none is."""
+    if not _CHECKPOINT_LOADERS:
+        try:
+            module = importlib.import_module("jaxsplit.agents.run")
+        except ImportError as err:
+            raise ValueError(f"field 'checkpoint': no checkpoint loader is registered and jaxsplit.agents "
+                             f"cannot be imported ({err})") from None
+        if not _CHECKPOINT_LOADERS:  # imported before, while another list of loaders was in place
+            register_checkpoint_loader(module.checkpoint_loader)
+    return _CHECKPOINT_LOADERS[-1]
 
 
 @dataclasses.dataclass
@@ -33,7 +59,8 @@ class EvaluateArgs:
     """Evaluate allocation policies on the allocation environment at several offered loads."""
 
     policy: str = "whole_cluster,free_now,myopic"
-    """Comma-separated baseline names: random, whole_cluster, free_now, constant, best_constant, fastest_k, myopic."""
+    """Comma-separated policy names: random, whole_cluster, free_now, constant, best_constant, fastest_k, myopic,
+    and ppo (the trained policy of --checkpoint)."""
     loads: str = "0.3,0.9,1.2"
     """Comma-separated offered loads rho (1 saturates the whole-cluster policy)."""
     cluster: str | None = None
@@ -57,7 +84,8 @@ class EvaluateArgs:
     k: int | None = None
     """Number of devices of fastest_k (default ceil(N/2))."""
     checkpoint: tuple[str, ...] = ()
-    """Training run directories of learned policies to evaluate beside the baselines."""
+    """Training run folder(s) (jaxsplit train --out): adds the trained policy, named ppo (ppo:RUN_DIR for
+    several), evaluated on the same episodes as the baselines."""
     warmup: float = 0.1
     """Fraction of each episode's first requests left out of the metrics."""
 
@@ -99,9 +127,16 @@ def run(args: EvaluateArgs) -> list[dict[str, Any]]:
 
     names = [p.strip() for p in args.policy.split(",") if p.strip()]
     for name in names:
-        if name not in policies.POLICIES:
-            raise ValueError(f"field 'policy': unknown policy {name!r}; known: {', '.join(policies.POLICIES)}")
-    if not names and not args.checkpoint:
+        if name == CHECKPOINT_POLICY:
+            if not args.checkpoint:
+                raise ValueError(f"field 'policy': {CHECKPOINT_POLICY!r} is the trained policy of a run folder; "
+                                 f"pass --checkpoint RUN_DIR")
+        elif name not in policies.POLICIES:
+            raise ValueError(f"field 'policy': unknown policy {name!r}; known: {', '.join(policies.POLICIES)}, "
+                             f"{CHECKPOINT_POLICY} (with --checkpoint)")
+    if args.checkpoint and CHECKPOINT_POLICY not in names:
+        names.append(CHECKPOINT_POLICY)
+    if not names:
         raise ValueError("field 'policy': no policy given")
     loads = _floats(args.loads, "loads")
     if args.episodes < 1:
@@ -116,8 +151,21 @@ def run(args: EvaluateArgs) -> list[dict[str, Any]]:
     if args.models:
         overrides["models"] = tuple(m.strip() for m in args.models.split(",") if m.strip())
     env, params = make(args.env, **overrides)
+    learned = []
+    if args.checkpoint:  # load every run first, so that a bad one fails before any evaluation
+        loader = checkpoint_loader()
+        for run_dir in args.checkpoint:
+            label, c_env, c_params, fn = loader(run_dir, args.env, overrides)
+            if len(args.checkpoint) > 1:
+                label = f"{label}:{run_dir}"
+            learned.append((label, c_env, c_params, fn))
     rows = []
     for name in names:
+        if name == CHECKPOINT_POLICY:
+            for label, c_env, c_params, fn in learned:
+                rows += evaluate(fn, c_env, c_params, loads, episodes=args.episodes, seed=args.seed,
+                                 warmup=args.warmup, name=label)
+            continue
         options: dict[str, Any] = {}
         if name == "constant":
             options["c"] = args.share
@@ -125,17 +173,6 @@ def run(args: EvaluateArgs) -> list[dict[str, Any]]:
             options["k"] = args.k
         rows += evaluate(name, env, params, loads, episodes=args.episodes, seed=args.seed, warmup=args.warmup,
                          **options)
-    for run_dir in args.checkpoint:
-        if not _CHECKPOINT_LOADERS:
-            try:
-                import jaxsplit.agents  # noqa: F401  (may register a loader)
-            except ImportError:
-                pass
-        if not _CHECKPOINT_LOADERS:
-            raise ValueError(f"field 'checkpoint': no checkpoint loader is registered for {run_dir!r}")
-        label, c_env, c_params, fn = _CHECKPOINT_LOADERS[-1](run_dir, args.env, overrides)
-        rows += evaluate(fn, c_env, c_params, loads, episodes=args.episodes, seed=args.seed, warmup=args.warmup,
-                         name=label)
     return rows
 
 

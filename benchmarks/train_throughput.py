@@ -1,0 +1,384 @@
+"""PPO training throughput (environment steps per second) for one agent and for populations, against
+Stable-Baselines3 PPO on the Gymnasium vector adapter, with the final latency of both at equal steps.
+
+What is measured (one process, one machine):
+
+- JAX: ``jax.jit(make_train(config))`` for one agent and ``jit(vmap(train))`` (agents/population.py)
+  for populations of 8 and 64 agents. Each is called twice with different keys: the first call
+  (compilation + run) is timed apart, the second gives steps/s = agents x updates x num_envs x
+  num_steps / seconds. The traced function is guarded with ``chex.assert_max_traces(n=1)``, so the
+  second call runs the compiled program.
+- Peer: Stable-Baselines3 PPO (torch, CPU, ``torch.set_num_threads(--torch-threads)``, default 1) on
+  ``GymnasiumAllocationVectorEnv`` (the same JAX environment, one jitted vmapped step for all
+  environments per call) behind a small SB3 ``VecEnv`` adapter, with ``VecNormalize`` for the
+  observation and reward normalisation. Same n_envs, n_steps, minibatch size, epochs, learning rate
+  (linearly annealed), gamma, GAE lambda, clip range (policy and value), entropy and value
+  coefficients, gradient clip, Adam eps and MLP widths (separate tanh actor and critic). Truncated
+  episodes are bootstrapped by both. The one difference: SB3 has no Beta distribution, so its policy
+  is its default diagonal Gaussian whose actions are clipped to [0, 1]. Its steps/s is the whole
+  ``learn()`` call divided by its steps; the adapter's jit compilation is done before the clock starts.
+- Final latency at equal environment steps: the single JAX agent (second call) and SB3 both train
+  ``--timesteps`` steps; both deterministic policies (the Beta mean; SB3's Gaussian mean on its
+  normalised observation, clipped) are evaluated by ``jaxsplit.envs.evaluate`` on the very same
+  episodes (same keys, loads, clusters, requests). SB3's policy runs as a host callback
+  (``jax.pure_callback``, one batched call per step for all episodes).
+
+    python benchmarks/train_throughput.py            # full run, writes RESULTS.md (about 15 minutes)
+    python benchmarks/train_throughput.py --quick    # a smoke run of a few updates, no RESULTS.md update
+
+Needs the ``bench`` extra (``pip install -e .[bench]``: stable-baselines3) for the peer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import chex  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import command, git_revision, machine, record  # noqa: E402
+
+from jaxsplit import envs  # noqa: E402
+from jaxsplit.agents.population import population_grid, train_population  # noqa: E402
+from jaxsplit.agents.ppo import PPOConfig, make_env, make_train  # noqa: E402
+from jaxsplit.envs.gym_adapter import GymnasiumAllocationVectorEnv  # noqa: E402
+
+EVAL_LOADS = (0.3, 0.6, 0.9, 1.2)
+
+
+def _guarded_train(config: PPOConfig) -> Callable:
+    """``make_train(config)`` that fails if it is traced more than once."""
+    train = make_train(config)
+    guarded = chex.assert_max_traces(train, n=1)
+    guarded.trainer = train.trainer
+    return guarded
+
+
+def time_single(config: PPOConfig, seed: int) -> dict[str, Any]:
+    """One agent: first call (compile + run) and a second call with another key."""
+    train = _guarded_train(config)
+    fn = jax.jit(train)
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(jax.random.PRNGKey(seed + 1000)))
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    runner, metrics = jax.block_until_ready(fn(jax.random.PRNGKey(seed)))
+    second = time.perf_counter() - t0
+    steps = config.num_updates * config.batch_size
+    assert all(np.isfinite(np.asarray(v)).all() for v in metrics.values()), "non-finite training metrics"
+    return dict(agents=1, updates=config.num_updates, steps=steps, first_s=first, run_s=second,
+                compile_s=first - second, rate=steps / second, runner=runner, trainer=train.trainer)
+
+
+def time_population(config: PPOConfig, agents: int) -> dict[str, Any]:
+    """``agents`` agents in one jit(vmap(train)) call, twice (different seeds)."""
+    train = _guarded_train(config)
+    base = train.trainer.default_hparams()
+    sharded = jax.device_count() > 1 and agents % jax.device_count() == 0
+    times = []
+    for seeds in (range(agents, 2 * agents), range(agents)):
+        keys, hp, _ = population_grid(base, list(seeds))
+        t0 = time.perf_counter()
+        _, metrics = jax.block_until_ready(train_population(train, keys, hp, sharded=sharded))
+        times.append(time.perf_counter() - t0)
+        del _
+    assert np.isfinite(np.asarray(metrics["value_loss"])).all(), "non-finite training metrics"
+    steps = agents * config.num_updates * config.batch_size
+    return dict(agents=agents, updates=config.num_updates, steps=steps, first_s=times[0], run_s=times[1],
+                compile_s=times[0] - times[1], rate=steps / times[1])
+
+
+# ------------------------------------------------------------------------------------------- peer
+def sb3_vec_env(config: PPOConfig, seed: int):
+    """The Gymnasium vector adapter behind Stable-Baselines3's VecEnv API (same-step autoreset)."""
+    from stable_baselines3.common.vec_env import VecEnv
+
+    class AllocationVecEnv(VecEnv):
+        def __init__(self):
+            env, params = make_env(config)
+            self.inner = GymnasiumAllocationVectorEnv(config.num_envs, env=env, params=params)
+            self.render_mode = None
+            super().__init__(config.num_envs, self.inner.single_observation_space, self.inner.single_action_space)
+            self._next_seed = seed
+
+        def reset(self):
+            obs, _ = self.inner.reset(seed=self._next_seed)
+            self._next_seed = None
+            return obs
+
+        def step_async(self, actions):
+            self._actions = actions
+
+        def step_wait(self):
+            obs, reward, term, trunc, info = self.inner.step(self._actions)
+            done = np.logical_or(term, trunc)
+            infos = [{} for _ in range(self.num_envs)]
+            for i in np.flatnonzero(done):
+                infos[i]["terminal_observation"] = info["final_obs"][i]
+                infos[i]["TimeLimit.truncated"] = bool(trunc[i] and not term[i])
+            return obs, reward.astype(np.float32), done, infos
+
+        def close(self):
+            pass
+
+        def get_attr(self, attr_name, indices=None):
+            if attr_name == "render_mode":
+                return [None] * len(list(self._get_indices(indices)))
+            raise AttributeError(attr_name)
+
+        def set_attr(self, attr_name, value, indices=None):
+            raise AttributeError(attr_name)
+
+        def env_method(self, method_name, *args, indices=None, **kwargs):
+            raise AttributeError(method_name)
+
+        def env_is_wrapped(self, wrapper_class, indices=None):
+            return [False] * len(list(self._get_indices(indices)))
+
+    return AllocationVecEnv()
+
+
+def train_sb3(config: PPOConfig, timesteps: int, seed: int, threads: int = 1) -> dict[str, Any]:
+    """SB3 PPO with the config's hyperparameters: steps/s of ``learn`` and the trained policy."""
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    torch.set_num_threads(threads)
+    venv = sb3_vec_env(config, seed)
+    venv.reset()
+    venv.step_async(np.full((config.num_envs, venv.action_space.shape[0]), 0.5, np.float32))
+    venv.step_wait()  # compile the adapter's jitted reset and step before the clock starts
+    venv._next_seed = seed
+    venv = VecNormalize(venv, norm_obs=config.normalize_obs, norm_reward=config.normalize_reward,
+                        clip_obs=10.0, clip_reward=np.inf, gamma=config.gamma)
+    lr = (lambda remaining: config.lr * remaining) if config.anneal_lr else config.lr
+    model = PPO("MlpPolicy", venv, learning_rate=lr, n_steps=config.num_steps,
+                batch_size=config.batch_size // config.num_minibatches, n_epochs=config.update_epochs,
+                gamma=config.gamma, gae_lambda=config.gae_lambda, clip_range=config.clip_eps,
+                clip_range_vf=config.clip_eps, ent_coef=config.ent_coef, vf_coef=config.vf_coef,
+                max_grad_norm=config.max_grad_norm, normalize_advantage=True,
+                policy_kwargs=dict(net_arch=dict(pi=list(config.hidden), vf=list(config.hidden)),
+                                   activation_fn=torch.nn.Tanh),
+                device="cpu", seed=seed, verbose=0)
+    t0 = time.perf_counter()
+    model.learn(total_timesteps=timesteps)
+    wall = time.perf_counter() - t0
+    steps = int(model.num_timesteps)
+    return dict(steps=steps, run_s=wall, rate=steps / wall, model=model, vecnorm=venv,
+                threads=torch.get_num_threads(), version=__import__("stable_baselines3").__version__,
+                torch=torch.__version__)
+
+
+def sb3_policy_fn(model: Any, vecnorm: Any, num_devices: int) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """SB3's deterministic policy as ``fn(key, obs (..., obs_dim)) -> shares (..., N)`` (host callback)."""
+
+    def host(obs: np.ndarray) -> np.ndarray:
+        obs = np.asarray(obs, np.float32)
+        flat = obs.reshape(-1, obs.shape[-1])
+        action, _ = model.predict(vecnorm.normalize_obs(flat), deterministic=True)
+        action = np.clip(np.asarray(action, np.float32), 0.0, 1.0)
+        return action.reshape(obs.shape[:-1] + (num_devices,))
+
+    def policy_fn(key: jax.Array, obs: jax.Array) -> jax.Array:
+        out = jax.ShapeDtypeStruct(obs.shape[:-1] + (num_devices,), jnp.float32)
+        return jax.pure_callback(host, out, obs, vmap_method="expand_dims")
+
+    return policy_fn
+
+
+# ------------------------------------------------------------------------------------------- main
+def _fmt_rate(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def _parts_args(args: argparse.Namespace) -> list[str]:
+    return ["--timesteps", str(args.timesteps), "--pop-updates", str(args.pop_updates), "--eval-episodes",
+            str(args.eval_episodes), "--seed", str(args.seed)]
+
+
+def run_part(args: argparse.Namespace, part: str, timeout_s: float, attempts: int = 2) -> dict[str, Any] | None:
+    """Run one JAX measurement in a fresh process (retried once if it stalls); its JSON result.
+
+    Each training program gets a process of its own: on this CPU, XLA's runtime occasionally never
+    signals the end of a vmapped population program that follows another large program in the
+    same process (every worker thread idle, ``block_until_ready`` waiting forever).
+    """
+    cmd = [sys.executable, "-u", str(Path(__file__).resolve()), "--part", part, *_parts_args(args)]
+    for attempt in range(1, attempts + 1):
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            print(f"{part}: no result after {timeout_s:.0f} s (attempt {attempt})", flush=True)
+            continue
+        if out.returncode != 0:
+            raise SystemExit(f"{part} failed:\n{out.stderr[-3000:]}")
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        result["attempts"] = attempt
+        return result
+    return None
+
+
+def part_main(args: argparse.Namespace, config: PPOConfig, pop_config: PPOConfig) -> None:
+    """One measurement in this process; prints a JSON line."""
+    if os.environ.get("TRAIN_THROUGHPUT_SYNC", "1") == "1":
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
+    if args.part == "single":
+        r = time_single(config, args.seed)
+        env, params = make_env(config)
+        rows = envs.evaluate(r["trainer"].policy(r["runner"]), env, params, EVAL_LOADS,
+                             episodes=args.eval_episodes, seed=args.seed + 7, name="ppo (jaxsplit)")
+        r = {k: v for k, v in r.items() if k not in ("runner", "trainer")}
+        r["eval"] = rows
+    else:
+        r = time_population(pop_config, int(args.part.split(":")[1]))
+    print(json.dumps(r), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few updates each; prints, does not record")
+    parser.add_argument("--timesteps", type=int, default=None,
+                        help="steps of the single JAX agent and of SB3 (default 524,288; quick 16,384)")
+    parser.add_argument("--pop-updates", type=int, default=None,
+                        help="updates per agent in the timed population calls (default 3; quick 1)")
+    parser.add_argument("--agents", default=None, help="population sizes (default 8,64; quick 8)")
+    parser.add_argument("--eval-episodes", type=int, default=None, help="episodes per load (default 16; quick 2)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="torch.set_num_threads of the peer (1: its fastest for these 64-wide MLPs here)")
+    parser.add_argument("--no-sb3", action="store_true", help="skip the peer")
+    parser.add_argument("--no-record", action="store_true", help="do not write RESULTS.md")
+    parser.add_argument("--part", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    quick = args.quick
+    args.timesteps = args.timesteps or (16_384 if quick else 524_288)
+    args.pop_updates = args.pop_updates or (1 if quick else 3)
+    agents_list = [int(a) for a in (args.agents or ("8" if quick else "8,64")).split(",") if a.strip() and int(a) > 0]
+    args.eval_episodes = args.eval_episodes or (2 if quick else 16)
+    timesteps, eval_episodes = args.timesteps, args.eval_episodes
+
+    base = PPOConfig()  # the train command's PPO settings; only the run length is set here
+    config = dataclasses.replace(base, total_timesteps=timesteps)
+    config.validate()
+    pop_config = dataclasses.replace(base, total_timesteps=args.pop_updates * base.batch_size)
+    if args.part:
+        part_main(args, config, pop_config)
+        return
+
+    if not args.no_sb3:
+        try:
+            import stable_baselines3  # noqa: F401
+            import torch  # noqa: F401
+        except ImportError as err:
+            sys.exit(f"the peer needs stable-baselines3 and torch ({err.name} is missing): "
+                     f"pip install -e '.[bench]' (or pass --no-sb3)")
+
+    load0 = os.getloadavg()
+    print(f"machine: {machine()}; load average {load0[0]:.2f}", flush=True)
+    rows = []
+    single = run_part(args, "single", timeout_s=180 + timesteps / 2000)
+    if single is None:
+        raise SystemExit("the single-agent run stalled twice")
+    rows.append(single)
+    stalled = []
+    print(f"jax 1 agent: {single['updates']} updates, compile {single['compile_s']:.1f} s, "
+          f"{_fmt_rate(single['rate'])} steps/s", flush=True)
+    for agents in agents_list:
+        r = run_part(args, f"pop:{agents}", timeout_s=150 + agents * args.pop_updates * base.batch_size / 4000,
+                     attempts=1)
+        if r is None:
+            stalled.append(agents)
+            continue
+        rows.append(r)
+        print(f"jax {agents} agents: {r['updates']} updates each, compile {r['compile_s']:.1f} s, "
+              f"{_fmt_rate(r['rate'])} steps/s", flush=True)
+
+    peer = None
+    if not args.no_sb3:
+        peer = train_sb3(config, timesteps, args.seed, args.torch_threads)
+        print(f"sb3: {peer['steps']} steps in {peer['run_s']:.1f} s, {_fmt_rate(peer['rate'])} steps/s", flush=True)
+
+    # final latency of both at equal environment steps, on the same episodes
+    env, params = make_env(config)
+    evals = {"ppo (jaxsplit)": single["eval"]}
+    if peer is not None:
+        fn = sb3_policy_fn(peer["model"], peer["vecnorm"], env.num_devices)
+        evals["ppo (SB3)"] = envs.evaluate(fn, env, params, EVAL_LOADS, episodes=eval_episodes,
+                                           seed=args.seed + 7, name="ppo (SB3)")
+    evals["best_constant"] = envs.evaluate("best_constant", env, params, EVAL_LOADS, episodes=eval_episodes,
+                                           seed=args.seed + 7)
+    for name, res in evals.items():
+        print(name, " ".join(f"{r['load']:g}:{r['mean_latency_s']:.4f}" for r in res), flush=True)
+    load1 = os.getloadavg()
+
+    body = ["## PPO training throughput (`benchmarks/train_throughput.py`)", "",
+            f"Command: `{command()}`  ",
+            f"Machine: {machine()}  ",
+            f"Load average (1 min) at start / end: {load0[0]:.2f} / {load1[0]:.2f} (shared machine)  ",
+            f"Revision: {git_revision()}", "",
+            f"PPO settings (the `jaxsplit train` defaults): {config.env_name}, num_envs {config.num_envs}, "
+            f"num_steps {config.num_steps}, {config.update_epochs} epochs x {config.num_minibatches} minibatches "
+            f"({config.batch_size // config.num_minibatches} transitions), MLP {list(config.hidden)} tanh, "
+            f"lr {config.lr:g} (annealed: {config.anneal_lr}), gamma {config.gamma}, GAE lambda {config.gae_lambda}, "
+            f"clip {config.clip_eps}, ent {config.ent_coef}, vf {config.vf_coef}, grad clip {config.max_grad_norm}, "
+            f"obs/reward normalisation {config.normalize_obs}/{config.normalize_reward}.", "",
+            "Steps/s counts environment steps of all agents in the second (compiled) call; compile = first "
+            "call minus second call. Each JAX row runs in a fresh process "
+            f"(stalled processes retried: {sum(r['attempts'] - 1 for r in rows)}); SB3 and the evaluation run in the "
+            "main process.", "",
+            "| trainer | agents | updates per agent | env steps | compile (s) | run (s) | env steps/s | vs SB3 |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ratio = f"{r['rate'] / peer['rate']:.1f}x" if peer else "-"
+        body.append(f"| jaxsplit PPO, jit{'(vmap' if r['agents'] > 1 else ''}(train){')' if r['agents'] > 1 else ''} "
+                    f"| {r['agents']} | {r['updates']} | {r['steps']:,} | {r['compile_s']:.1f} | {r['run_s']:.1f} | "
+                    f"{_fmt_rate(r['rate'])} | {ratio} |")
+    for agents in stalled:
+        body.append(f"| jaxsplit PPO, jit(vmap(train)) | {agents} | {args.pop_updates} | - | - | - | stalled (see "
+                    f"below) | - |")
+    if peer:
+        body.append(f"| SB3 {peer['version']} PPO (torch {peer['torch']}, {peer['threads']} threads) on the "
+                    f"Gymnasium vector adapter | 1 | {peer['steps'] // config.batch_size} | {peer['steps']:,} | - | "
+                    f"{peer['run_s']:.1f} | {_fmt_rate(peer['rate'])} | 1x |")
+    body += ["", f"Final mean latency (s) after {timesteps:,} environment steps (one training seed each), "
+             f"deterministic policies evaluated by `jaxsplit.envs.evaluate` on the same {eval_episodes} "
+             f"episodes per load (randomised clusters, {env.requests} requests, first 10% left out), "
+             "+- 95% CI over episodes; best_constant (the strongest baseline, share searched per load) for "
+             "reference:", "",
+             "| policy | " + " | ".join(f"load {l:g}" for l in EVAL_LOADS) + " | mean over loads |",
+             "|---|" + "---:|" * (len(EVAL_LOADS) + 1)]
+    for name, res in evals.items():
+        cells = [f"{r['mean_latency_s']:.4f} +- {r['mean_latency_s_ci']:.4f}" for r in res]
+        body.append(f"| {name} | " + " | ".join(cells) + f" | {np.mean([r['mean_latency_s'] for r in res]):.4f} |")
+    if peer:
+        best_pop = max(rows, key=lambda r: r["rate"])
+        jl = np.mean([r["mean_latency_s"] for r in evals["ppo (jaxsplit)"]])
+        sl = np.mean([r["mean_latency_s"] for r in evals["ppo (SB3)"]])
+        body += ["", f"Ratio measured in this run: one jaxsplit agent runs {single['rate'] / peer['rate']:.1f}x "
+                 f"SB3's steps/s, a population of {best_pop['agents']} {best_pop['rate'] / peer['rate']:.1f}x "
+                 f"(aggregate); final mean latency over the loads {jl:.4f} s (jaxsplit) vs {sl:.4f} s (SB3)."]
+    if stalled:
+        body += ["", f"Stalled: the population run(s) of {stalled} agents never finished in their process (every "
+                 "XLA worker thread idle, `block_until_ready` waiting; a runtime stall of XLA on this CPU that "
+                 "also happens with `--xla_cpu_multi_thread_eigen=false` and synchronous dispatch); no figure."]
+    text = "\n".join(body)
+    print(text)
+    if quick or args.no_record:
+        return
+    record("train_throughput", text)
+
+
+if __name__ == "__main__":
+    main()
