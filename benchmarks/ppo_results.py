@@ -3,7 +3,7 @@
 What it does, in one run:
 
 1. Trains ``--seeds`` PPO agents (the default configuration of ``jaxsplit train``, ``--timesteps``
-   environment steps each) as one population: ``jit(vmap(train))`` over the seeds.
+   environment steps each), one after the other with one compiled ``jit(train)``.
 2. Evaluates every agent (deterministic policy) and every baseline of ``jaxsplit.envs.policies`` at
    ``--loads`` on the default randomised clusters and on a fixed cluster (``--cluster``, the instance
    format; the agents never saw it in training). Every policy runs on the same episodes.
@@ -37,7 +37,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import command, git_revision, machine, record  # noqa: E402
 
-from jaxsplit.agents.population import gather, population_grid, train_population  # noqa: E402
 from jaxsplit.agents.ppo import make_train  # noqa: E402
 from jaxsplit.agents.train_cli import TrainArgs, config_from_args  # noqa: E402
 from jaxsplit.envs import policies as policies_mod  # noqa: E402
@@ -56,17 +55,28 @@ def t_interval(values: np.ndarray) -> float:
 
 
 def train_agents(split: str, seeds: int, timesteps: int):
-    """Train ``seeds`` agents of the default ``jaxsplit train`` configuration; (trainer, runners, seconds)."""
+    """Train ``seeds`` agents of the default ``jaxsplit train`` configuration; (trainer, runners, seconds).
+
+    The agents are trained one after the other by one jitted ``train`` (compiled once): on this CPU a
+    vmapped population of four or more full-size agents can stall inside XLA's CPU runtime (see
+    benchmarks/RESULTS.md), and one agent at a time never has.
+    """
     args = TrainArgs(split=split, total_timesteps=timesteps)
     config = config_from_args(args)
     train = make_train(config)
     trainer = train.trainer
-    keys, hparams, _ = population_grid(trainer.default_hparams(), seeds)
+    run = jax.jit(train)
     t0 = time.perf_counter()
-    runners, metrics = train_population(train, keys, hparams, sharded=False)
-    runners = gather(runners)
+    runners = []
+    for seed in range(seeds):
+        runner, _ = run(jax.random.PRNGKey(seed))
+        params, obs_stats = jax.device_get((runner.params, runner.obs_stats))  # waits for the run
+        runners.append(SimpleNamespace(params=params, obs_stats=obs_stats))
+        print(f"  seed {seed} done after {time.perf_counter() - t0:.0f} s", flush=True)
     seconds = time.perf_counter() - t0
-    return trainer, runners, metrics, seconds
+    stacked = SimpleNamespace(params=jax.tree.map(lambda *x: np.stack(x), *[r.params for r in runners]),
+                              obs_stats=jax.tree.map(lambda *x: np.stack(x), *[r.obs_stats for r in runners]))
+    return trainer, stacked, None, seconds
 
 
 def evaluate_agents(trainer, runners, params, loads, episodes: int) -> dict[float, dict]:
@@ -186,9 +196,8 @@ def main() -> None:
             trainer, runners, metrics, seconds = train_agents(split, seeds, timesteps)
             print(f"  trained in {seconds:.0f} s ({seeds * timesteps / seconds:,.0f} env-steps/s)", flush=True)
             saved.parent.mkdir(parents=True, exist_ok=True)
-            light = SimpleNamespace(params=runners.params, obs_stats=runners.obs_stats)
             with open(saved, "wb") as fh:
-                pickle.dump((dict(split=split, total_timesteps=timesteps), light, seconds), fh)
+                pickle.dump((dict(split=split, total_timesteps=timesteps), runners, seconds), fh)
         settings[split] = (trainer, runners, seconds)
 
     trainer, runners, train_s = settings["closed_form"]
@@ -241,9 +250,9 @@ def main() -> None:
     plot([(label, ppo, baselines) for label, (ppo, baselines) in results.items()], loads, png)
     cfg = config_from_args(TrainArgs(total_timesteps=timesteps))
     header = (f"### PPO against the baselines\n\n`{command()}` (rev {git_revision()}) on {machine()}.\n\n"
-              f"{seeds} seeds x {timesteps:,} environment steps each (the default `jaxsplit train` configuration: "
+              f"{seeds} seeds x {timesteps:,} environment steps each, trained one after the other (the default `jaxsplit train` configuration: "
               f"{cfg.num_envs} envs x {cfg.num_steps} steps per update, lr {cfg.lr}, share levels "
-              f"{cfg.share_levels}); training took {train_s:.0f} s for the population. Evaluation: the same "
+              f"{cfg.share_levels}); training took {train_s:.0f} s for all seeds. Evaluation: the same "
               f"{args.episodes * seeds} episodes of {env.requests} requests for every policy and load (10% warm-up left out), deterministic policy. "
               f"Mean latency in seconds, +- the 95% interval (PPO: t over seeds; baselines: over episodes). "
               f"Plot: [ppo_results.png](ppo_results.png).\n\n")
