@@ -195,7 +195,10 @@ class RunningStats:
 
     def update(self, x: jax.Array) -> "RunningStats":
         """Fold in a batch ``x`` of shape (B,) + sample shape."""
-        b_mean, b_var, b_count = x.mean(0), x.var(0), jnp.float32(x.shape[0])
+        return self._merge(x.mean(0), x.var(0), jnp.float32(x.shape[0]))
+
+    def _merge(self, b_mean: jax.Array, b_var: jax.Array, b_count: jax.Array) -> "RunningStats":
+        """These statistics combined with those of a batch (mean, variance, count)."""
         total = self.count + b_count
         delta = b_mean - self.mean
         m2 = self.var * self.count + b_var * b_count + delta**2 * self.count * b_count / total
@@ -214,10 +217,7 @@ class RunningStats:
         safe = jnp.maximum(b_count, 1.0)
         b_mean = (onehot * x[:, None]).sum(0) / safe
         b_var = (onehot * (x[:, None] - b_mean) ** 2).sum(0) / safe
-        total = self.count + b_count
-        delta = b_mean - self.mean
-        m2 = self.var * self.count + b_var * b_count + delta**2 * self.count * b_count / total
-        return RunningStats(mean=self.mean + delta * b_count / total, var=m2 / total, count=total)
+        return self._merge(b_mean, b_var, b_count)
 
     def normalize(self, x: jax.Array) -> jax.Array:
         """(x - mean) / std, clipped to [-10, 10]."""
@@ -360,9 +360,9 @@ class Trainer:
         params = self.network.init(k_net, jnp.zeros((env.obs_dim,), jnp.float32))
         opt_state = make_optimizer(cfg, hp).init(params)
         obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_env, cfg.num_envs), env_params)
+        ret_stats = RunningStats.create_grouped(cfg.reward_groups) if cfg.reward_groups > 1 else RunningStats.create()
         return RunnerState(params=params, opt_state=opt_state, env_state=env_state, obs=obs.astype(jnp.float32),
-                           obs_stats=RunningStats.create((env.obs_dim,)), ret_stats=(RunningStats.create_grouped(cfg.reward_groups) if cfg.reward_groups > 1
-                                      else RunningStats.create()),
+                           obs_stats=RunningStats.create((env.obs_dim,)), ret_stats=ret_stats,
                            returns=jnp.zeros((cfg.num_envs,), jnp.float32), key=key, update=jnp.int32(0))
 
     def load_group(self, load: jax.Array, env_params: Any) -> jax.Array:

@@ -269,7 +269,9 @@ def main() -> None:
     args.eval_episodes = args.eval_episodes or (2 if quick else 16)
     timesteps, eval_episodes = args.timesteps, args.eval_episodes
 
-    base = PPOConfig()  # the train command's PPO settings; only the run length is set here
+    from jaxsplit.agents.train_cli import TrainArgs, config_from_args
+
+    base = config_from_args(TrainArgs())  # the train command's PPO settings; only the run length is set here
     config = dataclasses.replace(base, total_timesteps=timesteps)
     config.validate()
     pop_config = dataclasses.replace(base, total_timesteps=args.pop_updates * base.batch_size)
@@ -333,7 +335,10 @@ def main() -> None:
             f"({config.batch_size // config.num_minibatches} transitions), MLP {list(config.hidden)} tanh, "
             f"lr {config.lr:g} (annealed: {config.anneal_lr}), gamma {config.gamma}, GAE lambda {config.gae_lambda}, "
             f"clip {config.clip_eps}, ent {config.ent_coef}, vf {config.vf_coef}, grad clip {config.max_grad_norm}, "
-            f"obs/reward normalisation {config.normalize_obs}/{config.normalize_reward}.", "",
+            f"obs/reward normalisation {config.normalize_obs}/{config.normalize_reward}; jaxsplit only: shares "
+            f"rounded to unit fractions (levels {config.share_levels}), initial Beta concentration "
+            f"{config.init_concentration:g}, {config.reward_groups} reward groups (SB3 keeps its Gaussian, clipped to "
+            f"[0, 1], and one reward scale).", "",
             "Steps/s counts environment steps of all agents in the second (compiled) call; compile = first "
             "call minus second call. Each JAX row runs in a fresh process "
             f"(stalled processes retried: {sum(r['attempts'] - 1 for r in rows)}); SB3 and the evaluation run in the "
