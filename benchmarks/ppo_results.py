@@ -76,7 +76,7 @@ def train_agents(split: str, seeds: int, timesteps: int):
     seconds = time.perf_counter() - t0
     stacked = SimpleNamespace(params=jax.tree.map(lambda *x: np.stack(x), *[r.params for r in runners]),
                               obs_stats=jax.tree.map(lambda *x: np.stack(x), *[r.obs_stats for r in runners]))
-    return trainer, stacked, None, seconds
+    return trainer, stacked, seconds
 
 
 def evaluate_agents(trainer, runners, params, loads, episodes: int) -> dict[float, dict]:
@@ -193,7 +193,7 @@ def main() -> None:
             print(f"reusing the {seeds} agents of {saved} (trained in {seconds:.0f} s)", flush=True)
         else:
             print(f"training {seeds} agents, split {split}, {timesteps:,} steps each ...", flush=True)
-            trainer, runners, metrics, seconds = train_agents(split, seeds, timesteps)
+            trainer, runners, seconds = train_agents(split, seeds, timesteps)
             print(f"  trained in {seconds:.0f} s ({seeds * timesteps / seconds:,.0f} env-steps/s)", flush=True)
             saved.parent.mkdir(parents=True, exist_ok=True)
             with open(saved, "wb") as fh:
