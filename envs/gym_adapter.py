@@ -46,11 +46,7 @@ class GymnasiumAllocationEnv(gymnasium.Env):
 
     def __init__(self, name: str = "alloc-v0", env: AllocationEnv | None = None, params: EnvParams | None = None,
                  **overrides: Any):
-        if env is None:
-            env, made = make(name, **overrides)
-            params = made if params is None else params
-        elif params is None:
-            params = env.default_params()
+        env, params = _resolve(name, env, params, overrides)
         self.env, self.params = env, params
         self.observation_space, self.action_space = _spaces(env)
         self._reset = jax.jit(env.reset)
@@ -73,6 +69,16 @@ class GymnasiumAllocationEnv(gymnasium.Env):
         return np.asarray(obs, np.float32), float(reward), bool(term), bool(trunc), out
 
 
+def _resolve(name: str, env: AllocationEnv | None, params: EnvParams | None,
+             overrides: dict[str, Any]) -> tuple[AllocationEnv, EnvParams]:
+    """The environment and params an adapter wraps: ``make(name, **overrides)`` unless ``env`` is given;
+    ``params`` default to the made (or the env's default) params."""
+    if env is None:
+        env, made = make(name, **overrides)
+        return env, made if params is None else params
+    return env, env.default_params() if params is None else params
+
+
 class GymnasiumAllocationVectorEnv(gymnasium.vector.VectorEnv):
     """``num_envs`` allocation environments stepped together (one jit(vmap) call per step)."""
 
@@ -82,11 +88,7 @@ class GymnasiumAllocationVectorEnv(gymnasium.vector.VectorEnv):
                  params: EnvParams | None = None, **overrides: Any):
         if int(num_envs) < 1:
             raise ValueError(f"field 'num_envs': must be positive, got {num_envs!r}")
-        if env is None:
-            env, made = make(name, **overrides)
-            params = made if params is None else params
-        elif params is None:
-            params = env.default_params()
+        env, params = _resolve(name, env, params, overrides)
         self.env, self.params = env, params
         self.num_envs = int(num_envs)
         self.single_observation_space, self.single_action_space = _spaces(env)
