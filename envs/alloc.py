@@ -29,9 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+from jax.custom_batching import custom_vmap
 
 from jaxsplit.latency import Cluster, LayerArrays, allocation_rates, device_times
-from jaxsplit.solvers import closed_form_split, equal_split
+from jaxsplit.solvers import DEVICE_MAJOR_BLOCK, closed_form_split, equal_split, solve_device_major
 
 from .catalogue import Catalogue, build_catalogue
 
@@ -176,6 +177,9 @@ class AllocationEnv:
         self.ref_chunk = int(math.ceil(self.num_flat / self.requests))
         self.obs_dim = 5 * self.num_devices + self.num_models + 4
         self._split_fn = SPLIT_RULES[split]
+        #: layer-instances solved together in :meth:`exec_times` (one device-major block)
+        self.chunk = max(256, DEVICE_MAJOR_BLOCK // self.num_devices)
+        self._exec_time = self._batched_exec_time()
 
     # ------------------------------------------------------------------ params
     def default_params(self, **overrides: Any) -> EnvParams:
@@ -268,10 +272,79 @@ class AllocationEnv:
         return jnp.max(device_times(layer, allocation_rates(cluster, share), rows))
 
     def exec_time(self, cluster: Cluster, share: jax.Array, model: jax.Array) -> jax.Array:
-        """E: latency (s) of one request of ``model`` alone under ``share`` (N,), every layer split."""
-        layers = jax.tree.map(lambda a: a[model], self.catalogue.layers)
-        per_layer = jax.vmap(self.layer_latency, in_axes=(0, None, None))(layers, cluster, share)
-        return jnp.sum(per_layer * self.catalogue.count[model])
+        """E: latency (s) of one request of ``model`` alone under ``share`` (N,), every layer split.
+
+        Shapes: cluster fields and ``share`` (N,), ``model`` int32 scalar; returns a scalar. Under
+        ``vmap`` (environments, candidate allocations) the whole batch is solved as one flat list
+        of the requests' layers (:meth:`exec_times`), not one padded table per request.
+        """
+        return self._exec_time(cluster, share, model)
+
+    def _batched_exec_time(self):
+        """``exec_time`` as a ``custom_vmap`` function whose batching rule calls :meth:`exec_times`.
+
+        Only the innermost ``vmap`` takes the rule; an outer one (a population of agents) batches
+        the rule's body as usual, so the outer axis stays a plain leading axis (shardable)."""
+
+        @custom_vmap
+        def one(cluster: Cluster, share: jax.Array, model: jax.Array) -> jax.Array:
+            return self.exec_times(jax.tree.map(lambda f: f[None], cluster), share[None], model[None])[0]
+
+        @one.def_vmap
+        def many(axis_size: int, in_batched, cluster: Cluster, share: jax.Array, model: jax.Array):
+            def full(x, batched):
+                return x if batched else jnp.broadcast_to(x, (axis_size,) + jnp.shape(x))
+
+            cluster_b, share_b, model_b = in_batched
+            cluster = jax.tree.map(full, cluster, cluster_b)
+            return self.exec_times(cluster, full(share, share_b), full(model, model_b)), True
+
+        return one
+
+    def exec_times(self, cluster: Cluster, share: jax.Array, model: jax.Array) -> jax.Array:
+        """E of a batch of requests: cluster fields and ``share`` (B, N), ``model`` (B,); returns (B,) s.
+
+        The requests' unique layers are laid end to end (request b owns ``size[model[b]]``
+        consecutive positions) and solved a chunk of :attr:`chunk` positions at a time, so the work
+        is the layers the requests really have (about 18 per request for the default catalogue),
+        not B times the longest model (31). Each chunk gathers its layers, clusters and shares,
+        solves them device-major (:func:`jaxsplit.solvers.solve_device_major`, the batched closed
+        form: same rows as a one-layer solve), and adds count x layer latency to its request.
+        """
+        cat = self.catalogue
+        batch = share.shape[0]
+        width = cat.count.shape[1]
+        sizes = cat.size[model]
+        ends = jnp.cumsum(sizes)
+        starts = ends - sizes
+        total = ends[-1]
+        chunk = min(self.chunk, batch * width)
+        flat_layers = jax.tree.map(lambda a: a.reshape(-1), cat.layers)
+        flat_count = cat.count.reshape(-1)
+        positions = jnp.arange(chunk, dtype=ends.dtype)
+
+        def add_chunk(c, acc):
+            pos = c * chunk + positions
+            owner = jnp.minimum(jnp.searchsorted(ends, pos, side="right"), batch - 1)
+            idx = model[owner] * width + jnp.clip(pos - starts[owner], 0, width - 1)
+            layer = jax.tree.map(lambda a: a[idx], flat_layers)
+            part = jax.tree.map(lambda f: f[owner], cluster)
+            latency = self._layer_latencies(layer, part, share[owner])
+            weight = jnp.where(pos < total, flat_count[idx], 0.0)
+            return acc + jax.ops.segment_sum(latency * weight, owner, num_segments=batch)
+
+        chunks = (total + chunk - 1) // chunk
+        return jax.lax.fori_loop(0, chunks, add_chunk, jnp.zeros((batch,), self.dtype))
+
+    def _layer_latencies(self, layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
+        """Latency (s) of P layer-instances under the split rule: layer fields (P,), cluster fields
+        and shares (P, N); returns (P,)."""
+        if self.split == "closed_form":
+            rows = solve_device_major(layer, cluster, share)
+        else:
+            rows = jax.vmap(self._split_fn)(layer, cluster, share)
+        rates = jax.vmap(allocation_rates)(cluster, share)
+        return jnp.max(jax.vmap(device_times)(layer, rates, rows), axis=-1)
 
     def reference_times(self, cluster: Cluster) -> jax.Array:
         """E_ref(k) for every model, all shares 1; (K,) seconds."""

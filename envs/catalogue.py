@@ -3,8 +3,9 @@
 A request of model k runs every layer of k. Layers with identical geometry (equal
 :class:`~jaxsplit.latency.LayerArrays` rows) get identical splits and latencies, so each model is
 stored as its *unique* layers with a multiplicity; the tables of all models are padded to a common
-length U with multiplicity 0 (a mask). The environment's step then solves U layer-instances per
-request with one ``vmap`` and no Python loop over layers.
+length U with multiplicity 0 (a mask), and ``size`` says how many entries of each model are real.
+The environment lays the real unique layers of a batch of requests end to end and solves them in
+chunks (:meth:`~jaxsplit.envs.alloc.AllocationEnv.exec_times`), with no Python loop over layers.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Catalogue:
     Attributes:
       layers: :class:`LayerArrays` with fields of shape (K, U): each model's unique layers, padded.
       count: (K, U) float multiplicity of each unique layer (0 for padding).
+      size: (K,) int32 number of unique layers of each model (its first ``size[k]`` entries are real).
       work: (K,) FLOP of one request of each model (sum of phi * H_out over its layers).
       flat_layers: :class:`LayerArrays` with fields (T,): every model's unique layers back to back,
         unpadded (for the per-episode reference latencies, solved a chunk at a time).
@@ -35,6 +37,7 @@ class Catalogue:
 
     layers: LayerArrays
     count: jnp.ndarray
+    size: jnp.ndarray
     work: jnp.ndarray
     flat_layers: LayerArrays
     flat_model: jnp.ndarray
@@ -79,5 +82,6 @@ def build_catalogue(models: Sequence[str], input_size: tuple[int, int], bytes_pe
     def arrays(table: np.ndarray) -> LayerArrays:
         return LayerArrays(**{f: jnp.asarray(table[..., i], dtype) for i, f in enumerate(fields)})
 
-    return Catalogue(arrays(padded), jnp.asarray(count, dtype), jnp.asarray(work, dtype), arrays(flat),
+    size = np.array([len(rows) for rows, _ in tables], np.int32)
+    return Catalogue(arrays(padded), jnp.asarray(count, dtype), jnp.asarray(size), jnp.asarray(work, dtype), arrays(flat),
                      jnp.asarray(flat_model, jnp.int32), jnp.asarray(flat_count, dtype))

@@ -542,6 +542,13 @@ def _device_major_blocks(fn: Callable, layer: LayerArrays, cluster: Cluster, sha
     return out.reshape(blocks * block, num)[:batch]
 
 
+def solve_device_major(layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
+    """The closed form on a batch with the device axis last (layer fields (B,), cluster fields and
+    shares (B, N)), solved device-major in blocks; int32 rows (B, N). Traceable (the body of
+    ``solve_batch("closed_form", ...)``)."""
+    return _device_major_blocks(closed_form_split, layer, cluster, share)
+
+
 def solve_batch(name: str, layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
     """Solve a batch of layer-instances with solver ``name``; rows (B, N) int32."""
     return batched_solver(name)(layer, cluster, share)

@@ -106,28 +106,68 @@ def test_vmapped_single_instance_equals_previous_and_never_retraces():
         assert (np.asarray(fn(la, cl, share)) == np.asarray(_previous(la, cl, share))).all(), kind
 
 
+def _previous_exec_times(env, cluster: Cluster, share: np.ndarray, model: np.ndarray) -> np.ndarray:
+    """E of each request from the previous per-layer closed form: every unique layer of the request
+    solved alone (rows of previous.closed_form_split), its exact float64 latency from those rows
+    (MODEL.md section 3, in numpy) times its multiplicity, summed. (B,) seconds."""
+    cat = env.catalogue
+    width = cat.count.shape[1]
+    batch = share.shape[0]
+    idx = (model[:, None] * width + np.arange(width)).reshape(-1)  # (B * U,) padded layers
+    layer = jax.tree.map(lambda a: jnp.asarray(a).reshape(-1)[idx], cat.layers)
+    owner = np.repeat(np.arange(batch), width)
+    part = jax.tree.map(lambda f: jnp.asarray(f)[owner], cluster)
+    rows = np.asarray(_previous(layer, part, jnp.asarray(share[owner], jnp.float32))).astype(np.float64)
+    f64 = lambda x: np.asarray(x, np.float64)  # noqa: E731
+    lay = {k: f64(v)[:, None] for k, v in vars(layer).items()}
+    a = f64(share[owner])
+    flops, message = f64(part.flops) * a, 2 * f64(part.latency)
+    bandwidth = np.where(a > 0, f64(part.bandwidth) * np.where(a > 0, a, 1.0), 1.0)
+    start = np.cumsum(rows, axis=1) - rows
+    lo = np.maximum(0.0, start * lay["stride"] - lay["pad_top"])
+    hi = np.minimum(lay["in_height"], (start + rows - 1) * lay["stride"] - lay["pad_top"] + lay["kernel_extent"])
+    moved = np.maximum(hi - lo, 0) * lay["in_row_bytes"] + rows * lay["out_row_bytes"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = message + np.where(np.isinf(bandwidth), 0.0, moved / bandwidth) + rows * lay["row_work"] / flops
+    latency = np.where(rows > 0, t, 0.0).max(axis=1)
+    count = np.asarray(cat.count, np.float64).reshape(-1)[idx]
+    return (latency * count).reshape(batch, width).sum(axis=1)
+
+
 @pytest.mark.parametrize("n", [4, 8])
-def test_environment_rows_equal_previous_per_layer(n):
-    """The environment's per-layer solve (vmap over the layers of a request, inside a vmap over
-    environments) gives the previous rows, for random clusters, the default fixed cluster
-    (identical remote devices: exact ties) and grid, uniform, all-one and fallback shares."""
+def test_environment_exec_times_equal_previous_per_layer(n):
+    """The environment's E (its requests' layers laid end to end and solved in device-major chunks,
+    under vmap over environments, nested vmap and alone) equals E from the previous per-layer rows
+    with exact float64 latencies, for random clusters, the default fixed cluster (identical remote
+    devices: exact ties) and grid, uniform, all-one and fallback shares; several chunks with a
+    partial last one, and no retracing."""
     env, params = envs.make("alloc-v0", num_devices=n)
-    layers = env.catalogue.flat_layers
+    batch = env.chunk // 6  # about 18 layers a request: three chunks, the last partial
     rng = np.random.default_rng(n)
-    keys = jax.random.split(jax.random.key(n), 64)
+    keys = jax.random.split(jax.random.key(n), batch)
     random_clusters = jax.vmap(env.sample_cluster, in_axes=(0, None))(keys, params)
-    fixed = jax.tree.map(lambda x: jnp.broadcast_to(x, (64, n)),
+    fixed = jax.tree.map(lambda x: jnp.broadcast_to(x, (batch, n)),
                          Cluster(params.cluster_flops, params.cluster_bandwidth, params.cluster_latency))
-    shares = [np.maximum(rng.integers(0, 5, (64, n)) / 4, np.eye(n)[rng.integers(0, n, 64)]),
-              rng.uniform(0.05, 1.0, (64, n)), np.ones((64, n)), np.eye(n)[np.zeros(64, int)] * 0.05]
+    shares = [np.maximum(rng.integers(0, 5, (batch, n)) / 4, np.eye(n)[rng.integers(0, n, batch)]),
+              rng.uniform(0.05, 1.0, (batch, n)), np.ones((batch, n)), np.eye(n)[np.zeros(batch, int)] * 0.05]
+    def batch_exec(cluster, share, model):
+        return jax.vmap(env.exec_time)(cluster, share, model)
 
-    def per_layer(solver):
-        return jax.jit(jax.vmap(lambda c, a: jax.vmap(solver, in_axes=(0, None, None))(layers, c, a)))
-
-    new, old = per_layer(solvers.closed_form_split), per_layer(previous.closed_form_split)
+    chex.clear_trace_counter()
+    vmapped = jax.jit(chex.assert_max_traces(batch_exec, n=1))
+    nested = jax.jit(jax.vmap(jax.vmap(env.exec_time)))
+    single = jax.jit(env.exec_time)
     for cluster in (random_clusters, fixed):
         for share in shares:
-            share = jnp.asarray(share, jnp.float32)
-            got, want = np.asarray(new(cluster, share)), np.asarray(old(cluster, share))
-            assert got.shape == want.shape == (64, layers.out_height.shape[0], n)
-            assert (got == want).all()
+            share = np.asarray(share, np.float32)
+            model = rng.integers(0, env.num_models, batch).astype(np.int32)
+            want = _previous_exec_times(env, cluster, share, model)
+            got = np.asarray(vmapped(cluster, jnp.asarray(share), jnp.asarray(model)), np.float64)
+            assert 2 * env.chunk < int(np.asarray(env.catalogue.size)[model].sum()) < 4 * env.chunk
+            np.testing.assert_allclose(got, want, rtol=2e-6)
+            two = jax.tree.map(lambda x: x[:batch // 2 * 2].reshape((2, batch // 2) + x.shape[1:]),
+                               (cluster, jnp.asarray(share), jnp.asarray(model)))
+            np.testing.assert_allclose(np.asarray(nested(*two)).reshape(-1), want[:batch // 2 * 2], rtol=2e-6)
+            for b in (0, batch - 1):
+                one = jax.tree.map(lambda f: f[b], cluster)
+                assert float(single(one, jnp.asarray(share[b]), int(model[b]))) == pytest.approx(want[b], rel=2e-6)
