@@ -85,9 +85,12 @@ def water_fill(alpha: jax.Array, beta: jax.Array, active: jax.Array, total: jax.
     """Equal-finish-time continuous split of ``total`` rows (MODEL.md section 4), without a sort.
 
     Over active set A: ``T* = (H_out + sum_A alpha/beta) / sum_A 1/beta``, ``n_i = (T* - alpha_i)/beta_i``,
-    where A is the prefix (in increasing alpha) that minimises T*: adding a device with
-    ``alpha < T`` lowers T and one with ``alpha >= T`` raises it, so the prefix values are unimodal and
-    their minimum is the water level. Every prefix is evaluated at once with an N x N mask.
+    where A is the set of devices with ``alpha_i < T*``. Found by draining: start from every active
+    device, compute T, drop the devices with ``alpha >= T``, repeat until nothing drops. Dropping a
+    device with ``alpha >= T`` lowers T (it raised it), so T only falls, the set only shrinks (at most N
+    passes), and the fixed point is the prefix in increasing alpha that minimises T: the water level.
+    Each pass is O(N); the loop stops once no instance of the batch dropped a device (one or two
+    passes for most batches).
 
     Args:
       alpha, beta: (N, ...) seconds and seconds per row (device axis first); beta > 0 where active.
@@ -98,20 +101,23 @@ def water_fill(alpha: jax.Array, beta: jax.Array, active: jax.Array, total: jax.
     """
     w = jnp.where(active, 1.0 / jnp.where(active, beta, 1.0), 0.0)
     aw = jnp.where(active, alpha * w, 0.0)
-    idx = _device_index(alpha)
-    # before[i, j]: device j is in device i's prefix (alpha_j < alpha_i, ties by index).
-    a_i, a_j = alpha[:, None], alpha[None, :]
-    i, j = idx[:, None], idx[None, :]
-    before = (a_j < a_i) | ((a_j == a_i) & (j <= i))
-    # A device is always in its own prefix. Said explicitly because XLA CPU may recompute ``alpha``
-    # inside the fused comparison twice with different rounding (contracted multiply-adds), and
-    # then ``alpha_i < alpha_i`` and ``alpha_i == alpha_i`` can both be false.
-    before = before | (j == i)
-    mask = before & active[None, :]
-    num = total + jnp.sum(jnp.where(mask, aw[None, :], 0.0), axis=1)
-    den = jnp.sum(jnp.where(mask, w[None, :], 0.0), axis=1)
-    levels = jnp.where(active, num / jnp.where(active, den, 1.0), jnp.inf)
-    level = jnp.min(levels, axis=0)
+
+    def level_of(inside):
+        num = total + jnp.sum(jnp.where(inside, aw, 0.0), axis=0)
+        den = jnp.sum(jnp.where(inside, w, 0.0), axis=0)
+        return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), jnp.inf)
+
+    def more(state):
+        _, _, dropped, k = state
+        return dropped & (k < alpha.shape[0])
+
+    def drain(state):
+        inside, level, _, k = state
+        keep = inside & (alpha < level)
+        return keep, level_of(keep), jnp.any(keep != inside), k + 1
+
+    start = (active, level_of(active), jnp.asarray(True), jnp.zeros((), jnp.int32))
+    _, level, _, _ = jax.lax.while_loop(more, drain, start)
     n = jnp.where(active, jnp.maximum(0.0, (level - alpha) * w), 0.0)
     return level, n
 
