@@ -66,6 +66,9 @@ class PPOConfig:
         best policy of every episode is unchanged. 1 keeps one global statistic.
       init_concentration, init_mean: the initial Beta policy, alpha = 2 c m and beta = 2 c (1 - m), both > 1
         (see :class:`~jaxsplit.agents.networks.ActorCritic`).
+      action: "per_device" samples one share per device (a Beta over [0, 1]^N); "common" samples one
+        share for the request and gives it on every device (a Beta over [0, 1], broadcast to N), the
+        form of the constant-share baselines, which PPO then makes depend on the observation.
     """
 
     env_name: str = "alloc-v0"
@@ -93,6 +96,7 @@ class PPOConfig:
     reward_groups: int = 1
     init_concentration: float = 1.0 + math.log(2.0)
     init_mean: float = 0.5
+    action: str = "per_device"
 
     @property
     def batch_size(self) -> int:
@@ -128,6 +132,8 @@ class PPOConfig:
                 raise ValueError(f"{name} is out of range: {value!r}")
         if not isinstance(self.share_levels, int) or self.share_levels < 0:
             raise ValueError(f"share_levels must be a non-negative integer, got {self.share_levels!r}")
+        if self.action not in ACTIONS:
+            raise ValueError(f"action must be one of {', '.join(ACTIONS)}, got {self.action!r}")
         if not isinstance(self.reward_groups, int) or self.reward_groups < 1:
             raise ValueError(f"reward_groups must be a positive integer, got {self.reward_groups!r}")
         c, m = self.init_concentration, self.init_mean
@@ -274,6 +280,10 @@ METRICS = ("reward", "latency", "utilization", "invalid_rate", "episodes", "valu
            "actor_loss", "entropy", "approx_kl", "clip_frac", "grad_norm", "lr")
 
 
+#: action forms of :class:`PPOConfig` (``action``).
+ACTIONS = ("per_device", "common")
+
+
 def share_grid(levels: int) -> jax.Array:
     """The sorted share levels {0} + {1/k : k = levels..1}; float32 (levels + 1,)."""
     return jnp.asarray([0.0] + [1.0 / k for k in range(levels, 0, -1)], jnp.float32)
@@ -343,9 +353,18 @@ class Trainer:
         if env is None:
             env, env_params = make_env(config)
         self.env, self.env_params = env, env_params
-        self.network = ActorCritic(num_devices=int(env.num_devices), hidden=tuple(config.hidden),
+        #: dimension of the sampled action: N shares, or one common share
+        self.action_dim = 1 if config.action == "common" else int(env.num_devices)
+        self.network = ActorCritic(num_devices=self.action_dim, hidden=tuple(config.hidden),
                                     init_concentration=float(config.init_concentration),
                                     init_mean=float(config.init_mean))
+
+    def shares(self, action: jax.Array) -> jax.Array:
+        """The shares (..., N) the environment receives for a sampled ``action`` (..., action_dim):
+        broadcast to every device (``action="common"``), then rounded to the share levels."""
+        if self.action_dim != self.env.num_devices:
+            action = jnp.broadcast_to(action, action.shape[:-1] + (self.env.num_devices,))
+        return snap_shares(action, self.config.share_levels)
 
     def default_hparams(self) -> HyperParams:
         """The config's hyperparameters as traced scalars."""
@@ -388,7 +407,7 @@ class Trainer:
             log_prob = beta_log_prob(action, alpha, beta)
             next_obs, env_state, reward, terminated, truncated, info = jax.vmap(
                 env.step, in_axes=(0, 0, 0, None))(jax.random.split(k_env, cfg.num_envs), env_state,
-                                                   snap_shares(action, cfg.share_levels), env_params)
+                                                   self.shares(action), env_params)
             reward = reward.astype(jnp.float32)
             final_obs = info["final_observation"].astype(jnp.float32)
             returns = returns * hp.gamma + reward
@@ -498,7 +517,7 @@ class Trainer:
             obs = obs.astype(jnp.float32)
             alpha, beta, _ = net.apply(params, stats.normalize(obs) if cfg.normalize_obs else obs)
             action = beta_mean(alpha, beta) if deterministic else beta_sample(key, alpha, beta)
-            return snap_shares(action, cfg.share_levels)
+            return self.shares(action)
 
         return policy_fn
 

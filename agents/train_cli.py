@@ -60,6 +60,8 @@ class TrainArgs:
     """GAE lambda"""
     max_grad_norm: float = 0.5
     """global gradient norm clip"""
+    action: Literal["per_device", "common"] = "per_device"
+    """per_device: one sampled share per device; common: one share for the request, on every device"""
     share_levels: int = 4
     """round sampled shares to the nearest of 0, 1/K, ..., 1/2, 1 (K = this; 0 keeps them continuous)"""
     reward_groups: int = 8

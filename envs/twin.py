@@ -168,11 +168,12 @@ class NumpyAllocationEnv:
                  models: Sequence[str] = ("vgg16", "resnet18", "mobilenet_v2", "alexnet"),
                  input_size: tuple[int, int] = (224, 224), requests: int = 256, split: str = "closed_form",
                  bytes_per_element: float = 4.0, util_weight: float = 0.2, invalid_penalty: float = 1.0,
-                 min_share: float = 0.05, mix: Sequence[float] | None = None):
+                 min_share: float = 0.05, mix: Sequence[float] | None = None, reward_scale: str = "model"):
         self.num_devices, self.slots, self.requests, self.split = num_devices, slots, requests, split
         self.models = list(models)
         self.tables = [ModelTable(m, input_size, bytes_per_element) for m in self.models]
         self.util_weight, self.invalid_penalty, self.min_share = util_weight, invalid_penalty, min_share
+        self.reward_scale = reward_scale
         mix = np.ones(len(self.models)) if mix is None else np.asarray(mix, float)
         self.mix = mix / mix.sum()
 
@@ -245,7 +246,8 @@ class NumpyAllocationEnv:
         wait = start - self.now
         latency = wait + e
         util = min(max(t.work / (np.sum(a * self.cluster[0]) * e), 0.0), 1.0)
-        reward = -latency / self.e_ref[self.model] + self.util_weight * util - self.invalid_penalty * invalid
+        scale = self.e_ref[self.model] if self.reward_scale == "model" else self.e_mean
+        reward = -latency / scale + self.util_weight * util - self.invalid_penalty * invalid
         info = dict(latency=latency, wait=wait, exec_time=e, utilization=util, model=self.model,
                     invalid=invalid, share=a)
         self.now += gap

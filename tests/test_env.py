@@ -91,6 +91,24 @@ def test_split_rule_can_be_swapped():
         assert float(jax.jit(env_cf.exec_time)(c, share, k)) < float(jax.jit(env_eq.exec_time)(c, share, k))
     with pytest.raises(ValueError, match="split"):
         envs.make("alloc-v0", split="exact-ish")
+    with pytest.raises(ValueError, match="reward_scale"):
+        envs.make("alloc-v0", reward_scale="seconds")
+
+
+def test_reward_scale_mean_divides_by_the_episode_mean_reference():
+    """reward_scale="mean": -latency / E_ref-mean (+ utilisation), the same for every model of an
+    episode; "model": -latency / E_ref(model) (MODEL.md). Same dynamics otherwise."""
+    env_m, params = envs.make("alloc-v0", **SMALL)
+    env_e, _ = envs.make("alloc-v0", reward_scale="mean", **SMALL)
+    _, state = jax.jit(env_m.reset)(jax.random.key(1), params)
+    action = jnp.full((env_m.num_devices,), 0.5)
+    _, _, r_m, _, _, info_m = jax.jit(env_m.step)(jax.random.key(2), state, action, params)
+    _, _, r_e, _, _, info_e = jax.jit(env_e.step)(jax.random.key(2), state, action, params)
+    assert float(info_m["latency"]) == float(info_e["latency"]) > 0
+    bonus = float(params.util_weight) * float(info_m["utilization"])
+    assert float(r_m) == pytest.approx(-float(info_m["latency"]) / float(info_m["e_ref"]) + bonus, rel=1e-5)
+    assert float(r_e) == pytest.approx(-float(info_e["latency"]) / float(state.e_mean) + bonus, rel=1e-5)
+    assert float(state.e_ref[state.model]) != pytest.approx(float(state.e_mean), rel=1e-3)
 
 
 def test_actions_clipped_nan_counts_as_zero_and_invalid_penalised():

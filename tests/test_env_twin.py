@@ -23,12 +23,13 @@ def _actions(rng: np.random.Generator, steps: int, n: int) -> np.ndarray:
     return a
 
 
-@pytest.mark.parametrize("name,split,steps,requests", [("alloc-v0", "closed_form", 2000, 150),
-                                                        ("alloc-n2-v0", "equal", 600, 40)])
-def test_jax_env_matches_numpy_twin(name, split, steps, requests):
+@pytest.mark.parametrize("name,split,steps,requests,scale", [("alloc-v0", "closed_form", 2000, 150, "model"),
+                                                              ("alloc-n2-v0", "equal", 600, 40, "mean")])
+def test_jax_env_matches_numpy_twin(name, split, steps, requests, scale):
     rng = np.random.default_rng(7)
     with enable_x64():
-        env, params = envs.make(name, requests=requests, split=split, slots=6, load_min=0.5, load_max=3.0)
+        env, params = envs.make(name, requests=requests, split=split, slots=6, load_min=0.5, load_max=3.0,
+                                reward_scale=scale)
         assert env.dtype == jnp.float64
         actions = _actions(rng, steps, env.num_devices)
         obs0, state0 = env.reset(jax.random.key(3), params)
@@ -45,7 +46,8 @@ def test_jax_env_matches_numpy_twin(name, split, steps, requests):
         _, recs = jax.jit(lambda s: jax.lax.scan(body, s, (keys, jnp.asarray(actions))))(state0)
         recs = jax.tree.map(np.asarray, recs)
 
-    twin = NumpyAllocationEnv(env.num_devices, env.slots, env.models, requests=requests, split=split)
+    twin = NumpyAllocationEnv(env.num_devices, env.slots, env.models, requests=requests, split=split,
+                              reward_scale=scale)
     tobs = twin.reset((np.asarray(state0.cluster.flops), np.asarray(state0.cluster.bandwidth),
                        np.asarray(state0.cluster.latency)), float(state0.load), int(state0.model))
     np.testing.assert_allclose(tobs, np.asarray(obs0), rtol=1e-9, atol=1e-12)
