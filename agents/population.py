@@ -145,7 +145,7 @@ def train_population(train: Callable, keys: np.ndarray, hparams: HyperParams, me
     if fn is None:
         spec = PartitionSpec(POP_AXIS)
         fn = cache[("sharded", mesh, init)] = jax.jit(
-            jax.shard_map(population_fn(train, init), mesh=mesh, in_specs=spec, out_specs=spec))
+            jax.shard_map(population_fn(train, init), mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False))
     return fn(*shard_population((keys, hparams), mesh))
 
 
