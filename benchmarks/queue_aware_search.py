@@ -8,6 +8,8 @@ one PPO could represent. Families (shares in [0, 1] on every device):
   at the backlog time is 1 and log1p(backlog / e_mean) <= t, observation features 0..N-1 and 5N),
   c_busy otherwise.
 - ``free_clip(lo, hi)``: take the free share of each device, clipped to [lo, hi].
+- ``free_clip_fast(lo, hi, f)``: free_clip on the devices with at least f times the largest FLOP/s of
+  the cluster (observation features 2N..3N-1), share 0 on the slower ones.
 
 All candidates run as one vmapped evaluation (``jaxsplit.envs.evaluation.run_episodes``, the runner of
 ``jaxsplit.envs.evaluate``) on the same search episodes per load (default randomised clusters); the
@@ -39,10 +41,13 @@ from jaxsplit.envs.evaluation import episode_metrics, run_episodes  # noqa: E402
 SHARES = tuple(sorted(set(np.round(np.arange(0.1, 1.01, 0.1), 2).tolist()) | {0.25, 1 / 3}))
 #: backlog thresholds t on log1p(backlog / e_mean) of idle_busy (0: the request starts on arrival).
 THRESHOLDS = (0.0, float(np.log1p(0.5)), float(np.log1p(1.0)))
+#: fractions f of the largest FLOP/s below which free_clip_fast leaves a device out.
+FAST = (0.25, 0.5)
 
 
 def candidates() -> tuple[np.ndarray, list[str]]:
-    """Rows (kind, a, b, t) float32 (G, 4) and their names; kind 0 constant, 1 idle_busy, 2 free_clip."""
+    """Rows (kind, a, b, t) float32 (G, 4) and their names; kind 0 constant, 1 idle_busy, 2 free_clip,
+    3 free_clip_fast (t = f)."""
     rows, names = [], []
     for c in SHARES:
         rows.append((0, c, c, 0.0))
@@ -54,6 +59,9 @@ def candidates() -> tuple[np.ndarray, list[str]]:
     for lo, hi in itertools.combinations_with_replacement(SHARES, 2):
         rows.append((2, lo, hi, 0.0))
         names.append(f"free_clip({lo:.3g}, {hi:.3g})")
+        for f in FAST:
+            rows.append((3, lo, hi, f))
+            names.append(f"free_clip_fast({lo:.3g}, {hi:.3g}, f={f:g})")
     return np.asarray(rows, np.float32), names
 
 
@@ -67,7 +75,9 @@ def make_act(n: int):
         idle = jnp.logical_and(jnp.all(free >= 0.999), backlog <= t + 1e-6)
         two_level = jnp.where(idle, a, b)
         clipped = jnp.clip(free, a, b)
-        share = jnp.where(kind == 2, clipped, jnp.where(kind == 1, two_level, a))
+        flops = obs[2 * n:3 * n].astype(jnp.float32)
+        fast = jnp.where(flops >= t * jnp.max(flops), clipped, 0.0)
+        share = jnp.where(kind == 3, fast, jnp.where(kind == 2, clipped, jnp.where(kind == 1, two_level, a)))
         return jnp.broadcast_to(share, (n,)).astype(jnp.float32)
 
     return act
@@ -120,10 +130,11 @@ def main() -> None:
                      f"{100 * (1 - search[r, j] / search[c, j]):.1f}% | {lr.mean():.4f} | {lc.mean():.4f} | "
                      f"{100 * gain:.1f}% (+- {100 * _ci(rel):.1f}) |")
     # the best candidate of each family (search episodes), to see which idea carries the gain
-    fam = ["| rho | " + " | ".join(["best constant", "best idle_busy", "best free_clip"]) + " |", "|---:|---|---|---|"]
+    families = ["constant", "idle_busy", "free_clip", "free_clip_fast"]
+    fam = ["| rho | " + " | ".join(f"best {f}" for f in families) + " |", "|---:|" + "---|" * len(families)]
     for j, rho in enumerate(loads):
         cells = []
-        for kind in range(3):
+        for kind in range(len(families)):
             idx = np.flatnonzero(theta[:, 0] == kind)
             b = idx[np.argmin(search[idx, j])]
             cells.append(f"{names[b]}: {search[b, j]:.4f} s")
@@ -133,7 +144,7 @@ def main() -> None:
         "### Queue-aware rules against the best constant share (`benchmarks/queue_aware_search.py`)", "",
         f"Command: `{command()}`  ", f"Machine: {machine()}; load average {load_average()}  ",
         f"Revision: {git_revision()}; {seconds:.0f} s", "",
-        f"{len(theta)} observation-only rules (constant, idle_busy, free_clip; shares from "
+        f"{len(theta)} observation-only rules ({', '.join(families)}; shares from "
         f"{', '.join(f'{s:.3g}' for s in SHARES)}) on the same {search_eps} search episodes per load "
         f"(alloc-v0, randomised clusters, {env.requests} requests, first 10% left out); the best rule and the "
         f"best constant of each load then on {eval_eps} held-out episodes (same episodes for both; the interval "
