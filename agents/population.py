@@ -2,8 +2,18 @@
 
 Every hyperparameter in :class:`~jaxsplit.agents.ppo.HyperParams` is traced, so a population is just a
 leading axis P on the key and on every hyperparameter: ``jax.jit(jax.vmap(train))``. The population
-axis is laid out over a one-dimensional mesh named ``"pop"`` with ``NamedSharding``, so each device
-trains P / D agents and no device talks to another during training.
+axis is laid out over a one-dimensional mesh named ``"pop"`` with ``NamedSharding``, and the program
+is a ``shard_map`` over that axis, so each device trains its P / D agents and no device talks to
+another during training.
+
+Initialisation: by default (``init="map"``) the agents are initialised one after another inside the
+call (``jax.lax.map`` over the agents of a device) and only the training updates are vmapped. The
+network's orthogonal initialisation runs LAPACK QR (``geqrf``, ``orgqr``); vmapped, these become
+batched LAPACK calls, which jaxlib 0.10's CPU kernels split over XLA's intra-op thread pool and then
+wait for from a thread of that same pool. When the program runs as many of them at once as the pool
+has threads (two on a 2-core CPU), every worker waits for work queued behind itself and the call
+never returns. Unbatched calls are never split. The result is the same either way; ``init="vmap"``
+vmaps the whole ``train`` (safe where the pool has more threads than the network has layers).
 
 Several hosts: start the same script on every host with ``jax.distributed.initialize(coordinator,
 num_processes, process_id)`` called first (on SLURM or TPU pods ``jax.distributed.initialize()`` with no
@@ -15,7 +25,7 @@ them, each host feeds the shards of its own devices (``jax.make_array_from_callb
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +37,9 @@ from .ppo import HyperParams
 
 #: name of the mesh axis that carries the population.
 POP_AXIS = "pop"
+
+#: how :func:`train_population` initialises the agents (see the module docstring).
+INIT_MODES = ("map", "vmap")
 
 
 def population_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -71,9 +84,31 @@ def shard_population(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(lambda x: _to_global(x, sharding), tree)
 
 
+def population_fn(train: Callable, init: Literal["map", "vmap"] = "map") -> Callable:
+    """``fn(keys (P, 2), hparams (P,)) -> (runner_states, metrics)`` for one device's agents, unjitted.
+
+    ``init="map"`` initialises the agents one at a time (``jax.lax.map`` of ``train.trainer.init``)
+    and vmaps ``trainer.run`` over them; ``init="vmap"`` is ``jax.vmap(train)``. Both give the same
+    result; see the module docstring for why "map" is the default. A ``train`` without a
+    ``trainer`` attribute (not from :func:`~jaxsplit.agents.ppo.make_train`) is always vmapped whole.
+    """
+    if init not in INIT_MODES:
+        raise ValueError(f"init must be one of {INIT_MODES}, got {init!r}")
+    trainer = getattr(train, "trainer", None)
+    if init == "vmap" or trainer is None:
+        return jax.vmap(train)
+    num_updates = trainer.config.num_updates
+
+    def fn(keys: jax.Array, hparams: HyperParams):
+        runners = jax.lax.map(lambda args: trainer.init(*args), (keys, hparams))
+        return jax.vmap(lambda runner, hp: trainer.run(runner, hp, num_updates))(runners, hparams)
+
+    return fn
+
+
 def train_population(train: Callable, keys: np.ndarray, hparams: HyperParams, mesh: Mesh | None = None,
-                     sharded: bool = True) -> tuple[Any, dict[str, jax.Array]]:
-    """Train P agents at once: ``jit(vmap(train))(keys, hparams)``, sharded over ``mesh``.
+                     sharded: bool = True, init: Literal["map", "vmap"] = "map") -> tuple[Any, dict[str, jax.Array]]:
+    """Train P agents in one jitted call, the population axis sharded over ``mesh``.
 
     Args:
       train: the function from :func:`~jaxsplit.agents.ppo.make_train`.
@@ -81,8 +116,12 @@ def train_population(train: Callable, keys: np.ndarray, hparams: HyperParams, me
       hparams: HyperParams with fields of shape (P,) (host arrays, the same on every process).
       mesh: the device mesh (default: :func:`population_mesh` over all devices).
       sharded: False runs unsharded on the default device (for comparison).
+      init: "map" (default) initialises the agents one after another inside the call and vmaps the
+        training; "vmap" vmaps the whole ``train``. Same result; "vmap" can deadlock XLA's CPU
+        runtime on hosts with few cores (see the module docstring).
     Returns:
       ``(runner_states, metrics)`` with leading axis P; ``metrics[name]`` is (P, num_updates).
+      The compiled program is cached on ``train`` per (mode, init), so later calls do not recompile.
     """
     keys = np.asarray(keys, np.uint32)
     size = keys.shape[0]
@@ -91,15 +130,22 @@ def train_population(train: Callable, keys: np.ndarray, hparams: HyperParams, me
     for name, value in vars(hparams).items():
         if np.shape(value) != (size,):
             raise ValueError(f"hparams.{name} must have shape ({size},), got {np.shape(value)}")
+    if init not in INIT_MODES:
+        raise ValueError(f"init must be one of {INIT_MODES}, got {init!r}")
     cache = train.__dict__.setdefault("_population_fns", {})
     if not sharded:
-        fn = cache.setdefault("plain", jax.jit(jax.vmap(train)))
+        fn = cache.get(("plain", init))
+        if fn is None:
+            fn = cache[("plain", init)] = jax.jit(population_fn(train, init))
         return fn(jnp.asarray(keys), jax.tree.map(jnp.asarray, hparams))
     mesh = mesh or population_mesh()
     if size % mesh.size:
         raise ValueError(f"population size {size} must be a multiple of the {mesh.size} devices of the mesh")
-    sharding = NamedSharding(mesh, PartitionSpec(POP_AXIS))
-    fn = cache.setdefault(("sharded", mesh), jax.jit(jax.vmap(train), out_shardings=sharding))
+    fn = cache.get(("sharded", mesh, init))
+    if fn is None:
+        spec = PartitionSpec(POP_AXIS)
+        fn = cache[("sharded", mesh, init)] = jax.jit(
+            jax.shard_map(population_fn(train, init), mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False))
     return fn(*shard_population((keys, hparams), mesh))
 
 

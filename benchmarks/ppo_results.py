@@ -57,9 +57,9 @@ def t_interval(values: np.ndarray) -> float:
 def train_agents(split: str, seeds: int, timesteps: int):
     """Train ``seeds`` agents of the default ``jaxsplit train`` configuration; (trainer, runners, seconds).
 
-    The agents are trained one after the other by one jitted ``train`` (compiled once): on this CPU a
-    vmapped population of four or more full-size agents can stall inside XLA's CPU runtime (see
-    benchmarks/RESULTS.md), and one agent at a time never has.
+    The agents are trained one after the other by one jitted ``train`` (compiled once), as for the
+    recorded figures; ``jaxsplit.agents.population.train_population`` would train them as one
+    population in one call (same agents up to float rounding).
     """
     args = TrainArgs(split=split, total_timesteps=timesteps)
     config = config_from_args(args)

@@ -3,10 +3,12 @@ Stable-Baselines3 PPO on the Gymnasium vector adapter, with the final latency of
 
 What is measured (one process, one machine):
 
-- JAX: ``jax.jit(make_train(config))`` for one agent and ``jit(vmap(train))`` (agents/population.py)
-  for populations of 8 and 64 agents. Each is called twice with different keys: the first call
-  (compilation + run) is timed apart, the second gives steps/s = agents x updates x num_envs x
-  num_steps / seconds. The traced function is guarded with ``chex.assert_max_traces(n=1)``, so the
+- JAX: ``jax.jit(make_train(config))`` for one agent and ``train_population`` (agents/population.py:
+  one jitted call, agents initialised one at a time inside it, the training updates vmapped; ``--pop-init
+  vmap`` vmaps the whole ``train`` instead) for populations of 8 and 64 agents. Each is called twice with
+  different keys: the first call (compilation + run) is timed apart, the second gives steps/s = agents x
+  updates x num_envs x num_steps / seconds. The single agent's ``train`` is guarded with
+  ``chex.assert_max_traces(n=1)`` and the population's jitted program must have one cache entry, so the
   second call runs the compiled program.
 - Peer: Stable-Baselines3 PPO (torch, CPU, ``torch.set_num_threads(--torch-threads)``, default 1) on
   ``GymnasiumAllocationVectorEnv`` (the same JAX environment, one jitted vmapped step for all
@@ -81,18 +83,20 @@ def time_single(config: PPOConfig, seed: int) -> dict[str, Any]:
                 compile_s=first - second, rate=steps / second, runner=runner, trainer=train.trainer)
 
 
-def time_population(config: PPOConfig, agents: int) -> dict[str, Any]:
-    """``agents`` agents in one jit(vmap(train)) call, twice (different seeds)."""
-    train = _guarded_train(config)
+def time_population(config: PPOConfig, agents: int, init: str = "map") -> dict[str, Any]:
+    """``agents`` agents in one ``train_population`` call, twice (different seeds)."""
+    train = make_train(config)
     base = train.trainer.default_hparams()
     sharded = jax.device_count() > 1 and agents % jax.device_count() == 0
     times = []
     for seeds in (range(agents, 2 * agents), range(agents)):
         keys, hp, _ = population_grid(base, list(seeds))
         t0 = time.perf_counter()
-        _, metrics = jax.block_until_ready(train_population(train, keys, hp, sharded=sharded))
+        _, metrics = jax.block_until_ready(train_population(train, keys, hp, sharded=sharded, init=init))
         times.append(time.perf_counter() - t0)
         del _
+    (fn,) = train._population_fns.values()
+    assert fn._cache_size() == 1, "the population program was compiled more than once"
     assert np.isfinite(np.asarray(metrics["value_loss"])).all(), "non-finite training metrics"
     steps = agents * config.num_updates * config.batch_size
     return dict(agents=agents, updates=config.num_updates, steps=steps, first_s=times[0], run_s=times[1],
@@ -205,15 +209,15 @@ def _fmt_rate(x: float) -> str:
 
 def _parts_args(args: argparse.Namespace) -> list[str]:
     return ["--timesteps", str(args.timesteps), "--pop-updates", str(args.pop_updates), "--eval-episodes",
-            str(args.eval_episodes), "--seed", str(args.seed)]
+            str(args.eval_episodes), "--seed", str(args.seed), "--pop-init", args.pop_init]
 
 
 def run_part(args: argparse.Namespace, part: str, timeout_s: float, attempts: int = 2) -> dict[str, Any] | None:
     """Run one JAX measurement in a fresh process (retried once if it stalls); its JSON result.
 
-    Each training program gets a process of its own: on this CPU, XLA's runtime occasionally never
-    signals the end of a vmapped population program that follows another large program in the
-    same process (every worker thread idle, ``block_until_ready`` waiting forever).
+    Each training program gets a process of its own, so that a stalled program (``--pop-init vmap`` on a
+    CPU with few cores: batched LAPACK calls of the initialisation deadlock XLA's intra-op pool, see
+    agents/population.py) costs a timeout, not the run.
     """
     cmd = [sys.executable, "-u", str(Path(__file__).resolve()), "--part", part, *_parts_args(args)]
     for attempt in range(1, attempts + 1):
@@ -242,7 +246,7 @@ def part_main(args: argparse.Namespace, config: PPOConfig, pop_config: PPOConfig
         r = {k: v for k, v in r.items() if k not in ("runner", "trainer")}
         r["eval"] = rows
     else:
-        r = time_population(pop_config, int(args.part.split(":")[1]))
+        r = time_population(pop_config, int(args.part.split(":")[1]), args.pop_init)
     print(json.dumps(r), flush=True)
 
 
@@ -256,6 +260,9 @@ def main() -> None:
     parser.add_argument("--agents", default=None, help="population sizes (default 8,64; quick 8)")
     parser.add_argument("--eval-episodes", type=int, default=None, help="episodes per load (default 16; quick 2)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pop-init", choices=("map", "vmap"), default="map",
+                        help="train_population's init: agents initialised one at a time (map, default) or the "
+                             "whole train vmapped (vmap; can deadlock on a CPU with few cores)")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch.set_num_threads of the peer (1: its fastest for these 64-wide MLPs here)")
     parser.add_argument("--no-sb3", action="store_true", help="skip the peer")
@@ -340,18 +347,21 @@ def main() -> None:
             f"{config.init_concentration:g}, {config.reward_groups} reward groups (SB3 keeps its Gaussian, clipped to "
             f"[0, 1], and one reward scale).", "",
             "Steps/s counts environment steps of all agents in the second (compiled) call; compile = first "
-            "call minus second call. Each JAX row runs in a fresh process "
+            "call minus second call. Populations: one `train_population` call (agents initialised one at a time "
+            f"inside it, training vmapped; init={args.pop_init}). Each JAX row runs in a fresh process "
             f"(stalled processes retried: {sum(r['attempts'] - 1 for r in rows)}); SB3 and the evaluation run in the "
             "main process.", "",
             "| trainer | agents | updates per agent | env steps | compile (s) | run (s) | env steps/s | vs SB3 |",
             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         ratio = f"{r['rate'] / peer['rate']:.1f}x" if peer else "-"
-        body.append(f"| jaxsplit PPO, jit{'(vmap' if r['agents'] > 1 else ''}(train){')' if r['agents'] > 1 else ''} "
+        trainer = "jit(train)" if r["agents"] == 1 else f"train_population (init={args.pop_init})"
+        body.append(f"| jaxsplit PPO, {trainer} "
                     f"| {r['agents']} | {r['updates']} | {r['steps']:,} | {r['compile_s']:.1f} | {r['run_s']:.1f} | "
                     f"{_fmt_rate(r['rate'])} | {ratio} |")
     for agents in stalled:
-        body.append(f"| jaxsplit PPO, jit(vmap(train)) | {agents} | {args.pop_updates} | - | - | - | stalled (see "
+        body.append(f"| jaxsplit PPO, train_population (init={args.pop_init}) | {agents} | {args.pop_updates} | - | "
+                    f"- | - | stalled (see "
                     f"below) | - |")
     if peer:
         body.append(f"| SB3 {peer['version']} PPO (torch {peer['torch']}, {peer['threads']} threads) on the "
@@ -376,8 +386,8 @@ def main() -> None:
                  f"(aggregate); final mean latency over the loads {jl:.4f} s (jaxsplit) vs {sl:.4f} s (SB3)."]
     if stalled:
         body += ["", f"Stalled: the population run(s) of {stalled} agents never finished in their process (every "
-                 "XLA worker thread idle, `block_until_ready` waiting; a runtime stall of XLA on this CPU that "
-                 "also happens with `--xla_cpu_multi_thread_eigen=false` and synchronous dispatch); no figure."]
+                 "XLA worker thread waiting; with init=vmap, the batched LAPACK QR of the network initialisation "
+                 "deadlocks XLA's intra-op pool on a CPU with few cores, see agents/population.py); no figure."]
     text = "\n".join(body)
     print(text)
     if quick or args.no_record:

@@ -8,12 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import re
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsplit.agents.population import population_grid
-from jaxsplit.agents.ppo import HyperParams, PPOConfig, Trainer
+from jaxsplit.agents.population import population_fn, population_grid, train_population
+from jaxsplit.agents.ppo import HyperParams, PPOConfig, Trainer, make_train
 from tiny_env import TinyEnv
 
 WORKER = str(Path(__file__).resolve().parent / "population_worker.py")
@@ -47,6 +50,51 @@ def test_population_grid_is_the_product_of_seeds_and_values():
     with pytest.raises(ValueError, match="nope"):
         population_grid(base, 2, nope=[1.0])
     assert isinstance(hp, HyperParams)
+
+
+def _tiny_train():
+    env = TinyEnv()
+    config = PPOConfig(num_envs=8, num_steps=16, num_minibatches=2, total_timesteps=8 * 16 * 3)
+    return make_train(config, env, env.default_params())
+
+
+def _lapack_batch_dims(train, init: str, agents: int) -> list[int]:
+    """``num_batch_dims`` of every LAPACK custom call in the lowered population program."""
+    keys, hp, _ = population_grid(train.trainer.default_hparams(), agents)
+    text = jax.jit(population_fn(train, init)).lower(jnp.asarray(keys), jax.tree.map(jnp.asarray, hp)).as_text()
+    lines = [line for line in text.splitlines() if "custom_call @lapack_" in line]
+    return [int(re.search(r'num_batch_dims = "(\d+)"', line).group(1)) for line in lines]
+
+
+def test_population_initialises_agents_without_batched_lapack_calls():
+    # vmapped, the orthogonal initialisation's QR becomes batched LAPACK calls, which jaxlib's CPU
+    # kernels split over XLA's intra-op pool from inside it (a deadlock on few cores); "map" keeps
+    # every call unbatched, one matrix each.
+    train = _tiny_train()
+    mapped = _lapack_batch_dims(train, "map", 4)
+    vmapped = _lapack_batch_dims(train, "vmap", 4)
+    assert len(mapped) == len(vmapped) > 0  # geqrf and orgqr of the layers, in both programs
+    assert set(mapped) == {0}
+    assert set(vmapped) == {1}
+
+
+def test_population_equals_agents_trained_alone():
+    train = _tiny_train()
+    keys, hp, _ = population_grid(train.trainer.default_hparams(), [3, 5], lr=[3e-4, 3e-3])
+    runner, metrics = train_population(train, keys, hp, sharded=False)
+    assert runner.params is not None and metrics["value_loss"].shape == (4, train.trainer.config.num_updates)
+    single = jax.jit(train)
+    for p in (0, 3):
+        alone_runner, alone_metrics = single(jnp.asarray(keys[p]), jax.tree.map(lambda x: jnp.asarray(x[p]), hp))
+        for a, b in zip(jax.tree.leaves(alone_runner.params), jax.tree.leaves(runner.params)):
+            np.testing.assert_allclose(np.asarray(b)[p], np.asarray(a), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(metrics["reward"])[p], np.asarray(alone_metrics["reward"]),
+                                   rtol=1e-4, atol=1e-5)
+    # a second call with other keys runs the cached program
+    train_population(train, keys[::-1].copy(), hp, sharded=False)
+    assert len(train._population_fns) == 1
+    with pytest.raises(ValueError, match="init"):
+        train_population(train, keys, hp, sharded=False, init="scan")
 
 
 @pytest.fixture(scope="module")

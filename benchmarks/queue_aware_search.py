@@ -1,0 +1,163 @@
+"""Can a simple queue-aware rule beat the best constant share at high load? A grid search.
+
+Every candidate sees only the observation (what a trained policy sees), so a rule that wins here is
+one PPO could represent. Families (shares in [0, 1] on every device):
+
+- ``constant(c)``: share c everywhere (the best_constant baseline, searched on the same grid).
+- ``idle_busy(c_idle, c_busy, t)``: c_idle when the cluster is idle for this request (every free share
+  at the backlog time is 1 and log1p(backlog / e_mean) <= t, observation features 0..N-1 and 5N),
+  c_busy otherwise.
+- ``free_clip(lo, hi)``: take the free share of each device, clipped to [lo, hi].
+- ``free_clip_fast(lo, hi, f)``: free_clip on the devices with at least f times the largest FLOP/s of
+  the cluster (observation features 2N..3N-1), share 0 on the slower ones.
+
+All candidates run as one vmapped evaluation (``jaxsplit.envs.evaluation.run_episodes``, the runner of
+``jaxsplit.envs.evaluate``) on the same search episodes per load (default randomised clusters); the
+best rule and the best constant of each load are then run on separate, held-out episodes, where the
+gain and its paired 95% interval (over episodes) are reported.
+
+    python benchmarks/queue_aware_search.py           # records into RESULTS.md
+    python benchmarks/queue_aware_search.py --quick   # 4 + 8 episodes, prints only
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import command, git_revision, load_average, machine, record  # noqa: E402
+
+from jaxsplit import envs  # noqa: E402
+from jaxsplit.envs.evaluation import episode_metrics, run_episodes  # noqa: E402
+
+#: candidate shares: tenths plus the unit fractions 1/4 and 1/3 (which pack a device exactly).
+SHARES = tuple(sorted(set(np.round(np.arange(0.1, 1.01, 0.1), 2).tolist()) | {0.25, 1 / 3}))
+#: backlog thresholds t on log1p(backlog / e_mean) of idle_busy (0: the request starts on arrival).
+THRESHOLDS = (0.0, float(np.log1p(0.5)), float(np.log1p(1.0)))
+#: fractions f of the largest FLOP/s below which free_clip_fast leaves a device out.
+FAST = (0.25, 0.5)
+
+
+def candidates() -> tuple[np.ndarray, list[str]]:
+    """Rows (kind, a, b, t) float32 (G, 4) and their names; kind 0 constant, 1 idle_busy, 2 free_clip,
+    3 free_clip_fast (t = f)."""
+    rows, names = [], []
+    for c in SHARES:
+        rows.append((0, c, c, 0.0))
+        names.append(f"constant({c:.3g})")
+    for ci, cb, t in itertools.product(SHARES, SHARES, THRESHOLDS):
+        if ci != cb:
+            rows.append((1, ci, cb, t))
+            names.append(f"idle_busy({ci:.3g}, {cb:.3g}, t={np.expm1(t):.2g})")
+    for lo, hi in itertools.combinations_with_replacement(SHARES, 2):
+        rows.append((2, lo, hi, 0.0))
+        names.append(f"free_clip({lo:.3g}, {hi:.3g})")
+        for f in FAST:
+            rows.append((3, lo, hi, f))
+            names.append(f"free_clip_fast({lo:.3g}, {hi:.3g}, f={f:g})")
+    return np.asarray(rows, np.float32), names
+
+
+def make_act(n: int):
+    """``act(key, obs, state, params, theta (4,)) -> shares (N,)`` for every family; obs only."""
+
+    def act(key, obs, state, params, theta):
+        kind, a, b, t = theta[0], theta[1], theta[2], theta[3]
+        free = obs[:n].astype(jnp.float32)
+        backlog = obs[5 * n].astype(jnp.float32)
+        idle = jnp.logical_and(jnp.all(free >= 0.999), backlog <= t + 1e-6)
+        two_level = jnp.where(idle, a, b)
+        clipped = jnp.clip(free, a, b)
+        flops = obs[2 * n:3 * n].astype(jnp.float32)
+        fast = jnp.where(flops >= t * jnp.max(flops), clipped, 0.0)
+        share = jnp.where(kind == 3, fast, jnp.where(kind == 2, clipped, jnp.where(kind == 1, two_level, a)))
+        return jnp.broadcast_to(share, (n,)).astype(jnp.float32)
+
+    return act
+
+
+def _ci(d: np.ndarray) -> float:
+    return float(1.96 * np.std(d, ddof=1) / np.sqrt(len(d)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--loads", default="0.9,1.2")
+    ap.add_argument("--search-episodes", type=int, default=32)
+    ap.add_argument("--eval-episodes", type=int, default=64)
+    ap.add_argument("--chunk", type=int, default=128, help="candidates per vmapped call (memory)")
+    ap.add_argument("--quick", action="store_true", help="4 + 8 episodes, no RESULTS.md update")
+    args = ap.parse_args()
+    loads = [float(x) for x in args.loads.split(",")]
+    search_eps, eval_eps = (4, 8) if args.quick else (args.search_episodes, args.eval_episodes)
+    env, params = envs.make("alloc-v0")
+    n = env.num_devices
+    theta, names = candidates()
+    act = make_act(n)
+    warm = int(0.1 * env.requests)
+    t0 = time.perf_counter()
+    scores = []
+    for i in range(0, len(theta), args.chunk):
+        recs = run_episodes(env, params, act, loads, search_eps, 777, aux=jnp.asarray(theta[i:i + args.chunk]))
+        scores.append(episode_metrics(recs, warm)["mean_latency_s"].mean(-1))  # (g, loads)
+    search = np.concatenate(scores)  # (G, loads)
+    const = np.flatnonzero(theta[:, 0] == 0)
+    best_rule = np.argmin(search, axis=0)
+    best_const = const[np.argmin(search[const], axis=0)]
+    chosen = np.concatenate([theta[best_rule], theta[best_const]])
+    final = episode_metrics(run_episodes(env, params, act, loads, eval_eps, 1000, aux=jnp.asarray(chosen)),
+                            warm)["mean_latency_s"]  # (2 * loads, loads, episodes)
+    seconds = time.perf_counter() - t0
+    k = len(loads)
+    lines = ["| rho | best rule (searched) | its latency (s) | best constant (searched) | its latency (s) | "
+             "gain on search episodes | held-out: rule (s) | held-out: constant (s) | held-out gain (95% CI) |",
+             "|---:|---|---:|---|---:|---:|---:|---:|---:|"]
+    gains = []
+    for j, rho in enumerate(loads):
+        r, c = best_rule[j], best_const[j]
+        lr, lc = final[j, j], final[k + j, j]
+        gain = 1.0 - lr.mean() / lc.mean()
+        rel = (lc - lr) / lc.mean()  # paired differences over the same episodes; their mean is the gain
+        gains.append(gain)
+        lines.append(f"| {rho:g} | {names[r]} | {search[r, j]:.4f} | {names[c]} | {search[c, j]:.4f} | "
+                     f"{100 * (1 - search[r, j] / search[c, j]):.1f}% | {lr.mean():.4f} | {lc.mean():.4f} | "
+                     f"{100 * gain:.1f}% (+- {100 * _ci(rel):.1f}) |")
+    # the best candidate of each family (search episodes), to see which idea carries the gain
+    families = ["constant", "idle_busy", "free_clip", "free_clip_fast"]
+    fam = ["| rho | " + " | ".join(f"best {f}" for f in families) + " |", "|---:|" + "---|" * len(families)]
+    for j, rho in enumerate(loads):
+        cells = []
+        for kind in range(len(families)):
+            idx = np.flatnonzero(theta[:, 0] == kind)
+            b = idx[np.argmin(search[idx, j])]
+            cells.append(f"{names[b]}: {search[b, j]:.4f} s")
+        fam.append(f"| {rho:g} | " + " | ".join(cells) + " |")
+    verdict = ("reaches" if min(gains) >= 0.10 else "does not reach")
+    note = ("free_clip_fast leaves devices out, so the cluster it uses has less capacity than the offered load "
+            "assumes (rho is relative to the whole cluster) and its queue grows.")
+    text = "\n".join([
+        "### Queue-aware rules against the best constant share (`benchmarks/queue_aware_search.py`)", "",
+        f"Command: `{command()}`  ", f"Machine: {machine()}; load average {load_average()}  ",
+        f"Revision: {git_revision()}; {seconds:.0f} s", "",
+        f"{len(theta)} observation-only rules ({', '.join(families)}; shares from "
+        f"{', '.join(f'{s:.3g}' for s in SHARES)}) on the same {search_eps} search episodes per load "
+        f"(alloc-v0, randomised clusters, {env.requests} requests, first 10% left out); the best rule and the "
+        f"best constant of each load then on {eval_eps} held-out episodes (same episodes for both; the interval "
+        "is over episodes of the paired difference). Mean latency:", "",
+        *lines, "", "Best of each family on the search episodes:", "", *fam, "",
+        f"The best simple queue-aware rule {verdict} the 10% goal over the best constant at every load >= 0.9 "
+        f"(held-out gains {', '.join(f'{100 * g:.1f}%' for g in gains)}). {note}"])
+    print(text)
+    if not args.quick:
+        record("queue-aware-search", text)
+
+
+if __name__ == "__main__":
+    main()
