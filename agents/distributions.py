@@ -1,4 +1,5 @@
-"""The Beta distribution used for shares in [0, 1]^N, as small pure functions.
+"""The action distributions of the policy, as small pure functions: Beta for shares in [0, 1]^N, and
+a categorical over share levels.
 
 A share vector has one independent Beta(alpha_i, beta_i) per device; log-probabilities and
 entropies are summed over the device axis (last). Concentrations are kept >= 1 by the network
@@ -46,3 +47,28 @@ def beta_entropy(alpha: jax.Array, beta: jax.Array) -> jax.Array:
 def beta_mean(alpha: jax.Array, beta: jax.Array) -> jax.Array:
     """The mean alpha / (alpha + beta), used as the deterministic action; shape of ``alpha``."""
     return alpha / (alpha + beta)
+
+
+# --------------------------------------------------------------------------- categorical
+def categorical_sample(key: jax.Array, logits: jax.Array) -> jax.Array:
+    """One level index per entry of ``logits`` (..., D, L) as float32 (..., D) (stored like a share)."""
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.float32)
+
+
+def categorical_log_prob(index: jax.Array, logits: jax.Array) -> jax.Array:
+    """Joint log-probability of independent categoricals, summed over D; index (..., D), logits
+    (..., D, L); shape (...,)."""
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    picked = jnp.take_along_axis(logp, index.astype(jnp.int32)[..., None], axis=-1)[..., 0]
+    return picked.sum(axis=-1)
+
+
+def categorical_entropy(logits: jax.Array) -> jax.Array:
+    """Entropy (nats) of independent categoricals, summed over D; logits (..., D, L); shape (...,)."""
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -(jnp.exp(logp) * logp).sum(axis=(-2, -1))
+
+
+def categorical_mode(logits: jax.Array) -> jax.Array:
+    """The most probable level index per entry (float32 (..., D)), the deterministic action."""
+    return jnp.argmax(logits, axis=-1).astype(jnp.float32)

@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from .distributions import beta_entropy, beta_log_prob, beta_mean, beta_sample
+from .distributions import (beta_entropy, beta_log_prob, beta_mean, beta_sample, categorical_entropy,
+                            categorical_log_prob, categorical_mode, categorical_sample)
 from .networks import ActorCritic
 
 
@@ -66,6 +67,10 @@ class PPOConfig:
         best policy of every episode is unchanged. 1 keeps one global statistic.
       init_concentration, init_mean: the initial Beta policy, alpha = 2 c m and beta = 2 c (1 - m), both > 1
         (see :class:`~jaxsplit.agents.networks.ActorCritic`).
+      distribution: "beta" samples shares in [0, 1] (rounded to the levels when ``share_levels`` > 0);
+        "categorical" samples a level of :func:`share_grid` directly (needs ``share_levels`` > 0), so
+        that every level, the whole device included, is tried from the start and the log-probability
+        is that of the share the environment receives.
       action: "per_device" samples one share per device (a Beta over [0, 1]^N); "common" samples one
         share for the request and gives it on every device (a Beta over [0, 1], broadcast to N), the
         form of the constant-share baselines, which PPO then makes depend on the observation.
@@ -97,6 +102,7 @@ class PPOConfig:
     init_concentration: float = 1.0 + math.log(2.0)
     init_mean: float = 0.5
     action: str = "per_device"
+    distribution: str = "beta"
 
     @property
     def batch_size(self) -> int:
@@ -132,6 +138,10 @@ class PPOConfig:
                 raise ValueError(f"{name} is out of range: {value!r}")
         if not isinstance(self.share_levels, int) or self.share_levels < 0:
             raise ValueError(f"share_levels must be a non-negative integer, got {self.share_levels!r}")
+        if self.distribution not in DISTRIBUTIONS:
+            raise ValueError(f"distribution must be one of {', '.join(DISTRIBUTIONS)}, got {self.distribution!r}")
+        if self.distribution == "categorical" and self.share_levels < 1:
+            raise ValueError(f"share_levels must be >= 1 with distribution='categorical', got {self.share_levels!r}")
         if self.action not in ACTIONS:
             raise ValueError(f"action must be one of {', '.join(ACTIONS)}, got {self.action!r}")
         if not isinstance(self.reward_groups, int) or self.reward_groups < 1:
@@ -282,6 +292,8 @@ METRICS = ("reward", "latency", "utilization", "invalid_rate", "episodes", "valu
 
 #: action forms of :class:`PPOConfig` (``action``).
 ACTIONS = ("per_device", "common")
+#: action distributions of :class:`PPOConfig` (``distribution``).
+DISTRIBUTIONS = ("beta", "categorical")
 
 
 def share_grid(levels: int) -> jax.Array:
@@ -355,16 +367,39 @@ class Trainer:
         self.env, self.env_params = env, env_params
         #: dimension of the sampled action: N shares, or one common share
         self.action_dim = 1 if config.action == "common" else int(env.num_devices)
+        self.categorical = config.distribution == "categorical"
         self.network = ActorCritic(num_devices=self.action_dim, hidden=tuple(config.hidden),
                                     init_concentration=float(config.init_concentration),
-                                    init_mean=float(config.init_mean))
+                                    init_mean=float(config.init_mean),
+                                    levels=config.share_levels if self.categorical else 0)
 
     def shares(self, action: jax.Array) -> jax.Array:
         """The shares (..., N) the environment receives for a sampled ``action`` (..., action_dim):
-        broadcast to every device (``action="common"``), then rounded to the share levels."""
+        the level of each index (categorical) or the share rounded to the levels (Beta), broadcast
+        to every device for ``action="common"``."""
+        if self.categorical:
+            action = share_grid(self.config.share_levels)[action.astype(jnp.int32)]
+        else:
+            action = snap_shares(action, self.config.share_levels)
         if self.action_dim != self.env.num_devices:
             action = jnp.broadcast_to(action, action.shape[:-1] + (self.env.num_devices,))
-        return snap_shares(action, self.config.share_levels)
+        return action
+
+    def sample(self, key: jax.Array, dist: tuple) -> jax.Array:
+        """An action (..., action_dim) from the network's distribution parameters ``dist``."""
+        return categorical_sample(key, *dist) if self.categorical else beta_sample(key, *dist)
+
+    def log_prob(self, action: jax.Array, dist: tuple) -> jax.Array:
+        """Log-probability (density for Beta) of ``action``, summed over the action axis; (...,)."""
+        return categorical_log_prob(action, *dist) if self.categorical else beta_log_prob(action, *dist)
+
+    def entropy(self, dist: tuple) -> jax.Array:
+        """Entropy of the distribution (differential for Beta), summed over the action axis; (...,)."""
+        return categorical_entropy(*dist) if self.categorical else beta_entropy(*dist)
+
+    def mode(self, dist: tuple) -> jax.Array:
+        """The deterministic action: the most probable level (categorical) or the Beta mean."""
+        return categorical_mode(*dist) if self.categorical else beta_mean(*dist)
 
     def default_hparams(self) -> HyperParams:
         """The config's hyperparameters as traced scalars."""
@@ -402,9 +437,9 @@ class Trainer:
             if cfg.normalize_obs:
                 obs_stats = obs_stats.update(obs)
             norm_obs = obs_stats.normalize(obs) if cfg.normalize_obs else obs
-            alpha, beta, value = net.apply(runner.params, norm_obs)
-            action = beta_sample(k_act, alpha, beta)
-            log_prob = beta_log_prob(action, alpha, beta)
+            dist, value = net.apply(runner.params, norm_obs)
+            action = self.sample(k_act, dist)
+            log_prob = self.log_prob(action, dist)
             next_obs, env_state, reward, terminated, truncated, info = jax.vmap(
                 env.step, in_axes=(0, 0, 0, None))(jax.random.split(k_env, cfg.num_envs), env_state,
                                                    self.shares(action), env_params)
@@ -438,20 +473,20 @@ class Trainer:
 
     def advantages(self, params: Any, traj: Transition, hp: HyperParams) -> tuple[jax.Array, jax.Array]:
         """GAE advantages and value targets, each (num_steps, num_envs); see :func:`gae`."""
-        _, _, next_value = self.network.apply(params, traj.next_obs)
+        _, next_value = self.network.apply(params, traj.next_obs)
         return gae(traj.reward, traj.value, next_value, traj.terminated, traj.truncated, hp.gamma, hp.gae_lambda)
 
     def loss(self, params: Any, batch: tuple, hp: HyperParams) -> tuple[jax.Array, dict]:
         """Clipped-surrogate PPO loss on one minibatch; returns (loss, diagnostics)."""
         traj, adv, target = batch
-        alpha, beta, value = self.network.apply(params, traj.obs)
-        log_prob = beta_log_prob(traj.action, alpha, beta)
+        dist, value = self.network.apply(params, traj.obs)
+        log_prob = self.log_prob(traj.action, dist)
         ratio = jnp.exp(log_prob - traj.log_prob)
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
         actor_loss = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - hp.clip_eps, 1 + hp.clip_eps) * adv).mean()
         v_clipped = traj.value + jnp.clip(value - traj.value, -hp.clip_eps, hp.clip_eps)
         value_loss = 0.5 * jnp.maximum((value - target) ** 2, (v_clipped - target) ** 2).mean()
-        entropy = beta_entropy(alpha, beta).mean()
+        entropy = self.entropy(dist).mean()
         total = actor_loss + hp.vf_coef * value_loss - hp.ent_coef * entropy
         diag = {"value_loss": value_loss, "actor_loss": actor_loss, "entropy": entropy,
                 "approx_kl": ((ratio - 1) - jnp.log(ratio)).mean(),
@@ -515,9 +550,8 @@ class Trainer:
 
         def policy_fn(key: jax.Array, obs: jax.Array) -> jax.Array:
             obs = obs.astype(jnp.float32)
-            alpha, beta, _ = net.apply(params, stats.normalize(obs) if cfg.normalize_obs else obs)
-            action = beta_mean(alpha, beta) if deterministic else beta_sample(key, alpha, beta)
-            return self.shares(action)
+            dist, _ = net.apply(params, stats.normalize(obs) if cfg.normalize_obs else obs)
+            return self.shares(self.mode(dist) if deterministic else self.sample(key, dist))
 
         return policy_fn
 

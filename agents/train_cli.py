@@ -62,6 +62,8 @@ class TrainArgs:
     """global gradient norm clip"""
     action: Literal["per_device", "common"] = "per_device"
     """per_device: one sampled share per device; common: one share for the request, on every device"""
+    distribution: Literal["beta", "categorical"] = "beta"
+    """beta: continuous shares rounded to the levels; categorical: sample a share level directly"""
     share_levels: int = 4
     """round sampled shares to the nearest of 0, 1/K, ..., 1/2, 1 (K = this; 0 keeps them continuous)"""
     reward_groups: int = 8

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from jaxsplit.agents.distributions import beta_entropy, beta_log_prob, beta_mean, beta_sample
+from jaxsplit.agents.distributions import (beta_entropy, beta_log_prob, beta_mean, beta_sample, categorical_entropy,
+                                           categorical_log_prob, categorical_mode, categorical_sample)
 from jaxsplit.agents.ppo import (METRICS, HyperParams, PPOConfig, RunningStats, Trainer, gae, make_train, share_grid,
                                  snap_shares)
 from tiny_env import TinyEnv
@@ -66,10 +67,56 @@ def test_gae_bootstraps_truncation_and_cuts_termination():
                                          ("lr", -1.0), ("gamma", 1.5), ("clip_eps", 0.0), ("hidden", ()),
                                          ("load_min", 0.0), ("share_levels", -1),
                                          ("reward_groups", 0), ("init_concentration", 1.0),
-                                         ("init_mean", 1.0)])
+                                         ("init_mean", 1.0), ("action", "each"), ("distribution", "normal")])
 def test_bad_config_raises_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         PPOConfig(**{**SMALL, "total_timesteps": 16 * 32 * 2, field: value}).validate()
+
+
+def test_categorical_without_share_levels_raises_naming_the_field():
+    with pytest.raises(ValueError, match="share_levels"):
+        PPOConfig(**{**SMALL, "total_timesteps": 16 * 32 * 2, "distribution": "categorical"}).validate()
+
+
+def test_categorical_log_prob_entropy_and_samples_match_numpy():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(0.0, 2.0, (6, 3, 5)).astype(np.float32)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    index = rng.integers(0, 5, (6, 3))
+    want = np.log(np.take_along_axis(p, index[..., None], -1)[..., 0]).sum(-1)
+    np.testing.assert_allclose(categorical_log_prob(jnp.asarray(index, jnp.float32), jnp.asarray(logits)), want, rtol=1e-5)
+    np.testing.assert_allclose(categorical_entropy(jnp.asarray(logits)), -(p * np.log(p)).sum((-2, -1)), rtol=1e-5)
+    np.testing.assert_array_equal(categorical_mode(jnp.asarray(logits)), p.argmax(-1))
+    draws = jax.vmap(lambda k: categorical_sample(k, jnp.asarray(logits[0])))(jax.random.split(jax.random.key(0), 20000))
+    freq = np.stack([(np.asarray(draws) == level).mean(0) for level in range(5)], -1)
+    np.testing.assert_allclose(freq, p[0], atol=0.015)
+
+
+@pytest.mark.parametrize("distribution", ["beta", "categorical"])
+def test_common_action_gives_every_device_the_same_level(distribution):
+    env = TinyEnv(num_devices=4)
+    config = PPOConfig(**SMALL, total_timesteps=16 * 32 * 2, action="common", distribution=distribution, share_levels=4)
+    trainer = Trainer(config, env, env.default_params())
+    assert trainer.action_dim == 1
+    runner = jax.jit(trainer.init)(jax.random.PRNGKey(0), trainer.default_hparams())
+    obs = jax.random.uniform(jax.random.key(1), (256, env.obs_dim))
+    shares = np.asarray(jax.vmap(trainer.policy(runner, deterministic=False))(jax.random.split(jax.random.key(2), 256), obs))
+    assert shares.shape == (256, 4)
+    assert (shares == shares[:, :1]).all()
+    assert set(np.unique(shares)) <= set(np.asarray(share_grid(4)).tolist())
+    assert len(np.unique(shares)) >= 3  # an untrained policy tries several levels
+
+
+def test_categorical_learning_beats_random_clearly():
+    env = TinyEnv()
+    config = PPOConfig(**SMALL, total_timesteps=16 * 32 * 50, distribution="categorical", share_levels=4)
+    train = make_train(config, env, env.default_params())
+    runner, metrics = jax.jit(train)(jax.random.PRNGKey(0))
+    learned = _policy_error(env, train.trainer.policy(runner), jax.random.key(5))
+    random = _policy_error(env, lambda k, o: jax.random.uniform(k, (env.num_devices,)), jax.random.key(5))
+    assert learned < 0.5 * random
+    assert float(metrics["reward"][-5:].mean()) > float(metrics["reward"][:5].mean()) + 0.1
 
 
 def test_snap_shares_rounds_to_the_nearest_unit_fraction():
