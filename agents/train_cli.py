@@ -32,6 +32,9 @@ class TrainArgs:
     """split rule inside the environment (equal: the ablation)"""
     models: str | None = None
     """comma-separated catalogue to train on (default: the environment's)"""
+    reward_scale: Literal["mean", "model"] = "mean"
+    """latency in the training reward divided by the episode's mean E_ref (mean: the return is minus the
+    total latency, so PPO minimises mean latency) or by the request's model's E_ref (model: MODEL.md)"""
     total_timesteps: int = 3_000_000
     """environment steps over the whole run"""
     num_envs: int = 64
@@ -105,6 +108,8 @@ def config_from_args(args: TrainArgs) -> PPOConfig:
     overrides: list[tuple[str, object]] = []
     if args.split != "closed_form":
         overrides.append(("split", args.split))
+    if args.reward_scale != "model":
+        overrides.append(("reward_scale", args.reward_scale))
     if args.models is not None:
         names = tuple(m.strip() for m in args.models.split(",") if m.strip())
         if not names:

@@ -24,6 +24,7 @@ benchmarks/ppo_results.png.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import pickle
 import sys
@@ -38,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import command, git_revision, machine, record  # noqa: E402
 
 from jaxsplit.agents.ppo import make_train  # noqa: E402
+from jaxsplit.agents.run import config_to_json  # noqa: E402
 from jaxsplit.agents.train_cli import TrainArgs, config_from_args  # noqa: E402
 from jaxsplit.envs import policies as policies_mod  # noqa: E402
 from jaxsplit.envs.evaluation import episode_metrics, evaluate, run_episodes  # noqa: E402
@@ -185,7 +187,9 @@ def main() -> None:
 
     settings = {}
     for split in ("closed_form",) + (() if args.no_ablation else ("equal",)):
-        saved = Path(args.agents) / f"ppo_agents_{split}_{seeds}x{timesteps}.pkl"
+        config = config_to_json(config_from_args(TrainArgs(split=split, total_timesteps=timesteps)))
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
+        saved = Path(args.agents) / f"ppo_agents_{split}_{seeds}x{timesteps}_{digest}.pkl"  # the config's own file
         if args.reuse_agents and saved.exists():
             with open(saved, "rb") as fh:
                 trainer_args, runners, seconds = pickle.load(fh)

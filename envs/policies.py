@@ -149,7 +149,7 @@ def get(name: str, env: AllocationEnv, **options: Any) -> Policy:
 
 def search_best_constant(env: AllocationEnv, params: EnvParams, loads: Sequence[float],
                          grid: Sequence[float] = tuple(np.round(np.arange(0.1, 1.01, 0.1), 2)),
-                         episodes: int = 4, seed: int = 12345, requests: int | None = None,
+                         episodes: int = 16, seed: int = 12345, requests: int | None = None,
                          warmup: float = 0.1) -> np.ndarray:
     """The share c of ``grid`` with the lowest mean latency at each load, on its own seeds.
 
