@@ -73,7 +73,9 @@ class PPOConfig:
         is that of the share the environment receives.
       action: "per_device" samples one share per device (a Beta over [0, 1]^N); "common" samples one
         share for the request and gives it on every device (a Beta over [0, 1], broadcast to N), the
-        form of the constant-share baselines, which PPO then makes depend on the observation.
+        form of the constant-share baselines, which PPO then makes depend on the observation;
+        "free_clip" samples a cap and a floor and gives every device its free share clipped to
+        [floor, cap] (see :meth:`Trainer.shares`): the request takes what is free now, within bounds.
     """
 
     env_name: str = "alloc-v0"
@@ -291,7 +293,7 @@ METRICS = ("reward", "latency", "utilization", "invalid_rate", "episodes", "valu
 
 
 #: action forms of :class:`PPOConfig` (``action``).
-ACTIONS = ("per_device", "common")
+ACTIONS = ("per_device", "common", "free_clip")
 #: action distributions of :class:`PPOConfig` (``distribution``).
 DISTRIBUTIONS = ("beta", "categorical")
 
@@ -366,23 +368,29 @@ class Trainer:
             env, env_params = make_env(config)
         self.env, self.env_params = env, env_params
         #: dimension of the sampled action: N shares, or one common share
-        self.action_dim = 1 if config.action == "common" else int(env.num_devices)
+        self.action_dim = {"common": 1, "free_clip": 2}.get(config.action, int(env.num_devices))
         self.categorical = config.distribution == "categorical"
         self.network = ActorCritic(num_devices=self.action_dim, hidden=tuple(config.hidden),
                                     init_concentration=float(config.init_concentration),
                                     init_mean=float(config.init_mean),
                                     levels=config.share_levels if self.categorical else 0)
 
-    def shares(self, action: jax.Array) -> jax.Array:
-        """The shares (..., N) the environment receives for a sampled ``action`` (..., action_dim):
-        the level of each index (categorical) or the share rounded to the levels (Beta), broadcast
-        to every device for ``action="common"``."""
+    def shares(self, action: jax.Array, obs: jax.Array) -> jax.Array:
+        """The shares (..., N) the environment receives for a sampled ``action`` (..., action_dim) in
+        the (raw) observation ``obs`` (..., obs_dim): the level of each index (categorical) or the
+        share rounded to the levels (Beta); broadcast to every device for ``action="common"``; for
+        ``action="free_clip"`` the two values are a cap and a floor and every device gets its free
+        share (the observation's first N entries) clipped to [min(floor, cap), cap]."""
         if self.categorical:
             action = share_grid(self.config.share_levels)[action.astype(jnp.int32)]
         else:
             action = snap_shares(action, self.config.share_levels)
-        if self.action_dim != self.env.num_devices:
-            action = jnp.broadcast_to(action, action.shape[:-1] + (self.env.num_devices,))
+        n = self.env.num_devices
+        if self.config.action == "free_clip":
+            cap, floor = action[..., :1], action[..., 1:2]
+            return jnp.clip(obs[..., :n].astype(action.dtype), jnp.minimum(floor, cap), cap)
+        if self.action_dim != n:
+            action = jnp.broadcast_to(action, action.shape[:-1] + (n,))
         return action
 
     def sample(self, key: jax.Array, dist: tuple) -> jax.Array:
@@ -442,7 +450,7 @@ class Trainer:
             log_prob = self.log_prob(action, dist)
             next_obs, env_state, reward, terminated, truncated, info = jax.vmap(
                 env.step, in_axes=(0, 0, 0, None))(jax.random.split(k_env, cfg.num_envs), env_state,
-                                                   self.shares(action), env_params)
+                                                   self.shares(action, obs), env_params)
             reward = reward.astype(jnp.float32)
             final_obs = info["final_observation"].astype(jnp.float32)
             returns = returns * hp.gamma + reward
@@ -551,7 +559,7 @@ class Trainer:
         def policy_fn(key: jax.Array, obs: jax.Array) -> jax.Array:
             obs = obs.astype(jnp.float32)
             dist, _ = net.apply(params, stats.normalize(obs) if cfg.normalize_obs else obs)
-            return self.shares(self.mode(dist) if deterministic else self.sample(key, dist))
+            return self.shares(self.mode(dist) if deterministic else self.sample(key, dist), obs)
 
         return policy_fn
 

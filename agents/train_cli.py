@@ -63,8 +63,9 @@ class TrainArgs:
     """GAE lambda"""
     max_grad_norm: float = 0.5
     """global gradient norm clip"""
-    action: Literal["per_device", "common"] = "per_device"
-    """per_device: one sampled share per device; common: one share for the request, on every device"""
+    action: Literal["per_device", "common", "free_clip"] = "per_device"
+    """per_device: one sampled share per device; common: one share for the request, on every device;
+    free_clip: a cap and a floor, every device gives its free share clipped to them"""
     distribution: Literal["beta", "categorical"] = "beta"
     """beta: continuous shares rounded to the levels; categorical: sample a share level directly"""
     share_levels: int = 4

@@ -108,6 +108,23 @@ def test_common_action_gives_every_device_the_same_level(distribution):
     assert len(np.unique(shares)) >= 3  # an untrained policy tries several levels
 
 
+def test_free_clip_gives_each_device_its_free_share_within_cap_and_floor():
+    env = TinyEnv(num_devices=4)
+    config = PPOConfig(**SMALL, total_timesteps=16 * 32 * 2, action="free_clip", distribution="categorical",
+                       share_levels=4)
+    trainer = Trainer(config, env, env.default_params())
+    assert trainer.action_dim == 2
+    grid = np.asarray(share_grid(4))
+    rng = np.random.default_rng(0)
+    index = rng.integers(0, 5, (300, 2))
+    obs = rng.uniform(0.0, 1.0, (300, env.obs_dim)).astype(np.float32)
+    got = np.asarray(trainer.shares(jnp.asarray(index, jnp.float32), jnp.asarray(obs)))
+    cap, floor = grid[index[:, :1]], grid[index[:, 1:]]
+    want = np.clip(obs[:, :4], np.minimum(floor, cap), cap)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert (got <= cap + 1e-7).all() and (got >= np.minimum(floor, cap) - 1e-7).all()
+
+
 def test_categorical_learning_beats_random_clearly():
     env = TinyEnv()
     config = PPOConfig(**SMALL, total_timesteps=16 * 32 * 50, distribution="categorical", share_levels=4)
