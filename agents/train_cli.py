@@ -35,7 +35,7 @@ class TrainArgs:
     reward_scale: Literal["mean", "model"] = "mean"
     """latency in the training reward divided by the episode's mean E_ref (mean: the return is minus the
     total latency, so PPO minimises mean latency) or by the request's model's E_ref (model: MODEL.md)"""
-    total_timesteps: int = 3_000_000
+    total_timesteps: int = 6_000_000
     """environment steps over the whole run"""
     num_envs: int = 64
     """environments stepped in parallel"""
@@ -51,31 +51,32 @@ class TrainArgs:
     """Adam learning rate (annealed linearly to 0 unless --no-anneal-lr)"""
     anneal_lr: bool = True
     """decay the learning rate linearly over the run"""
-    ent_coef: float = 0.0
+    ent_coef: float = 0.01
     """entropy bonus coefficient"""
     clip_eps: float = 0.2
     """PPO clip range (policy ratio and value)"""
     vf_coef: float = 0.5
     """value loss coefficient"""
-    gamma: float = 0.99
+    gamma: float = 0.9
     """discount per request"""
     gae_lambda: float = 0.95
     """GAE lambda"""
     max_grad_norm: float = 0.5
     """global gradient norm clip"""
-    action: Literal["per_device", "common", "free_clip"] = "per_device"
+    action: Literal["per_device", "common", "free_clip"] = "common"
     """per_device: one sampled share per device; common: one share for the request, on every device;
     free_clip: a cap and a floor, every device gives its free share clipped to them"""
-    distribution: Literal["beta", "categorical"] = "beta"
+    distribution: Literal["beta", "categorical"] = "categorical"
     """beta: continuous shares rounded to the levels; categorical: sample a share level directly"""
     share_levels: int = 4
     """round sampled shares to the nearest of 0, 1/K, ..., 1/2, 1 (K = this; 0 keeps them continuous)"""
     reward_groups: int = 8
     """offered-load groups with their own reward scale (1: one global scale; see PPOConfig)"""
     init_concentration: float = 10.0
-    """concentration c of the initial Beta of every share (alpha = 2 c m, beta = 2 c (1 - m)); larger explores less"""
+    """concentration c of the initial Beta of every share (alpha = 2 c m, beta = 2 c (1 - m)); larger explores less
+    (Beta only; the categorical policy starts uniform over the levels)"""
     init_mean: float = 0.5
-    """mean share m of the initial policy"""
+    """mean share m of the initial Beta policy"""
     normalize_obs: bool = True
     """standardise observations with running statistics"""
     normalize_reward: bool = True
