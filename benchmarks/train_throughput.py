@@ -16,11 +16,12 @@ What is measured (one process, one machine):
   observation and reward normalisation. Same n_envs, n_steps, minibatch size, epochs, learning rate
   (linearly annealed), gamma, GAE lambda, clip range (policy and value), entropy and value
   coefficients, gradient clip, Adam eps and MLP widths (separate tanh actor and critic). Truncated
-  episodes are bootstrapped by both. The one difference: SB3 has no Beta distribution, so its policy
-  is its default diagonal Gaussian whose actions are clipped to [0, 1]. Its steps/s is the whole
+  episodes are bootstrapped by both. The one difference: the action distribution. SB3's policy is its
+  default diagonal Gaussian over the N shares, clipped to [0, 1]; jaxsplit's is the one of its config
+  (by default a categorical over share levels, one common level per request). SB3's steps/s is the whole
   ``learn()`` call divided by its steps; the adapter's jit compilation is done before the clock starts.
 - Final latency at equal environment steps: the single JAX agent (second call) and SB3 both train
-  ``--timesteps`` steps; both deterministic policies (the Beta mean; SB3's Gaussian mean on its
+  ``--timesteps`` steps; both deterministic policies (jaxsplit's most probable level or Beta mean; SB3's Gaussian mean on its
   normalised observation, clipped) are evaluated by ``jaxsplit.envs.evaluate`` on the very same
   episodes (same keys, loads, clusters, requests). SB3's policy runs as a host callback
   (``jax.pure_callback``, one batched call per step for all episodes).
@@ -342,10 +343,11 @@ def main() -> None:
             f"({config.batch_size // config.num_minibatches} transitions), MLP {list(config.hidden)} tanh, "
             f"lr {config.lr:g} (annealed: {config.anneal_lr}), gamma {config.gamma}, GAE lambda {config.gae_lambda}, "
             f"clip {config.clip_eps}, ent {config.ent_coef}, vf {config.vf_coef}, grad clip {config.max_grad_norm}, "
-            f"obs/reward normalisation {config.normalize_obs}/{config.normalize_reward}; jaxsplit only: shares "
-            f"rounded to unit fractions (levels {config.share_levels}), initial Beta concentration "
-            f"{config.init_concentration:g}, {config.reward_groups} reward groups (SB3 keeps its Gaussian, clipped to "
-            f"[0, 1], and one reward scale).", "",
+            f"obs/reward normalisation {config.normalize_obs}/{config.normalize_reward}, environment "
+            f"{dict(config.env_overrides) or 'defaults'}; jaxsplit only: action {config.action!r}, "
+            f"{config.distribution} policy over the share levels {config.share_levels} (0, 1/K, ..., 1/2, 1), "
+            f"{config.reward_groups} reward groups (SB3 keeps its Gaussian over the N shares, clipped to [0, 1], and "
+            "one reward scale).", "",
             "Steps/s counts environment steps of all agents in the second (compiled) call; compile = first "
             "call minus second call. Populations: one `train_population` call (agents initialised one at a time "
             f"inside it, training vmapped; init={args.pop_init}). Each JAX row runs in a fresh process "
