@@ -165,7 +165,7 @@ def main() -> int:
         f"Command: `{command()}`  ",
         f"Machine: {machine()}  ",
         f"Revision: {git_revision()}  ",
-        f"Load average (1 min): {load_before} before, {load_average()} after (other jobs shared the cores)",
+        f"Load average (1 min): {load_before} before, {load_average()} after (its own threads included)",
         "",
         "Random policy, default catalogue, every step solves all unique layers of its request with the",
         "closed-form split (and one layer of the next episode's reference). jit(scan(vmap(step))).",
@@ -193,8 +193,8 @@ def main() -> int:
              "| N | closed form alone (layer-solves/s) | bound (steps/s) | best step (steps/s) |",
              "|---|---:|---:|---:|"]
     body += [f"| {n} | {kernel[n]:,.0f} | {kernel[n] / per_step:,.0f} | {best[n]:,.0f} |" for n in (4, 8)]
-    body += ["", "Other jobs shared the machine's cores (load average above): repeated runs differ by up to 2x; the",
-             "before/after rows are interleaved so that both saw the same load."]
+    body += ["", "On a machine shared with other jobs repeated runs differ by up to 2x; the before/after rows are",
+             "interleaved so that both see the same load."]
     if not args.quick:
         record("env_throughput", "\n".join(body))
     return 0
