@@ -143,7 +143,7 @@ def main() -> None:
     body = "\n".join([
         "## Split-solver throughput (benchmarks/split_throughput.py)", "",
         f"Command: `{command()}`  ", f"Machine: {machine()}  ",
-        f"Load average (1 min): {load_before} before, {load_average()} after (other jobs shared the cores)", "",
+        f"Load average (1 min): {load_before} before, {load_average()} after (its own threads included)", "",
         "Random instances: conv / pool / linear layers with kernel 1-7, stride 1-3, padding 0-3, dilation 1-3, "
         "heights up to 224, channels up to 512; device 0 local, others 5-100 GFLOP/s, 100 Mbit/s - 2 Gbit/s, "
         "0.2-5 ms; shares uniform with 15% zeros.", "", *lines,
