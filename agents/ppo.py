@@ -71,9 +71,9 @@ class PPOConfig:
         "categorical" samples a level of :func:`share_grid` directly (needs ``share_levels`` > 0), so
         that every level, the whole device included, is tried from the start and the log-probability
         is that of the share the environment receives.
-      action: "per_device" samples one share per device (a Beta over [0, 1]^N); "common" samples one
-        share for the request and gives it on every device (a Beta over [0, 1], broadcast to N), the
-        form of the constant-share baselines, which PPO then makes depend on the observation;
+      action: "per_device" samples one share per device (N outputs); "common" samples one share for
+        the request and gives it on every device (one output, broadcast to N), the form of the
+        constant-share baselines, which PPO then makes depend on the observation;
         "free_clip" samples a cap and a floor and gives every device its free share clipped to
         [floor, cap] (see :meth:`Trainer.shares`): the request takes what is free now, within bounds.
     """
@@ -551,8 +551,9 @@ class Trainer:
     def policy(self, runner: RunnerState, deterministic: bool = True) -> Callable[[jax.Array, jax.Array], jax.Array]:
         """``policy_fn(key, obs (..., obs_dim)) -> shares (..., N)`` of a trained runner state.
 
-        Observations are normalised with the run's final statistics; the action is the Beta mean
-        (``deterministic``) or a sample, rounded to the share levels when ``config.share_levels``.
+        Observations are normalised with the run's final statistics; the action is the mode
+        (``deterministic``: the most probable level, or the Beta mean) or a sample, turned into
+        shares by :meth:`shares`.
         """
         net, cfg, params, stats = self.network, self.config, runner.params, runner.obs_stats
 

@@ -177,7 +177,7 @@ def checkpoint_loader(run_dir: str, env_name: str, overrides: dict[str, Any]
     The policy is evaluated in the evaluation environment ``jaxsplit.envs.make(env_name, **overrides)``
     (the one the baselines run in: ``--env``, ``--cluster``, ``--models``, ``--requests``). Its number of
     devices and its catalogue (the observation's model one-hot) must be the run's, else ValueError
-    naming both. Returns ``("ppo", env, params, policy_fn)`` with the deterministic policy (Beta mean).
+    naming both. Returns ``("ppo", env, params, policy_fn)`` with the deterministic policy (:meth:`Trainer.policy`).
     """
     from jaxsplit import envs
 
