@@ -140,8 +140,10 @@ def rollout_latencies(policy_fn, env: Any, params: Any, episodes: int, key) -> n
     return np.asarray(run(key))
 
 
-def _baseline_policies(env: Any) -> dict[str, Any]:
-    """The registered baseline policies of jaxsplit.envs.policies as ``policy_fn(key, obs)``, if installed."""
+def _baseline_policies(env: Any, params: Any, loads: Sequence[float]) -> dict[str, Any]:
+    """The registered baseline policies of jaxsplit.envs.policies, if installed, each called as
+    ``policy(key, obs, state, params)``; ``best_constant`` with its share searched at ``loads`` on
+    ``env`` and ``params`` (its own episodes, :func:`jaxsplit.envs.policies.search_best_constant`)."""
     import importlib
     import importlib.util
 
@@ -150,7 +152,11 @@ def _baseline_policies(env: Any) -> dict[str, Any]:
     policies = importlib.import_module("jaxsplit.envs.policies")
     out = {}
     for name in policies.POLICIES:
-        out[name] = policies.get(name, env)  # called as policy(key, obs, state, params)
+        options = {}
+        if name == "best_constant":
+            shares = policies.search_best_constant(env, params, loads)
+            options = dict(loads=tuple(float(x) for x in loads), shares=tuple(float(c) for c in shares))
+        out[name] = policies.get(name, env, **options)
     return out
 
 
@@ -165,7 +171,8 @@ def evaluate_against_baselines(trainer: Trainer, runner: RunnerState, loads: Seq
     from jaxsplit import envs
 
     config = trainer.config
-    policies = {"ppo": trainer.policy(runner), **_baseline_policies(trainer.env)}
+    policies = {"ppo": trainer.policy(runner),
+                **_baseline_policies(trainer.env, envs.make(config.env_name, **dict(config.env_overrides))[1], loads)}
     results = []
     for load in loads:
         env, params = envs.make(config.env_name, **dict(config.env_overrides), load=float(load))

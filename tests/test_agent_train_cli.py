@@ -39,3 +39,24 @@ def test_train_writes_the_run_folder(tmp_path):
 def test_bad_flags_raise_value_error_naming_the_field(tmp_path, flag, value, field):
     with pytest.raises(ValueError, match=field):
         train_cli.main(["--out", str(tmp_path / "x"), *SMALL, flag, value])
+
+
+def test_report_best_constant_uses_the_share_searched_at_each_load():
+    """The report's best_constant takes, at each evaluation load, the share its search picked there
+    (not the unsearched default table, which is the whole cluster)."""
+    import jax
+    import numpy as np
+
+    from jaxsplit import envs
+    from jaxsplit.agents import report
+    from jaxsplit.envs import policies
+
+    env, params = envs.make("alloc-v0", models=("alexnet", "resnet18"), requests=32)
+    loads = (0.3, 1.5)
+    want = policies.search_best_constant(env, params, loads)
+    best = report._baseline_policies(env, params, loads)["best_constant"]
+    for load, share in zip(loads, want):
+        at = params.replace(load_min=np.float32(load), load_max=np.float32(load))
+        obs, state = env.reset(jax.random.key(0), at)
+        np.testing.assert_allclose(np.asarray(best(jax.random.key(1), obs, state, at)), share, rtol=1e-6)
+    assert want[-1] < 1.0  # overloaded: the whole cluster is not the best constant
