@@ -31,8 +31,9 @@ import numpy as np
 from flax import struct
 from jax.custom_batching import custom_vmap
 
+from jaxsplit import kernels
 from jaxsplit.latency import Cluster, LayerArrays, allocation_rates, device_times
-from jaxsplit.solvers import DEVICE_MAJOR_BLOCK, closed_form_split, equal_split, solve_device_major
+from jaxsplit.solvers import DEVICE_MAJOR_BLOCK, closed_form_split, equal_split, solve_device_major_arrays
 
 from .catalogue import Catalogue, build_catalogue
 
@@ -321,9 +322,25 @@ class AllocationEnv:
         consecutive positions) and solved a chunk of :attr:`chunk` positions at a time, so the work
         is the layers the requests really have (about 18 per request for the default catalogue),
         not B times the longest model (31). Each chunk gathers its layers, clusters and shares,
-        solves them device-major (:func:`jaxsplit.solvers.solve_device_major`, the batched closed
-        form: same rows as a one-layer solve), and adds count x layer latency to its request.
+        solves them device-major (:func:`jaxsplit.solvers.solve_device_major_arrays`, the batched
+        closed form: same rows as a one-layer solve), and adds count x layer latency to its request.
+
+        On the CPU, with the closed form, the compiled kernel (:mod:`jaxsplit.kernels`) does all of
+        this in one pass (same rows; the sum over a request's layers in layer order).
         """
+        if self.split == "closed_form" and kernels.supports(self.num_devices):
+            return kernels.on_cpu(self._kernel_exec_times, self._array_exec_times, cluster, share, model)
+        return self._array_exec_times(cluster, share, model)
+
+    def _kernel_exec_times(self, cluster: Cluster, share: jax.Array, model: jax.Array) -> jax.Array:
+        """:meth:`exec_times` by the compiled closed-form kernel (CPU; same rows, one pass)."""
+        cat = self.catalogue
+        fields = [getattr(cat.layers, name) for name in LayerArrays.__dataclass_fields__] + [cat.count]
+        table = jnp.stack(fields, axis=-1).reshape(-1, len(fields))
+        return kernels.kernel_exec_times(table, cat.size, cluster, share, model)
+
+    def _array_exec_times(self, cluster: Cluster, share: jax.Array, model: jax.Array) -> jax.Array:
+        """:meth:`exec_times` as array code (any platform)."""
         cat = self.catalogue
         batch = share.shape[0]
         width = cat.count.shape[1]
@@ -353,7 +370,7 @@ class AllocationEnv:
         """Latency (s) of P layer-instances under the split rule: layer fields (P,), cluster fields
         and shares (P, N); returns (P,)."""
         if self.split == "closed_form":
-            rows = solve_device_major(layer, cluster, share)
+            rows = solve_device_major_arrays(layer, cluster, share)
         else:
             rows = jax.vmap(self._split_fn)(layer, cluster, share)
         rates = jax.vmap(allocation_rates)(cluster, share)

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import kernels
 from .latency import Cluster, LayerArrays, Rates, allocation_rates, device_times, segment_time
 
 Solver = Callable[[LayerArrays, Cluster, jax.Array], jax.Array]
@@ -491,7 +492,7 @@ def batched_solver(name: str) -> Callable[[LayerArrays, Cluster, jax.Array], jax
             return jnp.asarray(np.stack(out), jnp.int32)
         return host
     if name == "closed_form":
-        return jax.jit(functools.partial(_device_major_blocks, closed_form_split))
+        return jax.jit(solve_device_major)
     return jax.jit(functools.partial(_chunked_vmap, jax.vmap(solver)))
 
 
@@ -550,9 +551,21 @@ def _device_major_blocks(fn: Callable, layer: LayerArrays, cluster: Cluster, sha
 
 def solve_device_major(layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
     """The closed form on a batch with the device axis last (layer fields (B,), cluster fields and
-    shares (B, N)), solved device-major in blocks; int32 rows (B, N). Traceable (the body of
-    ``solve_batch("closed_form", ...)``)."""
-    return _device_major_blocks(closed_form_split, layer, cluster, share)
+    shares (B, N)); int32 rows (B, N). Traceable (the body of ``solve_batch("closed_form", ...)``).
+
+    On the CPU this is the compiled kernel (:mod:`jaxsplit.kernels`: the same rows, several times
+    faster) when it is available; elsewhere, or with ``JAXSPLIT_KERNELS=off``, the array code
+    :func:`solve_device_major_arrays`.
+    """
+    if kernels.supports(share.shape[-1]):
+        return kernels.on_cpu(kernels.kernel_rows, solve_device_major_arrays, layer, cluster, share)
+    return solve_device_major_arrays(layer, cluster, share)
+
+
+def solve_device_major_arrays(layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
+    """:func:`solve_device_major` as array code on any platform: device-major in blocks
+    (:func:`_device_major_blocks`)."""
+    return _device_major_blocks(closed_form_split, layer, cluster, share).astype(jnp.int32)
 
 
 def solve_batch(name: str, layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:

@@ -1,0 +1,191 @@
+"""The closed form as a compiled CPU kernel, called from jitted JAX code through XLA's FFI.
+
+:mod:`jaxsplit.solvers` writes the closed form as array code: every step is vectorised over a
+batch, with masks where instances differ (how many devices the water fill drops, how many rows are
+left to round). On a CPU that is bounded by the masked work. ``closed_form.cc`` (next to this file)
+runs the same rule one instance at a time with early exits, in the same float operations and order,
+so its rows are the JAX closed form's; it is a drop-in for batches on the CPU:
+
+* :func:`closed_form_rows`: layer fields (B,), cluster fields and shares (B, N) -> rows (B, N) int32.
+* :func:`exec_times`: the execution time E (s) of a batch of whole requests (the environment's step).
+
+The kernel is compiled on first use with the system's C++ compiler against the FFI headers that
+jaxlib ships (``jax.ffi.include_dir()``), cached under ``$JAXSPLIT_CACHE`` (default
+``~/.cache/jaxsplit``) by a hash of the source, the flags and the jaxlib version, and written
+atomically (a half-written library is never loaded). Environment variable ``JAXSPLIT_KERNELS``:
+``auto`` (default; fall back to the JAX code with one warning when no compiler works), ``off``
+(always the JAX code), ``require`` (raise if the kernel cannot be built).
+
+Both functions are traceable and ``vmap``-able (outer axes are flattened into the batch), and
+choose per platform at lowering: the kernel on the CPU, the JAX code elsewhere (GPU, TPU).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+
+from jaxsplit.latency import Cluster, LayerArrays
+
+SOURCE = pathlib.Path(__file__).with_name("closed_form.cc")
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-std=c++17", "-shared", "-fPIC")
+MODES = ("auto", "off", "require")
+_TARGETS = {
+    "rows": ("jaxsplit_closed_form_rows", "JaxsplitClosedFormRows"),
+    "exec": ("jaxsplit_exec_times", "JaxsplitExecTimes"),
+}
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+class KernelBuildError(RuntimeError):
+    """The C++ kernel could not be compiled or loaded (the message has the compiler's output)."""
+
+
+def mode() -> str:
+    """The ``JAXSPLIT_KERNELS`` setting (``auto``, ``off`` or ``require``)."""
+    value = os.environ.get("JAXSPLIT_KERNELS", "auto").strip().lower()
+    if value not in MODES:
+        raise ValueError(f"JAXSPLIT_KERNELS must be one of {', '.join(MODES)}; got {value!r}")
+    return value
+
+
+def cache_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("JAXSPLIT_CACHE", pathlib.Path.home() / ".cache" / "jaxsplit"))
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def library_path() -> pathlib.Path:
+    """Where the compiled kernel for this source, these flags and this jaxlib lives."""
+    key = hashlib.sha256()
+    key.update(SOURCE.read_bytes())
+    key.update(" ".join(FLAGS).encode())
+    key.update(jaxlib.__version__.encode())
+    key.update(sys.platform.encode())
+    return cache_dir() / "kernels" / key.hexdigest()[:16] / "libjaxsplit_closed_form.so"
+
+
+def build(force: bool = False) -> pathlib.Path:
+    """Compile the kernel (if not cached) and return the library's path; raises KernelBuildError."""
+    target = library_path()
+    if target.exists() and not force:
+        return target
+    cxx = _compiler()
+    if cxx is None:
+        raise KernelBuildError("no C++ compiler found (set CXX, or install g++ or clang++)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    cmd = [cxx, *FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", tmp]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise KernelBuildError(f"compiling the closed-form kernel failed:\n$ {' '.join(cmd)}\n{done.stderr[-4000:]}")
+        os.replace(tmp, target)  # atomic: a reader sees the old file or the whole new one
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _load() -> bool:
+    """Build, load and register the kernel once per process; False if unavailable (mode auto)."""
+    with _lock:
+        if "ok" in _state:
+            return bool(_state["ok"])
+        setting = mode()
+        ok = False
+        if setting != "off":
+            try:
+                lib = ctypes.cdll.LoadLibrary(str(build()))
+                for base, symbol in _TARGETS.values():
+                    for suffix in ("f32", "f64"):
+                        fn = getattr(lib, f"{symbol}{suffix.upper()}")
+                        jax.ffi.register_ffi_target(f"{base}_{suffix}", jax.ffi.pycapsule(fn), platform="cpu")
+                ok = True
+            except (KernelBuildError, OSError, AttributeError) as err:
+                if setting == "require":
+                    raise KernelBuildError(str(err)) from err
+                warnings.warn(f"jaxsplit: the compiled closed-form kernel is unavailable, using the JAX "
+                              f"closed form on the CPU ({str(err).splitlines()[0]})", RuntimeWarning, stacklevel=3)
+        _state["ok"] = ok
+        return ok
+
+
+def available() -> bool:
+    """Whether the kernel is built and registered (builds it on the first call unless ``off``)."""
+    return _load()
+
+
+def _require() -> None:
+    if not _load():
+        raise KernelBuildError("the closed-form kernel is unavailable (JAXSPLIT_KERNELS=off or no compiler)")
+
+
+def _suffix(dtype) -> str:
+    dtype = jnp.dtype(dtype)
+    if dtype == jnp.float32:
+        return "f32"
+    if dtype == jnp.float64:
+        return "f64"
+    raise TypeError(f"the closed-form kernel takes float32 or float64, got {dtype}")
+
+
+def layer_matrix(layer: LayerArrays) -> jax.Array:
+    """Layer fields (...,) stacked in :class:`LayerArrays` order: (..., 8)."""
+    return jnp.stack([getattr(layer, name) for name in LayerArrays.__dataclass_fields__], axis=-1)
+
+
+def kernel_rows(layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
+    """The kernel's closed-form rows (B, N) int32 (CPU only; see :func:`closed_form_rows`)."""
+    _require()
+    dtype = share.dtype
+    call = jax.ffi.ffi_call(f"jaxsplit_closed_form_rows_{_suffix(dtype)}",
+                            jax.ShapeDtypeStruct(share.shape, jnp.int32), vmap_method="broadcast_all")
+    return call(layer_matrix(layer).astype(dtype), cluster.flops, cluster.bandwidth, cluster.latency, share)
+
+
+def kernel_exec_times(table: jax.Array, size: jax.Array, cluster: Cluster, share: jax.Array,
+                      model: jax.Array) -> jax.Array:
+    """The kernel's E per request (CPU only; see :func:`exec_times`)."""
+    _require()
+    dtype = share.dtype
+    call = jax.ffi.ffi_call(f"jaxsplit_exec_times_{_suffix(dtype)}",
+                            jax.ShapeDtypeStruct(model.shape, dtype), vmap_method="broadcast_all")
+    return call(table.astype(dtype), size.astype(jnp.int32), cluster.flops, cluster.bandwidth, cluster.latency,
+                share, model.astype(jnp.int32))
+
+
+#: Most devices the kernel takes (its per-instance arrays are fixed-size).
+MAX_DEVICES = 64
+
+
+def supports(num_devices: int) -> bool:
+    """Whether the kernel handles ``num_devices`` (1 to :data:`MAX_DEVICES`) and is available."""
+    return 1 <= num_devices <= MAX_DEVICES and available()
+
+
+def on_cpu(kernel_fn, fallback_fn, *args):
+    """``kernel_fn(*args)`` when lowering for the CPU and the kernel is available, else ``fallback_fn``."""
+    if not available():
+        return fallback_fn(*args)
+    return jax.lax.platform_dependent(*args, cpu=kernel_fn, default=fallback_fn)
+
