@@ -3,9 +3,11 @@
 Random policy, default catalogue (vgg16, resnet18, mobilenet_v2, alexnet at 224x224), N = 4 and 8.
 Every step solves every (unique) layer of its request with the closed-form split, plus one layer of
 the next episode's reference latencies. Compile time is reported apart; the clock stops after
-``block_until_ready``. In the same run: the numpy twin (one environment, its own random draws), the
-JAX step with the "equal" split rule (what the step costs without the closed form), and the
-Gymnasium vector adapter. Results go to benchmarks/RESULTS.md.
+``block_until_ready``. On the CPU the closed form runs as the compiled kernel (jaxsplit.kernels)
+when it is available. In the same run: the step's earlier versions (padded per-layer, flat array
+code) interleaved with the present one, the closed form's own rate, the numpy twin (one
+environment, its own random draws), the JAX step with the "equal" split rule (what the step costs
+without the closed form), and the Gymnasium vector adapter. Results go to benchmarks/RESULTS.md.
 
     python benchmarks/env_throughput.py            # full sweep (about 3 minutes)
     python benchmarks/env_throughput.py --quick    # smaller sweep, no RESULTS.md update
@@ -25,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import command, git_revision, load_average, machine, record  # noqa: E402
 
-from jaxsplit import envs, solvers  # noqa: E402
+from jaxsplit import envs, kernels, solvers  # noqa: E402
 from jaxsplit.latency import allocation_rates, device_times  # noqa: E402
 from jaxsplit.envs.gym_adapter import GymnasiumAllocationVectorEnv  # noqa: E402
 from jaxsplit.envs.twin import NumpyAllocationEnv  # noqa: E402
@@ -46,16 +48,18 @@ def use_padded_per_layer(env) -> None:
     env._exec_time = exec_time
 
 
-def kernel_solves_per_second(num_devices: int, batch: int = 1 << 16, min_seconds: float = 1.5) -> float:
+def kernel_solves_per_second(num_devices: int, batch: int = 1 << 16, min_seconds: float = 1.5,
+                             arrays: bool = False) -> float:
     """Layer-solves per second of the batched closed form alone on the environment's own layers
-    (the catalogue's unique layers, drawn at random) with random default clusters and shares."""
+    (the catalogue's unique layers, drawn at random) with random default clusters and shares: the
+    compiled CPU kernel, or with ``arrays`` the array code."""
     env, params = envs.make("alloc-v0", num_devices=num_devices)
     rng = np.random.default_rng(0)
     idx = jnp.asarray(rng.integers(0, env.num_flat, batch))
     layer = jax.tree.map(lambda a: a[idx], env.catalogue.flat_layers)
     cluster = jax.vmap(env.sample_cluster, in_axes=(0, None))(jax.random.split(jax.random.key(0), batch), params)
     share = jnp.asarray(rng.uniform(0.05, 1.0, (batch, num_devices)), env.dtype)
-    solve = jax.jit(solvers.solve_device_major)
+    solve = jax.jit(solvers.solve_device_major_arrays if arrays else solvers.solve_device_major)
     jax.block_until_ready(solve(layer, cluster, share))
     calls, t0 = 0, time.perf_counter()
     while True:
@@ -66,12 +70,15 @@ def kernel_solves_per_second(num_devices: int, batch: int = 1 << 16, min_seconds
 
 
 def jax_steps_per_second(num_devices: int, batch: int, split: str = "closed_form", min_seconds: float = 1.5,
-                         padded: bool = False):
-    """(compile s, steps/s) of jit(scan(vmap(step))) with a random policy; ``padded``: E computed
-    as before the flat layout (:func:`use_padded_per_layer`)."""
+                         impl: str = "default"):
+    """(compile s, steps/s) of jit(scan(vmap(step))) with a random policy. ``impl``: "default" (the
+    compiled kernel on the CPU when available), "arrays" (E by the flat array code,
+    ``env._array_exec_times``) or "padded" (E as before the flat layout, :func:`use_padded_per_layer`)."""
     env, params = envs.make("alloc-v0", num_devices=num_devices, split=split)
-    if padded:
+    if impl == "padded":
         use_padded_per_layer(env)
+    elif impl == "arrays":
+        env.exec_times = env._array_exec_times  # the batching rule of exec_time calls this
     keys = jax.random.split(jax.random.key(0), batch)
     _, state = jax.jit(jax.vmap(env.reset, in_axes=(0, None)))(keys, params)
     length = max(1, min(200, 20000 // batch))
@@ -136,23 +143,27 @@ def main() -> int:
             rows.append((n, b, c, sps))
             best[n] = max(best.get(n, 0.0), sps)
             print(f"N={n} envs={b:>6}: compile {c:5.1f} s, {sps:12,.0f} steps/s", flush=True)
-    # Before/after: the padded per-layer step and the present flat one, interleaved, best of 3.
+    # The step's three versions, interleaved, best of 3: padded per-layer (the first flat-less
+    # version), flat array code, and the compiled kernel (the default on the CPU).
     cmp_envs = 1024
-    before_after = {}
+    impls = ("padded", "arrays", "default")
+    versions = {}
     for n in (4, 8):
-        old_sps = new_sps = 0.0
+        got = dict.fromkeys(impls, 0.0)
         for _ in range(3):
-            old_sps = max(old_sps, jax_steps_per_second(n, cmp_envs, padded=True, min_seconds=1.0)[1])
-            new_sps = max(new_sps, jax_steps_per_second(n, cmp_envs, min_seconds=1.0)[1])
-        before_after[n] = (old_sps, new_sps)
-        print(f"N={n} {cmp_envs} envs: padded per-layer step {old_sps:,.0f} steps/s, flat {new_sps:,.0f}", flush=True)
+            for impl in impls:
+                got[impl] = max(got[impl], jax_steps_per_second(n, cmp_envs, impl=impl, min_seconds=1.0)[1])
+        versions[n] = got
+        print(f"N={n} {cmp_envs} envs: padded per-layer {got['padded']:,.0f} steps/s, flat array code "
+              f"{got['arrays']:,.0f}, compiled kernel {got['default']:,.0f}", flush=True)
     kernel = {n: kernel_solves_per_second(n) for n in (4, 8)}
+    array_solves = {n: kernel_solves_per_second(n, arrays=True) for n in (4, 8)}
     env4 = envs.make("alloc-v0", num_devices=4)[0]
     sizes = np.asarray(env4.catalogue.size, np.float64)
     per_step = float(sizes.mean()) + env4.ref_chunk  # default mix is uniform
     for n in (4, 8):
-        print(f"N={n}: closed form alone {kernel[n]:,.0f} layer-solves/s -> at most "
-              f"{kernel[n] / per_step:,.0f} steps/s at {per_step:.1f} layer-solves a step", flush=True)
+        print(f"N={n}: closed form alone {kernel[n]:,.0f} layer-solves/s (array code {array_solves[n]:,.0f}) -> "
+              f"at most {kernel[n] / per_step:,.0f} steps/s at {per_step:.1f} layer-solves a step", flush=True)
     twin = {n: twin_steps_per_second(n) for n in (4, 8)}
     equal = {n: jax_steps_per_second(n, 4096, split="equal")[1] for n in (4, 8)}
     gym = {n: gym_vector_steps_per_second(n, 1024) for n in (4, 8)}
@@ -178,23 +189,28 @@ def main() -> int:
              "Gymnasium vector adapter (1024 envs) |", "|---|---:|---:|---:|---:|---:|"]
     body += [f"| {n} | {twin[n]:,.0f} | {best[n]:,.0f} | {best[n] / twin[n]:,.0f}x | {equal[n]:,.0f} | {gym[n]:,.0f} |"
              for n in (4, 8)]
-    body += ["", f"The step as it was (every request solves all U = {sizes.max():.0f} padded unique layers of the "
-             f"catalogue's table, one vmap over the layers) against the present one ({cmp_envs} envs, same run, "
-             "interleaved, best of 3):", "",
-             "| N | padded per-layer step (steps/s) | flat step (steps/s) | speed-up |", "|---|---:|---:|---:|"]
-    body += [f"| {n} | {o:,.0f} | {w:,.0f} | {w / o:.1f}x |" for n, (o, w) in before_after.items()]
-    body += ["", "What bounds the step: the closed-form split. With the equal split rule (same dynamics, no solve)",
-             f"the step runs {equal[8] / best[8]:.1f}x faster at N = 8. A step solves the unique layers of its request "
-             f"(sizes {', '.join(f'{m} {int(k)}' for m, k in zip(env4.models, sizes))}: {sizes.mean():.1f} on average "
+    which = "the compiled CPU kernel" if kernels.available() else "the array code (kernel unavailable)"
+    body += ["", f"E (every layer of the request under the closed-form split) is computed by {which}. Its three",
+             f"versions, {cmp_envs} envs, same run, interleaved, best of 3: every request solving all U = "
+             f"{sizes.max():.0f} padded unique layers of the catalogue's table (one vmap over the layers); the flat "
+             "array code (the requests' real layers end to end, solved device-major in chunks; what runs on a GPU); "
+             "the compiled kernel (jaxsplit.kernels: the same rows, one pass over the requests on XLA's CPU "
+             "thread pool):", "",
+             "| N | padded per-layer (steps/s) | flat array code | compiled kernel | kernel / array code |",
+             "|---|---:|---:|---:|---:|"]
+    body += [f"| {n} | {v['padded']:,.0f} | {v['arrays']:,.0f} | {v['default']:,.0f} | "
+             f"{v['default'] / v['arrays']:.1f}x |" for n, v in versions.items()]
+    body += ["", f"A step solves the unique layers of its request (sizes "
+             f"{', '.join(f'{m} {int(k)}' for m, k in zip(env4.models, sizes))}: {sizes.mean():.1f} on average "
              f"for the uniform mix) and {env4.ref_chunk} layer of the next episode's reference, "
-             f"{per_step:.1f} layer-solves a step. The step lays the requests' layers of all",
-             "environments end to end and solves them in device-major chunks (the batched closed form, the",
-             "batch as the minor, vectorised axis), so it runs near the rate of the closed form alone:", "",
-             "| N | closed form alone (layer-solves/s) | bound (steps/s) | best step (steps/s) |",
-             "|---|---:|---:|---:|"]
-    body += [f"| {n} | {kernel[n]:,.0f} | {kernel[n] / per_step:,.0f} | {best[n]:,.0f} |" for n in (4, 8)]
-    body += ["", "On a machine shared with other jobs repeated runs differ by up to 2x; the before/after rows are",
-             "interleaved so that both see the same load."]
+             f"{per_step:.1f} layer-solves a step. The closed form alone on the environment's layers, and the step "
+             "rate it would allow if nothing else cost anything:", "",
+             "| N | kernel (layer-solves/s) | array code (layer-solves/s) | bound from the kernel (steps/s) | "
+             "best step (steps/s) | JAX, equal split (steps/s) |", "|---|---:|---:|---:|---:|---:|"]
+    body += [f"| {n} | {kernel[n]:,.0f} | {array_solves[n]:,.0f} | {kernel[n] / per_step:,.0f} | {best[n]:,.0f} | "
+             f"{equal[n]:,.0f} |" for n in (4, 8)]
+    body += ["", "On a machine shared with other jobs repeated runs differ by up to 2x; the version rows are",
+             "interleaved so that all three see the same load."]
     if not args.quick:
         record("env_throughput", "\n".join(body))
     return 0

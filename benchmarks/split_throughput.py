@@ -2,7 +2,9 @@
 
 Measures, in one run on one machine:
 * layer-solves per second of the batched jitted closed form for N in {2, 4, 8, 16} and batches up to
-  2^20 (compile time reported apart, ``block_until_ready`` before every clock stop, best of repeats);
+  2^20 (compile time reported apart, ``block_until_ready`` before every clock stop, best of repeats):
+  the compiled CPU kernel (jaxsplit.kernels) and the same rule as array code, with a check that both
+  give the previous implementation's rows;
 * the jitted exact solver and the jitted EdgeLD-style rebalancing;
 * the peers a user would otherwise run one instance at a time: a numpy closed form
   (:func:`jaxsplit.reference.closed_form`) and the scipy/HiGHS LP (:func:`jaxsplit.solvers.lp_split`);
@@ -26,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import command, load_average, machine, previous_closed_form, record  # noqa: E402
 
-from jaxsplit import reference, sampling, solvers  # noqa: E402
+from jaxsplit import kernels, reference, sampling, solvers  # noqa: E402
 from jaxsplit.latency import layer_latency  # noqa: E402
 
 
@@ -60,35 +62,46 @@ def main() -> None:
     devices = [2, 4, 8, 16]
     lines = []
 
-    print("closed form, batched jit (device-major blocks):")
-    table = ["| N | batch | compile + first call (s) | steady (s) | layer-solves/s |", "|---|---|---|---|---|"]
+    kernel = solvers.batched_solver("closed_form")  # the compiled kernel on the CPU when available
+    arrays = jax.jit(solvers.solve_device_major_arrays)  # the same rule as array code (any platform)
+    which = "compiled CPU kernel" if kernels.available() else "array code (kernel unavailable)"
+    print(f"closed form, batched jit ({which}; array code alongside):")
+    table = ["| N | batch | compile + first call (s) | steady (s) | layer-solves/s | array code (layer-solves/s) |",
+             "|---|---|---|---|---|---|"]
     closed_rate = {}
     for n in devices:
         for b in sizes:
             data = jax.device_put(sampling.random_arrays(rng, b, n))
-            first, best = timed(solvers.batched_solver("closed_form"), *data)
+            first, best = timed(kernel, *data)
+            array_best = timed(arrays, *data)[1]
             rate = b / best
             closed_rate[(n, b)] = rate
-            table.append(f"| {n} | {b} | {first:.2f} | {best:.4f} | {rate:,.0f} |")
-            print(f"  N={n:2d} B={b:8d} first {first:6.2f}s  steady {best:8.4f}s  {rate:14,.0f}/s", flush=True)
-    lines += ["### Closed form (batched, jitted)", "", *table, ""]
+            table.append(f"| {n} | {b} | {first:.2f} | {best:.4f} | {rate:,.0f} | {b / array_best:,.0f} |")
+            print(f"  N={n:2d} B={b:8d} first {first:6.2f}s  steady {best:8.4f}s  {rate:14,.0f}/s  "
+                  f"(array code {b / array_best:14,.0f}/s)", flush=True)
+    lines += [f"### Closed form (batched, jitted; {which})", "", *table, ""]
 
-    # The previous implementation (device axis last, vmapped), interleaved with the present one.
+    # The previous implementation (device axis last, vmapped), the present array code (device-major)
+    # and the compiled kernel, interleaved, on the same instances.
     previous = jax.jit(functools.partial(solvers._chunked_vmap, jax.vmap(previous_closed_form().closed_form_split)))
-    table = ["| N | batch | previous (layer-solves/s) | device-major (layer-solves/s) | speed-up | same rows |",
-             "|---|---|---|---|---|---|"]
+    table = ["| N | batch | previous (layer-solves/s) | array code, device-major | compiled kernel | "
+             "kernel / array code | same rows (all three) |", "|---|---|---|---|---|---|---|"]
     cmp_b = 2**17
     for n in devices:
         data = jax.device_put(sampling.random_arrays(np.random.default_rng(50 + n), cmp_b, n))
-        same = bool((np.asarray(previous(*data)) == np.asarray(solvers.batched_solver("closed_form")(*data))).all())
-        old_t, new_t = np.inf, np.inf
+        want = np.asarray(previous(*data))
+        same = bool((want == np.asarray(arrays(*data))).all() and (want == np.asarray(kernel(*data))).all())
+        old_t, arr_t, ker_t = np.inf, np.inf, np.inf
         for _ in range(3):
             old_t = min(old_t, timed(previous, *data, repeats=2)[1])
-            new_t = min(new_t, timed(solvers.batched_solver("closed_form"), *data, repeats=2)[1])
-        table.append(f"| {n} | {cmp_b} | {cmp_b / old_t:,.0f} | {cmp_b / new_t:,.0f} | {old_t / new_t:.1f}x | {same} |")
-        print(f"  N={n:2d} previous {cmp_b / old_t:14,.0f}/s  device-major {cmp_b / new_t:14,.0f}/s  same rows: {same}",
-              flush=True)
-    lines += ["### Before and after the device-major rewrite (same run, interleaved, best of 3)", "", *table, ""]
+            arr_t = min(arr_t, timed(arrays, *data, repeats=2)[1])
+            ker_t = min(ker_t, timed(kernel, *data, repeats=2)[1])
+        table.append(f"| {n} | {cmp_b} | {cmp_b / old_t:,.0f} | {cmp_b / arr_t:,.0f} | {cmp_b / ker_t:,.0f} | "
+                     f"{arr_t / ker_t:.1f}x | {same} |")
+        print(f"  N={n:2d} previous {cmp_b / old_t:14,.0f}/s  array {cmp_b / arr_t:14,.0f}/s  "
+              f"kernel {cmp_b / ker_t:14,.0f}/s  same rows: {same}", flush=True)
+    lines += ["### Previous implementation, array code and compiled kernel (same run, interleaved, best of 3)", "",
+              *table, ""]
 
     exact_b = 2**14 if args.quick else 2**16
     table = ["| solver | N | batch | compile + first call (s) | steady (s) | layer-solves/s |", "|---|---|---|---|---|---|"]
