@@ -179,13 +179,16 @@ MAX_DEVICES = 64
 
 
 def supports(num_devices: int) -> bool:
-    """Whether the kernel handles ``num_devices`` (1 to :data:`MAX_DEVICES`) and is available."""
-    return 1 <= num_devices <= MAX_DEVICES and available()
+    """Whether the kernel handles ``num_devices`` (1 to :data:`MAX_DEVICES`) and is available.
+
+    False without building anything when JAX's default backend is not the CPU (a GPU or TPU runs
+    the array code)."""
+    return 1 <= num_devices <= MAX_DEVICES and jax.default_backend() == "cpu" and available()
 
 
 def on_cpu(kernel_fn, fallback_fn, *args):
     """``kernel_fn(*args)`` when lowering for the CPU and the kernel is available, else ``fallback_fn``."""
-    if not available():
+    if jax.default_backend() != "cpu" or not available():
         return fallback_fn(*args)
     return jax.lax.platform_dependent(*args, cpu=kernel_fn, default=fallback_fn)
 
