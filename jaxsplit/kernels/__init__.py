@@ -1,23 +1,29 @@
 """The closed form as a compiled CPU kernel, called from jitted JAX code through XLA's FFI.
 
-:mod:`jaxsplit.solvers` writes the closed form as array code: every step is vectorised over a
-batch, with masks where instances differ (how many devices the water fill drops, how many rows are
-left to round). On a CPU that is bounded by the masked work. ``closed_form.cc`` (next to this file)
-runs the same rule one instance at a time with early exits, in the same float operations and order,
-so its rows are the JAX closed form's; it is a drop-in for batches on the CPU:
+:mod:`jaxsplit.solvers` writes the closed form as array code: every pass is vectorised over a
+whole batch, with masks where instances differ (how many devices the water fill drops, how many rows
+are left to round, how many correction moves are kept), so each pass runs as often as the slowest
+instance of the batch needs. ``closed_form.cc`` (next to this file) runs the same rule on blocks of
+one SIMD register of instances (8 in float32, 4 in float64), stops each block when its own instances
+are done, and spreads the blocks over XLA's CPU thread pool. It uses the same float operations in the
+same order (no fused multiply-add), so its rows are the array code's bit for bit
+(tests/test_kernels.py). Two entry points, both traceable, jittable and ``vmap``-able (outer axes
+are folded into the batch), CPU only:
 
-* :func:`closed_form_rows`: layer fields (B,), cluster fields and shares (B, N) -> rows (B, N) int32.
-* :func:`exec_times`: the execution time E (s) of a batch of whole requests (the environment's step).
+* :func:`kernel_rows`: layer fields (B,), cluster fields and shares (B, N) -> rows (B, N) int32.
+* :func:`kernel_exec_times`: the execution time E (s) of a batch of whole requests (every unique
+  layer of each request's model, times its multiplicity): the environment's step.
+
+:func:`on_cpu` picks the kernel when lowering for the CPU and the array code otherwise
+(``jax.lax.platform_dependent``); :func:`jaxsplit.solvers.solve_device_major` and the environment
+use it.
 
 The kernel is compiled on first use with the system's C++ compiler against the FFI headers that
 jaxlib ships (``jax.ffi.include_dir()``), cached under ``$JAXSPLIT_CACHE`` (default
-``~/.cache/jaxsplit``) by a hash of the source, the flags and the jaxlib version, and written
-atomically (a half-written library is never loaded). Environment variable ``JAXSPLIT_KERNELS``:
-``auto`` (default; fall back to the JAX code with one warning when no compiler works), ``off``
-(always the JAX code), ``require`` (raise if the kernel cannot be built).
-
-Both functions are traceable and ``vmap``-able (outer axes are flattened into the batch), and
-choose per platform at lowering: the kernel on the CPU, the JAX code elsewhere (GPU, TPU).
+``~/.cache/jaxsplit``) by a hash of the source, the flags, the jaxlib version and the CPU, and
+written atomically (a half-written library is never loaded). Environment variable
+``JAXSPLIT_KERNELS``: ``auto`` (default; fall back to the array code with one warning when no
+compiler works), ``off`` (always the array code), ``require`` (raise if the kernel cannot be built).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import ctypes
 import hashlib
 import os
 import pathlib
+import platform
 import shutil
 import subprocess
 import sys
@@ -73,13 +80,28 @@ def _compiler() -> str | None:
     return None
 
 
+def _cpu_signature() -> str:
+    """The CPU's model and instruction-set flags (``-march=native`` code runs only where they match,
+    and a home directory may be shared by machines with different CPUs)."""
+    lines = []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "flags", "Features", "CPU part")) and line not in lines:
+                    lines.append(line)
+    except OSError:
+        pass
+    return platform.machine() + platform.processor() + "".join(lines)
+
+
 def library_path() -> pathlib.Path:
-    """Where the compiled kernel for this source, these flags and this jaxlib lives."""
+    """Where the compiled kernel for this source, these flags, this jaxlib and this CPU lives."""
     key = hashlib.sha256()
     key.update(SOURCE.read_bytes())
     key.update(" ".join(FLAGS).encode())
     key.update(jaxlib.__version__.encode())
     key.update(sys.platform.encode())
+    key.update(_cpu_signature().encode())
     return cache_dir() / "kernels" / key.hexdigest()[:16] / "libjaxsplit_closed_form.so"
 
 

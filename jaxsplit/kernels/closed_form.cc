@@ -341,7 +341,6 @@ void parallel_blocks(ffi::ThreadPool& pool, int64_t count, int64_t block, Body b
   while (shared->done.load(std::memory_order_acquire) < blocks) std::this_thread::yield();
 }
 
-template <typename T>
 ffi::Error check_devices(int64_t n) {
   if (n < 1 || n > kMaxDevices)
     return ffi::Error::InvalidArgument("jaxsplit kernel: the number of devices must be in [1, 64]");
@@ -355,7 +354,7 @@ ffi::Error rows_impl(ffi::ThreadPool pool, ffi::Buffer<D> layers, ffi::Buffer<D>
   constexpr int W = kLanes<T>;
   auto dims = share.dimensions();
   const int64_t num = dims.size() == 0 ? 0 : dims.back();
-  if (auto e = check_devices<T>(num); e.failure()) return e;
+  if (auto e = check_devices(num); e.failure()) return e;
   const int64_t batch = share.element_count() / num;
   if (layers.element_count() != batch * kFields || flops.element_count() != batch * num ||
       bandwidth.element_count() != batch * num || latency.element_count() != batch * num)
@@ -394,9 +393,10 @@ ffi::Error exec_impl(ffi::ThreadPool pool, ffi::Buffer<D> table, ffi::Buffer<ffi
   if (tdims.size() < 2 || tdims.back() != kFields + 1 || kdims.size() == 0)
     return ffi::Error::InvalidArgument("jaxsplit exec_times: table must be (..., T, 9) and size (..., K)");
   const int64_t num = sdims.size() == 0 ? 0 : sdims.back();
-  if (auto e = check_devices<T>(num); e.failure()) return e;
+  if (auto e = check_devices(num); e.failure()) return e;
   const int64_t rows_per_table = tdims[tdims.size() - 2];
   const int64_t models = kdims.back();
+  if (rows_per_table < 1) return ffi::Error::InvalidArgument("jaxsplit exec_times: the layer table is empty");
   const int64_t groups = table.element_count() / (rows_per_table * (kFields + 1));
   const int64_t requests = model.element_count();
   if (models < 1 || rows_per_table % models != 0 || size.element_count() != groups * models || groups < 1 ||
