@@ -75,7 +75,10 @@ class PPOConfig:
         the request and gives it on every device (one output, broadcast to N), the form of the
         constant-share baselines, which PPO then makes depend on the observation;
         "free_clip" samples a cap and a floor and gives every device its free share clipped to
-        [floor, cap] (see :meth:`Trainer.shares`): the request takes what is free now, within bounds.
+        [floor, cap] (see :meth:`Trainer.shares`): the request takes what is free now, within bounds;
+        "clip_pairs" (categorical only) samples one of the (cap, floor) pairs of nonzero levels with
+        floor <= cap from a single categorical (:func:`clip_pairs`): the same rules as free_clip, with
+        the common shares (floor = cap) among them as single choices instead of two agreeing draws.
     """
 
     env_name: str = "alloc-v0"
@@ -146,6 +149,8 @@ class PPOConfig:
             raise ValueError(f"share_levels must be >= 1 with distribution='categorical', got {self.share_levels!r}")
         if self.action not in ACTIONS:
             raise ValueError(f"action must be one of {', '.join(ACTIONS)}, got {self.action!r}")
+        if self.action == "clip_pairs" and self.distribution != "categorical":
+            raise ValueError(f"action='clip_pairs' needs distribution='categorical', got {self.distribution!r}")
         if not isinstance(self.reward_groups, int) or self.reward_groups < 1:
             raise ValueError(f"reward_groups must be a positive integer, got {self.reward_groups!r}")
         c, m = self.init_concentration, self.init_mean
@@ -293,7 +298,7 @@ METRICS = ("reward", "latency", "utilization", "invalid_rate", "episodes", "valu
 
 
 #: action forms of :class:`PPOConfig` (``action``).
-ACTIONS = ("per_device", "common", "free_clip")
+ACTIONS = ("per_device", "common", "free_clip", "clip_pairs")
 #: action distributions of :class:`PPOConfig` (``distribution``).
 DISTRIBUTIONS = ("beta", "categorical")
 
@@ -301,6 +306,15 @@ DISTRIBUTIONS = ("beta", "categorical")
 def share_grid(levels: int) -> jax.Array:
     """The sorted share levels {0} + {1/k : k = levels..1}; float32 (levels + 1,)."""
     return jnp.asarray([0.0] + [1.0 / k for k in range(levels, 0, -1)], jnp.float32)
+
+
+def clip_pairs(levels: int) -> jax.Array:
+    """The (cap, floor) pairs of ``action="clip_pairs"``: every pair of nonzero levels of
+    :func:`share_grid` with floor <= cap, ordered by cap then floor; float32 (levels (levels + 1) / 2, 2).
+    A pair with floor = cap is the common share cap."""
+    grid = share_grid(levels)[1:]
+    pairs = [(float(cap), float(floor)) for i, cap in enumerate(grid) for floor in grid[: i + 1]]
+    return jnp.asarray(pairs, jnp.float32)
 
 
 def snap_shares(action: jax.Array, levels: int) -> jax.Array:
@@ -368,24 +382,32 @@ class Trainer:
             env, env_params = make_env(config)
         self.env, self.env_params = env, env_params
         #: dimension of the sampled action: N shares, or one common share
-        self.action_dim = {"common": 1, "free_clip": 2}.get(config.action, int(env.num_devices))
+        self.action_dim = {"common": 1, "free_clip": 2, "clip_pairs": 1}.get(config.action, int(env.num_devices))
         self.categorical = config.distribution == "categorical"
+        #: categories of each categorical output: the share levels, or the (cap, floor) pairs
+        self.choices = (clip_pairs(config.share_levels).shape[0] if config.action == "clip_pairs"
+                        else config.share_levels + 1)
         self.network = ActorCritic(num_devices=self.action_dim, hidden=tuple(config.hidden),
                                     init_concentration=float(config.init_concentration),
                                     init_mean=float(config.init_mean),
-                                    levels=config.share_levels if self.categorical else 0)
+                                    levels=self.choices - 1 if self.categorical else 0)
 
     def shares(self, action: jax.Array, obs: jax.Array) -> jax.Array:
         """The shares (..., N) the environment receives for a sampled ``action`` (..., action_dim) in
         the (raw) observation ``obs`` (..., obs_dim): the level of each index (categorical) or the
         share rounded to the levels (Beta); broadcast to every device for ``action="common"``; for
         ``action="free_clip"`` the two values are a cap and a floor and every device gets its free
-        share (the observation's first N entries) clipped to [min(floor, cap), cap]."""
+        share (the observation's first N entries) clipped to [min(floor, cap), cap]; for
+        ``action="clip_pairs"`` the index picks the (cap, floor) pair of :func:`clip_pairs`."""
+        n = self.env.num_devices
+        if self.config.action == "clip_pairs":
+            pair = clip_pairs(self.config.share_levels)[action[..., 0].astype(jnp.int32)]
+            cap, floor = pair[..., :1], pair[..., 1:2]
+            return jnp.clip(obs[..., :n].astype(pair.dtype), floor, cap)
         if self.categorical:
             action = share_grid(self.config.share_levels)[action.astype(jnp.int32)]
         else:
             action = snap_shares(action, self.config.share_levels)
-        n = self.env.num_devices
         if self.config.action == "free_clip":
             cap, floor = action[..., :1], action[..., 1:2]
             return jnp.clip(obs[..., :n].astype(action.dtype), jnp.minimum(floor, cap), cap)

@@ -11,8 +11,8 @@ from scipy import stats
 
 from jaxsplit.agents.distributions import (beta_entropy, beta_log_prob, beta_mean, beta_sample, categorical_entropy,
                                            categorical_log_prob, categorical_mode, categorical_sample)
-from jaxsplit.agents.ppo import (METRICS, HyperParams, PPOConfig, RunningStats, Trainer, gae, make_train, share_grid,
-                                 snap_shares)
+from jaxsplit.agents.ppo import (METRICS, HyperParams, PPOConfig, RunningStats, Trainer, clip_pairs, gae, make_train,
+                                 share_grid, snap_shares)
 from tiny_env import TinyEnv
 
 SMALL = dict(num_envs=16, num_steps=32, num_minibatches=4, lr=3e-3)
@@ -123,6 +123,34 @@ def test_free_clip_gives_each_device_its_free_share_within_cap_and_floor():
     want = np.clip(obs[:, :4], np.minimum(floor, cap), cap)
     np.testing.assert_allclose(got, want, rtol=1e-6)
     assert (got <= cap + 1e-7).all() and (got >= np.minimum(floor, cap) - 1e-7).all()
+
+
+def test_clip_pairs_are_the_ordered_level_pairs_and_map_like_free_clip():
+    pairs = np.asarray(clip_pairs(4))
+    grid = np.asarray(share_grid(4))[1:]
+    want = [(c, f) for c in grid for f in grid if f <= c]
+    assert pairs.shape == (10, 2)
+    np.testing.assert_allclose(pairs, want, rtol=1e-6)
+    env = TinyEnv(num_devices=4)
+    config = PPOConfig(**SMALL, total_timesteps=16 * 32 * 2, action="clip_pairs", distribution="categorical",
+                       share_levels=4)
+    trainer = Trainer(config, env, env.default_params())
+    assert trainer.action_dim == 1 and trainer.choices == 10
+    rng = np.random.default_rng(1)
+    index = rng.integers(0, 10, (300, 1))
+    obs = rng.uniform(0.0, 1.0, (300, env.obs_dim)).astype(np.float32)
+    got = np.asarray(trainer.shares(jnp.asarray(index, jnp.float32), jnp.asarray(obs)))
+    cap, floor = pairs[index[:, 0], :1], pairs[index[:, 0], 1:]
+    np.testing.assert_allclose(got, np.clip(obs[:, :4], floor, cap), rtol=1e-6)
+    common = index[:, 0] == 9  # the pair (1, 1): the whole of every device
+    assert (got[common] == 1.0).all()
+    # the network has one categorical over the 10 pairs, and an untrained policy tries many of them
+    runner = jax.jit(trainer.init)(jax.random.PRNGKey(0), trainer.default_hparams())
+    actions = jax.vmap(lambda k, o: trainer.sample(k, trainer.network.apply(runner.params, o)[0]))(
+        jax.random.split(jax.random.key(3), 256), jnp.asarray(obs[:256]))
+    assert np.asarray(actions).shape == (256, 1) and len(np.unique(np.asarray(actions))) >= 6
+    with pytest.raises(ValueError, match="clip_pairs"):
+        PPOConfig(**SMALL, action="clip_pairs", distribution="beta", share_levels=4).validate()
 
 
 def test_categorical_learning_beats_random_clearly():
