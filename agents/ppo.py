@@ -312,8 +312,8 @@ def clip_pairs(levels: int) -> jax.Array:
     """The (cap, floor) pairs of ``action="clip_pairs"``: every pair of nonzero levels of
     :func:`share_grid` with floor <= cap, ordered by cap then floor; float32 (levels (levels + 1) / 2, 2).
     A pair with floor = cap is the common share cap."""
-    grid = share_grid(levels)[1:]
-    pairs = [(float(cap), float(floor)) for i, cap in enumerate(grid) for floor in grid[: i + 1]]
+    grid = [1.0 / k for k in range(levels, 0, -1)]  # the nonzero levels of share_grid, in numbers
+    pairs = [(cap, floor) for i, cap in enumerate(grid) for floor in grid[: i + 1]]
     return jnp.asarray(pairs, jnp.float32)
 
 
