@@ -149,6 +149,9 @@ def test_clip_pairs_are_the_ordered_level_pairs_and_map_like_free_clip():
     actions = jax.vmap(lambda k, o: trainer.sample(k, trainer.network.apply(runner.params, o)[0]))(
         jax.random.split(jax.random.key(3), 256), jnp.asarray(obs[:256]))
     assert np.asarray(actions).shape == (256, 1) and len(np.unique(np.asarray(actions))) >= 6
+    # and it trains under jit
+    _, metrics = jax.jit(make_train(config, env, env.default_params()))(jax.random.PRNGKey(1))
+    assert all(np.isfinite(np.asarray(v)).all() for v in metrics.values())
     with pytest.raises(ValueError, match="clip_pairs"):
         PPOConfig(**SMALL, action="clip_pairs", distribution="beta", share_levels=4).validate()
 
