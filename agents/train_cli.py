@@ -63,7 +63,7 @@ class TrainArgs:
     """GAE lambda"""
     max_grad_norm: float = 0.5
     """global gradient norm clip"""
-    action: Literal["per_device", "common", "free_clip", "clip_pairs"] = "common"
+    action: Literal["per_device", "common", "free_clip", "clip_pairs"] = "clip_pairs"
     """per_device: one sampled share per device; common: one share for the request, on every device;
     free_clip: a cap and a floor, every device gives its free share clipped to them; clip_pairs: one
     categorical choice among the (cap, floor) pairs (floor <= cap; floor = cap is a common share)"""
