@@ -177,23 +177,37 @@ def layer_matrix(layer: LayerArrays) -> jax.Array:
 
 
 def kernel_rows(layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
-    """The kernel's closed-form rows (B, N) int32 (CPU only; see :func:`closed_form_rows`)."""
+    """The closed form's rows by the kernel (CPU only): layer fields (B,), cluster fields and shares
+    (B, N) -> int32 rows (B, N), those of :func:`jaxsplit.solvers.solve_device_major_arrays`. Inputs
+    are brought to one float dtype as the array code would (float32 or float64)."""
     _require()
-    dtype = share.dtype
+    layers = layer_matrix(layer)
+    dtype = jnp.result_type(layers, cluster.flops, cluster.bandwidth, cluster.latency, share)  # as the array code
     call = jax.ffi.ffi_call(f"jaxsplit_closed_form_rows_{_suffix(dtype)}",
                             jax.ShapeDtypeStruct(share.shape, jnp.int32), vmap_method="broadcast_all")
-    return call(layer_matrix(layer).astype(dtype), cluster.flops, cluster.bandwidth, cluster.latency, share)
+    return call(*(jnp.asarray(x, dtype) for x in (layers, cluster.flops, cluster.bandwidth, cluster.latency, share)))
 
 
 def kernel_exec_times(table: jax.Array, size: jax.Array, cluster: Cluster, share: jax.Array,
                       model: jax.Array) -> jax.Array:
-    """The kernel's E per request (CPU only; see :func:`exec_times`)."""
+    """Execution time E (s) of every request by the kernel (CPU only).
+
+    Args:
+      table: (K * U, 9): each model's U unique layers (padded), the fields of :class:`LayerArrays`
+        in order and then the layer's multiplicity.
+      size: (K,) int32, the number of real layers of each model (its first ``size[k]`` rows).
+      cluster, share: fields and shares (B, N).
+      model: (B,) int32 model of each request.
+    Returns:
+      (B,) the sum over the request's layers of multiplicity x latency under the closed-form split,
+      as ``jaxsplit.envs.AllocationEnv.exec_times``.
+    """
     _require()
-    dtype = share.dtype
+    dtype = jnp.result_type(table, cluster.flops, cluster.bandwidth, cluster.latency, share)
     call = jax.ffi.ffi_call(f"jaxsplit_exec_times_{_suffix(dtype)}",
                             jax.ShapeDtypeStruct(model.shape, dtype), vmap_method="broadcast_all")
-    return call(table.astype(dtype), size.astype(jnp.int32), cluster.flops, cluster.bandwidth, cluster.latency,
-                share, model.astype(jnp.int32))
+    cast = (jnp.asarray(x, dtype) for x in (cluster.flops, cluster.bandwidth, cluster.latency, share))
+    return call(jnp.asarray(table, dtype), jnp.asarray(size, jnp.int32), *cast, jnp.asarray(model, jnp.int32))
 
 
 #: Most devices the kernel takes (its per-instance arrays are fixed-size).
