@@ -92,7 +92,6 @@ inline Vec<T> vfloor(Vec<T> x) {
 
 template <typename T>
 struct Block {
-  static constexpr int W = kLanes<T>;
   int num;  // devices
   // layer fields (LayerArrays)
   Vec<T> in_height, out_height, stride, pad_top, kernel_extent, in_row_bytes, out_row_bytes, row_work;
