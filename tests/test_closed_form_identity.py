@@ -79,17 +79,23 @@ _single = jax.jit(solvers.closed_form_split)
 _single_previous = jax.jit(previous.closed_form_split)
 
 
-@settings(max_examples=300)
-@given(small_layers(max_out=40), clusters(max_devices=6), st.booleans())
-def test_single_instance_equals_previous(layer, cluster, same):
+def single_instance(layer, cluster, same: bool):
+    """A hypothesis-drawn layer and cluster as float32 arrays (layer, cluster, share); with ``same``
+    the remote devices are made identical with equal shares (exact ties everywhere)."""
     flops, bandwidth, latency, share = cluster
-    if same and len(flops) > 2:  # identical remote devices with equal shares: exact ties
+    if same and len(flops) > 2:
         flops = [flops[1]] * len(flops)
         bandwidth = bandwidth[:2] + [bandwidth[1]] * (len(flops) - 2)
         latency = latency[:2] + [latency[1]] * (len(flops) - 2)
         share = share[:1] + [max(share[1], 0.2)] * (len(flops) - 1)
     la, cl = as_arrays(layer, flops, bandwidth, latency, jnp.float32)
-    a = jnp.asarray(share, jnp.float32)
+    return la, cl, jnp.asarray(share, jnp.float32)
+
+
+@settings(max_examples=300)
+@given(small_layers(max_out=40), clusters(max_devices=6), st.booleans())
+def test_single_instance_equals_previous(layer, cluster, same):
+    la, cl, a = single_instance(layer, cluster, same)
     got = np.asarray(_single(la, cl, a))
     assert got.dtype == np.int32
     assert got.tolist() == np.asarray(_single_previous(la, cl, a)).tolist()

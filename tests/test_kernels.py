@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from test_closed_form_identity import KINDS, hard_batch
-from test_solvers import as_arrays, clusters, small_layers
+from test_closed_form_identity import KINDS, hard_batch, single_instance
+from test_solvers import clusters, small_layers
 
 from jaxsplit import envs, kernels, solvers
 
@@ -60,14 +60,7 @@ _one_arrays = jax.jit(solvers.closed_form_split)
 @settings(max_examples=300, deadline=None)
 @given(small_layers(max_out=40), clusters(max_devices=6), st.booleans())
 def test_kernel_single_instance_equals_closed_form_split(layer, cluster, same):
-    flops, bandwidth, latency, share = cluster
-    if same and len(flops) > 2:  # identical remote devices with equal shares: exact ties
-        flops = [flops[1]] * len(flops)
-        bandwidth = bandwidth[:2] + [bandwidth[1]] * (len(flops) - 2)
-        latency = latency[:2] + [latency[1]] * (len(flops) - 2)
-        share = share[:1] + [max(share[1], 0.2)] * (len(flops) - 1)
-    la, cl = as_arrays(layer, flops, bandwidth, latency, jnp.float32)
-    a = jnp.asarray(share, jnp.float32)
+    la, cl, a = single_instance(layer, cluster, same)  # same: identical remote devices, exact ties
     np.testing.assert_array_equal(np.asarray(_one_kernel(la, cl, a)), np.asarray(_one_arrays(la, cl, a)))
 
 
