@@ -60,6 +60,13 @@ def hard_batch(rng: np.random.Generator, batch: int, n: int, kind: str) -> tuple
     return (LayerArrays(**{k: f32(v) for k, v in lay.items()}), Cluster(f32(f), f32(b), f32(t)), f32(share))
 
 
+def assert_same_rows(got: np.ndarray, want: np.ndarray, kind: str) -> None:
+    """int32 rows (B, N) equal, naming the instance kind and the first instance that differs."""
+    assert got.dtype == np.int32 and got.shape == want.shape
+    bad = np.flatnonzero((got != want).any(axis=1))
+    assert bad.size == 0, f"{kind}: {bad.size} instances differ, first {got[bad[0]]} vs {want[bad[0]]}"
+
+
 @pytest.mark.parametrize("n", [1, 2, 5, 8, 16])
 def test_batched_closed_form_equals_previous(n):
     rng = np.random.default_rng(40 + n)
@@ -68,9 +75,7 @@ def test_batched_closed_form_equals_previous(n):
         la, cl, share = hard_batch(rng, 2200, n, kind)
         want = np.asarray(_previous(la, cl, share))
         got = np.asarray(solvers.solve_batch("closed_form", la, cl, share))
-        assert got.dtype == np.int32 and got.shape == want.shape
-        bad = np.flatnonzero((got != want).any(axis=1))
-        assert bad.size == 0, f"{kind}: {bad.size} rows differ, first {got[bad[0]]} vs {want[bad[0]]}"
+        assert_same_rows(got, want, kind)
         plain = np.asarray(_plain_major(la, cl, share))
         assert (plain == np.asarray(_previous_plain(la, cl, share))).all(), kind
 
