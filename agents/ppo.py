@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -79,6 +79,8 @@ class PPOConfig:
         "clip_pairs" (categorical only) samples one of the (cap, floor) pairs of nonzero levels with
         floor <= cap from a single categorical (:func:`clip_pairs`): the same rules as free_clip, with
         the common shares (floor = cap) among them as single choices instead of two agreeing draws.
+      pair_levels: the share levels of the clip_pairs action, each in (0, 1] (for example
+        (0.1, 0.25, 1/3, 0.5, 1)); empty (default) uses the nonzero levels of :func:`share_grid`.
     """
 
     env_name: str = "alloc-v0"
@@ -108,6 +110,7 @@ class PPOConfig:
     init_mean: float = 0.5
     action: str = "per_device"
     distribution: str = "beta"
+    pair_levels: tuple[float, ...] = ()
 
     @property
     def batch_size(self) -> int:
@@ -151,6 +154,11 @@ class PPOConfig:
             raise ValueError(f"action must be one of {', '.join(ACTIONS)}, got {self.action!r}")
         if self.action == "clip_pairs" and self.distribution != "categorical":
             raise ValueError(f"action='clip_pairs' needs distribution='categorical', got {self.distribution!r}")
+        levels = tuple(self.pair_levels)
+        if levels and self.action != "clip_pairs":
+            raise ValueError(f"pair_levels is only used by action='clip_pairs', got action={self.action!r}")
+        if any(not (isinstance(v, (int, float)) and 0 < v <= 1) for v in levels) or len(set(levels)) != len(levels):
+            raise ValueError(f"pair_levels must be distinct shares in (0, 1], got {self.pair_levels!r}")
         if not isinstance(self.reward_groups, int) or self.reward_groups < 1:
             raise ValueError(f"reward_groups must be a positive integer, got {self.reward_groups!r}")
         c, m = self.init_concentration, self.init_mean
@@ -308,11 +316,15 @@ def share_grid(levels: int) -> jax.Array:
     return jnp.asarray([0.0] + [1.0 / k for k in range(levels, 0, -1)], jnp.float32)
 
 
-def clip_pairs(levels: int) -> jax.Array:
+def clip_pairs(levels: int | Sequence[float]) -> jax.Array:
     """The (cap, floor) pairs of ``action="clip_pairs"``: every pair of nonzero levels of
-    :func:`share_grid` with floor <= cap, ordered by cap then floor; float32 (levels (levels + 1) / 2, 2).
-    A pair with floor = cap is the common share cap."""
-    grid = [1.0 / k for k in range(levels, 0, -1)]  # the nonzero levels of share_grid, in numbers
+    :func:`share_grid` (``levels`` an int) or of the given shares (a sequence) with floor <= cap,
+    ordered by cap then floor; float32 (L (L + 1) / 2, 2) for L levels. A pair with floor = cap is the
+    common share cap."""
+    if isinstance(levels, int):
+        grid = [1.0 / k for k in range(levels, 0, -1)]  # the nonzero levels of share_grid, in numbers
+    else:
+        grid = sorted(float(v) for v in levels)
     pairs = [(cap, floor) for i, cap in enumerate(grid) for floor in grid[: i + 1]]
     return jnp.asarray(pairs, jnp.float32)
 
@@ -385,8 +397,9 @@ class Trainer:
         self.action_dim = {"common": 1, "free_clip": 2, "clip_pairs": 1}.get(config.action, int(env.num_devices))
         self.categorical = config.distribution == "categorical"
         #: categories of each categorical output: the share levels, or the (cap, floor) pairs
-        self.choices = (clip_pairs(config.share_levels).shape[0] if config.action == "clip_pairs"
-                        else config.share_levels + 1)
+        #: the (cap, floor) pairs of action="clip_pairs" (see :func:`clip_pairs`)
+        self.pairs = clip_pairs(tuple(config.pair_levels) or config.share_levels)
+        self.choices = self.pairs.shape[0] if config.action == "clip_pairs" else config.share_levels + 1
         self.network = ActorCritic(num_devices=self.action_dim, hidden=tuple(config.hidden),
                                     init_concentration=float(config.init_concentration),
                                     init_mean=float(config.init_mean),
@@ -401,7 +414,7 @@ class Trainer:
         ``action="clip_pairs"`` the index picks the (cap, floor) pair of :func:`clip_pairs`."""
         n = self.env.num_devices
         if self.config.action == "clip_pairs":
-            pair = clip_pairs(self.config.share_levels)[action[..., 0].astype(jnp.int32)]
+            pair = self.pairs[action[..., 0].astype(jnp.int32)]
             cap, floor = pair[..., :1], pair[..., 1:2]
             return jnp.clip(obs[..., :n].astype(pair.dtype), floor, cap)
         if self.categorical:

@@ -28,6 +28,7 @@ def config_to_json(config: PPOConfig) -> dict[str, Any]:
     """The config as a JSON-ready dict."""
     out = dataclasses.asdict(config)
     out["hidden"] = list(config.hidden)
+    out["pair_levels"] = list(config.pair_levels)
     out["env_overrides"] = [[k, list(v) if isinstance(v, tuple) else v] for k, v in config.env_overrides]
     return out
 
@@ -40,6 +41,7 @@ def config_from_json(data: dict[str, Any]) -> PPOConfig:
         raise ValueError(f"config.json has unknown fields {sorted(unknown)}")
     data = dict(data)
     data["hidden"] = tuple(data.get("hidden", (64, 64)))
+    data["pair_levels"] = tuple(data.get("pair_levels", ()))
     data["env_overrides"] = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in data.get("env_overrides", ()))
     return PPOConfig(**data)
 

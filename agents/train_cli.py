@@ -35,6 +35,9 @@ class TrainArgs:
     reward_scale: Literal["mean", "model"] = "mean"
     """latency in the training reward divided by the episode's mean E_ref (mean: the return is minus the
     total latency, so PPO minimises mean latency) or by the request's model's E_ref (model: MODEL.md)"""
+    observation: Literal["summary", "table"] = "summary"
+    """what the policy sees: summary (MODEL.md: per device the free share and its next release) or table
+    (the same plus the whole reservation table: remaining time and shares of every held reservation)"""
     total_timesteps: int = 6_000_000
     """environment steps over the whole run"""
     num_envs: int = 64
@@ -69,6 +72,9 @@ class TrainArgs:
     categorical choice among the (cap, floor) pairs (floor <= cap; floor = cap is a common share)"""
     distribution: Literal["beta", "categorical"] = "categorical"
     """beta: continuous shares rounded to the levels; categorical: sample a share level directly"""
+    pair_levels: tuple[float, ...] = ()
+    """share levels of the clip_pairs action, each in (0, 1] (default: the nonzero levels 1/K, ..., 1/2, 1
+    of --share-levels)"""
     share_levels: int = 4
     """round sampled shares to the nearest of 0, 1/K, ..., 1/2, 1 (K = this; 0 keeps them continuous)"""
     reward_groups: int = 8
@@ -113,6 +119,8 @@ def config_from_args(args: TrainArgs) -> PPOConfig:
         overrides.append(("split", args.split))
     if args.reward_scale != "model":
         overrides.append(("reward_scale", args.reward_scale))
+    if args.observation != "summary":
+        overrides.append(("observation", args.observation))
     if args.models is not None:
         names = tuple(m.strip() for m in args.models.split(",") if m.strip())
         if not names:

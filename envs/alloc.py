@@ -45,6 +45,8 @@ OBS_CLIP = 10.0
 SPLIT_RULES: dict[str, Callable] = {"closed_form": closed_form_split, "equal": equal_split}
 #: What the latency in the reward is divided by (see :class:`AllocationEnv`).
 REWARD_SCALES = ("model", "mean")
+#: What the observation holds (see :meth:`AllocationEnv.observation`).
+OBSERVATIONS = ("summary", "table")
 #: Default catalogue (MODEL.md section 6 defaults): four CNNs spanning 0.3 to 15.5 GMAC.
 DEFAULT_MODELS = ("vgg16", "resnet18", "mobilenet_v2", "alexnet")
 
@@ -151,11 +153,17 @@ class AllocationEnv:
         "model" a small model waiting behind a large one costs many times its own E_ref, and running
         two requests side by side on half shares scores better than one at a time even where it is
         slower in seconds.
+      observation: "summary" (default, MODEL.md section 6): per device the free share and the time to
+        its next release, plus the cluster, backlog, request and load features. "table": the same,
+        followed by the whole reservation table (M rows: remaining time and shares of every
+        reservation still held at the backlog time, longest first), so that a policy can see how the
+        present reservations will drain, not only the first release per device.
     """
 
     def __init__(self, num_devices: int = 4, slots: int = 16, models: tuple[str, ...] = DEFAULT_MODELS,
                  input_size: tuple[int, int] = (224, 224), requests: int = 256, split: str = "closed_form",
-                 bytes_per_element: float = 4.0, reward_scale: str = "model"):
+                 bytes_per_element: float = 4.0, reward_scale: str = "model",
+                 observation: str = "summary"):
         if int(num_devices) != num_devices or num_devices < 1:
             raise ValueError(f"field 'num_devices': must be a positive integer, got {num_devices!r}")
         if int(slots) != slots or slots < 1:
@@ -166,6 +174,8 @@ class AllocationEnv:
             raise ValueError(f"field 'split': unknown split rule {split!r}; known: {', '.join(SPLIT_RULES)}")
         if reward_scale not in REWARD_SCALES:
             raise ValueError(f"field 'reward_scale': unknown {reward_scale!r}; known: {', '.join(REWARD_SCALES)}")
+        if observation not in OBSERVATIONS:
+            raise ValueError(f"field 'observation': unknown {observation!r}; known: {', '.join(OBSERVATIONS)}")
         models = tuple(models)
         if not models:
             raise ValueError("field 'models': the catalogue is empty")
@@ -182,6 +192,7 @@ class AllocationEnv:
         self.requests = int(requests)
         self.split = split
         self.reward_scale = reward_scale
+        self.observation_kind = observation
         self.bytes_per_element = float(bytes_per_element)
         self.dtype = jnp.result_type(float)
         self.catalogue: Catalogue = build_catalogue(models, self.input_size, self.bytes_per_element, self.dtype)
@@ -190,6 +201,8 @@ class AllocationEnv:
         #: reference layers solved per step for the next episode's E_ref
         self.ref_chunk = int(math.ceil(self.num_flat / self.requests))
         self.obs_dim = 5 * self.num_devices + self.num_models + 4
+        if observation == "table":
+            self.obs_dim += self.slots * (self.num_devices + 1)
         self._split_fn = SPLIT_RULES[split]
         #: layer-instances solved together in :meth:`exec_times` (one device-major block)
         self.chunk = max(256, DEVICE_MAJOR_BLOCK // self.num_devices)
@@ -421,7 +434,8 @@ class AllocationEnv:
         return jnp.min(jnp.where(ok, cand, jnp.inf))
 
     def observation(self, state: EnvState) -> jax.Array:
-        """Normalised observation (obs_dim,) = 5N + K + 4 in the env dtype (float32 unless x64), in [0, OBS_CLIP].
+        """Normalised observation (obs_dim,) in the env dtype (float32 unless x64), in [0, OBS_CLIP];
+        obs_dim = 5N + K + 4, plus M (N + 1) with ``observation="table"``.
 
         The shares and releases are seen at the backlog time b = max(now, start of the previous
         request), the earliest time the present request could start.
@@ -429,6 +443,9 @@ class AllocationEnv:
         F_i / 1e11 (N), 10 * (1 MB transfer time at B_i, s) (N), tau_i / 5 ms (N),
         log1p(b / e_mean) (1), model one-hot (K), log1p(E_ref(k) / e_mean) (1),
         log1p(work(k) / 1 GFLOP) / 4 (1), rho (1).
+        With ``observation="table"`` then M rows of N + 1 (row-major), one per reservation still held at
+        b, ordered by remaining time, longest first, then zero rows for the free slots:
+        log1p(time from b to its end / e_mean) (1), its shares (N).
         """
         base = jnp.maximum(state.last_start, 0.0)
         busy = state.res_end > base
@@ -451,6 +468,12 @@ class AllocationEnv:
             (jnp.log1p(self.catalogue.work[state.model] / 1e9) / 4.0)[None],
             state.load[None],
         ]
+        if self.observation_kind == "table":
+            remaining = jnp.where(busy, state.res_end - base, 0.0)
+            order = jnp.argsort(-remaining, stable=True)
+            rows = jnp.concatenate([jnp.log1p(remaining[order] / scale)[:, None],
+                                    jnp.where(busy[order, None], state.res_share[order], 0.0)], axis=1)
+            feats.append(rows.reshape(-1))
         return jnp.clip(jnp.concatenate(feats), 0.0, OBS_CLIP).astype(self.dtype)
 
     def _episode_state(self, key: jax.Array, cluster: Cluster, load: jax.Array, e_ref: jax.Array,
@@ -539,4 +562,5 @@ class AllocationEnv:
 
     def __repr__(self) -> str:
         return (f"AllocationEnv(num_devices={self.num_devices}, slots={self.slots}, models={self.models}, "
-                f"requests={self.requests}, split={self.split!r}, reward_scale={self.reward_scale!r})")
+                f"requests={self.requests}, split={self.split!r}, reward_scale={self.reward_scale!r}, "
+                f"observation={self.observation_kind!r})")

@@ -43,7 +43,7 @@ def with_requests(env: AllocationEnv, requests: int | None) -> AllocationEnv:
     if requests is None or requests == env.requests:
         return env
     return AllocationEnv(env.num_devices, env.slots, env.models, env.input_size, int(requests), env.split,
-                         env.bytes_per_element)
+                         env.bytes_per_element, env.reward_scale, env.observation_kind)
 
 
 _RECORDED = ("latency", "exec_time", "wait", "utilization", "invalid", "flop", "arrival", "e_ref", "capacity")

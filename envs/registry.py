@@ -8,7 +8,7 @@ from .alloc import AllocationEnv, EnvParams
 
 #: Static (shape-fixing) settings accepted by :func:`make`; every other override is an EnvParams field.
 STATIC_KEYS = ("num_devices", "slots", "models", "input_size", "requests", "split", "bytes_per_element",
-               "reward_scale")
+               "reward_scale", "observation")
 
 _REGISTRY: dict[str, dict[str, Any]] = {
     "alloc-v0": dict(num_devices=4),
@@ -32,7 +32,7 @@ def make(name: str = "alloc-v0", **overrides: Any) -> tuple[AllocationEnv, EnvPa
     """Build a registered environment and its default params.
 
     ``overrides`` may set static settings (num_devices, slots, models, input_size, requests, split,
-    bytes_per_element, reward_scale), any :class:`EnvParams` field, ``load`` (fixes rho: load_min = load_max) and
+    bytes_per_element, reward_scale, observation), any :class:`EnvParams` field, ``load`` (fixes rho: load_min = load_max) and
     ``cluster=(flops, bandwidth, latency)`` (fixes the cluster; each (N,), bandwidth inf = local).
     A fixed cluster sets ``num_devices`` from its length unless given.
 

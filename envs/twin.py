@@ -168,12 +168,14 @@ class NumpyAllocationEnv:
                  models: Sequence[str] = ("vgg16", "resnet18", "mobilenet_v2", "alexnet"),
                  input_size: tuple[int, int] = (224, 224), requests: int = 256, split: str = "closed_form",
                  bytes_per_element: float = 4.0, util_weight: float = 0.2, invalid_penalty: float = 1.0,
-                 min_share: float = 0.05, mix: Sequence[float] | None = None, reward_scale: str = "model"):
+                 min_share: float = 0.05, mix: Sequence[float] | None = None, reward_scale: str = "model",
+                 observation: str = "summary"):
         self.num_devices, self.slots, self.requests, self.split = num_devices, slots, requests, split
         self.models = list(models)
         self.tables = [ModelTable(m, input_size, bytes_per_element) for m in self.models]
         self.util_weight, self.invalid_penalty, self.min_share = util_weight, invalid_penalty, min_share
         self.reward_scale = reward_scale
+        self.observation_kind = observation
         mix = np.ones(len(self.models)) if mix is None else np.asarray(mix, float)
         self.mix = mix / mix.sum()
 
@@ -218,6 +220,13 @@ class NumpyAllocationEnv:
             np.clip(1.0 - used, 0.0, 1.0), np.log1p(release / self.e_mean), f / 1e11, 10.0 * 1e6 / b, tau / 5e-3,
             [np.log1p((base - self.now) / self.e_mean)], onehot,
             [np.log1p(self.e_ref[k] / self.e_mean)], [np.log1p(self.tables[k].work / 1e9) / 4.0], [self.load]])
+        if self.observation_kind == "table":
+            held = sorted((r for r in self.reservations if r[1] > base), key=lambda r: -(r[1] - base))
+            rows = np.zeros((self.slots, self.num_devices + 1))
+            for j, (_, end, share) in enumerate(held):
+                rows[j, 0] = np.log1p((end - base) / self.e_mean)
+                rows[j, 1:] = share
+            feats = np.concatenate([feats, rows.reshape(-1)])
         return np.clip(feats, 0.0, OBS_CLIP)
 
     def step(self, action, gap: float, next_model: int) -> tuple[np.ndarray, float, dict]:

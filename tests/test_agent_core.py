@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -154,6 +156,31 @@ def test_clip_pairs_are_the_ordered_level_pairs_and_map_like_free_clip():
     assert all(np.isfinite(np.asarray(v)).all() for v in metrics.values())
     with pytest.raises(ValueError, match="clip_pairs"):
         PPOConfig(**SMALL, action="clip_pairs", distribution="beta", share_levels=4).validate()
+
+
+def test_clip_pairs_over_given_levels():
+    levels = (0.1, 0.25, 1 / 3, 0.5, 1.0)
+    pairs = np.asarray(clip_pairs(levels))
+    assert pairs.shape == (15, 2) and (pairs[:, 1] <= pairs[:, 0]).all()
+    np.testing.assert_allclose(pairs[:3], [(0.1, 0.1), (0.25, 0.1), (0.25, 0.25)], rtol=1e-6)
+    want = sorted((c, f) for c in levels for f in levels if f <= c)
+    np.testing.assert_allclose(sorted(map(tuple, pairs.astype(np.float64))), want, rtol=1e-6)
+    env = TinyEnv(num_devices=4)
+    config = PPOConfig(**SMALL, action="clip_pairs", distribution="categorical", share_levels=4,
+                       pair_levels=(1.0, 0.5, 0.1))  # any order
+    trainer = Trainer(config, env, env.default_params())
+    assert trainer.choices == 6
+    obs = jnp.full((env.obs_dim,), 0.05).at[1].set(0.7)
+    np.testing.assert_allclose(np.asarray(trainer.shares(jnp.array([1.0]), obs)), [0.1, 0.5, 0.1, 0.1], rtol=1e-6)
+    from jaxsplit.agents.run import config_from_json, config_to_json
+
+    assert config_from_json(json.loads(json.dumps(config_to_json(config)))) == config
+    for bad in ((0.0, 1.0), (0.5, 1.5), (0.5, 0.5)):
+        with pytest.raises(ValueError, match="pair_levels"):
+            PPOConfig(**SMALL, action="clip_pairs", distribution="categorical", share_levels=4,
+                      pair_levels=bad).validate()
+    with pytest.raises(ValueError, match="pair_levels"):
+        PPOConfig(**SMALL, action="common", distribution="categorical", share_levels=4, pair_levels=(0.5,)).validate()
 
 
 def test_categorical_learning_beats_random_clearly():

@@ -26,6 +26,27 @@ def rollout(env, params, key, actions):
     return out
 
 
+def test_table_observation_lists_the_held_reservations_longest_first():
+    env, params = envs.make("alloc-v0", observation="table", **SMALL)
+    n, m = env.num_devices, env.slots
+    summary, _ = envs.make("alloc-v0", **SMALL)
+    assert env.obs_dim == summary.obs_dim + m * (n + 1)
+    obs, state = env.reset(jax.random.key(0), params)
+    ends = jnp.zeros((m,)).at[3].set(2.0).at[7].set(5.0).at[9].set(-1.0)
+    shares = jnp.zeros((m, n)).at[3].set(0.25).at[7].set(jnp.array([0.5, 0.0, 0.5, 1.0])).at[9].set(0.3)
+    state = state.replace(res_end=ends * state.e_mean, res_share=shares, last_start=0.5 * state.e_mean)
+    obs = env.observation(state)
+    np.testing.assert_allclose(np.asarray(obs[:summary.obs_dim]), np.asarray(summary.observation(state)), rtol=1e-6)
+    rows = np.asarray(obs[summary.obs_dim:]).reshape(m, n + 1)
+    np.testing.assert_allclose(rows[0], [np.log1p(4.5), 0.5, 0.0, 0.5, 1.0], rtol=1e-5)  # ends last
+    np.testing.assert_allclose(rows[1], [np.log1p(1.5), 0.25, 0.25, 0.25, 0.25], rtol=1e-5)
+    assert (rows[2:] == 0).all()  # released (slot 9) and free slots are zero rows
+    lo, hi = env.observation_bounds()
+    assert lo.shape == hi.shape == (env.obs_dim,)
+    with pytest.raises(ValueError, match="observation"):
+        envs.make("alloc-v0", observation="full")
+
+
 def test_registered_names_jit_and_step():
     assert {"alloc-v0", "alloc-n8-v0"} <= set(envs.registered())
     for name in envs.registered():

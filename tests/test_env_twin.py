@@ -23,13 +23,15 @@ def _actions(rng: np.random.Generator, steps: int, n: int) -> np.ndarray:
     return a
 
 
-@pytest.mark.parametrize("name,split,steps,requests,scale", [("alloc-v0", "closed_form", 2000, 150, "model"),
-                                                              ("alloc-n2-v0", "equal", 600, 40, "mean")])
-def test_jax_env_matches_numpy_twin(name, split, steps, requests, scale):
+@pytest.mark.parametrize("name,split,steps,requests,scale,observation",
+                         [("alloc-v0", "closed_form", 2000, 150, "model", "summary"),
+                          ("alloc-n2-v0", "equal", 600, 40, "mean", "table"),
+                          ("alloc-v0", "closed_form", 600, 150, "mean", "table")])
+def test_jax_env_matches_numpy_twin(name, split, steps, requests, scale, observation):
     rng = np.random.default_rng(7)
     with enable_x64():
         env, params = envs.make(name, requests=requests, split=split, slots=6, load_min=0.5, load_max=3.0,
-                                reward_scale=scale)
+                                reward_scale=scale, observation=observation)
         assert env.dtype == jnp.float64
         actions = _actions(rng, steps, env.num_devices)
         obs0, state0 = env.reset(jax.random.key(3), params)
@@ -47,7 +49,7 @@ def test_jax_env_matches_numpy_twin(name, split, steps, requests, scale):
         recs = jax.tree.map(np.asarray, recs)
 
     twin = NumpyAllocationEnv(env.num_devices, env.slots, env.models, requests=requests, split=split,
-                              reward_scale=scale)
+                              reward_scale=scale, observation=observation)
     tobs = twin.reset((np.asarray(state0.cluster.flops), np.asarray(state0.cluster.bandwidth),
                        np.asarray(state0.cluster.latency)), float(state0.load), int(state0.model))
     np.testing.assert_allclose(tobs, np.asarray(obs0), rtol=1e-9, atol=1e-12)
@@ -72,3 +74,6 @@ def test_jax_env_matches_numpy_twin(name, split, steps, requests, scale):
         invalids += tinfo["invalid"]
     # the run exercised queueing, invalid actions and auto-resets
     assert waits > steps // 10 and invalids > 0 and resets == steps // requests
+    if observation == "table":  # the table held several reservations at once
+        held = recs["obs"][:, 5 * env.num_devices + env.num_models + 4::env.num_devices + 1] > 0
+        assert held.sum(axis=1).max() >= 3
