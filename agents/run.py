@@ -186,8 +186,9 @@ def checkpoint_loader(run_dir: str, env_name: str, overrides: dict[str, Any]
     from .ppo import make_env
 
     config, _ = read_config(run_dir)
-    env, params = envs.make(env_name, **overrides)
     trained_env, trained_params = make_env(config)
+    # same dynamics and episodes as the baselines' environment; the observation the policy was trained on
+    env, params = envs.make(env_name, **{**overrides, "observation": trained_env.observation_kind})
     where = "the --cluster file" if overrides.get("cluster") is not None else f"--env {env_name}"
     if trained_env.num_devices != env.num_devices:
         raise ValueError(f"--checkpoint {run_dir}: the policy was trained for {trained_env.num_devices} devices, "

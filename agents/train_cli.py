@@ -35,10 +35,10 @@ class TrainArgs:
     reward_scale: Literal["mean", "model"] = "mean"
     """latency in the training reward divided by the episode's mean E_ref (mean: the return is minus the
     total latency, so PPO minimises mean latency) or by the request's model's E_ref (model: MODEL.md)"""
-    observation: Literal["summary", "table"] = "summary"
+    observation: Literal["summary", "table"] = "table"
     """what the policy sees: summary (MODEL.md: per device the free share and its next release) or table
     (the same plus the whole reservation table: remaining time and shares of every held reservation)"""
-    total_timesteps: int = 6_000_000
+    total_timesteps: int = 12_000_000
     """environment steps over the whole run"""
     num_envs: int = 64
     """environments stepped in parallel"""
@@ -72,9 +72,9 @@ class TrainArgs:
     categorical choice among the (cap, floor) pairs (floor <= cap; floor = cap is a common share)"""
     distribution: Literal["beta", "categorical"] = "categorical"
     """beta: continuous shares rounded to the levels; categorical: sample a share level directly"""
-    pair_levels: tuple[float, ...] = ()
-    """share levels of the clip_pairs action, each in (0, 1] (default: the nonzero levels 1/K, ..., 1/2, 1
-    of --share-levels)"""
+    pair_levels: tuple[float, ...] = (0.1, 0.25, 1 / 3, 0.5, 1.0)
+    """share levels of the clip_pairs action, each in (0, 1] (empty: the nonzero levels 1/K, ..., 1/2, 1
+    of --share-levels; other actions ignore it)"""
     share_levels: int = 4
     """round sampled shares to the nearest of 0, 1/K, ..., 1/2, 1 (K = this; 0 keeps them continuous)"""
     reward_groups: int = 8
@@ -127,8 +127,10 @@ def config_from_args(args: TrainArgs) -> PPOConfig:
             raise ValueError(f"--models is empty: {args.models!r}")
         overrides.append(("models", names))
     fields = {f.name for f in dataclasses.fields(PPOConfig)} - {"env_name", "env_overrides"}
-    config = PPOConfig(env_name=args.env, env_overrides=tuple(overrides),
-                       **{name: getattr(args, name) for name in fields})
+    values = {name: getattr(args, name) for name in fields}
+    if args.action != "clip_pairs":  # the levels of the pairs mean nothing to the other actions
+        values["pair_levels"] = ()
+    config = PPOConfig(env_name=args.env, env_overrides=tuple(overrides), **values)
     return config.validate()
 
 

@@ -16,8 +16,11 @@ from jaxsplit.cli import main as jaxsplit_main
 from jaxsplit.envs import evaluate_cli
 from jaxsplit.envs.evaluation import METRICS
 
+#: the `jaxsplit train` kind of policy: it sees the reservation table, which the baselines' environment
+#: (--cluster, --requests) does not show unless the loader asks for it
 TINY = PPOConfig(num_envs=8, num_steps=16, total_timesteps=256, update_epochs=1, num_minibatches=2,
-                 hidden=(16, 16), env_overrides=(("requests", 32),))
+                 hidden=(16, 16), env_overrides=(("requests", 32), ("observation", "table")),
+                 action="clip_pairs", distribution="categorical", share_levels=4, pair_levels=(0.1, 0.25, 0.5, 1.0))
 #: a fixed 4-device cluster in the instance format (device 0: the local coordinator)
 CLUSTER = {"devices": [{"flops": 2e10}, {"flops": 4e10, "bandwidth": 1.25e8, "latency": 0.001},
                        {"flops": 1e10, "bandwidth": 2.5e8, "latency": 0.0005},
@@ -65,7 +68,7 @@ def test_evaluate_checkpoint_end_to_end_equals_direct_evaluation(run_dir, cluste
     # the same figures from the loaded policy evaluated directly on the same environment and episodes
     bw = [d.get("bandwidth", float("inf")) for d in CLUSTER["devices"]]
     cluster = ([d["flops"] for d in CLUSTER["devices"]], bw, [d.get("latency", 0.0) for d in CLUSTER["devices"]])
-    env, params = envs.make("alloc-v0", requests=24, cluster=cluster)
+    env, params = envs.make("alloc-v0", requests=24, cluster=cluster, observation="table")
     fn = load_policy(run_dir, num_devices=4, obs_dim=env.obs_dim)
     direct = envs.evaluate(fn, env, params, [0.5], episodes=2, seed=3, warmup=0.1, name="ppo")[0]
     for metric in METRICS:

@@ -1,0 +1,225 @@
+"""How much room is there above the best constant share, and can the PPO network hold it?
+
+1. A lookahead planner (not a trained policy): at each request it tries every (cap, floor) rule of
+   the ``clip_pairs`` action over the share levels 0.1, 1/4, 1/3, 1/2, 1, and for each simulates
+   the next ``--horizon`` requests with that rule kept, on ``--samples`` sampled futures (arrival gaps
+   and models drawn afresh: the planner does not know the real future). It picks the rule with the
+   least mean total latency. It sees the whole environment state, the reservation table included.
+2. Its decisions on randomised episodes (default load range) are the targets of imitation: the PPO
+   actor network (same architecture and observation normalisation as ``jaxsplit train``) is fitted
+   by cross-entropy to the planner's choices, once on the default ``summary`` observation and once on
+   the ``table`` observation (the summary plus the whole reservation table).
+3. The planner and both imitations run on the same evaluation episodes as the best constant share.
+
+If the imitation with the table observation holds the planner's gain and the one with the summary
+does not, the summary observation (per device only the free share and the next release) is what keeps
+a policy of this network from the gain.
+
+    python benchmarks/lookahead_imitation.py           # records into RESULTS.md (about 15 minutes on 2 cores)
+    python benchmarks/lookahead_imitation.py --quick   # small, prints only
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import command, git_revision, load_average, machine, record  # noqa: E402
+
+from jaxsplit import envs  # noqa: E402
+from jaxsplit.agents.ppo import PPOConfig, RunningStats, Trainer, clip_pairs  # noqa: E402
+from jaxsplit.envs.evaluation import episode_metrics, run_episodes, with_requests  # noqa: E402
+
+LEVELS = (0.1, 0.25, 1 / 3, 0.5, 1.0)
+
+
+def make_planner(env, params, horizon: int, samples: int):
+    """``plan(key, obs, state) -> (pair index, costs (P,))``: the rule with the least sampled cost."""
+    pairs = clip_pairs(LEVELS)
+    n = env.num_devices
+    long_env = with_requests(env, 10**9)  # no auto-reset inside a lookahead
+
+    def cost(state, obs, pair, keys):
+        def body(carry, k):
+            o, s = carry
+            o2, s2, _, _, _, info = long_env.step(k, s, jnp.clip(o[:n], pair[1], pair[0]), params)
+            return (o2, s2), info["latency"]
+
+        return jax.lax.scan(body, (obs, state), keys)[1].sum()
+
+    def plan(key, obs, state):
+        futures = jax.random.split(key, samples * horizon).reshape(samples, horizon)
+        costs = jax.vmap(lambda p: jax.vmap(lambda ks: cost(state, obs, p, ks))(futures).mean())(pairs)
+        return jnp.argmin(costs), costs
+
+    return plan, pairs
+
+
+def teacher_data(env, params, plan, episodes: int, seed: int, batch: int):
+    """Planner decisions on randomised episodes: (table observations (D, obs_dim), costs (D, P))."""
+    pairs = clip_pairs(LEVELS)
+
+    def episode(key):
+        k_reset, k_run, k_plan = jax.random.split(key, 3)
+        obs, state = env.reset(k_reset, params)
+
+        def body(carry, ks):
+            obs, state = carry
+            k_step, k_plan = ks
+            choice, costs = plan(k_plan, obs, state)
+            pair = pairs[choice]
+            o2, s2, *_ = env.step(k_step, state, jnp.clip(obs[:env.num_devices], pair[1], pair[0]), params)
+            return (o2, s2), (obs, costs)
+
+        keys = (jax.random.split(k_run, env.requests), jax.random.split(k_plan, env.requests))
+        return jax.lax.scan(body, (obs, state), keys)[1]
+
+    fn = jax.jit(jax.vmap(episode))
+    obs, costs = [], []
+    for start in range(0, episodes, batch):
+        o, c = fn(jax.random.split(jax.random.key(seed + start), min(batch, episodes - start)))
+        obs.append(np.asarray(o).reshape(-1, o.shape[-1]))
+        costs.append(np.asarray(c).reshape(-1, c.shape[-1]))
+        print(f"  planner data: {min(start + batch, episodes)}/{episodes} episodes", flush=True)
+    return np.concatenate(obs), np.concatenate(costs)
+
+
+def soft_targets(costs: np.ndarray, temperature: float) -> np.ndarray:
+    """Equal-cost rules share the target mass (many rules give the same shares on an idle cluster)."""
+    best = costs.min(1, keepdims=True)
+    z = (costs - best) / np.maximum(best, 1e-9)
+    w = np.exp(-z / temperature)
+    return w / w.sum(1, keepdims=True)
+
+
+def imitate(observation: str, obs: np.ndarray, targets: np.ndarray, epochs: int, seed: int):
+    """Fit the PPO actor (``jaxsplit train`` network, clip_pairs over LEVELS) to the targets; returns
+    (trainer, runner state) whose ``trainer.policy(runner)`` is the imitation."""
+    config = PPOConfig(action="clip_pairs", distribution="categorical", share_levels=4, pair_levels=LEVELS,
+                       env_overrides=(("observation", observation),))
+    trainer = Trainer(config)
+    runner = jax.jit(trainer.init)(jax.random.PRNGKey(seed), trainer.default_hparams())
+    x = jnp.asarray(obs)
+    stats = RunningStats(mean=x.mean(0), var=x.var(0), count=jnp.float32(len(obs)))
+    x = stats.normalize(x)
+    t = jnp.asarray(targets, jnp.float32)
+    opt = optax.adam(1e-3)
+
+    def loss(p, xb, tb):
+        (logits,), _ = trainer.network.apply(p, xb)
+        return -(tb * jax.nn.log_softmax(logits[:, 0])).sum(-1).mean()
+
+    @jax.jit
+    def epoch(p, s, key):
+        idx = jax.random.permutation(key, x.shape[0])[: x.shape[0] // 512 * 512].reshape(-1, 512)
+
+        def step(c, i):
+            p, s = c
+            g = jax.grad(loss)(p, x[i], t[i])
+            u, s = opt.update(g, s, p)
+            return (optax.apply_updates(p, u), s), None
+
+        (p, s), _ = jax.lax.scan(step, (p, s), idx)
+        return p, s, loss(p, x, t)
+
+    params, state = runner.params, opt.init(runner.params)
+    key = jax.random.key(seed)
+    for e in range(epochs):
+        key, k = jax.random.split(key)
+        params, state, value = epoch(params, state, k)
+    print(f"  imitation ({observation}): cross-entropy {float(value):.3f}", flush=True)
+    return trainer, runner.replace(params=params, obs_stats=stats)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--loads", default="0.3,0.6,0.9,1.2")
+    ap.add_argument("--horizon", type=int, default=32)
+    ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--teacher-episodes", type=int, default=256)
+    ap.add_argument("--eval-episodes", type=int, default=40)
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--quick", action="store_true", help="tiny run, no RESULTS.md update")
+    args = ap.parse_args()
+    if args.quick:
+        args.horizon, args.samples, args.teacher_episodes, args.eval_episodes, args.epochs = 8, 2, 8, 4, 3
+    loads = [float(v) for v in args.loads.split(",")]
+    t0 = time.perf_counter()
+    env, params = envs.make("alloc-v0", observation="table")
+    summary_env, _ = envs.make("alloc-v0")
+    plan, pairs = make_planner(env, params, args.horizon, args.samples)
+
+    obs, costs = teacher_data(env, params, plan, args.teacher_episodes, 5000, 32)
+    targets = soft_targets(costs, 0.003)
+    imitations = {kind: imitate(kind, obs if kind == "table" else obs[:, :summary_env.obs_dim], targets,
+                                args.epochs, 0)
+                  for kind in ("table", "summary")}
+
+    n = env.num_devices
+    warm = int(0.1 * env.requests)
+
+    def planner_act(key, o, state, p, aux):
+        choice, _ = plan(key, o, state)
+        return jnp.clip(o[:n], pairs[choice][1], pairs[choice][0])
+
+    def imitation_act(kind):
+        trainer, runner = imitations[kind]
+        policy = trainer.policy(runner)
+        cut = env.obs_dim if kind == "table" else summary_env.obs_dim
+        return lambda key, o, state, p, aux: policy(key, o[:cut])
+
+    grid = jnp.asarray([1.0, 0.5, 1 / 3, 0.25, 0.2, 0.1], jnp.float32)
+    const = lambda key, o, state, p, c: jnp.full((n,), c, jnp.float32)
+    mean = lambda recs: episode_metrics(recs, warm)["mean_latency_s"]  # (..., loads, episodes)
+    consts = mean(run_episodes(env, params, const, loads, args.eval_episodes, 1000, aux=grid))
+    best = consts.mean(-1).argmin(0)
+    best_const = consts[best, np.arange(len(loads))]  # (loads, episodes)
+    rows = {"lookahead planner": mean(run_episodes(env, params, planner_act, loads, args.eval_episodes, 1000))}
+    for kind in ("table", "summary"):
+        rows[f"imitation, {kind} observation"] = mean(run_episodes(env, params, imitation_act(kind), loads,
+                                                                   args.eval_episodes, 1000))
+    seconds = time.perf_counter() - t0
+
+    def ci(d):
+        return 1.96 * np.std(d, ddof=1) / np.sqrt(len(d))
+
+    head = ("| policy | " + " | ".join(f"rho = {rho:g}" for rho in loads) + " |\n|---|"
+            + "---:|" * len(loads))
+    lines = [head, "| best constant | " + " | ".join(
+        f"{best_const[j].mean():.4f} (c = {float(grid[best[j]]):.3g})" for j in range(len(loads))) + " |"]
+    for name, lat in rows.items():
+        cells = []
+        for j in range(len(loads)):
+            rel = (lat[j] - best_const[j]) / best_const[j].mean()  # paired over the same episodes
+            cells.append(f"{lat[j].mean():.4f} ({100 * rel.mean():+.1f}% +- {100 * ci(rel):.1f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    print(table)
+    print(f"{seconds:.0f} s")
+    if args.quick:
+        return
+    body = (f"### Lookahead planner and its imitation (`benchmarks/lookahead_imitation.py`)\n\n"
+            f"Command: `{command()}`  \nMachine: {machine()}; load average {load_average()}  \n"
+            f"Revision: {git_revision()}; {seconds:.0f} s\n\n"
+            f"Planner: every (cap, floor) rule over the share levels 0.1, 1/4, 1/3, 1/2, 1 (15 rules), each kept "
+            f"for {args.horizon} requests on {args.samples} sampled futures, least mean total latency wins. "
+            f"Imitation: the `jaxsplit train` actor network (MLP 64-64, categorical over the 15 rules) fitted by "
+            f"cross-entropy ({args.epochs} epochs) to the planner's choices on {args.teacher_episodes} randomised "
+            f"episodes ({args.teacher_episodes * env.requests:,} decisions; default load range 0.2-1.5). Evaluation: "
+            f"the same {args.eval_episodes} episodes of 256 requests per load for every row (randomised clusters, "
+            f"first 10% left out); mean latency in seconds and, in brackets, the paired difference to the best "
+            f"constant share (searched over 1, 1/2, 1/3, 1/4, 0.2, 0.1 on these episodes) with its 95% interval "
+            f"over episodes.\n\n{table}\n")
+    record("lookahead-imitation", body)
+
+
+if __name__ == "__main__":
+    main()
