@@ -36,6 +36,7 @@ from _results import command, git_revision, load_average, machine, record  # noq
 
 from jaxsplit import envs  # noqa: E402
 from jaxsplit.agents.ppo import clip_pairs  # noqa: E402
+from jaxsplit.agents.train_cli import TrainArgs  # noqa: E402
 from jaxsplit.envs.evaluation import episode_metrics, run_episodes  # noqa: E402
 
 #: candidate shares: tenths plus the unit fractions 1/4 and 1/3 (which pack a device exactly).
@@ -140,9 +141,10 @@ def main() -> None:
             b = idx[np.argmin(search[idx, j])]
             cells.append(f"{names[b]}: {search[b, j]:.4f} s")
         fam.append(f"| {rho:g} | " + " | ".join(cells) + " |")
-    # The rules PPO's default action (clip_pairs over the share levels 1/4, 1/3, 1/2, 1) can express,
+    # The rules PPO's default action (clip_pairs over the `jaxsplit train` pair levels) can express,
     # every one of them on the held-out episodes: how far the trained policy could get with a fixed rule.
-    pairs = np.asarray(clip_pairs(4))
+    levels = TrainArgs().pair_levels
+    pairs = np.asarray(clip_pairs(levels))
     pair_theta = np.array([[2.0, floor, cap, 0.0] for cap, floor in pairs], np.float32)
     pair_lat = episode_metrics(run_episodes(env, params, act, loads, eval_eps, 1000, aux=jnp.asarray(pair_theta)),
                                warm)["mean_latency_s"].mean(-1)  # (pairs, loads)
@@ -169,8 +171,8 @@ def main() -> None:
         *lines, "", "Best of each family on the search episodes:", "", *fam, "",
         f"The best simple queue-aware rule {verdict} the 10% goal over the best constant at every load >= 0.9 "
         f"(held-out gains {', '.join(f'{100 * g:.1f}%' for g in gains)}). {note}", "",
-        "The best of the ten fixed rules that PPO's default action (`clip_pairs`, share levels 1/4, 1/3, 1/2, 1; "
-        "floor = cap is a constant share) can express, each run on the held-out episodes (the cap and floor "
+        f"The best of the {len(pairs)} fixed rules that PPO's default action (`clip_pairs`, share levels "
+        f"{', '.join(f'{v:.3g}' for v in levels)}; floor = cap is a constant share) can express, each run on the held-out episodes (the cap and floor "
         "are picked on these episodes, so this is an optimistic figure for the family):", "", *reach])
     print(text)
     if not args.quick:
