@@ -253,10 +253,12 @@ def main() -> None:
     png = HERE / "ppo_results.png"
     plot([(label, ppo, baselines) for label, (ppo, baselines) in results.items()], loads, png)
     cfg = config_from_args(TrainArgs(total_timesteps=timesteps))
+    levels = (f"the (cap, floor) pairs of the levels {', '.join(f'{v:.3g}' for v in cfg.pair_levels)}"
+              if cfg.action == "clip_pairs" and cfg.pair_levels else f"share levels {cfg.share_levels}")
     header = (f"### PPO against the baselines\n\n`{command()}` (rev {git_revision()}) on {machine()}.\n\n"
               f"{seeds} seeds x {timesteps:,} environment steps each, trained one after the other (the default `jaxsplit train` configuration: "
               f"{cfg.num_envs} envs x {cfg.num_steps} steps per update, lr {cfg.lr}, gamma {cfg.gamma}, entropy "
-              f"{cfg.ent_coef}, action {cfg.action!r}, {cfg.distribution} over share levels {cfg.share_levels}, "
+              f"{cfg.ent_coef}, action {cfg.action!r}, {cfg.distribution} over {levels}, "
               f"environment {dict(cfg.env_overrides) or 'defaults'}); training took {train_s:.0f} s for all seeds. Evaluation: the same "
               f"{args.episodes * seeds} episodes of {env.requests} requests for every policy and load (10% warm-up left out), deterministic policy. "
               f"Mean latency in seconds, +- the 95% interval (PPO: t over seeds; baselines: over episodes). "

@@ -345,8 +345,11 @@ def main() -> None:
             f"clip {config.clip_eps}, ent {config.ent_coef}, vf {config.vf_coef}, grad clip {config.max_grad_norm}, "
             f"obs/reward normalisation {config.normalize_obs}/{config.normalize_reward}, environment "
             f"{dict(config.env_overrides) or 'defaults'}; jaxsplit only: action {config.action!r}, "
-            f"{config.distribution} policy over the share levels {config.share_levels} (0, 1/K, ..., 1/2, 1), "
-            f"{config.reward_groups} reward groups (SB3 keeps its Gaussian over the N shares, clipped to [0, 1], and "
+            f"{config.distribution} policy over "
+            + (f"the (cap, floor) pairs of the levels {', '.join(f'{v:.3g}' for v in config.pair_levels)}, "
+               if config.action == "clip_pairs" and config.pair_levels else
+               f"the share levels {config.share_levels} (0, 1/K, ..., 1/2, 1), ")
+            + f"{config.reward_groups} reward groups (SB3 keeps its Gaussian over the N shares, clipped to [0, 1], and "
             "one reward scale).", "",
             "Steps/s counts environment steps of all agents in the second (compiled) call; compile = first "
             "call minus second call. Populations: one `train_population` call (agents initialised one at a time "
