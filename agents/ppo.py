@@ -352,7 +352,8 @@ def make_optimizer(config: PPOConfig, hp: HyperParams) -> optax.GradientTransfor
     def learning_rate(count: jax.Array) -> jax.Array:
         if not config.anneal_lr:
             return hp.lr
-        return hp.lr * (1.0 - jnp.minimum(count, steps).astype(jnp.float32) / steps)
+        # clamped: XLA may divide by a constant as a product with its reciprocal, 1 ulp above 1 at the end
+        return hp.lr * jnp.maximum(1.0 - jnp.minimum(count, steps).astype(jnp.float32) / steps, 0.0)
 
     return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), optax.scale_by_adam(eps=1e-5),
                        optax.scale_by_learning_rate(learning_rate))
@@ -564,8 +565,8 @@ class Trainer:
         metrics = {k: v.mean() for k, v in diags.items()}
         steps = cfg.update_epochs * cfg.num_minibatches
         count = (runner.update + 1) * steps
-        metrics["lr"] = hp.lr * (1.0 - jnp.minimum(count, cfg.num_updates * steps) / (cfg.num_updates * steps)) \
-            if cfg.anneal_lr else hp.lr
+        metrics["lr"] = hp.lr * jnp.maximum(1.0 - jnp.minimum(count, cfg.num_updates * steps)
+                                            / (cfg.num_updates * steps), 0.0) if cfg.anneal_lr else hp.lr
         metrics.update(
             reward=traj.raw_reward.mean(), latency=traj.latency.mean(),
             utilization=traj.utilization.mean(), invalid_rate=traj.invalid.mean(),

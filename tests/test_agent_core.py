@@ -192,6 +192,8 @@ def test_categorical_learning_beats_random_clearly():
     random = _policy_error(env, lambda k, o: jax.random.uniform(k, (env.num_devices,)), jax.random.key(5))
     assert learned < 0.5 * random
     assert float(metrics["reward"][-5:].mean()) > float(metrics["reward"][:5].mean()) + 0.1
+    lr = np.asarray(metrics["lr"])  # annealed linearly to 0 (up to rounding), never below
+    assert lr[0] > 0 and (np.diff(lr) <= 0).all() and (lr >= 0).all() and lr[-1] < 1e-6 * lr[0]
 
 
 def test_snap_shares_rounds_to_the_nearest_unit_fraction():
