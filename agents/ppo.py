@@ -397,9 +397,9 @@ class Trainer:
         #: dimension of the sampled action: N shares, or one common share
         self.action_dim = {"common": 1, "free_clip": 2, "clip_pairs": 1}.get(config.action, int(env.num_devices))
         self.categorical = config.distribution == "categorical"
-        #: categories of each categorical output: the share levels, or the (cap, floor) pairs
         #: the (cap, floor) pairs of action="clip_pairs" (see :func:`clip_pairs`)
         self.pairs = clip_pairs(tuple(config.pair_levels) or config.share_levels)
+        #: categories of each categorical output: the share levels, or the (cap, floor) pairs
         self.choices = self.pairs.shape[0] if config.action == "clip_pairs" else config.share_levels + 1
         self.network = ActorCritic(num_devices=self.action_dim, hidden=tuple(config.hidden),
                                     init_concentration=float(config.init_concentration),

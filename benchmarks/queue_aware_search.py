@@ -172,8 +172,9 @@ def main() -> None:
         f"The best simple queue-aware rule {verdict} the 10% goal over the best constant at every load >= 0.9 "
         f"(held-out gains {', '.join(f'{100 * g:.1f}%' for g in gains)}). {note}", "",
         f"The best of the {len(pairs)} fixed rules that PPO's default action (`clip_pairs`, share levels "
-        f"{', '.join(f'{v:.3g}' for v in levels)}; floor = cap is a constant share) can express, each run on the held-out episodes (the cap and floor "
-        "are picked on these episodes, so this is an optimistic figure for the family):", "", *reach])
+        f"{', '.join(f'{v:.3g}' for v in levels)}; floor = cap is a constant share) can express, each run on "
+        "the held-out episodes (the cap and floor are picked on these episodes, so this is an optimistic figure "
+        "for the family):", "", *reach])
     print(text)
     if not args.quick:
         record("queue-aware-search", text)
