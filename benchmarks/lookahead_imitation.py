@@ -39,34 +39,38 @@ from jaxsplit.agents.ppo import PPOConfig, RunningStats, Trainer, clip_pairs  # 
 from jaxsplit.envs.evaluation import episode_metrics, run_episodes, with_requests  # noqa: E402
 
 LEVELS = (0.1, 0.25, 1 / 3, 0.5, 1.0)
+PAIRS = clip_pairs(LEVELS)  # (15, 2): (cap, floor)
+
+
+def rule_shares(obs: jax.Array, choice: jax.Array, n: int) -> jax.Array:
+    """Shares (n,) of rule ``choice``: every device's free share (obs[:n]) clipped to [floor, cap]."""
+    return jnp.clip(obs[:n], PAIRS[choice, 1], PAIRS[choice, 0])
 
 
 def make_planner(env, params, horizon: int, samples: int):
-    """``plan(key, obs, state) -> (pair index, costs (P,))``: the rule with the least sampled cost."""
-    pairs = clip_pairs(LEVELS)
+    """``plan(key, obs, state) -> (rule index, costs (P,))``: the rule with the least sampled cost."""
     n = env.num_devices
     long_env = with_requests(env, 10**9)  # no auto-reset inside a lookahead
 
-    def cost(state, obs, pair, keys):
+    def cost(state, obs, choice, keys):
         def body(carry, k):
             o, s = carry
-            o2, s2, _, _, _, info = long_env.step(k, s, jnp.clip(o[:n], pair[1], pair[0]), params)
+            o2, s2, _, _, _, info = long_env.step(k, s, rule_shares(o, choice, n), params)
             return (o2, s2), info["latency"]
 
         return jax.lax.scan(body, (obs, state), keys)[1].sum()
 
     def plan(key, obs, state):
         futures = jax.random.split(key, samples * horizon).reshape(samples, horizon)
-        costs = jax.vmap(lambda p: jax.vmap(lambda ks: cost(state, obs, p, ks))(futures).mean())(pairs)
+        costs = jax.vmap(lambda c: jax.vmap(lambda ks: cost(state, obs, c, ks))(futures).mean())(
+            jnp.arange(PAIRS.shape[0]))
         return jnp.argmin(costs), costs
 
-    return plan, pairs
+    return plan
 
 
 def teacher_data(env, params, plan, episodes: int, seed: int, batch: int):
     """Planner decisions on randomised episodes: (table observations (D, obs_dim), costs (D, P))."""
-    pairs = clip_pairs(LEVELS)
-
     def episode(key):
         k_reset, k_run, k_plan = jax.random.split(key, 3)
         obs, state = env.reset(k_reset, params)
@@ -75,8 +79,7 @@ def teacher_data(env, params, plan, episodes: int, seed: int, batch: int):
             obs, state = carry
             k_step, k_plan = ks
             choice, costs = plan(k_plan, obs, state)
-            pair = pairs[choice]
-            o2, s2, *_ = env.step(k_step, state, jnp.clip(obs[:env.num_devices], pair[1], pair[0]), params)
+            o2, s2, *_ = env.step(k_step, state, rule_shares(obs, choice, env.num_devices), params)
             return (o2, s2), (obs, costs)
 
         keys = (jax.random.split(k_run, env.requests), jax.random.split(k_plan, env.requests))
@@ -155,7 +158,7 @@ def main() -> None:
     t0 = time.perf_counter()
     env, params = envs.make("alloc-v0", observation="table")
     summary_env, _ = envs.make("alloc-v0")
-    plan, pairs = make_planner(env, params, args.horizon, args.samples)
+    plan = make_planner(env, params, args.horizon, args.samples)
 
     obs, costs = teacher_data(env, params, plan, args.teacher_episodes, 5000, 32)
     targets = soft_targets(costs, 0.003)
@@ -168,7 +171,7 @@ def main() -> None:
 
     def planner_act(key, o, state, p, aux):
         choice, _ = plan(key, o, state)
-        return jnp.clip(o[:n], pairs[choice][1], pairs[choice][0])
+        return rule_shares(o, choice, n)
 
     def imitation_act(kind):
         trainer, runner = imitations[kind]
