@@ -38,9 +38,9 @@ class TrainArgs:
     observation: Literal["summary", "table"] = "table"
     """what the policy sees: summary (MODEL.md: per device the free share and its next release) or table
     (the same plus the whole reservation table: remaining time and shares of every held reservation)"""
-    total_timesteps: int = 12_000_000
+    total_timesteps: int = 24_000_000
     """environment steps over the whole run"""
-    num_envs: int = 64
+    num_envs: int = 256
     """environments stepped in parallel"""
     num_steps: int = 64
     """rollout length per update (steps per environment)"""
@@ -60,9 +60,9 @@ class TrainArgs:
     """PPO clip range (policy ratio and value)"""
     vf_coef: float = 0.5
     """value loss coefficient"""
-    gamma: float = 0.9
+    gamma: float = 0.97
     """discount per request"""
-    gae_lambda: float = 0.95
+    gae_lambda: float = 0.9
     """GAE lambda"""
     max_grad_norm: float = 0.5
     """global gradient norm clip"""

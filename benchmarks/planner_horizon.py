@@ -34,7 +34,7 @@ from lookahead_imitation import PAIRS, rule_shares  # noqa: E402
 from jaxsplit import envs  # noqa: E402
 from jaxsplit.envs.evaluation import episode_metrics, run_episodes, with_requests  # noqa: E402
 
-DEFAULT_VARIANTS = "32:16:1:u,32:16:0.9:u,32:16:0.97:u,64:32:1:u,64:1:1:c,128:1:1:c"
+DEFAULT_VARIANTS = "32:16:1:u,32:16:0.9:u,32:16:0.97:u,64:1:1:c,128:1:1:c"
 
 
 def parse_variant(text: str) -> tuple[int, int, float, bool]:
