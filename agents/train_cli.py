@@ -54,7 +54,7 @@ class TrainArgs:
     """Adam learning rate (annealed linearly to 0 unless --no-anneal-lr)"""
     anneal_lr: bool = True
     """decay the learning rate linearly over the run"""
-    ent_coef: float = 0.01
+    ent_coef: float = 0.03
     """entropy bonus coefficient"""
     clip_eps: float = 0.2
     """PPO clip range (policy ratio and value)"""
