@@ -40,7 +40,7 @@ class TrainArgs:
     (the same plus the whole reservation table: remaining time and shares of every held reservation)"""
     total_timesteps: int = 24_000_000
     """environment steps over the whole run"""
-    num_envs: int = 256
+    num_envs: int = 512
     """environments stepped in parallel"""
     num_steps: int = 64
     """rollout length per update (steps per environment)"""
