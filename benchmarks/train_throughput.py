@@ -255,7 +255,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few updates each; prints, does not record")
     parser.add_argument("--timesteps", type=int, default=None,
-                        help="steps of the single JAX agent and of SB3 (default 524,288; quick 16,384)")
+                        help="steps of the single JAX agent and of SB3 (default 128 updates of the train "
+                             "defaults' batch; quick 16,384)")
     parser.add_argument("--pop-updates", type=int, default=None,
                         help="updates per agent in the timed population calls (default 3; quick 1)")
     parser.add_argument("--agents", default=None, help="population sizes (default 8,64; quick 8)")
@@ -271,15 +272,15 @@ def main() -> None:
     parser.add_argument("--part", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     quick = args.quick
-    args.timesteps = args.timesteps or (16_384 if quick else 524_288)
     args.pop_updates = args.pop_updates or (1 if quick else 3)
     agents_list = [int(a) for a in (args.agents or ("8" if quick else "8,64")).split(",") if a.strip() and int(a) > 0]
     args.eval_episodes = args.eval_episodes or (2 if quick else 16)
-    timesteps, eval_episodes = args.timesteps, args.eval_episodes
 
     from jaxsplit.agents.train_cli import TrainArgs, config_from_args
 
     base = config_from_args(TrainArgs())  # the train command's PPO settings; only the run length is set here
+    args.timesteps = args.timesteps or (16_384 if quick else 128 * base.batch_size)
+    timesteps, eval_episodes = args.timesteps, args.eval_episodes
     config = dataclasses.replace(base, total_timesteps=timesteps)
     config.validate()
     pop_config = dataclasses.replace(base, total_timesteps=args.pop_updates * base.batch_size)
@@ -383,7 +384,7 @@ def main() -> None:
         cells = [f"{r['mean_latency_s']:.4f} +- {r['mean_latency_s_ci']:.4f}" for r in res]
         body.append(f"| {name} | " + " | ".join(cells) + f" | {np.mean([r['mean_latency_s'] for r in res]):.4f} |")
     if peer:
-        best_pop = max(rows, key=lambda r: r["rate"])
+        best_pop = max((r for r in rows if r["agents"] > 1), key=lambda r: r["rate"], default=single)
         jl = np.mean([r["mean_latency_s"] for r in evals["ppo (jaxsplit)"]])
         sl = np.mean([r["mean_latency_s"] for r in evals["ppo (SB3)"]])
         body += ["", f"Ratio measured in this run: one jaxsplit agent runs {single['rate'] / peer['rate']:.1f}x "
