@@ -12,7 +12,7 @@ episodes as the best constant share:
   will draw), which no causal policy knows. Its gain bounds what rule-held lookahead of this depth can
   find even with perfect forecasts.
 
-    python benchmarks/planner_horizon.py           # records into RESULTS.md (about 15 minutes on 2 cores)
+    python benchmarks/planner_horizon.py           # records into RESULTS.md (about 6 minutes on 2 cores)
     python benchmarks/planner_horizon.py --quick   # small, prints only
 """
 

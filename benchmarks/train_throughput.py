@@ -26,7 +26,7 @@ What is measured (one process, one machine):
   episodes (same keys, loads, clusters, requests). SB3's policy runs as a host callback
   (``jax.pure_callback``, one batched call per step for all episodes).
 
-    python benchmarks/train_throughput.py            # full run, writes RESULTS.md (about 15 minutes)
+    python benchmarks/train_throughput.py            # full run, writes RESULTS.md (about 5 minutes)
     python benchmarks/train_throughput.py --quick    # a smoke run of a few updates, no RESULTS.md update
 
 Needs the ``bench`` extra (``pip install -e .[bench]``: stable-baselines3) for the peer.
