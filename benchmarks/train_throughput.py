@@ -256,7 +256,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few updates each; prints, does not record")
     parser.add_argument("--timesteps", type=int, default=None,
                         help="steps of the single JAX agent and of SB3 (default 128 updates of the train "
-                             "defaults' batch; quick 16,384)")
+                             "defaults' batch; quick 2)")
     parser.add_argument("--pop-updates", type=int, default=None,
                         help="updates per agent in the timed population calls (default 3; quick 1)")
     parser.add_argument("--agents", default=None, help="population sizes (default 8,64; quick 8)")
@@ -279,7 +279,7 @@ def main() -> None:
     from jaxsplit.agents.train_cli import TrainArgs, config_from_args
 
     base = config_from_args(TrainArgs())  # the train command's PPO settings; only the run length is set here
-    args.timesteps = args.timesteps or (16_384 if quick else 128 * base.batch_size)
+    args.timesteps = args.timesteps or ((2 if quick else 128) * base.batch_size)
     timesteps, eval_episodes = args.timesteps, args.eval_episodes
     config = dataclasses.replace(base, total_timesteps=timesteps)
     config.validate()
