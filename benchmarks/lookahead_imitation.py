@@ -47,6 +47,33 @@ def rule_shares(obs: jax.Array, choice: jax.Array, n: int) -> jax.Array:
     return jnp.clip(obs[:n], PAIRS[choice, 1], PAIRS[choice, 0])
 
 
+CONSTANT_GRID = (1.0, 0.5, 1 / 3, 0.25, 0.2, 0.1)
+
+
+def best_constant(env, params, loads, episodes: int, seed: int, warm: int) -> tuple[list[float], np.ndarray]:
+    """The constant share of CONSTANT_GRID with the least mean latency at each load, on the episodes
+    of ``run_episodes(..., episodes, seed)``: (its share per load, its per-episode mean latency
+    (loads, episodes))."""
+    n = env.num_devices
+    grid = jnp.asarray(CONSTANT_GRID, jnp.float32)
+    const = lambda key, o, state, p, c: jnp.full((n,), c, jnp.float32)
+    consts = episode_metrics(run_episodes(env, params, const, loads, episodes, seed, aux=grid),
+                             warm)["mean_latency_s"]  # (G, loads, episodes)
+    best = consts.mean(-1).argmin(0)
+    return [CONSTANT_GRID[int(b)] for b in best], consts[best, np.arange(len(loads))]
+
+
+def paired_cells(lat: np.ndarray, base: np.ndarray) -> list[str]:
+    """Table cells per load: mean latency of ``lat`` (loads, episodes) and, in brackets, its paired
+    difference to ``base`` (same episodes) relative to base's mean, with a 95% interval over episodes."""
+    cells = []
+    for j in range(lat.shape[0]):
+        rel = (lat[j] - base[j]) / base[j].mean()
+        ci = 1.96 * np.std(rel, ddof=1) / np.sqrt(len(rel))
+        cells.append(f"{lat[j].mean():.4f} ({100 * rel.mean():+.1f}% +- {100 * ci:.1f})")
+    return cells
+
+
 def make_planner(env, params, horizon: int, samples: int):
     """``plan(key, obs, state) -> (rule index, costs (P,))``: the rule with the least sampled cost."""
     n = env.num_devices
@@ -179,31 +206,20 @@ def main() -> None:
         cut = env.obs_dim if kind == "table" else summary_env.obs_dim
         return lambda key, o, state, p, aux: policy(key, o[:cut])
 
-    grid = jnp.asarray([1.0, 0.5, 1 / 3, 0.25, 0.2, 0.1], jnp.float32)
-    const = lambda key, o, state, p, c: jnp.full((n,), c, jnp.float32)
     mean = lambda recs: episode_metrics(recs, warm)["mean_latency_s"]  # (..., loads, episodes)
-    consts = mean(run_episodes(env, params, const, loads, args.eval_episodes, 1000, aux=grid))
-    best = consts.mean(-1).argmin(0)
-    best_const = consts[best, np.arange(len(loads))]  # (loads, episodes)
+    shares, best_const = best_constant(env, params, loads, args.eval_episodes, 1000, warm)
     rows = {"lookahead planner": mean(run_episodes(env, params, planner_act, loads, args.eval_episodes, 1000))}
     for kind in ("table", "summary"):
         rows[f"imitation, {kind} observation"] = mean(run_episodes(env, params, imitation_act(kind), loads,
                                                                    args.eval_episodes, 1000))
     seconds = time.perf_counter() - t0
 
-    def ci(d):
-        return 1.96 * np.std(d, ddof=1) / np.sqrt(len(d))
-
     head = ("| policy | " + " | ".join(f"rho = {rho:g}" for rho in loads) + " |\n|---|"
             + "---:|" * len(loads))
     lines = [head, "| best constant | " + " | ".join(
-        f"{best_const[j].mean():.4f} (c = {float(grid[best[j]]):.3g})" for j in range(len(loads))) + " |"]
+        f"{best_const[j].mean():.4f} (c = {shares[j]:.3g})" for j in range(len(loads))) + " |"]
     for name, lat in rows.items():
-        cells = []
-        for j in range(len(loads)):
-            rel = (lat[j] - best_const[j]) / best_const[j].mean()  # paired over the same episodes
-            cells.append(f"{lat[j].mean():.4f} ({100 * rel.mean():+.1f}% +- {100 * ci(rel):.1f})")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(paired_cells(lat, best_const)) + " |")
     table = "\n".join(lines)
     print(table)
     print(f"{seconds:.0f} s")

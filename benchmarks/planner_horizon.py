@@ -29,10 +29,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import command, git_revision, load_average, machine, record  # noqa: E402
-from lookahead_imitation import PAIRS, rule_shares  # noqa: E402
+from lookahead_imitation import PAIRS, best_constant, paired_cells, rule_shares  # noqa: E402
 
 from jaxsplit import envs  # noqa: E402
-from jaxsplit.envs.evaluation import episode_metrics, run_episodes, with_requests  # noqa: E402
+from jaxsplit.envs.evaluation import with_requests  # noqa: E402
 
 DEFAULT_VARIANTS = "32:16:1:u,32:16:0.9:u,32:16:0.97:u,64:1:1:c,128:1:1:c"
 
@@ -129,34 +129,23 @@ def main() -> None:
     n, warm = env.num_devices, int(0.1 * env.requests)
     pad = max(h for _, (h, *_rest) in variants)
 
-    grid = jnp.asarray([1.0, 0.5, 1 / 3, 0.25, 0.2, 0.1], jnp.float32)
-    const = lambda key, o, state, p, c: jnp.full((n,), c, jnp.float32)
-    consts = episode_metrics(run_episodes(env, params, const, loads, args.episodes, args.seed, aux=grid),
-                             warm)["mean_latency_s"]  # (G, loads, episodes)
-    best = consts.mean(-1).argmin(0)
-    best_const = consts[best, np.arange(len(loads))]  # (loads, episodes)
+    shares, best_const = best_constant(env, params, loads, args.episodes, args.seed, warm)
     # this script's runner must replay the very episodes of run_episodes
-    c0 = float(grid[best[0]])
+    c0 = shares[0]
     replay = run(env, params, lambda k, t, o, s, sk, p: jnp.full((n,), c0, jnp.float32), loads[:1],
                  args.episodes, args.seed, pad)[..., warm:].mean(-1)
     if not np.allclose(replay[0], best_const[0], rtol=1e-6):
         raise SystemExit("internal error: the planner runner does not replay run_episodes' episodes")
 
-    def ci(d):
-        return 1.96 * np.std(d, ddof=1) / np.sqrt(len(d))
-
     head = ("| planner (H requests ahead, S futures, weight g**h) | " + " | ".join(f"rho = {r:g}" for r in loads)
             + " | s |\n|---|" + "---:|" * (len(loads) + 1))
     lines = [head, "| best constant share | " + " | ".join(
-        f"{best_const[j].mean():.4f} (c = {float(grid[best[j]]):.3g})" for j in range(len(loads))) + " | |"]
+        f"{best_const[j].mean():.4f} (c = {shares[j]:.3g})" for j in range(len(loads))) + " | |"]
     for text, (h, s, g, clair) in variants:
         t1 = time.perf_counter()
         lat = run(env, params, make_planner(env, h, s, g, clair), loads, args.episodes, args.seed,
                   pad)[..., warm:].mean(-1)
-        cells = []
-        for j in range(len(loads)):
-            rel = (lat[j] - best_const[j]) / best_const[j].mean()  # paired over the same episodes
-            cells.append(f"{lat[j].mean():.4f} ({100 * rel.mean():+.1f}% +- {100 * ci(rel):.1f})")
+        cells = paired_cells(lat, best_const)
         who = "the real future" if clair else f"S = {s}"
         lines.append(f"| H = {h}, {who}, g = {g:g} | " + " | ".join(cells) + f" | {time.perf_counter() - t1:.0f} |")
         print(lines[-1], flush=True)
