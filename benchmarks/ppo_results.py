@@ -3,7 +3,8 @@
 What it does, in one run:
 
 1. Trains ``--seeds`` PPO agents (the default configuration of ``jaxsplit train``, ``--timesteps``
-   environment steps each), one after the other with one compiled ``jit(train)``.
+   environment steps each, ``--update-epochs`` passes over each rollout), one after the other with one
+   compiled ``jit(train)``.
 2. Evaluates every agent (deterministic policy) and every baseline of ``jaxsplit.envs.policies`` at
    ``--loads`` on the default randomised clusters and on a fixed cluster (``--cluster``, the instance
    format; the agents never saw it in training). Every policy runs on the same episodes.
@@ -19,6 +20,11 @@ benchmarks/ppo_results.png.
 
     python benchmarks/ppo_results.py                 # 5 seeds, full length (tens of minutes on 2 cores)
     python benchmarks/ppo_results.py --quick         # 2 seeds, short training, no RESULTS.md update
+    python benchmarks/ppo_results.py --timesteps 48000000 --update-epochs 2 --no-ablation --tag long
+                                                     # longer training, its own section of RESULTS.md
+
+With ``--tag NAME`` the figures go to the section ``ppo-results-NAME`` of RESULTS.md and to
+``ppo_results_NAME.json`` / ``.png``, beside those of the default configuration.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import argparse
 import hashlib
 import json
 import pickle
+import re
 import sys
 import time
 from pathlib import Path
@@ -56,14 +63,15 @@ def t_interval(values: np.ndarray) -> float:
     return float(stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
 
 
-def train_agents(split: str, seeds: int, timesteps: int):
-    """Train ``seeds`` agents of the default ``jaxsplit train`` configuration; (trainer, runners, seconds).
+def train_agents(split: str, seeds: int, timesteps: int, update_epochs: int):
+    """Train ``seeds`` agents of the ``jaxsplit train`` configuration with ``timesteps`` environment steps
+    and ``update_epochs`` passes per rollout; (trainer, runners, seconds).
 
     The agents are trained one after the other by one jitted ``train`` (compiled once), as for the
     recorded figures; ``jaxsplit.agents.population.train_population`` would train them as one
     population in one call (same agents up to float rounding).
     """
-    args = TrainArgs(split=split, total_timesteps=timesteps)
+    args = TrainArgs(split=split, total_timesteps=timesteps, update_epochs=update_epochs)
     config = config_from_args(args)
     train = make_train(config)
     trainer = train.trainer
@@ -165,6 +173,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5, help="PPO agents (seeds) per setting")
     ap.add_argument("--timesteps", type=int, default=None,
                     help="environment steps per agent (default: jaxsplit train's default)")
+    ap.add_argument("--update-epochs", type=int, default=None,
+                    help="passes over each rollout (default: jaxsplit train's default)")
+    ap.add_argument("--tag", default=None,
+                    help="record in the RESULTS.md section ppo-results-TAG and ppo_results_TAG.json/.png "
+                         "(for a configuration other than the main job's)")
     ap.add_argument("--loads", default="0.3,0.6,0.9,1.2", help="offered loads of the evaluation")
     ap.add_argument("--episodes", type=int, default=8,
                     help="evaluation episodes per seed and load (every policy runs on seeds x episodes episodes)")
@@ -179,29 +192,35 @@ def main() -> None:
     args = ap.parse_args()
     loads = [float(x) for x in args.loads.split(",")]
     timesteps = args.timesteps or TrainArgs().total_timesteps
+    epochs = args.update_epochs or TrainArgs().update_epochs
+    stem = "ppo_results" + (f"_{args.tag}" if args.tag else "")
     seeds = args.seeds
     if args.quick:
         seeds, timesteps = 2, min(timesteps, 200_000)
     if seeds < 2:
         raise SystemExit("--seeds must be at least 2 for a confidence interval")
+    if args.tag is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", args.tag):
+        raise SystemExit(f"--tag must be letters, digits, '-' or '_' (it names a file and a section), got {args.tag!r}")
 
     settings = {}
     for split in ("closed_form",) + (() if args.no_ablation else ("equal",)):
-        config = config_to_json(config_from_args(TrainArgs(split=split, total_timesteps=timesteps)))
+        config = config_to_json(config_from_args(TrainArgs(split=split, total_timesteps=timesteps,
+                                                           update_epochs=epochs)))
         digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
         saved = Path(args.agents) / f"ppo_agents_{split}_{seeds}x{timesteps}_{digest}.pkl"  # the config's own file
         if args.reuse_agents and saved.exists():
             with open(saved, "rb") as fh:
                 trainer_args, runners, seconds = pickle.load(fh)
+                trainer_args.setdefault("update_epochs", TrainArgs().update_epochs)  # files kept before the option
             trainer = make_train(config_from_args(TrainArgs(**trainer_args))).trainer
             print(f"reusing the {seeds} agents of {saved} (trained in {seconds:.0f} s)", flush=True)
         else:
             print(f"training {seeds} agents, split {split}, {timesteps:,} steps each ...", flush=True)
-            trainer, runners, seconds = train_agents(split, seeds, timesteps)
+            trainer, runners, seconds = train_agents(split, seeds, timesteps, epochs)
             print(f"  trained in {seconds:.0f} s ({seeds * timesteps / seconds:,.0f} env-steps/s)", flush=True)
             saved.parent.mkdir(parents=True, exist_ok=True)
             with open(saved, "wb") as fh:
-                pickle.dump((dict(split=split, total_timesteps=timesteps), runners, seconds), fh)
+                pickle.dump((dict(split=split, total_timesteps=timesteps, update_epochs=epochs), runners, seconds), fh)
         settings[split] = (trainer, runners, seconds)
 
     trainer, runners, train_s = settings["closed_form"]
@@ -217,7 +236,7 @@ def main() -> None:
 
     raw = {label: {"ppo": ppo, "baselines": baselines} for label, (ppo, baselines) in results.items()}
     if not args.quick:  # the raw figures, kept even if a later step fails
-        (HERE / "ppo_results.json").write_text(json.dumps(raw, indent=1) + "\n")
+        (HERE / f"{stem}.json").write_text(json.dumps(raw, indent=1) + "\n")
 
     ablation = None
     if "equal" in settings:
@@ -250,20 +269,27 @@ def main() -> None:
     if args.quick:
         print("(quick run: RESULTS.md not updated)")
         return
-    png = HERE / "ppo_results.png"
+    png = HERE / f"{stem}.png"
     plot([(label, ppo, baselines) for label, (ppo, baselines) in results.items()], loads, png)
-    cfg = config_from_args(TrainArgs(total_timesteps=timesteps))
+    cfg = config_from_args(TrainArgs(total_timesteps=timesteps, update_epochs=epochs))
+    defaults = TrainArgs()
+    changed = [f"--{name.replace('_', '-')} {value}" for name, value, default in
+               (("total_timesteps", timesteps, defaults.total_timesteps), ("update_epochs", epochs, defaults.update_epochs))
+               if value != default]
+    which = ("the default `jaxsplit train` configuration" if not changed else
+             f"the `jaxsplit train` configuration with {' '.join(changed)}")
     levels = (f"the (cap, floor) pairs of the levels {', '.join(f'{v:.3g}' for v in cfg.pair_levels)}"
               if cfg.action == "clip_pairs" and cfg.pair_levels else f"share levels {cfg.share_levels}")
-    header = (f"### PPO against the baselines\n\n`{command()}` (rev {git_revision()}) on {machine()}.\n\n"
-              f"{seeds} seeds x {timesteps:,} environment steps each, trained one after the other (the default `jaxsplit train` configuration: "
-              f"{cfg.num_envs} envs x {cfg.num_steps} steps per update, lr {cfg.lr}, gamma {cfg.gamma}, entropy "
+    header = (f"### PPO against the baselines{f' ({args.tag})' if args.tag else ''}\n\n`{command()}` (rev {git_revision()}) on {machine()}.\n\n"
+              f"{seeds} seeds x {timesteps:,} environment steps each, trained one after the other ({which}: "
+              f"{cfg.num_envs} envs x {cfg.num_steps} steps per update, {cfg.update_epochs} epochs x "
+              f"{cfg.num_minibatches} minibatches, lr {cfg.lr}, gamma {cfg.gamma}, entropy "
               f"{cfg.ent_coef}, action {cfg.action!r}, {cfg.distribution} over {levels}, "
               f"environment {dict(cfg.env_overrides) or 'defaults'}); training took {train_s:.0f} s for all seeds. Evaluation: the same "
               f"{args.episodes * seeds} episodes of {env.requests} requests for every policy and load (10% warm-up left out), deterministic policy. "
               f"Mean latency in seconds, +- the 95% interval (PPO: t over seeds; baselines: over episodes). "
-              f"Plot: [ppo_results.png](ppo_results.png).\n\n")
-    record("ppo-results", header + body)
+              f"Plot: [{png.name}]({png.name}).\n\n")
+    record("ppo-results" + (f"-{args.tag}" if args.tag else ""), header + body)
     print(f"recorded in {HERE / 'RESULTS.md'}")
 
 
