@@ -110,15 +110,19 @@ def write_report(run_dir: Path, config: PPOConfig, rows: Sequence[dict[str, floa
 
 
 def rollout_latencies(policy_fn, env: Any, params: Any, episodes: int, key) -> np.ndarray:
-    """Per-request latencies (s), shape (episodes, requests), of ``policy_fn(key, obs)`` over whole episodes."""
+    """Per-request latencies (s) of ``policy_fn(key, obs)`` (or a baseline ``Policy``) over whole episodes.
+
+    ``params`` is one :class:`EnvParams` (result (episodes, requests)) or L of them stacked along a
+    leading axis (result (L, episodes, requests)): the L settings, loads for instance, run in one
+    compiled call with the same keys.
+    """
     import jax
 
     from jaxsplit.envs.policies import Policy
 
     requests = int(env.requests)
 
-    @jax.jit
-    def run(key):
+    def run(key, params):
         k_reset, k_steps = jax.random.split(key)
         obs, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_reset, episodes), params)
 
@@ -137,7 +141,8 @@ def rollout_latencies(policy_fn, env: Any, params: Any, episodes: int, key) -> n
         _, lat = jax.lax.scan(step, (obs, state), jax.random.split(k_steps, requests))
         return lat.T
 
-    return np.asarray(run(key))
+    stacked = np.ndim(params.load_min) > 0
+    return np.asarray(jax.jit(jax.vmap(run, in_axes=(None, 0)) if stacked else run)(key, params))
 
 
 def _baseline_policies(env: Any, params: Any, loads: Sequence[float]) -> dict[str, Any]:
@@ -173,11 +178,15 @@ def evaluate_against_baselines(trainer: Trainer, runner: RunnerState, loads: Seq
     config = trainer.config
     policies = {"ppo": trainer.policy(runner),
                 **_baseline_policies(trainer.env, envs.make(config.env_name, **dict(config.env_overrides))[1], loads)}
+    env, _ = envs.make(config.env_name, **dict(config.env_overrides))
+    at_load = [envs.make(config.env_name, **dict(config.env_overrides), load=float(load))[1] for load in loads]
+    params = jax.tree.map(lambda *leaves: np.stack(leaves), *at_load)  # (L, ...): every load in one call
+    latencies = {name: rollout_latencies(policy_fn, env, params, episodes, jax.random.PRNGKey(seed + 1))
+                 for name, policy_fn in policies.items()}  # (L, episodes, requests) each
     results = []
-    for load in loads:
-        env, params = envs.make(config.env_name, **dict(config.env_overrides), load=float(load))
-        for name, policy_fn in policies.items():
-            lat = rollout_latencies(policy_fn, env, params, episodes, jax.random.PRNGKey(seed + 1))
+    for i, load in enumerate(loads):
+        for name, lat_all in latencies.items():
+            lat = lat_all[i]
             per_episode = lat.mean(axis=1)
             ci = 1.96 * per_episode.std(ddof=1) / np.sqrt(len(per_episode)) if len(per_episode) > 1 else 0.0
             results.append(dict(policy=name, load=float(load), mean_latency_s=float(lat.mean()),

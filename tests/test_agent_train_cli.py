@@ -60,3 +60,25 @@ def test_report_best_constant_uses_the_share_searched_at_each_load():
         obs, state = env.reset(jax.random.key(0), at)
         np.testing.assert_allclose(np.asarray(best(jax.random.key(1), obs, state, at)), share, rtol=1e-6)
     assert want[-1] < 1.0  # overloaded: the whole cluster is not the best constant
+
+
+def test_report_rollout_runs_stacked_loads_like_one_call_per_load():
+    """rollout_latencies with params stacked over loads (one compiled call, as the final evaluation
+    runs it) gives each load's latencies as a call with that load's params alone."""
+    import jax
+    import numpy as np
+
+    from jaxsplit import envs
+    from jaxsplit.agents import report
+    from jaxsplit.envs import policies
+
+    env, _ = envs.make("alloc-v0", models=("alexnet", "resnet18"), requests=24)
+    at_load = [envs.make("alloc-v0", models=("alexnet", "resnet18"), requests=24, load=load)[1] for load in (0.4, 1.3)]
+    stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *at_load)
+    policy = policies.get("constant", env, c=0.5)
+    both = report.rollout_latencies(policy, env, stacked, 3, jax.random.PRNGKey(5))
+    assert both.shape == (2, 3, 24)
+    for i, params in enumerate(at_load):
+        alone = report.rollout_latencies(policy, env, params, 3, jax.random.PRNGKey(5))
+        np.testing.assert_allclose(both[i], alone, rtol=1e-5)
+    assert both[1].mean() > both[0].mean()  # the loads really differ
