@@ -176,9 +176,8 @@ def evaluate_against_baselines(trainer: Trainer, runner: RunnerState, loads: Seq
     from jaxsplit import envs
 
     config = trainer.config
-    policies = {"ppo": trainer.policy(runner),
-                **_baseline_policies(trainer.env, envs.make(config.env_name, **dict(config.env_overrides))[1], loads)}
-    env, _ = envs.make(config.env_name, **dict(config.env_overrides))
+    env, base_params = envs.make(config.env_name, **dict(config.env_overrides))
+    policies = {"ppo": trainer.policy(runner), **_baseline_policies(trainer.env, base_params, loads)}
     at_load = [envs.make(config.env_name, **dict(config.env_overrides), load=float(load))[1] for load in loads]
     params = jax.tree.map(lambda *leaves: np.stack(leaves), *at_load)  # (L, ...): every load in one call
     latencies = {name: rollout_latencies(policy_fn, env, params, episodes, jax.random.PRNGKey(seed + 1))
