@@ -178,8 +178,10 @@ def evaluate_against_baselines(trainer: Trainer, runner: RunnerState, loads: Seq
     config = trainer.config
     env, base_params = envs.make(config.env_name, **dict(config.env_overrides))
     policies = {"ppo": trainer.policy(runner), **_baseline_policies(trainer.env, base_params, loads)}
-    at_load = [envs.make(config.env_name, **dict(config.env_overrides), load=float(load))[1] for load in loads]
-    params = jax.tree.map(lambda *leaves: np.stack(leaves), *at_load)  # (L, ...): every load in one call
+    # (L, ...): the base params once per load with rho fixed there (as envs.make(..., load=x) sets it)
+    loads_a = np.asarray(loads, np.asarray(base_params.load_min).dtype)
+    params = jax.tree.map(lambda a: np.broadcast_to(a, (len(loads),) + np.shape(a)), base_params)
+    params = params.replace(load_min=loads_a, load_max=loads_a)
     latencies = {name: rollout_latencies(policy_fn, env, params, episodes, jax.random.PRNGKey(seed + 1))
                  for name, policy_fn in policies.items()}  # (L, episodes, requests) each
     results = []
