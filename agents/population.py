@@ -24,6 +24,7 @@ them, each host feeds the shards of its own devices (``jax.make_array_from_callb
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any, Callable, Literal, Sequence
 
@@ -33,7 +34,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from .ppo import HyperParams
+from .ppo import TRACED, HyperParams
 
 #: name of the mesh axis that carries the population.
 POP_AXIS = "pop"
@@ -51,25 +52,39 @@ def population_grid(base: HyperParams, seeds: int | Sequence[int], **grid: Seque
                     ) -> tuple[np.ndarray, HyperParams, list[dict[str, float]]]:
     """Keys and hyperparameters of the product of ``seeds`` and the value lists in ``grid``.
 
-    Returns ``(keys (P, 2) uint32, hparams with fields of shape (P,), rows)`` where ``rows[p]`` names
-    agent p's seed and grid values. Fields not in ``grid`` keep ``base``'s value.
+    ``grid`` names traced PPO settings (:data:`~jaxsplit.agents.ppo.TRACED`) or scalar fields of the
+    environment's params (``base.env``, a dataclass pytree such as the allocation environment's
+    ``EnvParams``). Returns ``(keys (P, 2) uint32, hparams with leaves of leading axis P, rows)`` where
+    ``rows[p]`` names agent p's seed and grid values. Everything not in ``grid`` keeps ``base``'s value.
     """
     seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seeds:
         raise ValueError("seeds must not be empty")
+    env_fields = {f.name for f in dataclasses.fields(base.env)} if dataclasses.is_dataclass(base.env) else set()
     for name, values in grid.items():
-        if name not in HyperParams.__dataclass_fields__:
-            raise ValueError(f"unknown hyperparameter {name!r}; choose from {sorted(HyperParams.__dataclass_fields__)}")
+        if name not in TRACED and name not in env_fields:
+            raise ValueError(f"field {name!r}: not a traced setting; choose from {', '.join(TRACED)} or the "
+                             f"environment's parameters {', '.join(sorted(env_fields))}")
+        if name in env_fields and np.ndim(getattr(base.env, name)) != 0:
+            raise ValueError(f"field {name!r}: only scalar environment parameters can be searched")
         if len(values) == 0:
-            raise ValueError(f"grid {name!r} has no values")
+            raise ValueError(f"field {name!r}: the grid has no values")
     names = list(grid)
     rows = [dict(zip(names, combo), seed=s) for combo in itertools.product(*grid.values()) for s in seeds]
     keys = np.stack([np.asarray(jax.random.PRNGKey(r["seed"])) for r in rows]).astype(np.uint32)
-    fields = {}
-    for name in HyperParams.__dataclass_fields__:
-        default = float(np.asarray(getattr(base, name)))
-        fields[name] = np.asarray([r.get(name, default) for r in rows], np.float32)
-    return keys, HyperParams(**fields), rows
+    size = len(rows)
+
+    def column(name: str, default: Any) -> np.ndarray:
+        default = np.asarray(default)
+        if name not in names:
+            return np.broadcast_to(default, (size,) + default.shape).copy()
+        return np.asarray([r[name] for r in rows], default.dtype)
+
+    ppo = {name: column(name, np.float32(getattr(base, name))) for name in TRACED}
+    env = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (size,) + np.shape(x)).copy(), base.env)
+    if env_fields:
+        env = env.replace(**{name: column(name, getattr(base.env, name)) for name in names if name in env_fields})
+    return keys, HyperParams(**ppo, env=env), rows
 
 
 def _to_global(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
@@ -127,9 +142,10 @@ def train_population(train: Callable, keys: np.ndarray, hparams: HyperParams, me
     size = keys.shape[0]
     if keys.ndim != 2 or keys.shape[1] != 2:
         raise ValueError(f"keys must have shape (P, 2), got {keys.shape}")
-    for name, value in vars(hparams).items():
-        if np.shape(value) != (size,):
-            raise ValueError(f"hparams.{name} must have shape ({size},), got {np.shape(value)}")
+    for path, value in jax.tree_util.tree_leaves_with_path(hparams):
+        if np.shape(value)[:1] != (size,):
+            raise ValueError(f"hparams{jax.tree_util.keystr(path)} must have leading axis {size}, "
+                             f"got shape {np.shape(value)}")
     if init not in INIT_MODES:
         raise ValueError(f"init must be one of {INIT_MODES}, got {init!r}")
     cache = train.__dict__.setdefault("_population_fns", {})

@@ -1,18 +1,24 @@
-"""PPO for the allocation environment: the whole training run is one jitted function.
+"""PPO: the whole training run is one jitted function, for any environment with spaces.
 
-``make_train(config)`` returns ``train(key, hparams=None) -> (runner_state, metrics)``. Inside, a scan
-over updates runs a rollout scan (vmapped environments), a reverse scan for GAE, and scans over
-epochs and minibatches. Metrics are reduced to scalars per update inside the scan, so memory does
+``make_train(config, env, env_params)`` returns ``train(key, hparams=None) -> (runner_state, metrics)``.
+Inside, a scan over updates runs a rollout scan (vmapped environments), a reverse scan for GAE, and scans
+over epochs and minibatches. Metrics are reduced to scalars per update inside the scan, so memory does
 not grow with the run: ``metrics[name]`` has shape (num_updates,).
 
-Two kinds of settings:
+The trainer sees the environment only through ``reset(key, params)``, ``step(key, state, action, params)``
+(gymnax conventions, auto-reset with ``info["final_observation"]``), ``observation_space(params)`` and
+``action_space(params)``. A :class:`~jaxsplit.envs.spaces.Box` action gets a Beta policy per entry (scaled
+to the box), a :class:`~jaxsplit.envs.spaces.Discrete` or :class:`~jaxsplit.envs.spaces.MultiDiscrete`
+action a categorical one. How an action becomes the allocation environment's shares is the business of
+the action wrappers of :mod:`jaxsplit.envs.actions`. Per-group reward statistics (``reward_groups``)
+read ``info["group"]``, a value in [0, 1] that the environment documents (the allocation environment:
+the episode's place in its load range).
 
-- :class:`PPOConfig` (static, a plain frozen dataclass) fixes array shapes and loop lengths:
-  number of environments, rollout length, epochs, minibatches, network widths, environment name.
-- :class:`HyperParams` (a ``flax.struct`` pytree of float32 scalars) holds everything a sweep varies:
-  learning rate, entropy coefficient, clip range, gamma, GAE lambda, value coefficient, gradient
-  clip, and the environment's utilisation weight and load range. Because they are traced,
-  ``jax.jit(jax.vmap(train))(keys, hparams)`` trains a whole population in one call.
+Every setting is declared once, in :class:`PPOConfig`, with its default (the main job's) and its help.
+Settings marked traced (:func:`traced`) are the fields of :class:`HyperParams`, float32 arrays inside the
+jitted program: ``jax.jit(jax.vmap(train))(keys, hparams)`` trains a population that differs in them.
+``HyperParams.env`` holds the environment's params, also traced, so a population may differ in any
+environment parameter too. The other settings fix shapes and loop lengths (static).
 
 Truncated episodes are bootstrapped: the value target of the last step of an episode uses
 ``V(info["final_observation"])`` (the observation before the auto-reset), and only the
@@ -24,93 +30,72 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
+
+from jaxsplit.envs import spaces
 
 from .distributions import (beta_entropy, beta_log_prob, beta_mean, beta_sample, categorical_entropy,
                             categorical_log_prob, categorical_mode, categorical_sample)
 from .networks import ActorCritic
 
 
+def traced(default: float) -> Any:
+    """A :class:`PPOConfig` field that is traced (a field of :class:`HyperParams`, sweepable)."""
+    return field(default=default, metadata={"traced": True})
+
+
 @dataclass(frozen=True)
 class PPOConfig:
-    """Static settings of a PPO run (they fix shapes and loop lengths).
+    """The settings of a PPO run (defaults: the main job's, ``jaxsplit train``). See docs/TRAINING.md
+    for what chose them. Settings marked (traced) may differ between the agents of one population;
+    the others fix shapes and loop lengths."""
 
-    Attributes:
-      env_name: environment registered in ``jaxsplit.envs.make``.
-      env_overrides: keyword overrides for ``jaxsplit.envs.make`` (a tuple of (name, value) pairs).
-      num_envs: environments stepped in parallel per agent.
-      num_steps: rollout length per update (steps per environment).
-      total_timesteps: environment steps per agent over the whole run.
-      update_epochs: passes over each rollout.
-      num_minibatches: minibatches per epoch (must divide num_envs * num_steps).
-      hidden: hidden widths of the actor and the critic MLPs.
-      anneal_lr: decay the learning rate linearly to 0 over the run.
-      normalize_obs: standardise observations with running statistics (kept in the runner state and
-        applied by the trained policy).
-      normalize_reward: divide rewards by the running standard deviation of the discounted return (the
-        allocation reward spans orders of magnitude between light and overloaded episodes).
-      lr, ent_coef, clip_eps, vf_coef, gamma, gae_lambda, max_grad_norm: defaults of :class:`HyperParams`.
-      util_weight, load_min, load_max: environment parameters overridden per agent (None keeps the env's).
-      share_levels: 0 sends the sampled shares as they are; K > 0 rounds each share to the nearest of
-        {0, 1/K, ..., 1/3, 1/2, 1} before the environment sees it (see :func:`snap_shares`), so that
-        concurrent requests can pack a device exactly (two halves, three thirds). The log-probability
-        is that of the continuous sample; the rounding is part of the environment from PPO's side.
-      reward_groups: with normalize_reward, the number of offered-load groups (equal slices of the
-        episode load range) that keep their own return statistics. Episodes at different loads then
-        weigh alike in the gradient instead of the overloaded ones drowning the rest; each group's
-        rewards are scaled by a positive constant only, and the load is in the observation, so the
-        best policy of every episode is unchanged. 1 keeps one global statistic.
-      init_concentration, init_mean: the initial Beta policy, alpha = 2 c m and beta = 2 c (1 - m), both > 1
-        (see :class:`~jaxsplit.agents.networks.ActorCritic`).
-      distribution: "beta" samples shares in [0, 1] (rounded to the levels when ``share_levels`` > 0);
-        "categorical" samples a level of :func:`share_grid` directly (needs ``share_levels`` > 0), so
-        that every level, the whole device included, is tried from the start and the log-probability
-        is that of the share the environment receives.
-      action: "per_device" samples one share per device (N outputs); "common" samples one share for
-        the request and gives it on every device (one output, broadcast to N), the form of the
-        constant-share baselines, which PPO then makes depend on the observation;
-        "free_clip" samples a cap and a floor and gives every device its free share clipped to
-        [floor, cap] (see :meth:`Trainer.shares`): the request takes what is free now, within bounds;
-        "clip_pairs" (categorical only) samples one of the (cap, floor) pairs of nonzero levels with
-        floor <= cap from a single categorical (:func:`clip_pairs`): the same rules as free_clip, with
-        the common shares (floor = cap) among them as single choices instead of two agreeing draws.
-      pair_levels: the share levels of the clip_pairs action, each in (0, 1] (for example
-        (0.1, 0.25, 1/3, 0.5, 1)); empty (default) uses the nonzero levels of :func:`share_grid`.
-    """
-
-    env_name: str = "alloc-v0"
-    env_overrides: tuple[tuple[str, Any], ...] = ()
-    num_envs: int = 64
+    total_timesteps: int = 24_000_000
+    """environment steps over the whole run"""
+    num_envs: int = 512
+    """environments stepped in parallel"""
     num_steps: int = 64
-    total_timesteps: int = 1_000_000
+    """rollout length per update (steps per environment)"""
     update_epochs: int = 4
+    """passes over each rollout"""
     num_minibatches: int = 8
+    """minibatches per epoch (must divide num_envs * num_steps)"""
     hidden: tuple[int, ...] = (64, 64)
+    """hidden layer widths of the actor and the critic"""
     anneal_lr: bool = True
+    """decay the learning rate linearly to 0 over the run"""
     normalize_obs: bool = True
+    """standardise observations with running statistics (kept in the runner state, applied by the policy)"""
     normalize_reward: bool = True
-    lr: float = 3e-4
-    ent_coef: float = 0.0
-    clip_eps: float = 0.2
-    vf_coef: float = 0.5
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    max_grad_norm: float = 0.5
-    util_weight: float | None = None
-    load_min: float | None = None
-    load_max: float | None = None
-    share_levels: int = 0
-    reward_groups: int = 1
-    init_concentration: float = 1.0 + math.log(2.0)
+    """divide rewards by the running standard deviation of the discounted return"""
+    reward_groups: int = 8
+    """with normalize_reward, groups of episodes (equal slices of info["group"], the load range) that keep
+    their own return statistics, so that episodes at every load weigh alike (1: one global statistic)"""
+    init_concentration: float = 10.0
+    """Beta actions only: concentration c of the initial Beta (alpha = 2 c m, beta = 2 c (1 - m)); larger
+    explores less"""
     init_mean: float = 0.5
-    action: str = "per_device"
-    distribution: str = "beta"
-    pair_levels: tuple[float, ...] = ()
+    """Beta actions only: mean m of the initial Beta"""
+    lr: float = traced(1e-3)
+    """Adam learning rate (annealed linearly to 0 with anneal_lr) (traced)"""
+    ent_coef: float = traced(0.03)
+    """entropy bonus coefficient (traced)"""
+    clip_eps: float = traced(0.2)
+    """PPO clip range (policy ratio and value) (traced)"""
+    vf_coef: float = traced(0.5)
+    """value loss coefficient (traced)"""
+    gamma: float = traced(0.97)
+    """discount per step (per request) (traced)"""
+    gae_lambda: float = traced(0.9)
+    """GAE lambda (traced)"""
+    max_grad_norm: float = traced(0.5)
+    """global gradient norm clip (traced)"""
 
     @property
     def batch_size(self) -> int:
@@ -124,87 +109,71 @@ class PPOConfig:
 
     def validate(self) -> "PPOConfig":
         """Raise ValueError naming the first invalid field; return self."""
-        for name in ("num_envs", "num_steps", "update_epochs", "num_minibatches", "total_timesteps"):
+        for name in ("num_envs", "num_steps", "update_epochs", "num_minibatches", "total_timesteps", "reward_groups"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"field {name!r}: must be a positive integer, got {value!r}")
         if self.batch_size % self.num_minibatches:
-            raise ValueError(f"num_minibatches={self.num_minibatches} must divide num_envs*num_steps={self.batch_size}")
+            raise ValueError(f"field 'num_minibatches': {self.num_minibatches} must divide num_envs * num_steps = "
+                             f"{self.batch_size}")
         if self.num_updates < 1:
-            raise ValueError(f"total_timesteps={self.total_timesteps} is below one update of "
-                             f"num_envs*num_steps={self.batch_size} steps")
+            raise ValueError(f"field 'total_timesteps': {self.total_timesteps} is below one update of "
+                             f"num_envs * num_steps = {self.batch_size} steps")
         if not self.hidden or any((not isinstance(h, int)) or h < 1 for h in self.hidden):
-            raise ValueError(f"hidden must be positive widths, got {self.hidden!r}")
+            raise ValueError(f"field 'hidden': must be positive widths, got {self.hidden!r}")
         checks = {
-            "lr": self.lr > 0, "ent_coef": self.ent_coef >= 0, "clip_eps": self.clip_eps > 0,
-            "vf_coef": self.vf_coef >= 0, "gamma": 0 <= self.gamma <= 1, "gae_lambda": 0 <= self.gae_lambda <= 1,
-            "max_grad_norm": self.max_grad_norm > 0,
+            "lr": lambda v: v > 0, "ent_coef": lambda v: v >= 0, "clip_eps": lambda v: v > 0,
+            "vf_coef": lambda v: v >= 0, "gamma": lambda v: 0 <= v <= 1, "gae_lambda": lambda v: 0 <= v <= 1,
+            "max_grad_norm": lambda v: v > 0,
         }
         for name, ok in checks.items():
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and value == value and ok):
-                raise ValueError(f"{name} is out of range: {value!r}")
-        if not isinstance(self.share_levels, int) or self.share_levels < 0:
-            raise ValueError(f"share_levels must be a non-negative integer, got {self.share_levels!r}")
-        if self.distribution not in DISTRIBUTIONS:
-            raise ValueError(f"distribution must be one of {', '.join(DISTRIBUTIONS)}, got {self.distribution!r}")
-        if self.distribution == "categorical" and self.share_levels < 1:
-            raise ValueError(f"share_levels must be >= 1 with distribution='categorical', got {self.share_levels!r}")
-        if self.action not in ACTIONS:
-            raise ValueError(f"action must be one of {', '.join(ACTIONS)}, got {self.action!r}")
-        if self.action == "clip_pairs" and self.distribution != "categorical":
-            raise ValueError(f"action='clip_pairs' needs distribution='categorical', got {self.distribution!r}")
-        levels = tuple(self.pair_levels)
-        if levels and self.action != "clip_pairs":
-            raise ValueError(f"pair_levels is only used by action='clip_pairs', got action={self.action!r}")
-        if any(not (isinstance(v, (int, float)) and 0 < v <= 1) for v in levels) or len(set(levels)) != len(levels):
-            raise ValueError(f"pair_levels must be distinct shares in (0, 1], got {self.pair_levels!r}")
-        if not isinstance(self.reward_groups, int) or self.reward_groups < 1:
-            raise ValueError(f"reward_groups must be a positive integer, got {self.reward_groups!r}")
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and ok(value)):
+                raise ValueError(f"field {name!r}: out of range, got {value!r}")
         c, m = self.init_concentration, self.init_mean
         if not (isinstance(m, (int, float)) and 0 < m < 1):
-            raise ValueError(f"init_mean must be in (0, 1), got {m!r}")
+            raise ValueError(f"field 'init_mean': must be in (0, 1), got {m!r}")
         if not (isinstance(c, (int, float)) and math.isfinite(c) and 2 * c * min(m, 1 - m) > 1):
-            raise ValueError(f"init_concentration={c!r} with init_mean={m!r} gives an initial Beta concentration "
-                             f"<= 1 (need 2 * c * min(m, 1 - m) > 1)")
-        if self.load_min is not None and self.load_min <= 0:
-            raise ValueError(f"load_min must be > 0, got {self.load_min!r}")
-        if self.load_min is not None and self.load_max is not None and self.load_min > self.load_max:
-            raise ValueError(f"load_min={self.load_min} must not exceed load_max={self.load_max}")
+            raise ValueError(f"field 'init_concentration': {c!r} with init_mean={m!r} gives an initial Beta "
+                             f"concentration <= 1 (need 2 * c * min(m, 1 - m) > 1)")
         return self
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["hidden"] = list(self.hidden)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "PPOConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"field {unknown[0]!r}: unknown PPO setting")
+        data = dict(data)
+        if "hidden" in data:
+            data["hidden"] = tuple(data["hidden"])
+        return cls(**data)
+
+
+#: the traced settings of :class:`PPOConfig`, in declaration order
+TRACED = tuple(f.name for f in dataclasses.fields(PPOConfig) if f.metadata.get("traced"))
+#: the static settings of :class:`PPOConfig`
+STATIC = tuple(f.name for f in dataclasses.fields(PPOConfig) if not f.metadata.get("traced"))
+
+_HyperParamsBase = dataclasses.make_dataclass(
+    "HyperParams", [(name, jax.Array) for name in TRACED] + [("env", Any)], frozen=True)
+_HyperParamsBase.__module__ = __name__
 
 
 @struct.dataclass
-class HyperParams:
-    """Traced hyperparameters (float32 scalars, or shape (P,) for a population of P agents)."""
-
-    lr: jax.Array
-    ent_coef: jax.Array
-    clip_eps: jax.Array
-    vf_coef: jax.Array
-    gamma: jax.Array
-    gae_lambda: jax.Array
-    max_grad_norm: jax.Array
-    util_weight: jax.Array
-    load_min: jax.Array
-    load_max: jax.Array
+class HyperParams(_HyperParamsBase):
+    """The traced settings: one float32 array per name of :data:`TRACED` (scalars, or (P,) for a
+    population of P agents), and ``env``, the environment's params (leaves scalar or with leading P)."""
 
     @classmethod
     def from_config(cls, config: PPOConfig, env_params: Any) -> "HyperParams":
-        """Scalars from the config, falling back to ``env_params`` for the environment fields."""
-        def pick(name: str, value):
-            return jnp.asarray(getattr(env_params, name) if value is None else value, jnp.float32)
-
-        return cls(lr=jnp.float32(config.lr), ent_coef=jnp.float32(config.ent_coef),
-                   clip_eps=jnp.float32(config.clip_eps), vf_coef=jnp.float32(config.vf_coef),
-                   gamma=jnp.float32(config.gamma), gae_lambda=jnp.float32(config.gae_lambda),
-                   max_grad_norm=jnp.float32(config.max_grad_norm),
-                   util_weight=pick("util_weight", config.util_weight),
-                   load_min=pick("load_min", config.load_min), load_max=pick("load_max", config.load_max))
-
-    def apply_to_env(self, env_params: Any) -> Any:
-        """Environment parameters with this agent's utilisation weight and load range."""
-        return env_params.replace(util_weight=self.util_weight, load_min=self.load_min, load_max=self.load_max)
+        """The config's traced values as float32 scalars, with ``env_params``."""
+        return cls(**{name: jnp.float32(getattr(config, name)) for name in TRACED}, env=env_params)
 
 
 @struct.dataclass
@@ -284,7 +253,9 @@ class RunnerState:
 
 @struct.dataclass
 class Transition:
-    """One rollout step for every environment; fields have leading axes (num_steps, num_envs)."""
+    """One rollout step for every environment; fields have leading axes (num_steps, num_envs).
+
+    ``info`` holds the environment's ``info`` entries named in :data:`INFO_METRICS` that it provides."""
 
     obs: jax.Array
     action: jax.Array
@@ -295,68 +266,30 @@ class Transition:
     terminated: jax.Array
     truncated: jax.Array
     next_obs: jax.Array
-    latency: jax.Array
-    utilization: jax.Array
-    invalid: jax.Array
+    info: dict[str, jax.Array]
 
 
-#: names of the per-update metrics (each of shape (num_updates,) from ``train``).
-METRICS = ("reward", "latency", "utilization", "invalid_rate", "episodes", "value_loss",
-           "actor_loss", "entropy", "approx_kl", "clip_frac", "grad_norm", "lr")
+#: PPO's per-update metrics (each of shape (num_updates,) from ``train``).
+PPO_METRICS = ("reward", "episodes", "value_loss", "actor_loss", "entropy", "approx_kl", "clip_frac",
+               "grad_norm", "lr")
+#: ``info`` entries averaged per update when the environment provides them: info name -> metric name.
+INFO_METRICS = {"latency": "latency", "utilization": "utilization", "invalid": "invalid_rate"}
 
 
-#: action forms of :class:`PPOConfig` (``action``).
-ACTIONS = ("per_device", "common", "free_clip", "clip_pairs")
-#: action distributions of :class:`PPOConfig` (``distribution``).
-DISTRIBUTIONS = ("beta", "categorical")
-
-
-def share_grid(levels: int) -> jax.Array:
-    """The sorted share levels {0} + {1/k : k = levels..1}; float32 (levels + 1,)."""
-    return jnp.asarray([0.0] + [1.0 / k for k in range(levels, 0, -1)], jnp.float32)
-
-
-def clip_pairs(levels: int | Sequence[float]) -> jax.Array:
-    """The (cap, floor) pairs of ``action="clip_pairs"``: every pair of nonzero levels of
-    :func:`share_grid` (``levels`` an int) or of the given shares (a sequence) with floor <= cap,
-    ordered by cap then floor; float32 (L (L + 1) / 2, 2) for L levels. A pair with floor = cap is the
-    common share cap."""
-    if isinstance(levels, int):
-        grid = [1.0 / k for k in range(levels, 0, -1)]  # the nonzero levels of share_grid, in numbers
-    else:
-        grid = sorted(float(v) for v in levels)
-    pairs = [(cap, floor) for i, cap in enumerate(grid) for floor in grid[: i + 1]]
-    return jnp.asarray(pairs, jnp.float32)
-
-
-def snap_shares(action: jax.Array, levels: int) -> jax.Array:
-    """Round every share of ``action`` (..., N) to the nearest level of :func:`share_grid` (identity
-    when ``levels`` is 0)."""
-    if levels == 0:
-        return action
-    grid = share_grid(levels)
-    return grid[jnp.argmin(jnp.abs(action[..., None] - grid), axis=-1)]
-
-
-def make_env(config: PPOConfig) -> tuple[Any, Any]:
-    """``jaxsplit.envs.make(config.env_name, **overrides)``."""
-    from jaxsplit import envs
-
-    return envs.make(config.env_name, **dict(config.env_overrides))
+def learning_rate(config: PPOConfig, hp: HyperParams) -> optax.Schedule:
+    """The learning rate per optimiser step: hp.lr, linearly annealed to 0 over the run with anneal_lr."""
+    if not config.anneal_lr:
+        return optax.constant_schedule(hp.lr)
+    steps = config.num_updates * config.update_epochs * config.num_minibatches
+    schedule = optax.linear_schedule(hp.lr, 0.0, steps)
+    # XLA may divide by a constant as a product with its reciprocal, 1 ulp past the end: never below 0
+    return lambda count: jnp.maximum(schedule(count), 0.0)
 
 
 def make_optimizer(config: PPOConfig, hp: HyperParams) -> optax.GradientTransformation:
-    """Global-norm clipping, Adam, and a (linearly annealed) learning rate, all from traced ``hp``."""
-    steps = config.num_updates * config.update_epochs * config.num_minibatches
-
-    def learning_rate(count: jax.Array) -> jax.Array:
-        if not config.anneal_lr:
-            return hp.lr
-        # clamped: XLA may divide by a constant as a product with its reciprocal, 1 ulp above 1 at the end
-        return hp.lr * jnp.maximum(1.0 - jnp.minimum(count, steps).astype(jnp.float32) / steps, 0.0)
-
+    """Global-norm clipping, Adam, and the learning rate of :func:`learning_rate`, all from traced ``hp``."""
     return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), optax.scale_by_adam(eps=1e-5),
-                       optax.scale_by_learning_rate(learning_rate))
+                       optax.scale_by_learning_rate(learning_rate(config, hp)))
 
 
 def gae(reward: jax.Array, value: jax.Array, next_value: jax.Array, terminated: jax.Array,
@@ -387,46 +320,52 @@ class Trainer:
 
     ``make_train`` composes them into one function; the command line calls ``run`` in chunks so that it
     can log and checkpoint between them (a chunked run equals an unchunked one for the same chunks).
+
+    Args:
+      config: the settings.
+      env: any environment with ``reset``, ``step``, ``observation_space`` and ``action_space`` (see the
+        module docstring).
+      env_params: its params (the default of ``HyperParams.env``).
     """
 
-    def __init__(self, config: PPOConfig, env: Any = None, env_params: Any = None):
+    def __init__(self, config: PPOConfig, env: Any, env_params: Any):
         self.config = config.validate()
-        if env is None:
-            env, env_params = make_env(config)
         self.env, self.env_params = env, env_params
-        #: dimension of the sampled action: N shares, or one common share
-        self.action_dim = {"common": 1, "free_clip": 2, "clip_pairs": 1}.get(config.action, int(env.num_devices))
-        self.categorical = config.distribution == "categorical"
-        #: the (cap, floor) pairs of action="clip_pairs" (see :func:`clip_pairs`)
-        self.pairs = clip_pairs(tuple(config.pair_levels) or config.share_levels)
-        #: categories of each categorical output: the share levels, or the (cap, floor) pairs
-        self.choices = self.pairs.shape[0] if config.action == "clip_pairs" else config.share_levels + 1
-        self.network = ActorCritic(num_devices=self.action_dim, hidden=tuple(config.hidden),
-                                    init_concentration=float(config.init_concentration),
-                                    init_mean=float(config.init_mean),
-                                    levels=self.choices - 1 if self.categorical else 0)
-
-    def shares(self, action: jax.Array, obs: jax.Array) -> jax.Array:
-        """The shares (..., N) the environment receives for a sampled ``action`` (..., action_dim) in
-        the (raw) observation ``obs`` (..., obs_dim): the level of each index (categorical) or the
-        share rounded to the levels (Beta); broadcast to every device for ``action="common"``; for
-        ``action="free_clip"`` the two values are a cap and a floor and every device gets its free
-        share (the observation's first N entries) clipped to [min(floor, cap), cap]; for
-        ``action="clip_pairs"`` the index picks the (cap, floor) pair of :func:`clip_pairs`."""
-        n = self.env.num_devices
-        if self.config.action == "clip_pairs":
-            pair = self.pairs[action[..., 0].astype(jnp.int32)]
-            cap, floor = pair[..., :1], pair[..., 1:2]
-            return jnp.clip(obs[..., :n].astype(pair.dtype), floor, cap)
-        if self.categorical:
-            action = share_grid(self.config.share_levels)[action.astype(jnp.int32)]
+        obs_space = env.observation_space(env_params)
+        if len(obs_space.shape) != 1:
+            raise ValueError(f"the observation must be a vector, got shape {obs_space.shape}")
+        #: length of the observation vector
+        self.obs_dim = int(obs_space.shape[0])
+        self.action_space = space = env.action_space(env_params)
+        if isinstance(space, spaces.Box):
+            if len(space.shape) != 1 or not (math.isfinite(space.low) and math.isfinite(space.high)):
+                raise ValueError(f"a Box action needs finite bounds and one axis, got {space!r}")
+            self.categorical, outputs, choices = False, int(space.shape[0]), 0
+        elif isinstance(space, spaces.Discrete):
+            self.categorical, outputs, choices = True, 1, int(space.n)
+        elif isinstance(space, spaces.MultiDiscrete):
+            if len(set(space.nvec)) != 1:
+                raise ValueError(f"a MultiDiscrete action needs the same number of choices per entry, got {space.nvec}")
+            self.categorical, outputs, choices = True, len(space.nvec), int(space.nvec[0])
         else:
-            action = snap_shares(action, self.config.share_levels)
-        if self.config.action == "free_clip":
-            cap, floor = action[..., :1], action[..., 1:2]
-            return jnp.clip(obs[..., :n].astype(action.dtype), jnp.minimum(floor, cap), cap)
-        if self.action_dim != n:
-            action = jnp.broadcast_to(action, action.shape[:-1] + (n,))
+            raise ValueError(f"unsupported action space {space!r} (Box, Discrete or MultiDiscrete)")
+        #: entries of the sampled action (1 for a Discrete action)
+        self.action_dim = outputs
+        self.network = ActorCritic(num_devices=outputs, hidden=tuple(config.hidden),
+                                   init_concentration=float(config.init_concentration),
+                                   init_mean=float(config.init_mean),
+                                   levels=choices - 1 if self.categorical else 0)
+
+    def env_action(self, action: jax.Array) -> jax.Array:
+        """The environment's action for a sampled ``action`` (..., action_dim): the index of a Discrete
+        action, the indices of a MultiDiscrete one, a Beta sample scaled to the Box."""
+        space = self.action_space
+        if isinstance(space, spaces.Discrete):
+            return action[..., 0].astype(space.dtype)
+        if isinstance(space, spaces.MultiDiscrete):
+            return action.astype(space.dtype)
+        if (space.low, space.high) != (0.0, 1.0):
+            return space.low + (space.high - space.low) * action
         return action
 
     def sample(self, key: jax.Array, dist: tuple) -> jax.Array:
@@ -446,34 +385,33 @@ class Trainer:
         return categorical_mode(*dist) if self.categorical else beta_mean(*dist)
 
     def default_hparams(self) -> HyperParams:
-        """The config's hyperparameters as traced scalars."""
+        """The config's traced settings as scalars, with the trainer's environment params."""
         return HyperParams.from_config(self.config, self.env_params)
 
     # -- pieces ---------------------------------------------------------------------------------
     def init(self, key: jax.Array, hp: HyperParams) -> RunnerState:
         """Fresh network, optimiser and environments from a raw (2,) uint32 key."""
         cfg, env = self.config, self.env
-        env_params = hp.apply_to_env(self.env_params)
         key, k_net, k_env = jax.random.split(key, 3)
-        params = self.network.init(k_net, jnp.zeros((env.obs_dim,), jnp.float32))
+        params = self.network.init(k_net, jnp.zeros((self.obs_dim,), jnp.float32))
         opt_state = make_optimizer(cfg, hp).init(params)
-        obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_env, cfg.num_envs), env_params)
+        obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_env, cfg.num_envs), hp.env)
         ret_stats = RunningStats.create_grouped(cfg.reward_groups) if cfg.reward_groups > 1 else RunningStats.create()
         return RunnerState(params=params, opt_state=opt_state, env_state=env_state, obs=obs.astype(jnp.float32),
-                           obs_stats=RunningStats.create((env.obs_dim,)), ret_stats=ret_stats,
+                           obs_stats=RunningStats.create((self.obs_dim,)), ret_stats=ret_stats,
                            returns=jnp.zeros((cfg.num_envs,), jnp.float32), key=key, update=jnp.int32(0))
 
-    def load_group(self, load: jax.Array, env_params: Any) -> jax.Array:
-        """Offered-load group, int32 of the shape of ``load`` (the episode's rho, ``info["load"]``)."""
+    def reward_group(self, info: dict[str, jax.Array]) -> jax.Array:
+        """The reward-statistics group of every environment, int32 (num_envs,), from ``info["group"]``."""
+        if "group" not in info:
+            raise ValueError("reward_groups > 1 needs the environment's info['group'] (a value in [0, 1]); "
+                             "this environment has none: set reward_groups=1")
         g = self.config.reward_groups
-        span = jnp.maximum(env_params.load_max - env_params.load_min, 1e-6)
-        frac = (load - env_params.load_min) / span
-        return jnp.clip(jnp.floor(frac * g), 0, g - 1).astype(jnp.int32)
+        return jnp.clip(jnp.floor(info["group"].astype(jnp.float32) * g), 0, g - 1).astype(jnp.int32)
 
     def rollout(self, runner: RunnerState, hp: HyperParams) -> tuple[RunnerState, Transition]:
         """``num_steps`` steps of every environment under the current policy."""
         cfg, env, net = self.config, self.env, self.network
-        env_params = hp.apply_to_env(self.env_params)
 
         def step(carry, _):
             env_state, obs, obs_stats, ret_stats, returns, key = carry
@@ -486,13 +424,13 @@ class Trainer:
             log_prob = self.log_prob(action, dist)
             next_obs, env_state, reward, terminated, truncated, info = jax.vmap(
                 env.step, in_axes=(0, 0, 0, None))(jax.random.split(k_env, cfg.num_envs), env_state,
-                                                   self.shares(action, obs), env_params)
+                                                   self.env_action(action), hp.env)
             reward = reward.astype(jnp.float32)
             final_obs = info["final_observation"].astype(jnp.float32)
             returns = returns * hp.gamma + reward
             if cfg.normalize_reward:
                 if cfg.reward_groups > 1:
-                    group = self.load_group(info["load"], env_params)
+                    group = self.reward_group(info)
                     ret_stats = ret_stats.update_grouped(returns, group)
                     scaled = reward / jnp.sqrt(ret_stats.var[group] + 1e-8)
                 else:
@@ -501,12 +439,11 @@ class Trainer:
             else:
                 scaled = reward
             returns = jnp.where(jnp.logical_or(terminated, truncated), 0.0, returns)
+            logged = {name: info[name].astype(jnp.float32) for name in INFO_METRICS if name in info}
             tr = Transition(obs=norm_obs, action=action, log_prob=log_prob, value=value, reward=scaled,
                             raw_reward=reward, terminated=terminated, truncated=truncated,
                             next_obs=obs_stats.normalize(final_obs) if cfg.normalize_obs else final_obs,
-                            latency=info["latency"].astype(jnp.float32),
-                            utilization=info["utilization"].astype(jnp.float32),
-                            invalid=info["invalid"].astype(jnp.float32))
+                            info=logged)
             return (env_state, next_obs.astype(jnp.float32), obs_stats, ret_stats, returns, key), tr
 
         carry = (runner.env_state, runner.obs, runner.obs_stats, runner.ret_stats, runner.returns, runner.key)
@@ -537,6 +474,21 @@ class Trainer:
                 "clip_frac": (jnp.abs(ratio - 1) > hp.clip_eps).astype(jnp.float32).mean()}
         return total, diag
 
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """Names of the per-update metrics: PPO's, then those of :data:`INFO_METRICS` the environment gives."""
+        return PPO_METRICS + tuple(self._info_metrics())
+
+    def _info_metrics(self) -> list[str]:
+        keys = jax.random.split(jax.random.PRNGKey(0), 2)
+        info = jax.eval_shape(self._probe_info, keys[0], keys[1], self.env_params)
+        return [metric for name, metric in INFO_METRICS.items() if name in info]
+
+    def _probe_info(self, k_reset: jax.Array, k_step: jax.Array, env_params: Any) -> dict:
+        _, state = self.env.reset(k_reset, env_params)
+        action = self.env_action(jnp.zeros((self.action_dim,), jnp.int32 if self.categorical else jnp.float32))
+        return self.env.step(k_step, state, action, env_params)[5]
+
     def update(self, runner: RunnerState, hp: HyperParams) -> tuple[RunnerState, dict[str, jax.Array]]:
         """One PPO update: rollout, GAE, epochs x minibatches; metrics are scalars."""
         cfg = self.config
@@ -564,14 +516,11 @@ class Trainer:
                                                   jax.random.split(k_epochs, cfg.update_epochs))
         metrics = {k: v.mean() for k, v in diags.items()}
         steps = cfg.update_epochs * cfg.num_minibatches
-        count = (runner.update + 1) * steps
-        metrics["lr"] = hp.lr * jnp.maximum(1.0 - jnp.minimum(count, cfg.num_updates * steps)
-                                            / (cfg.num_updates * steps), 0.0) if cfg.anneal_lr else hp.lr
-        metrics.update(
-            reward=traj.raw_reward.mean(), latency=traj.latency.mean(),
-            utilization=traj.utilization.mean(), invalid_rate=traj.invalid.mean(),
-            episodes=jnp.logical_or(traj.terminated, traj.truncated).sum().astype(jnp.float32))
-        metrics = {k: metrics[k].astype(jnp.float32) for k in METRICS}
+        metrics["lr"] = learning_rate(cfg, hp)((runner.update + 1) * steps)
+        metrics["reward"] = traj.raw_reward.mean()
+        metrics["episodes"] = jnp.logical_or(traj.terminated, traj.truncated).sum().astype(jnp.float32)
+        metrics.update({INFO_METRICS[name]: value.mean() for name, value in traj.info.items()})
+        metrics = {k: v.astype(jnp.float32) for k, v in metrics.items()}
         runner = runner.replace(params=params, opt_state=opt_state, key=key, update=runner.update + 1)
         return runner, metrics
 
@@ -584,25 +533,25 @@ class Trainer:
         hp = self.default_hparams() if hp is None else hp
         return self.run(self.init(key, hp), hp, self.config.num_updates)
 
-    def policy(self, runner: RunnerState, deterministic: bool = True) -> Callable[[jax.Array, jax.Array], jax.Array]:
-        """``policy_fn(key, obs (..., obs_dim)) -> shares (..., N)`` of a trained runner state.
+    def policy(self, runner: Any, deterministic: bool = True) -> Callable[[jax.Array, jax.Array], jax.Array]:
+        """``policy_fn(key, obs (..., obs_dim)) -> action`` of a trained runner state, in the
+        environment's action space.
 
         Observations are normalised with the run's final statistics; the action is the mode
-        (``deterministic``: the most probable level, or the Beta mean) or a sample, turned into
-        shares by :meth:`shares`.
+        (``deterministic``: the most probable level, or the Beta mean) or a sample. ``runner`` needs
+        only ``params`` and ``obs_stats``.
         """
         net, cfg, params, stats = self.network, self.config, runner.params, runner.obs_stats
 
         def policy_fn(key: jax.Array, obs: jax.Array) -> jax.Array:
             obs = obs.astype(jnp.float32)
             dist, _ = net.apply(params, stats.normalize(obs) if cfg.normalize_obs else obs)
-            return self.shares(self.mode(dist) if deterministic else self.sample(key, dist), obs)
+            return self.env_action(self.mode(dist) if deterministic else self.sample(key, dist))
 
         return policy_fn
 
 
-def make_train(config: PPOConfig, env: Any = None, env_params: Any = None
-               ) -> Callable[..., tuple[RunnerState, dict[str, jax.Array]]]:
+def make_train(config: PPOConfig, env: Any, env_params: Any) -> Callable[..., tuple[RunnerState, dict[str, jax.Array]]]:
     """``train(key, hparams=None) -> (runner_state, metrics)``, ready for ``jax.jit`` and ``jax.vmap``.
 
     ``key`` is a raw (2,) uint32 key (``jax.random.PRNGKey``); ``metrics[name]`` has shape

@@ -1,6 +1,6 @@
 """A training run on disk: config, metrics (JSON Lines), checkpoints, resume, and loading the policy.
 
-``RUN_DIR/config.json``   the PPOConfig of the run (a resumed run must use the same one)
+``RUN_DIR/config.json``   ``{"env": EnvSpec, "ppo": PPOConfig, "seed": int}`` (a resumed run must match)
 ``RUN_DIR/metrics.jsonl`` one JSON object per update: update, env_steps, wall_s and every metric
 ``RUN_DIR/checkpoints/``  orbax checkpoints of the runner state, every ``checkpoint_every`` updates and at the end
 
@@ -11,39 +11,24 @@ keys and arithmetic as an uninterrupted one and ends with the same parameters.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
+
+from jaxsplit.envs import EnvSpec
 
 from . import checkpoint
 from .ppo import PPOConfig, RunnerState, Trainer
 
 
-def config_to_json(config: PPOConfig) -> dict[str, Any]:
-    """The config as a JSON-ready dict."""
-    out = dataclasses.asdict(config)
-    out["hidden"] = list(config.hidden)
-    out["pair_levels"] = list(config.pair_levels)
-    out["env_overrides"] = [[k, list(v) if isinstance(v, tuple) else v] for k, v in config.env_overrides]
-    return out
-
-
-def config_from_json(data: dict[str, Any]) -> PPOConfig:
-    """Inverse of :func:`config_to_json`; unknown fields raise ValueError."""
-    names = {f.name for f in dataclasses.fields(PPOConfig)}
-    unknown = set(data) - names
-    if unknown:
-        raise ValueError(f"config.json has unknown fields {sorted(unknown)}")
-    data = dict(data)
-    data["hidden"] = tuple(data.get("hidden", (64, 64)))
-    data["pair_levels"] = tuple(data.get("pair_levels", ()))
-    data["env_overrides"] = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in data.get("env_overrides", ()))
-    return PPOConfig(**data)
+def run_config_json(config: PPOConfig, spec: EnvSpec | None, seed: int) -> dict[str, Any]:
+    """What ``RUN_DIR/config.json`` holds: the environment spec (None for an environment passed as an
+    object), the PPO settings and the seed."""
+    return {"env": None if spec is None else spec.to_json(), "ppo": config.to_json(), "seed": int(seed)}
 
 
 def _boundaries(start: int, total: int, log_every: int, checkpoint_every: int) -> list[int]:
@@ -53,32 +38,47 @@ def _boundaries(start: int, total: int, log_every: int, checkpoint_every: int) -
     return sorted(e for e in ends if e > start)
 
 
-def train_run(config: PPOConfig, run_dir: str | Path, seed: int = 0, resume: bool = False, log_every: int = 5,
-              checkpoint_every: int = 50, env: Any = None, env_params: Any = None,
-              on_chunk: Callable[[dict[str, Any]], None] | None = None) -> tuple[Trainer, RunnerState]:
+def _environment(spec: EnvSpec | None, env: Any, env_params: Any) -> tuple[Any, Any]:
+    if env is not None:
+        return env, env.default_params() if env_params is None else env_params
+    if spec is None:
+        raise ValueError("a run needs an environment: pass spec (an EnvSpec) or env and env_params")
+    return spec.make()
+
+
+def train_run(config: PPOConfig, run_dir: str | Path, spec: EnvSpec | None = None, seed: int = 0,
+              resume: bool = False, log_every: int = 5, checkpoint_every: int = 50, env: Any = None,
+              env_params: Any = None, on_chunk: Callable[[dict[str, Any]], None] | None = None
+              ) -> tuple[Trainer, RunnerState]:
     """Train (or resume) a run in ``run_dir``; returns the trainer and the final runner state.
 
+    The environment is ``spec.make()`` (recorded in config.json, so that the run folder alone can be
+    evaluated later), or ``env`` and ``env_params`` as given (then config.json records no spec).
     Raises ValueError when ``run_dir`` already holds a checkpoint and ``resume`` is False (nothing is
-    overwritten), when ``resume`` finds no readable checkpoint, or when its config differs.
+    overwritten), when ``resume`` finds no readable checkpoint, or when its configuration differs.
     ``on_chunk`` receives the last metrics row of each chunk (for progress display).
     """
     for name, value in (("log_every", log_every), ("checkpoint_every", checkpoint_every)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     run_dir = Path(run_dir)
+    env, env_params = _environment(spec, env, env_params)
     trainer = Trainer(config, env, env_params)
     hp = trainer.default_hparams()
     init = jax.jit(trainer.init)
     key = jax.random.PRNGKey(seed)
     config_path, metrics_path = run_dir / "config.json", run_dir / "metrics.jsonl"
-    saved = {"config": config_to_json(config), "seed": seed}
+    saved = run_config_json(config, spec, seed)
     if resume:
         if not config_path.exists():
             raise ValueError(f"--resume: {config_path} does not exist")
         old = json.loads(config_path.read_text())
-        for name, value in saved["config"].items():
-            if old.get("config", {}).get(name) != value:
-                raise ValueError(f"--resume: {name}={value!r} differs from the run's {old.get('config', {}).get(name)!r}")
+        for part in ("env", "ppo"):
+            new_part, old_part = saved[part] or {}, old.get(part) or {}
+            for name in sorted(set(new_part) | set(old_part)):
+                if new_part.get(name) != old_part.get(name):
+                    raise ValueError(f"--resume: {name}={new_part.get(name)!r} differs from the run's "
+                                     f"{old_part.get(name)!r}")
         if old.get("seed") != seed:
             raise ValueError(f"--resume: seed={seed} differs from the run's {old.get('seed')!r}")
         runner, start = checkpoint.restore(run_dir, jax.eval_shape(init, key, hp))
@@ -123,8 +123,9 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def read_config(run_dir: str | Path) -> tuple[PPOConfig, int]:
-    """The PPOConfig and seed saved in ``RUN_DIR/config.json`` (ValueError when missing or unreadable)."""
+def read_config(run_dir: str | Path) -> tuple[EnvSpec | None, PPOConfig, int]:
+    """The environment spec, PPO settings and seed saved in ``RUN_DIR/config.json`` (ValueError naming
+    the file when it is missing or unreadable)."""
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise ValueError(f"--checkpoint {run_dir}: no such directory")
@@ -135,18 +136,25 @@ def read_config(run_dir: str | Path) -> tuple[PPOConfig, int]:
         raise ValueError(f"--checkpoint {run_dir}: no config.json (not a training run folder)")
     try:
         saved = json.loads(config_path.read_text())
-        config = config_from_json(saved["config"])
+        spec = None if saved.get("env") is None else EnvSpec.from_json(saved["env"])
+        config = PPOConfig.from_json(saved["ppo"])
         seed = int(saved.get("seed", 0))
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"--checkpoint {run_dir}: config.json is unreadable or corrupt "
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as err:
+        raise ValueError(f"--checkpoint {run_dir}: {config_path} is unreadable or corrupt "
                          f"({type(err).__name__}: {str(err)[:200]})") from None
-    return config, seed
+    return spec, config, seed
 
 
 def load_run(run_dir: str | Path, env: Any = None, env_params: Any = None) -> tuple[Trainer, RunnerState]:
-    """The trainer and the newest checkpointed runner state of a run (ValueError when unusable)."""
+    """The trainer and the newest checkpointed runner state of a run (ValueError when unusable).
+
+    The environment is the run's (its config.json spec) unless ``env`` is given."""
     run_dir = Path(run_dir)
-    config, _ = read_config(run_dir)
+    spec, config, _ = read_config(run_dir)
+    if env is None and spec is None:
+        raise ValueError(f"--checkpoint {run_dir}: the run was trained on an environment passed as an object; "
+                         f"pass env and env_params to load it")
+    env, env_params = _environment(spec, env, env_params)
     trainer = Trainer(config, env, env_params)
     if checkpoint.latest_step(run_dir) is None:
         raise ValueError(f"--checkpoint {run_dir}: no checkpoint in {checkpoint.checkpoint_dir(run_dir)} "
@@ -156,56 +164,51 @@ def load_run(run_dir: str | Path, env: Any = None, env_params: Any = None) -> tu
     return trainer, runner
 
 
-def load_policy(run_dir: str | Path, num_devices: int | None = None, obs_dim: int | None = None
-                ) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """The trained deterministic policy ``policy_fn(key, obs) -> shares`` of a run folder.
+def evaluation_env(run_dir: str | Path, requests: int | None = None, cluster: Sequence | None = None,
+                   models: Sequence[str] | None = None) -> tuple[Any, Any, Any, Any]:
+    """The environments in which to evaluate a run's policy against the baselines.
 
-    ``num_devices`` / ``obs_dim``, when given, must match the run's environment (else ValueError).
+    Returns ``(policy_env, policy_params, baseline_env, baseline_params)``: the run's environment with
+    its action wrapper, and the same environment without it, both with ``requests`` per episode, on
+    ``cluster`` ((flops, bandwidth, latency) lists) when given, and with the request mix restricted to
+    ``models`` when given. The policy keeps the run's catalogue (its observation has one entry per
+    trained model), so ``models`` must be a subset of it: the mix gives the others probability 0,
+    and the baselines run on the catalogue of ``models`` in the run's order, so both see the same
+    requests. ValueError says what the policy cannot accept and why.
     """
+    spec, _, _ = read_config(run_dir)
+    if spec is None:
+        raise ValueError(f"--checkpoint {run_dir}: the run was trained on an environment passed as an object, "
+                         f"which cannot be rebuilt from its folder")
+    trained, _ = spec.base()
+    extra: dict[str, Any] = {}
+    if requests is not None:
+        extra["requests"] = int(requests)
+    if cluster is not None:
+        if len(cluster[0]) != trained.num_devices:
+            raise ValueError(f"--checkpoint {run_dir}: the policy was trained for {trained.num_devices} devices "
+                             f"(its network reads each device's features), but the evaluation cluster has "
+                             f"{len(cluster[0])}")
+        extra["cluster"] = cluster
+    base_extra = dict(extra)
+    policy_extra = dict(extra)
+    if models is not None:
+        outside = [m for m in models if m not in trained.models]
+        if outside:
+            raise ValueError(f"--checkpoint {run_dir}: model {outside[0]!r} is not in the policy's training "
+                             f"catalogue ({','.join(trained.models)}): its observation has no entry for it")
+        chosen = set(models)
+        base_extra["models"] = tuple(m for m in trained.models if m in chosen)
+        policy_extra["mix"] = np.asarray([1.0 if m in chosen else 0.0 for m in trained.models])
+    policy_env, policy_params = spec.make(**policy_extra)
+    base_env, base_params = spec.base(**base_extra)
+    return policy_env, policy_params, base_env, base_params
+
+
+def load_policy(run_dir: str | Path, requests: int | None = None, cluster: Sequence | None = None,
+                models: Sequence[str] | None = None) -> tuple[Callable[[jax.Array, jax.Array], jax.Array], Any, Any]:
+    """The trained deterministic policy of a run folder, ready for :func:`jaxsplit.envs.evaluate`:
+    ``(policy_fn(key, obs) -> action, env, params)`` with the environment of :func:`evaluation_env`."""
+    policy_env, policy_params, _, _ = evaluation_env(run_dir, requests, cluster, models)
     trainer, runner = load_run(run_dir)
-    if num_devices is not None and num_devices != trainer.env.num_devices:
-        raise ValueError(f"--checkpoint {run_dir}: the policy was trained for {trainer.env.num_devices} devices, "
-                         f"not {num_devices}")
-    if obs_dim is not None and obs_dim != trainer.env.obs_dim:
-        raise ValueError(f"--checkpoint {run_dir}: observation size {obs_dim} differs from the run's "
-                         f"{trainer.env.obs_dim}")
-    return trainer.policy(runner)
-
-
-def checkpoint_loader(run_dir: str, env_name: str, overrides: dict[str, Any]
-                      ) -> tuple[str, Any, Any, Callable[[jax.Array, jax.Array], jax.Array]]:
-    """The trained policy of a run folder for ``jaxsplit evaluate --checkpoint RUN_DIR``.
-
-    The policy is evaluated in the evaluation environment ``jaxsplit.envs.make(env_name, **overrides)``
-    (the one the baselines run in: ``--env``, ``--cluster``, ``--models``, ``--requests``). Its number of
-    devices and its catalogue (the observation's model one-hot) must be the run's, else ValueError
-    naming both. Returns ``("ppo", env, params, policy_fn)`` with the deterministic policy (:meth:`Trainer.policy`).
-    """
-    from jaxsplit import envs
-
-    from .ppo import make_env
-
-    config, _ = read_config(run_dir)
-    trained_env, trained_params = make_env(config)
-    # same dynamics and episodes as the baselines' environment; the observation the policy was trained on
-    env, params = envs.make(env_name, **{**overrides, "observation": trained_env.observation_kind})
-    where = "the --cluster file" if overrides.get("cluster") is not None else f"--env {env_name}"
-    if trained_env.num_devices != env.num_devices:
-        raise ValueError(f"--checkpoint {run_dir}: the policy was trained for {trained_env.num_devices} devices, "
-                         f"but the evaluation cluster ({where}) has {env.num_devices}")
-    if tuple(trained_env.models) != tuple(env.models):
-        raise ValueError(f"--checkpoint {run_dir}: the policy was trained on the catalogue "
-                         f"{','.join(trained_env.models)}, not {','.join(env.models)} (pass --models "
-                         f"{','.join(trained_env.models)})")
-    trainer, runner = load_run(run_dir, trained_env, trained_params)
-    return "ppo", env, params, trainer.policy(runner)
-
-
-def _register() -> None:
-    """Make ``jaxsplit evaluate --checkpoint`` use :func:`checkpoint_loader` (once)."""
-    from jaxsplit.envs.evaluate_cli import register_checkpoint_loader
-
-    register_checkpoint_loader(checkpoint_loader)
-
-
-_register()
+    return trainer.policy(runner), policy_env, policy_params

@@ -42,7 +42,7 @@ def one(model: str, n: int, size: int, repeats: int, timeout: float) -> dict:
     from jaxsplit.bridge import calibration as cb
     from jaxsplit.bridge.distributed import RunSpec, launch_local
     from jaxsplit.bridge.planning import plan_rows
-    from jaxsplit.bridge.run_cli import predict
+    from jaxsplit.commands.run import predict
     from jaxsplit.instance import Device
 
     layers = zoo.get(model, (size, size))

@@ -45,7 +45,7 @@ def use_padded_per_layer(env) -> None:
         one = lambda layer: jnp.max(device_times(layer, rates, solvers.closed_form_split(layer, cluster, share)))  # noqa: E731
         return jnp.sum(jax.vmap(one)(layers) * cat.count[model])
 
-    env._exec_time = exec_time
+    env.engine._exec_time = exec_time
 
 
 def kernel_solves_per_second(num_devices: int, batch: int = 1 << 16, min_seconds: float = 1.5,
@@ -73,12 +73,12 @@ def jax_steps_per_second(num_devices: int, batch: int, split: str = "closed_form
                          impl: str = "default"):
     """(compile s, steps/s) of jit(scan(vmap(step))) with a random policy. ``impl``: "default" (the
     compiled kernel on the CPU when available), "arrays" (E by the flat array code,
-    ``env._array_exec_times``) or "padded" (E as before the flat layout, :func:`use_padded_per_layer`)."""
+    ``env.engine._array_exec_times``) or "padded" (E as before the flat layout, :func:`use_padded_per_layer`)."""
     env, params = envs.make("alloc-v0", num_devices=num_devices, split=split)
     if impl == "padded":
         use_padded_per_layer(env)
     elif impl == "arrays":
-        env.exec_times = env._array_exec_times  # the batching rule of exec_time calls this
+        env.engine.exec_times = env.engine._array_exec_times  # the batching rule of exec_time calls this
     keys = jax.random.split(jax.random.key(0), batch)
     _, state = jax.jit(jax.vmap(env.reset, in_axes=(0, None)))(keys, params)
     length = max(1, min(200, 20000 // batch))

@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import command, git_revision, load_average, machine, record  # noqa: E402
 
 from jaxsplit import envs  # noqa: E402
-from jaxsplit.agents.ppo import PPOConfig, RunningStats, Trainer, clip_pairs  # noqa: E402
+from jaxsplit.agents.ppo import PPOConfig, RunningStats, Trainer  # noqa: E402
+from jaxsplit.envs.actions import clip_pairs  # noqa: E402
 from jaxsplit.envs.evaluation import episode_metrics, run_episodes, with_requests  # noqa: E402
 
 LEVELS = (0.1, 0.25, 1 / 3, 0.5, 1.0)
@@ -132,10 +133,11 @@ def soft_targets(costs: np.ndarray, temperature: float) -> np.ndarray:
 
 def imitate(observation: str, obs: np.ndarray, targets: np.ndarray, epochs: int, seed: int):
     """Fit the PPO actor (``jaxsplit train`` network, clip_pairs over LEVELS) to the targets; returns
-    (trainer, runner state) whose ``trainer.policy(runner)`` is the imitation."""
-    config = PPOConfig(action="clip_pairs", distribution="categorical", share_levels=4, pair_levels=LEVELS,
-                       env_overrides=(("observation", observation),))
-    trainer = Trainer(config)
+    (trainer, runner state) whose ``trainer.policy(runner)`` is the imitation (its action: the index of
+    a rule, which the trainer's action wrapper ``trainer.env`` decodes into shares)."""
+    spec = envs.EnvSpec(observation=observation, action="clip_pairs", distribution="categorical", share_levels=4,
+                        pair_levels=LEVELS)
+    trainer = Trainer(PPOConfig(), *spec.make())
     runner = jax.jit(trainer.init)(jax.random.PRNGKey(seed), trainer.default_hparams())
     x = jnp.asarray(obs)
     stats = RunningStats(mean=x.mean(0), var=x.var(0), count=jnp.float32(len(obs)))
@@ -204,7 +206,8 @@ def main() -> None:
         trainer, runner = imitations[kind]
         policy = trainer.policy(runner)
         cut = env.obs_dim if kind == "table" else summary_env.obs_dim
-        return lambda key, o, state, p, aux: policy(key, o[:cut])
+        # the policy's action is a rule index; the action wrapper turns it into shares (free shares clipped)
+        return lambda key, o, state, p, aux: trainer.env.decode(policy(key, o[:cut]), state, p)
 
     mean = lambda recs: episode_metrics(recs, warm)["mean_latency_s"]  # (..., loads, episodes)
     shares, best_const = best_constant(env, params, loads, args.eval_episodes, 1000, warm)

@@ -45,12 +45,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import command, git_revision, machine, record  # noqa: E402
 
-from jaxsplit.agents.ppo import make_train  # noqa: E402
-from jaxsplit.agents.run import config_to_json  # noqa: E402
-from jaxsplit.agents.train_cli import TrainArgs, config_from_args  # noqa: E402
+from jaxsplit.agents.ppo import PPOConfig, make_train  # noqa: E402
+from jaxsplit.envs import EnvSpec, load_cluster  # noqa: E402
 from jaxsplit.envs import policies as policies_mod  # noqa: E402
 from jaxsplit.envs.evaluation import episode_metrics, evaluate, run_episodes  # noqa: E402
-from jaxsplit.envs.evaluate_cli import load_cluster  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -63,6 +61,17 @@ def t_interval(values: np.ndarray) -> float:
     return float(stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
 
 
+def settings_of(split: str, timesteps: int, update_epochs: int) -> tuple[EnvSpec, PPOConfig]:
+    """The ``jaxsplit train`` defaults with the split rule, the length and the epochs replaced."""
+    spec = EnvSpec(split=None if split == "closed_form" else split)
+    return spec, PPOConfig(total_timesteps=timesteps, update_epochs=update_epochs)
+
+
+def make_trainer(split: str, timesteps: int, update_epochs: int):
+    spec, config = settings_of(split, timesteps, update_epochs)
+    return make_train(config, *spec.make())
+
+
 def train_agents(split: str, seeds: int, timesteps: int, update_epochs: int):
     """Train ``seeds`` agents of the ``jaxsplit train`` configuration with ``timesteps`` environment steps
     and ``update_epochs`` passes per rollout; (trainer, runners, seconds).
@@ -71,9 +80,7 @@ def train_agents(split: str, seeds: int, timesteps: int, update_epochs: int):
     recorded figures; ``jaxsplit.agents.population.train_population`` would train them as one
     population in one call (same agents up to float rounding).
     """
-    args = TrainArgs(split=split, total_timesteps=timesteps, update_epochs=update_epochs)
-    config = config_from_args(args)
-    train = make_train(config)
+    train = make_trainer(split, timesteps, update_epochs)
     trainer = train.trainer
     run = jax.jit(train)
     t0 = time.perf_counter()
@@ -191,8 +198,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="2 seeds, 200k steps, no RESULTS.md update")
     args = ap.parse_args()
     loads = [float(x) for x in args.loads.split(",")]
-    timesteps = args.timesteps or TrainArgs().total_timesteps
-    epochs = args.update_epochs or TrainArgs().update_epochs
+    timesteps = args.timesteps or PPOConfig().total_timesteps
+    epochs = args.update_epochs or PPOConfig().update_epochs
     stem = "ppo_results" + (f"_{args.tag}" if args.tag else "")
     seeds = args.seeds
     if args.quick:
@@ -204,15 +211,14 @@ def main() -> None:
 
     settings = {}
     for split in ("closed_form",) + (() if args.no_ablation else ("equal",)):
-        config = config_to_json(config_from_args(TrainArgs(split=split, total_timesteps=timesteps,
-                                                           update_epochs=epochs)))
+        spec, ppo_config = settings_of(split, timesteps, epochs)
+        config = {"env": spec.to_json(), "ppo": ppo_config.to_json()}
         digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
         saved = Path(args.agents) / f"ppo_agents_{split}_{seeds}x{timesteps}_{digest}.pkl"  # the config's own file
         if args.reuse_agents and saved.exists():
             with open(saved, "rb") as fh:
                 trainer_args, runners, seconds = pickle.load(fh)
-                trainer_args.setdefault("update_epochs", TrainArgs().update_epochs)  # files kept before the option
-            trainer = make_train(config_from_args(TrainArgs(**trainer_args))).trainer
+            trainer = make_trainer(**trainer_args).trainer
             print(f"reusing the {seeds} agents of {saved} (trained in {seconds:.0f} s)", flush=True)
         else:
             print(f"training {seeds} agents, split {split}, {timesteps:,} steps each ...", flush=True)
@@ -220,7 +226,7 @@ def main() -> None:
             print(f"  trained in {seconds:.0f} s ({seeds * timesteps / seconds:,.0f} env-steps/s)", flush=True)
             saved.parent.mkdir(parents=True, exist_ok=True)
             with open(saved, "wb") as fh:
-                pickle.dump((dict(split=split, total_timesteps=timesteps, update_epochs=epochs), runners, seconds), fh)
+                pickle.dump((dict(split=split, timesteps=timesteps, update_epochs=epochs), runners, seconds), fh)
         settings[split] = (trainer, runners, seconds)
 
     trainer, runners, train_s = settings["closed_form"]
@@ -271,21 +277,21 @@ def main() -> None:
         return
     png = HERE / f"{stem}.png"
     plot([(label, ppo, baselines) for label, (ppo, baselines) in results.items()], loads, png)
-    cfg = config_from_args(TrainArgs(total_timesteps=timesteps, update_epochs=epochs))
-    defaults = TrainArgs()
+    spec, cfg = settings_of("closed_form", timesteps, epochs)
+    defaults = PPOConfig()
     changed = [f"--{name.replace('_', '-')} {value}" for name, value, default in
                (("total_timesteps", timesteps, defaults.total_timesteps), ("update_epochs", epochs, defaults.update_epochs))
                if value != default]
     which = ("the default `jaxsplit train` configuration" if not changed else
              f"the `jaxsplit train` configuration with {' '.join(changed)}")
-    levels = (f"the (cap, floor) pairs of the levels {', '.join(f'{v:.3g}' for v in cfg.pair_levels)}"
-              if cfg.action == "clip_pairs" and cfg.pair_levels else f"share levels {cfg.share_levels}")
+    levels = (f"the (cap, floor) pairs of the levels {', '.join(f'{v:.3g}' for v in spec.pair_levels)}"
+              if spec.action == "clip_pairs" and spec.pair_levels else f"share levels {spec.share_levels}")
     header = (f"### PPO against the baselines{f' ({args.tag})' if args.tag else ''}\n\n`{command()}` (rev {git_revision()}) on {machine()}.\n\n"
               f"{seeds} seeds x {timesteps:,} environment steps each, trained one after the other ({which}: "
               f"{cfg.num_envs} envs x {cfg.num_steps} steps per update, {cfg.update_epochs} epochs x "
               f"{cfg.num_minibatches} minibatches, lr {cfg.lr}, gamma {cfg.gamma}, entropy "
-              f"{cfg.ent_coef}, action {cfg.action!r}, {cfg.distribution} over {levels}, "
-              f"environment {dict(cfg.env_overrides) or 'defaults'}); training took {train_s:.0f} s for all seeds. Evaluation: the same "
+              f"{cfg.ent_coef}, action {spec.action!r}, {spec.distribution} over {levels}, "
+              f"environment {spec.env} with {dict(spec.overrides())}); training took {train_s:.0f} s for all seeds. Evaluation: the same "
               f"{args.episodes * seeds} episodes of {env.requests} requests for every policy and load (10% warm-up left out), deterministic policy. "
               f"Mean latency in seconds, +- the 95% interval (PPO: t over seeds; baselines: over episodes). "
               f"Plot: [{png.name}]({png.name}).\n\n")

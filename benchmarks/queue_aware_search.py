@@ -35,8 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import command, git_revision, load_average, machine, record  # noqa: E402
 
 from jaxsplit import envs  # noqa: E402
-from jaxsplit.agents.ppo import clip_pairs  # noqa: E402
-from jaxsplit.agents.train_cli import TrainArgs  # noqa: E402
+from jaxsplit.envs.actions import clip_pairs  # noqa: E402
 from jaxsplit.envs.evaluation import episode_metrics, run_episodes  # noqa: E402
 
 #: candidate shares: tenths plus the unit fractions 1/4 and 1/3 (which pack a device exactly).
@@ -143,7 +142,7 @@ def main() -> None:
         fam.append(f"| {rho:g} | " + " | ".join(cells) + " |")
     # The rules PPO's default action (clip_pairs over the `jaxsplit train` pair levels) can express,
     # every one of them on the held-out episodes: how far the trained policy could get with a fixed rule.
-    levels = TrainArgs().pair_levels
+    levels = envs.EnvSpec().pair_levels
     pairs = np.asarray(clip_pairs(levels))
     pair_theta = np.array([[2.0, floor, cap, 0.0] for cap, floor in pairs], np.float32)
     pair_lat = episode_metrics(run_episodes(env, params, act, loads, eval_eps, 1000, aux=jnp.asarray(pair_theta)),

@@ -3,7 +3,8 @@ Stable-Baselines3 PPO on the Gymnasium vector adapter, with the final latency of
 
 What is measured (one process, one machine):
 
-- JAX: ``jax.jit(make_train(config))`` for one agent and ``train_population`` (agents/population.py:
+- JAX: ``jax.jit(make_train(config, *spec.make()))`` (``PPOConfig()`` and ``EnvSpec()``, the ``jaxsplit train``
+  defaults, with only the run length set here) for one agent and ``train_population`` (agents/population.py:
   one jitted call, agents initialised one at a time inside it, the training updates vmapped; ``--pop-init
   vmap`` vmaps the whole ``train`` instead) for populations of 8 and 64 agents. Each is called twice with
   different keys: the first call (compilation + run) is timed apart, the second gives steps/s = agents x
@@ -16,13 +17,16 @@ What is measured (one process, one machine):
   observation and reward normalisation. Same n_envs, n_steps, minibatch size, epochs, learning rate
   (linearly annealed), gamma, GAE lambda, clip range (policy and value), entropy and value
   coefficients, gradient clip, Adam eps and MLP widths (separate tanh actor and critic). Truncated
-  episodes are bootstrapped by both. The one difference: the action distribution. SB3's policy is its
-  default diagonal Gaussian over the N shares, clipped to [0, 1]; jaxsplit's is the one of its config
-  (by default a categorical over share levels, one common level per request). SB3's steps/s is the whole
+  episodes are bootstrapped by both. The one difference: the action. SB3's policy is its default
+  diagonal Gaussian over the N shares (the unwrapped environment, ``spec.base()``), clipped to [0, 1];
+  jaxsplit's is the action form of its ``EnvSpec`` (``spec.make()``: by default a categorical over the
+  (cap, floor) rules of ``clip_pairs``, decoded into shares by the action wrapper). SB3's steps/s is the whole
   ``learn()`` call divided by its steps; the adapter's jit compilation is done before the clock starts.
 - Final latency at equal environment steps: the single JAX agent (second call) and SB3 both train
-  ``--timesteps`` steps; both deterministic policies (jaxsplit's most probable level or Beta mean; SB3's Gaussian mean on its
-  normalised observation, clipped) are evaluated by ``jaxsplit.envs.evaluate`` on the very same
+  ``--timesteps`` steps; both deterministic policies (jaxsplit's most probable action or Beta mean, run on
+  the wrapped environment; SB3's Gaussian mean on its normalised observation, clipped, run on the
+  unwrapped one) are evaluated by ``jaxsplit.envs.evaluation.evaluate`` (the one evaluation path; its
+  records' ``mean_latency_s`` and ``mean_latency_s_ci`` make the latency table) on the very same
   episodes (same keys, loads, clusters, requests). SB3's policy runs as a host callback
   (``jax.pure_callback``, one batched call per step for all episodes).
 
@@ -52,25 +56,26 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import command, git_revision, machine, record  # noqa: E402
 
-from jaxsplit import envs  # noqa: E402
 from jaxsplit.agents.population import population_grid, train_population  # noqa: E402
-from jaxsplit.agents.ppo import PPOConfig, make_env, make_train  # noqa: E402
+from jaxsplit.agents.ppo import PPOConfig, make_train  # noqa: E402
+from jaxsplit.envs import EnvSpec  # noqa: E402
+from jaxsplit.envs.evaluation import evaluate  # noqa: E402
 from jaxsplit.envs.gym_adapter import GymnasiumAllocationVectorEnv  # noqa: E402
 
 EVAL_LOADS = (0.3, 0.6, 0.9, 1.2)
 
 
-def _guarded_train(config: PPOConfig) -> Callable:
-    """``make_train(config)`` that fails if it is traced more than once."""
-    train = make_train(config)
+def _guarded_train(config: PPOConfig, spec: EnvSpec) -> Callable:
+    """``make_train(config, *spec.make())`` that fails if it is traced more than once."""
+    train = make_train(config, *spec.make())
     guarded = chex.assert_max_traces(train, n=1)
     guarded.trainer = train.trainer
     return guarded
 
 
-def time_single(config: PPOConfig, seed: int) -> dict[str, Any]:
+def time_single(config: PPOConfig, spec: EnvSpec, seed: int) -> dict[str, Any]:
     """One agent: first call (compile + run) and a second call with another key."""
-    train = _guarded_train(config)
+    train = _guarded_train(config, spec)
     fn = jax.jit(train)
     t0 = time.perf_counter()
     jax.block_until_ready(fn(jax.random.PRNGKey(seed + 1000)))
@@ -84,9 +89,9 @@ def time_single(config: PPOConfig, seed: int) -> dict[str, Any]:
                 compile_s=first - second, rate=steps / second, runner=runner, trainer=train.trainer)
 
 
-def time_population(config: PPOConfig, agents: int, init: str = "map") -> dict[str, Any]:
+def time_population(config: PPOConfig, spec: EnvSpec, agents: int, init: str = "map") -> dict[str, Any]:
     """``agents`` agents in one ``train_population`` call, twice (different seeds)."""
-    train = make_train(config)
+    train = make_train(config, *spec.make())
     base = train.trainer.default_hparams()
     sharded = jax.device_count() > 1 and agents % jax.device_count() == 0
     times = []
@@ -105,13 +110,14 @@ def time_population(config: PPOConfig, agents: int, init: str = "map") -> dict[s
 
 
 # ------------------------------------------------------------------------------------------- peer
-def sb3_vec_env(config: PPOConfig, seed: int):
-    """The Gymnasium vector adapter behind Stable-Baselines3's VecEnv API (same-step autoreset)."""
+def sb3_vec_env(config: PPOConfig, spec: EnvSpec, seed: int):
+    """The Gymnasium vector adapter of the unwrapped environment (shares as actions) behind
+    Stable-Baselines3's VecEnv API (same-step autoreset)."""
     from stable_baselines3.common.vec_env import VecEnv
 
     class AllocationVecEnv(VecEnv):
         def __init__(self):
-            env, params = make_env(config)
+            env, params = spec.base()
             self.inner = GymnasiumAllocationVectorEnv(config.num_envs, env=env, params=params)
             self.render_mode = None
             super().__init__(config.num_envs, self.inner.single_observation_space, self.inner.single_action_space)
@@ -154,14 +160,14 @@ def sb3_vec_env(config: PPOConfig, seed: int):
     return AllocationVecEnv()
 
 
-def train_sb3(config: PPOConfig, timesteps: int, seed: int, threads: int = 1) -> dict[str, Any]:
+def train_sb3(config: PPOConfig, spec: EnvSpec, timesteps: int, seed: int, threads: int = 1) -> dict[str, Any]:
     """SB3 PPO with the config's hyperparameters: steps/s of ``learn`` and the trained policy."""
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import VecNormalize
 
     torch.set_num_threads(threads)
-    venv = sb3_vec_env(config, seed)
+    venv = sb3_vec_env(config, spec, seed)
     venv.reset()
     venv.step_async(np.full((config.num_envs, venv.action_space.shape[0]), 0.5, np.float32))
     venv.step_wait()  # compile the adapter's jitted reset and step before the clock starts
@@ -235,19 +241,19 @@ def run_part(args: argparse.Namespace, part: str, timeout_s: float, attempts: in
     return None
 
 
-def part_main(args: argparse.Namespace, config: PPOConfig, pop_config: PPOConfig) -> None:
+def part_main(args: argparse.Namespace, spec: EnvSpec, config: PPOConfig, pop_config: PPOConfig) -> None:
     """One measurement in this process; prints a JSON line."""
     if os.environ.get("TRAIN_THROUGHPUT_SYNC", "1") == "1":
         jax.config.update("jax_cpu_enable_async_dispatch", False)
     if args.part == "single":
-        r = time_single(config, args.seed)
-        env, params = make_env(config)
-        rows = envs.evaluate(r["trainer"].policy(r["runner"]), env, params, EVAL_LOADS,
-                             episodes=args.eval_episodes, seed=args.seed + 7, name="ppo (jaxsplit)")
+        r = time_single(config, spec, args.seed)
+        env, params = spec.make()  # the trained policy's action goes through the action wrapper
+        rows = evaluate(r["trainer"].policy(r["runner"]), env, params, EVAL_LOADS,
+                        episodes=args.eval_episodes, seed=args.seed + 7, name="ppo (jaxsplit)")
         r = {k: v for k, v in r.items() if k not in ("runner", "trainer")}
         r["eval"] = rows
     else:
-        r = time_population(pop_config, int(args.part.split(":")[1]), args.pop_init)
+        r = time_population(pop_config, spec, int(args.part.split(":")[1]), args.pop_init)
     print(json.dumps(r), flush=True)
 
 
@@ -276,16 +282,14 @@ def main() -> None:
     agents_list = [int(a) for a in (args.agents or ("8" if quick else "8,64")).split(",") if a.strip() and int(a) > 0]
     args.eval_episodes = args.eval_episodes or (2 if quick else 16)
 
-    from jaxsplit.agents.train_cli import TrainArgs, config_from_args
-
-    base = config_from_args(TrainArgs())  # the train command's PPO settings; only the run length is set here
+    spec, base = EnvSpec(), PPOConfig()  # the train command's defaults; only the run length is set here
     args.timesteps = args.timesteps or ((2 if quick else 128) * base.batch_size)
     timesteps, eval_episodes = args.timesteps, args.eval_episodes
     config = dataclasses.replace(base, total_timesteps=timesteps)
     config.validate()
     pop_config = dataclasses.replace(base, total_timesteps=args.pop_updates * base.batch_size)
     if args.part:
-        part_main(args, config, pop_config)
+        part_main(args, spec, config, pop_config)
         return
 
     if not args.no_sb3:
@@ -318,18 +322,18 @@ def main() -> None:
 
     peer = None
     if not args.no_sb3:
-        peer = train_sb3(config, timesteps, args.seed, args.torch_threads)
+        peer = train_sb3(config, spec, timesteps, args.seed, args.torch_threads)
         print(f"sb3: {peer['steps']} steps in {peer['run_s']:.1f} s, {_fmt_rate(peer['rate'])} steps/s", flush=True)
 
     # final latency of both at equal environment steps, on the same episodes
-    env, params = make_env(config)
+    env, params = spec.base()  # SB3 and the baseline give the shares themselves
     evals = {"ppo (jaxsplit)": single["eval"]}
     if peer is not None:
         fn = sb3_policy_fn(peer["model"], peer["vecnorm"], env.num_devices)
-        evals["ppo (SB3)"] = envs.evaluate(fn, env, params, EVAL_LOADS, episodes=eval_episodes,
-                                           seed=args.seed + 7, name="ppo (SB3)")
-    evals["best_constant"] = envs.evaluate("best_constant", env, params, EVAL_LOADS, episodes=eval_episodes,
-                                           seed=args.seed + 7)
+        evals["ppo (SB3)"] = evaluate(fn, env, params, EVAL_LOADS, episodes=eval_episodes,
+                                      seed=args.seed + 7, name="ppo (SB3)")
+    evals["best_constant"] = evaluate("best_constant", env, params, EVAL_LOADS, episodes=eval_episodes,
+                                      seed=args.seed + 7)
     for name, res in evals.items():
         print(name, " ".join(f"{r['load']:g}:{r['mean_latency_s']:.4f}" for r in res), flush=True)
     load1 = os.getloadavg()
@@ -339,17 +343,17 @@ def main() -> None:
             f"Machine: {machine()}  ",
             f"Load average (1 min) at start / end: {load0[0]:.2f} / {load1[0]:.2f} (shared machine)  ",
             f"Revision: {git_revision()}", "",
-            f"PPO settings (the `jaxsplit train` defaults): {config.env_name}, num_envs {config.num_envs}, "
+            f"PPO settings (the `jaxsplit train` defaults): {spec.env}, num_envs {config.num_envs}, "
             f"num_steps {config.num_steps}, {config.update_epochs} epochs x {config.num_minibatches} minibatches "
             f"({config.batch_size // config.num_minibatches} transitions), MLP {list(config.hidden)} tanh, "
             f"lr {config.lr:g} (annealed: {config.anneal_lr}), gamma {config.gamma}, GAE lambda {config.gae_lambda}, "
             f"clip {config.clip_eps}, ent {config.ent_coef}, vf {config.vf_coef}, grad clip {config.max_grad_norm}, "
             f"obs/reward normalisation {config.normalize_obs}/{config.normalize_reward}, environment "
-            f"{dict(config.env_overrides) or 'defaults'}; jaxsplit only: action {config.action!r}, "
-            f"{config.distribution} policy over "
-            + (f"the (cap, floor) pairs of the levels {', '.join(f'{v:.3g}' for v in config.pair_levels)}, "
-               if config.action == "clip_pairs" and config.pair_levels else
-               f"the share levels {config.share_levels} (0, 1/K, ..., 1/2, 1), ")
+            f"{spec.overrides() or 'defaults'}; jaxsplit only: action {spec.action!r}, "
+            f"{spec.distribution} policy over "
+            + (f"the (cap, floor) pairs of the levels {', '.join(f'{v:.3g}' for v in spec.pair_levels)}, "
+               if spec.action == "clip_pairs" and spec.pair_levels else
+               f"the share levels {spec.share_levels} (0, 1/K, ..., 1/2, 1), ")
             + f"{config.reward_groups} reward groups (SB3 keeps its Gaussian over the N shares, clipped to [0, 1], and "
             "one reward scale).", "",
             "Steps/s counts environment steps of all agents in the second (compiled) call; compile = first "

@@ -1,4 +1,4 @@
-"""The allocation environment (MODEL.md section 6), its baselines, evaluation and adapters.
+"""The allocation environment (MODEL.md section 6), its action wrappers, baselines, evaluation and adapters.
 
 >>> import jax, jax.numpy as jnp
 >>> from jaxsplit import envs
@@ -7,11 +7,14 @@
 >>> obs, state, reward, terminated, truncated, info = env.step(jax.random.key(1), state, jnp.ones(4), params)
 """
 
-from . import policies
+from . import actions, policies, spaces
+from .actions import ACTIONS, wrap_action
 from .alloc import DEFAULT_MODELS, SPLIT_RULES, AllocationEnv, EnvParams, EnvState
-from .evaluation import evaluate
+from .evaluation import evaluate, search_best_constant
 from .registry import make, register, registered
+from .spec import EnvSpec, load_cluster
 from .wrappers import LogWrapper
 
-__all__ = ["AllocationEnv", "EnvParams", "EnvState", "DEFAULT_MODELS", "SPLIT_RULES", "make", "register",
-           "registered", "evaluate", "policies", "LogWrapper"]
+__all__ = ["AllocationEnv", "EnvParams", "EnvState", "DEFAULT_MODELS", "SPLIT_RULES", "ACTIONS", "EnvSpec", "make",
+           "register", "registered", "evaluate", "search_best_constant", "policies", "actions", "spaces",
+           "wrap_action", "load_cluster", "LogWrapper"]

@@ -6,6 +6,10 @@ devices' resources; the closed-form split of every layer under these shares give
 E; the request starts when every device has a_i free (in arrival order, reservation table of M
 slots) and its latency is the wait plus E.
 
+This module holds the queue dynamics; E and the reference latencies E_ref come from the request
+latency engine :class:`jaxsplit.catalogue.RequestLatency` (``env.engine``), which holds the
+catalogue and the split rules.
+
 Conventions (gymnax 1.0): ``reset(key, params) -> (obs, state)``, ``step(key, state, action,
 params) -> (obs, state, reward, terminated, truncated, info)``, with auto-reset inside ``step`` and
 ``info["final_observation"]``. :class:`EnvParams` holds traced floats (vmap over many clusters and
@@ -23,26 +27,22 @@ flagged invalid (penalised by ``invalid_penalty``).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
-from jax.custom_batching import custom_vmap
 
-from jaxsplit import kernels
-from jaxsplit.latency import Cluster, LayerArrays, allocation_rates, device_times
-from jaxsplit.solvers import DEVICE_MAJOR_BLOCK, closed_form_split, equal_split, solve_device_major_arrays
+from jaxsplit.catalogue import SPLIT_RULES, Catalogue, RequestLatency  # noqa: F401  (SPLIT_RULES: re-exported)
+from jaxsplit.latency import Cluster, LayerArrays
 
-from .catalogue import Catalogue, build_catalogue
+from . import spaces
 
 #: Tolerance on the sum of reserved shares per device (float round-off of "take what is free").
 SHARE_TOLERANCE = 1e-5
 #: Observation features are clipped to [0, OBS_CLIP].
 OBS_CLIP = 10.0
-#: Split rules the environment can use to turn shares into an execution time.
-SPLIT_RULES: dict[str, Callable] = {"closed_form": closed_form_split, "equal": equal_split}
 #: What the latency in the reward is divided by (see :class:`AllocationEnv`).
 REWARD_SCALES = ("model", "mean")
 #: What the observation holds (see :meth:`AllocationEnv.observation`).
@@ -158,55 +158,45 @@ class AllocationEnv:
         followed by the whole reservation table (M rows: remaining time and shares of every
         reservation still held at the backlog time, longest first), so that a policy can see how the
         present reservations will drain, not only the first release per device.
+
+    ``engine`` (:class:`~jaxsplit.catalogue.RequestLatency`) computes E and E_ref; ``catalogue``,
+    ``num_models``, ``num_flat`` and ``chunk`` are its.
     """
 
     def __init__(self, num_devices: int = 4, slots: int = 16, models: tuple[str, ...] = DEFAULT_MODELS,
                  input_size: tuple[int, int] = (224, 224), requests: int = 256, split: str = "closed_form",
                  bytes_per_element: float = 4.0, reward_scale: str = "model",
                  observation: str = "summary"):
-        if int(num_devices) != num_devices or num_devices < 1:
-            raise ValueError(f"field 'num_devices': must be a positive integer, got {num_devices!r}")
         if int(slots) != slots or slots < 1:
             raise ValueError(f"field 'slots': must be a positive integer, got {slots!r}")
         if int(requests) != requests or requests < 1:
             raise ValueError(f"field 'requests': must be a positive integer, got {requests!r}")
-        if split not in SPLIT_RULES:
-            raise ValueError(f"field 'split': unknown split rule {split!r}; known: {', '.join(SPLIT_RULES)}")
         if reward_scale not in REWARD_SCALES:
             raise ValueError(f"field 'reward_scale': unknown {reward_scale!r}; known: {', '.join(REWARD_SCALES)}")
         if observation not in OBSERVATIONS:
             raise ValueError(f"field 'observation': unknown {observation!r}; known: {', '.join(OBSERVATIONS)}")
-        models = tuple(models)
-        if not models:
-            raise ValueError("field 'models': the catalogue is empty")
-        from jaxsplit import zoo
-
-        for m in models:
-            if m not in zoo.ZOO_DEFAULT_SIZE:
-                raise ValueError(f"field 'models': unknown model {m!r}; known: {', '.join(zoo.ZOO_DEFAULT_SIZE)}")
-        _positive("bytes_per_element", bytes_per_element)
-        self.num_devices = int(num_devices)
+        self.dtype = jnp.result_type(float)
+        # validates num_devices, models, input_size, bytes_per_element and split (ValueError names the field)
+        self.engine = RequestLatency(models, input_size, bytes_per_element, num_devices, split, self.dtype)
+        self.num_devices = self.engine.num_devices
         self.slots = int(slots)
-        self.models = models
-        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.models = self.engine.models
+        self.input_size = self.engine.input_size
         self.requests = int(requests)
         self.split = split
         self.reward_scale = reward_scale
         self.observation_kind = observation
-        self.bytes_per_element = float(bytes_per_element)
-        self.dtype = jnp.result_type(float)
-        self.catalogue: Catalogue = build_catalogue(models, self.input_size, self.bytes_per_element, self.dtype)
-        self.num_models = len(models)
-        self.num_flat = int(self.catalogue.flat_model.shape[0])
+        self.bytes_per_element = self.engine.bytes_per_element
+        # the engine's, read by the policies, benchmarks and tests
+        self.catalogue: Catalogue = self.engine.catalogue
+        self.num_models = self.engine.num_models
+        self.num_flat = self.engine.num_flat
+        self.chunk = self.engine.chunk
         #: reference layers solved per step for the next episode's E_ref
         self.ref_chunk = int(math.ceil(self.num_flat / self.requests))
         self.obs_dim = 5 * self.num_devices + self.num_models + 4
         if observation == "table":
             self.obs_dim += self.slots * (self.num_devices + 1)
-        self._split_fn = SPLIT_RULES[split]
-        #: layer-instances solved together in :meth:`exec_times` (one device-major block)
-        self.chunk = max(256, DEVICE_MAJOR_BLOCK // self.num_devices)
-        self._exec_time = self._batched_exec_time()
 
     # ------------------------------------------------------------------ params
     def default_params(self, **overrides: Any) -> EnvParams:
@@ -294,119 +284,17 @@ class AllocationEnv:
 
     # ------------------------------------------------------------------ latency
     def layer_latency(self, layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
-        """Latency (s) of one layer under the environment's split rule; layer fields scalar."""
-        rows = self._split_fn(layer, cluster, share)
-        return jnp.max(device_times(layer, allocation_rates(cluster, share), rows))
+        """Latency (s) of one layer under the environment's split rule (:meth:`RequestLatency.layer_latency`)."""
+        return self.engine.layer_latency(layer, cluster, share)
 
     def exec_time(self, cluster: Cluster, share: jax.Array, model: jax.Array) -> jax.Array:
-        """E: latency (s) of one request of ``model`` alone under ``share`` (N,), every layer split.
-
-        Shapes: cluster fields and ``share`` (N,), ``model`` int32 scalar; returns a scalar. Under
-        ``vmap`` (environments, candidate allocations) the whole batch is solved as one flat list
-        of the requests' layers (:meth:`exec_times`), not one padded table per request.
-        """
-        return self._exec_time(cluster, share, model)
-
-    def _batched_exec_time(self):
-        """``exec_time`` as a ``custom_vmap`` function whose batching rule calls :meth:`exec_times`.
-
-        Only the innermost ``vmap`` takes the rule; an outer one (a population of agents) batches
-        the rule's body as usual, so the outer axis stays a plain leading axis (shardable)."""
-
-        @custom_vmap
-        def one(cluster: Cluster, share: jax.Array, model: jax.Array) -> jax.Array:
-            return self.exec_times(jax.tree.map(lambda f: f[None], cluster), share[None], model[None])[0]
-
-        @one.def_vmap
-        def many(axis_size: int, in_batched, cluster: Cluster, share: jax.Array, model: jax.Array):
-            def full(x, batched):
-                return x if batched else jnp.broadcast_to(x, (axis_size,) + jnp.shape(x))
-
-            cluster_b, share_b, model_b = in_batched
-            cluster = jax.tree.map(full, cluster, cluster_b)
-            return self.exec_times(cluster, full(share, share_b), full(model, model_b)), True
-
-        return one
-
-    def exec_times(self, cluster: Cluster, share: jax.Array, model: jax.Array) -> jax.Array:
-        """E of a batch of requests: cluster fields and ``share`` (B, N), ``model`` (B,); returns (B,) s.
-
-        The requests' unique layers are laid end to end (request b owns ``size[model[b]]``
-        consecutive positions) and solved a chunk of :attr:`chunk` positions at a time, so the work
-        is the layers the requests really have (about 18 per request for the default catalogue),
-        not B times the longest model (31). Each chunk gathers its layers, clusters and shares,
-        solves them device-major (:func:`jaxsplit.solvers.solve_device_major_arrays`, the batched
-        closed form: same rows as a one-layer solve), and adds count x layer latency to its request.
-
-        On the CPU, with the closed form, the compiled kernel (:mod:`jaxsplit.kernels`) does all of
-        this in one pass (same rows; the sum over a request's layers in layer order).
-        """
-        if self.split == "closed_form" and kernels.supports(self.num_devices):
-            return kernels.on_cpu(self._kernel_exec_times, self._array_exec_times, cluster, share, model)
-        return self._array_exec_times(cluster, share, model)
-
-    def _kernel_exec_times(self, cluster: Cluster, share: jax.Array, model: jax.Array) -> jax.Array:
-        """:meth:`exec_times` by the compiled closed-form kernel (CPU; same rows, one pass)."""
-        cat = self.catalogue
-        fields = [getattr(cat.layers, name) for name in LayerArrays.__dataclass_fields__] + [cat.count]
-        table = jnp.stack(fields, axis=-1).reshape(-1, len(fields))
-        return kernels.kernel_exec_times(table, cat.size, cluster, share, model)
-
-    def _array_exec_times(self, cluster: Cluster, share: jax.Array, model: jax.Array) -> jax.Array:
-        """:meth:`exec_times` as array code (any platform)."""
-        cat = self.catalogue
-        batch = share.shape[0]
-        width = cat.count.shape[1]
-        sizes = cat.size[model]
-        ends = jnp.cumsum(sizes)
-        starts = ends - sizes
-        total = ends[-1]
-        chunk = min(self.chunk, batch * width)
-        flat_layers = jax.tree.map(lambda a: a.reshape(-1), cat.layers)
-        flat_count = cat.count.reshape(-1)
-        positions = jnp.arange(chunk, dtype=ends.dtype)
-
-        def add_chunk(c, acc):
-            pos = c * chunk + positions
-            owner = jnp.minimum(jnp.searchsorted(ends, pos, side="right"), batch - 1)
-            idx = model[owner] * width + jnp.clip(pos - starts[owner], 0, width - 1)
-            layer = jax.tree.map(lambda a: a[idx], flat_layers)
-            part = jax.tree.map(lambda f: f[owner], cluster)
-            latency = self._layer_latencies(layer, part, share[owner])
-            weight = jnp.where(pos < total, flat_count[idx], 0.0)
-            return acc + jax.ops.segment_sum(latency * weight, owner, num_segments=batch)
-
-        chunks = (total + chunk - 1) // chunk
-        return jax.lax.fori_loop(0, chunks, add_chunk, jnp.zeros((batch,), self.dtype))
-
-    def _layer_latencies(self, layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
-        """Latency (s) of P layer-instances under the split rule: layer fields (P,), cluster fields
-        and shares (P, N); returns (P,)."""
-        if self.split == "closed_form":
-            rows = solve_device_major_arrays(layer, cluster, share)
-        else:
-            rows = jax.vmap(self._split_fn)(layer, cluster, share)
-        rates = jax.vmap(allocation_rates)(cluster, share)
-        return jnp.max(jax.vmap(device_times)(layer, rates, rows), axis=-1)
+        """E (s) of one request of ``model`` alone under ``share`` (N,); batched under ``vmap``
+        (:meth:`RequestLatency.exec_time`)."""
+        return self.engine.exec_time(cluster, share, model)
 
     def reference_times(self, cluster: Cluster) -> jax.Array:
-        """E_ref(k) for every model, all shares 1; (K,) seconds."""
-        ones = jnp.ones((self.num_devices,), self.dtype)
-        per_layer = jax.vmap(self.layer_latency, in_axes=(0, None, None))(self.catalogue.flat_layers, cluster, ones)
-        onehot = jax.nn.one_hot(self.catalogue.flat_model, self.num_models, dtype=self.dtype)
-        return (per_layer * self.catalogue.flat_count) @ onehot
-
-    def _reference_chunk(self, cluster: Cluster, count: jax.Array) -> jax.Array:
-        """Contribution to E_ref (K,) of the flat reference layers of step ``count``."""
-        idx = count * self.ref_chunk + jnp.arange(self.ref_chunk)
-        valid = idx < self.num_flat
-        idx = jnp.minimum(idx, self.num_flat - 1)
-        layers = jax.tree.map(lambda a: a[idx], self.catalogue.flat_layers)
-        ones = jnp.ones((self.num_devices,), self.dtype)
-        per_layer = jax.vmap(self.layer_latency, in_axes=(0, None, None))(layers, cluster, ones)
-        weight = jnp.where(valid, self.catalogue.flat_count[idx], 0.0)
-        onehot = jax.nn.one_hot(self.catalogue.flat_model[idx], self.num_models, dtype=self.dtype)
-        return (per_layer * weight) @ onehot
+        """E_ref(k) for every model, all shares 1; (K,) seconds (:meth:`RequestLatency.reference_times`)."""
+        return self.engine.reference_times(cluster)
 
     # ------------------------------------------------------------------ dynamics
     def clean_action(self, action: jax.Array, params: EnvParams) -> tuple[jax.Array, jax.Array]:
@@ -433,6 +321,13 @@ class AllocationEnv:
         ok = jnp.all(usage + share <= 1.0 + SHARE_TOLERANCE, axis=-1) & (jnp.sum(busy, axis=-1) < self.slots)
         return jnp.min(jnp.where(ok, cand, jnp.inf))
 
+    def free_shares(self, state: EnvState) -> jax.Array:
+        """The share of every device free at the backlog time b = max(now, start of the previous
+        request), the earliest time the present request could start; (N,) in [0, 1]."""
+        base = jnp.maximum(state.last_start, 0.0)
+        used = (state.res_end > base).astype(self.dtype) @ state.res_share
+        return jnp.clip(1.0 - used, 0.0, 1.0)
+
     def observation(self, state: EnvState) -> jax.Array:
         """Normalised observation (obs_dim,) in the env dtype (float32 unless x64), in [0, OBS_CLIP];
         obs_dim = 5N + K + 4, plus M (N + 1) with ``observation="table"``.
@@ -449,8 +344,7 @@ class AllocationEnv:
         """
         base = jnp.maximum(state.last_start, 0.0)
         busy = state.res_end > base
-        used = busy.astype(self.dtype) @ state.res_share
-        free = jnp.clip(1.0 - used, 0.0, 1.0)
+        free = self.free_shares(state)
         holds = busy[:, None] & (state.res_share > 0)
         release = jnp.min(jnp.where(holds, state.res_end[:, None], jnp.inf), axis=0)
         release = jnp.where(jnp.isfinite(release), release, 0.0)
@@ -526,11 +420,14 @@ class AllocationEnv:
         Returns ``(obs, state, reward, terminated, truncated, info)``; ``terminated`` is always
         False. ``info``: latency, wait, exec_time, utilization (scalars), model (int32), invalid
         (bool), flop, arrival (arrival time in the episode, s), capacity (sum F_i), load, e_ref
-        (E_ref of the request's model) and final_observation (the observation before auto-reset).
+        (E_ref of the request's model), group (the episode's load as a fraction of the load range,
+        (load - load_min) / (load_max - load_min) in [0, 1], 0 when the range is a point: what a
+        trainer's per-group reward statistics slice) and final_observation (the observation before
+        auto-reset).
         """
         k_gap, k_model, k_reset = jax.random.split(key, 3)
         served, out = self.allocate(state, action, params)
-        next_e_ref = state.next_e_ref + self._reference_chunk(state.next_cluster, state.count)
+        next_e_ref = state.next_e_ref + self.engine.reference_chunk(state.next_cluster, state.count, self.ref_chunk)
         gap = jax.random.exponential(k_gap, (), self.dtype) / state.rate
         cont = served.replace(
             model=self.sample_model(k_model, params), res_end=served.res_end - gap,
@@ -544,10 +441,25 @@ class AllocationEnv:
         info = dict(latency=out["latency"], wait=out["wait"], exec_time=out["exec_time"],
                     utilization=out["utilization"], model=state.model, invalid=out["invalid"],
                     flop=out["flop"], arrival=state.time, capacity=jnp.sum(state.cluster.flops),
-                    load=state.load, e_ref=state.e_ref[state.model], final_observation=final_obs)
+                    load=state.load, e_ref=state.e_ref[state.model], group=self.load_group(state.load, params),
+                    final_observation=final_obs)
         return obs, new, out["reward"], jnp.zeros((), bool), truncated, info
 
+    def load_group(self, load: jax.Array, params: EnvParams) -> jax.Array:
+        """Where ``load`` lies in [load_min, load_max], as a fraction in [0, 1] (0 for a point range)."""
+        span = params.load_max - params.load_min
+        frac = (load - params.load_min) / jnp.where(span > 0, span, 1.0)
+        return jnp.clip(jnp.where(span > 0, frac, 0.0), 0.0, 1.0).astype(self.dtype)
+
     # ------------------------------------------------------------------ spaces
+    def observation_space(self, params: EnvParams | None = None) -> spaces.Box:
+        """Observations: (obs_dim,) in [0, OBS_CLIP], float32 (float64 under x64)."""
+        return spaces.Box(0.0, OBS_CLIP, (self.obs_dim,), self.dtype)
+
+    def action_space(self, params: EnvParams | None = None) -> spaces.Box:
+        """Actions: the shares (N,) in [0, 1]."""
+        return spaces.Box(0.0, 1.0, (self.num_devices,), jnp.float32)
+
     def action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Box bounds of the action, (N,) each: [0, 1]."""
         return np.zeros(self.num_devices, np.float32), np.ones(self.num_devices, np.float32)

@@ -1,4 +1,16 @@
-"""Evaluate an allocation policy: loads x seeds x episodes in one vmapped call (MODEL.md section 6).
+"""The one evaluation path: roll out any allocation policy for metrics (MODEL.md section 6).
+
+Every latency figure of jaxsplit comes from here: ``jaxsplit evaluate``, the report of ``jaxsplit
+train``, and the benchmarks. :func:`evaluate` runs a policy on loads x seeds x episodes independent
+episodes in one jitted, vmapped call; episode (seed s, episode e) uses the key
+fold_in(fold_in(key(seed), s), e), so every policy evaluated with the same arguments sees the same
+episodes (the same clusters, arrivals and models). The first ``warmup`` fraction of each episode's
+requests is left out of the metrics (the queue starts empty).
+
+One record per policy and load, with the same field names everywhere (``evaluate --json``, a run's
+evaluation.json, the benchmarks' JSON): ``policy``, ``load``, ``episodes``, ``requests``, ``warmup``,
+``seed`` and every metric of :data:`METRICS` (and ``mean_reward``), each the mean over episodes, with
+``<metric>_ci``, the 95% confidence half-width 1.96 sd / sqrt(n) over the n episodes.
 
 >>> from jaxsplit import envs
 >>> env, params = envs.make("alloc-v0", requests=200)
@@ -17,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import policies as policies_mod
+from .actions import ShareAction
 from .alloc import AllocationEnv, EnvParams
 
 PolicyLike = Union[str, policies_mod.Policy, Callable[[jax.Array, jax.Array], jax.Array]]
@@ -38,10 +51,13 @@ def as_policy(policy: PolicyLike, env: AllocationEnv, **options: Any) -> policie
 
 
 @functools.lru_cache(maxsize=32)
-def with_requests(env: AllocationEnv, requests: int | None) -> AllocationEnv:
-    """The same environment with another episode length (a static setting); cached."""
+def with_requests(env: AllocationEnv | ShareAction, requests: int | None) -> AllocationEnv | ShareAction:
+    """The same environment (action wrapper included) with another episode length (a static
+    setting); cached."""
     if requests is None or requests == env.requests:
         return env
+    if isinstance(env, ShareAction):
+        return env.with_env(with_requests(env.env, requests))
     return AllocationEnv(env.num_devices, env.slots, env.models, env.input_size, int(requests), env.split,
                          env.bytes_per_element, env.reward_scale, env.observation_kind)
 
@@ -130,8 +146,10 @@ def evaluate(policy: PolicyLike, env: AllocationEnv, params: EnvParams, loads: S
 
     Args:
       policy: a registered baseline name (``best_constant`` first searches its share per load), a
-        :class:`~jaxsplit.envs.policies.Policy`, or any ``fn(key, obs) -> action`` closure.
-      env, params: the environment; ``params.load_min/max`` are replaced by each load in turn.
+        :class:`~jaxsplit.envs.policies.Policy`, or any ``fn(key, obs) -> action`` closure (a trained
+        policy: its action is the environment's, decoded by the action wrapper when ``env`` has one).
+      env, params: the environment, with or without an action wrapper (a baseline runs on the
+        unwrapped one: it gives shares); ``params.load_min/max`` are replaced by each load in turn.
       loads: offered loads rho.
       seeds, episodes: independent episodes = seeds * episodes per load (seed s, episode e uses
         key fold_in(fold_in(key(seed), s), e)).
@@ -140,9 +158,8 @@ def evaluate(policy: PolicyLike, env: AllocationEnv, params: EnvParams, loads: S
       name: label of the policy in the rows.
       policy_options: options of a named baseline (c, k, ...).
     Returns:
-      One dict per load: ``policy``, ``load``, ``episodes`` and every metric of :data:`METRICS`
-      (mean over episodes) with ``<metric>_ci``, the 95% confidence half-width 1.96 sd / sqrt(n).
-      Latencies are in seconds, throughput in requests per second.
+      One record per load (see the module docstring). Latencies are in seconds, throughput in
+      requests per second.
     """
     if not loads:
         raise ValueError("field 'loads': need at least one load")
@@ -155,8 +172,10 @@ def evaluate(policy: PolicyLike, env: AllocationEnv, params: EnvParams, loads: S
         raise ValueError(f"field 'warmup': must be in [0, 1), got {warmup!r}")
     env = with_requests(env, requests)
     label = name or (policy if isinstance(policy, str) else getattr(policy, "name", "policy"))
+    if isinstance(env, ShareAction) and (isinstance(policy, (str, policies_mod.Policy))):
+        env = env.unwrapped  # a baseline gives the shares themselves
     if policy == "best_constant" and "shares" not in policy_options:
-        table = policies_mod.search_best_constant(env, params, loads, requests=env.requests)
+        table = search_best_constant(env, params, loads, requests=env.requests)
         policy_options = dict(policy_options, loads=tuple(float(l) for l in loads),
                               shares=tuple(float(c) for c in table))
     pol = as_policy(policy, env, **policy_options)
@@ -167,7 +186,8 @@ def evaluate(policy: PolicyLike, env: AllocationEnv, params: EnvParams, loads: S
     per_episode = episode_metrics(recs, int(warmup * env.requests))
     rows = []
     for i, rho in enumerate(loads):
-        row: dict[str, Any] = {"policy": label, "load": float(rho), "episodes": n, "requests": env.requests}
+        row: dict[str, Any] = {"policy": label, "load": float(rho), "episodes": n, "requests": env.requests,
+                               "warmup": float(warmup), "seed": int(seed)}
         for metric, values in per_episode.items():
             v = values[i]
             row[metric] = float(np.mean(v))
@@ -183,3 +203,35 @@ def _hashable(v: Any) -> Any:
 @functools.lru_cache(maxsize=64)
 def _named_policy(env: AllocationEnv, name: str, options: tuple) -> policies_mod.Policy:
     return policies_mod.get(name, env, **dict(options))
+
+
+def search_best_constant(env: AllocationEnv, params: EnvParams, loads: Sequence[float],
+                         grid: Sequence[float] = tuple(np.round(np.arange(0.1, 1.01, 0.1), 2)),
+                         episodes: int = 16, seed: int = 12345, requests: int | None = None,
+                         warmup: float = 0.1) -> np.ndarray:
+    """The share c of ``grid`` with the lowest mean latency at each load, on its own seeds (apart from
+    the evaluation's).
+
+    One jitted call vmapped over grid x loads x episodes (c is traced). Returns float (len(loads),).
+    """
+    env = with_requests(env, requests)
+    grid_a = jnp.asarray(grid, jnp.float32)
+    act = lambda key, obs, state, params, c: jnp.full((env.num_devices,), c, jnp.float32)
+    recs = run_episodes(env, params, act, loads, episodes, seed, aux=grid_a)  # (G, loads, episodes, R)
+    score = episode_metrics(recs, int(warmup * env.requests))["mean_latency_s"].mean(-1)  # (G, loads)
+    return np.asarray(grid, np.float64)[np.argmin(score, axis=0)]
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], metric: str = "mean_latency_s") -> str:
+    """The records as a Markdown table: one line per policy, one column per load, ``metric`` ± its
+    95% half-width (4 significant digits)."""
+    fmt = lambda x: "nan" if not np.isfinite(x) else f"{x:.4g}"
+    loads = sorted({r["load"] for r in rows})
+    lines = ["| policy | " + " | ".join(f"rho={load:g}" for load in loads) + " |", "|---|" + "---|" * len(loads)]
+    for policy in dict.fromkeys(r["policy"] for r in rows):
+        cells = []
+        for load in loads:
+            r = next((r for r in rows if r["policy"] == policy and r["load"] == load), None)
+            cells.append("" if r is None else f"{fmt(r[metric])} ± {fmt(r[metric + '_ci'])}")
+        lines.append(f"| {policy} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -11,7 +11,7 @@ A learned policy that needs only the observation is any ``fn(key, obs) -> action
 Registered names: ``random`` (uniform shares, the paper's starting point), ``whole_cluster`` (all 1),
 ``free_now`` (take what is free, or the whole cluster when nothing usable is free), ``constant`` (share
 ``c`` everywhere), ``best_constant`` (the c of a per-load table found by
-:func:`search_best_constant`), ``fastest_k`` (share 1 on the ``k`` fastest devices) and ``myopic``
+:func:`jaxsplit.envs.evaluation.search_best_constant`), ``fastest_k`` (share 1 on the ``k`` fastest devices) and ``myopic``
 (the candidate allocation that finishes this request first).
 """
 
@@ -22,7 +22,6 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from .alloc import AllocationEnv, EnvParams, EnvState
 
@@ -55,9 +54,9 @@ def whole_cluster(key, obs, state, params, env: AllocationEnv):
 
 def free_now(key, obs, state, params, env: AllocationEnv):
     """Take what is free: the shares free at the backlog time b = max(now, previous start)
-    (obs[:N]); if none reaches min_share there, the shares free right after the next release
-    after b (the request then waits for that release)."""
-    free = obs[: env.num_devices].astype(jnp.float32)
+    (:meth:`~jaxsplit.envs.AllocationEnv.free_shares`); if none reaches min_share there, the shares
+    free right after the next release after b (the request then waits for that release)."""
+    free = env.free_shares(state).astype(jnp.float32)
     usable = free >= params.min_share
     base = jnp.maximum(state.last_start, 0.0)
     busy = state.res_end > base
@@ -145,21 +144,3 @@ def get(name: str, env: AllocationEnv, **options: Any) -> Policy:
         raise ValueError(f"field 'k': must be between 1 and {env.num_devices}, got {options['k']!r}")
     fn = POLICIES[name]
     return Policy(name, lambda key, obs, state, params: fn(key, obs, state, params, env, **options))
-
-
-def search_best_constant(env: AllocationEnv, params: EnvParams, loads: Sequence[float],
-                         grid: Sequence[float] = tuple(np.round(np.arange(0.1, 1.01, 0.1), 2)),
-                         episodes: int = 16, seed: int = 12345, requests: int | None = None,
-                         warmup: float = 0.1) -> np.ndarray:
-    """The share c of ``grid`` with the lowest mean latency at each load, on its own seeds.
-
-    One jitted call vmapped over grid x loads x episodes (c is traced). Returns float (len(loads),).
-    """
-    from .evaluation import episode_metrics, run_episodes, with_requests
-
-    env = with_requests(env, requests)
-    grid_a = jnp.asarray(grid, jnp.float32)
-    act = lambda key, obs, state, params, c: jnp.full((env.num_devices,), c, jnp.float32)
-    recs = run_episodes(env, params, act, loads, episodes, seed, aux=grid_a)  # (G, loads, episodes, R)
-    score = episode_metrics(recs, int(warmup * env.requests))["mean_latency_s"].mean(-1)  # (G, loads)
-    return np.asarray(grid, np.float64)[np.argmin(score, axis=0)]

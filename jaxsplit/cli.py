@@ -15,10 +15,10 @@ from typing import Callable, Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "split": ("jaxsplit.commands.split", "split every layer of instances (JSON / JSON Lines) across devices"),
     "zoo": ("jaxsplit.commands.zoo", "list the model zoo, or print one model's layer table"),
-    "evaluate": ("jaxsplit.envs.evaluate_cli", "evaluate allocation policies in the environment"),
-    "train": ("jaxsplit.agents.train_cli", "train a PPO allocation policy (the main job)"),
-    "validate": ("jaxsplit.bridge.validate_cli", "prove a split numerically against PyTorch"),
-    "run": ("jaxsplit.bridge.run_cli", "run split inference across worker processes"),
+    "evaluate": ("jaxsplit.commands.evaluate", "evaluate allocation policies in the environment"),
+    "train": ("jaxsplit.commands.train", "train a PPO allocation policy (the main job)"),
+    "validate": ("jaxsplit.commands.validate", "prove a split numerically against PyTorch"),
+    "run": ("jaxsplit.commands.run", "run split inference across worker processes"),
 }
 
 

@@ -17,6 +17,7 @@ Units: seconds, bytes, FLOP, FLOP/s, bytes/s.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import jax
@@ -52,11 +53,20 @@ class LayerArrays:
     row_work: jax.Array
 
 
+#: The fields of :class:`LayerArrays` in declaration order: the column order wherever layers are
+#: stacked into a matrix (the compiled kernel's inputs, the catalogue's tables).
+LAYER_FIELDS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(LayerArrays))
+#: The columns of the compiled kernel's exec-times table: the layer fields, then the layer's
+#: multiplicity. ``jaxsplit/kernels/closed_form.cc`` reports the order it assumes and
+#: :mod:`jaxsplit.kernels` refuses a library that disagrees.
+TABLE_FIELDS: tuple[str, ...] = LAYER_FIELDS + ("count",)
+
+
 def layer_arrays_numpy(layers: Sequence[Layer], bytes_per_element: float = 4.0,
                        dtype: type = np.float32) -> dict[str, np.ndarray]:
     """The fields of :class:`LayerArrays` for a table, as numpy arrays of shape (L,)."""
     q = float(bytes_per_element)
-    cols: dict[str, list[float]] = {name: [] for name in LayerArrays.__dataclass_fields__}
+    cols: dict[str, list[float]] = {name: [] for name in LAYER_FIELDS}
     for layer in layers:
         cols["in_height"].append(layer.in_height)
         cols["out_height"].append(layer.out_height)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .instance import Instance
-from .latency import Cluster, LayerArrays, layer_arrays_numpy, layer_latency
+from .latency import LAYER_FIELDS, Cluster, LayerArrays, layer_arrays_numpy, layer_latency
 from .solvers import HOST_SOLVERS, batched_solver, get_solver
 
 
@@ -44,7 +44,7 @@ def flatten(instances: list[Instance], dtype=np.float32) -> tuple[LayerArrays, C
 
     Returns the arrays padded to a power-of-two batch and the number of real rows."""
     n_max = max(inst.num_devices for inst in instances)
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in LayerArrays.__dataclass_fields__}
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in LAYER_FIELDS}
     devs = []
     for inst in instances:
         for k, v in layer_arrays_numpy(inst.layers, inst.bytes_per_element, np.float64).items():

@@ -12,7 +12,7 @@ import pytest
 
 from jaxsplit.agents import checkpoint
 from jaxsplit.agents.ppo import PPOConfig
-from jaxsplit.agents.run import config_to_json, read_metrics, train_run
+from jaxsplit.agents.run import read_config, read_metrics, run_config_json, train_run
 from tiny_env import TinyEnv
 
 CONFIG = PPOConfig(num_envs=8, num_steps=16, num_minibatches=2, total_timesteps=8 * 16 * 6)
@@ -33,6 +33,7 @@ def full_run(tmp_path_factory):
 
 def test_resume_equals_uninterrupted_run(full_run, tmp_path):
     run_dir, runner = full_run
+    assert read_config(run_dir) == (None, CONFIG, 0)  # an environment passed as an object: no spec recorded
     assert checkpoint.latest_step(run_dir) == 6
     assert [r["update"] for r in read_metrics(run_dir)] == [1, 2, 3, 4, 5, 6]
     # an interrupted copy: keep only the checkpoint at update 4 and metrics beyond it (as after a crash)
@@ -59,7 +60,7 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
         _train(tmp_path / "nothing", resume=True)
     run_dir = tmp_path / "empty"
     run_dir.mkdir()
-    (run_dir / "config.json").write_text(json.dumps({"config": config_to_json(CONFIG), "seed": 0}))
+    (run_dir / "config.json").write_text(json.dumps(run_config_json(CONFIG, None, 0)))
     with pytest.raises(ValueError, match="no checkpoint to resume from"):
         _train(run_dir, resume=True)
 
@@ -69,7 +70,7 @@ def test_resume_with_another_config_is_refused(full_run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
     with pytest.raises(ValueError, match="lr"):
-        _train(copy, config=PPOConfig(**{**CONFIG.__dict__, "lr": 1e-3}), resume=True)
+        _train(copy, config=PPOConfig(**{**CONFIG.__dict__, "lr": 2e-3}), resume=True)
 
 
 def test_corrupt_checkpoint_is_a_clear_error_and_kept(full_run, tmp_path):

@@ -1,4 +1,5 @@
-"""The PPO core on a tiny environment with the allocation environment's API."""
+"""The PPO core on a tiny environment that is not the allocation environment (tests/tiny_env.py): the trainer
+gets by with its spaces."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ from scipy import stats
 
 from jaxsplit.agents.distributions import (beta_entropy, beta_log_prob, beta_mean, beta_sample, categorical_entropy,
                                            categorical_log_prob, categorical_mode, categorical_sample)
-from jaxsplit.agents.ppo import (METRICS, HyperParams, PPOConfig, RunningStats, Trainer, clip_pairs, gae, make_train,
-                                 share_grid, snap_shares)
+from jaxsplit.agents.ppo import (PPO_METRICS, STATIC, TRACED, HyperParams, PPOConfig, RunningStats, Trainer, gae,
+                                 make_train)
+from jaxsplit.envs import spaces
 from tiny_env import TinyEnv
 
-SMALL = dict(num_envs=16, num_steps=32, num_minibatches=4, lr=3e-3)
+# small and quick; the rest as the PPO papers' usual defaults (no entropy bonus, one reward statistic)
+SMALL = dict(num_envs=16, num_steps=32, num_minibatches=4, lr=3e-3, ent_coef=0.0, gamma=0.99, gae_lambda=0.95,
+             init_concentration=1.0 + float(np.log(2.0)), reward_groups=1)
 
 
 def test_beta_log_prob_and_entropy_match_scipy():
@@ -67,17 +71,36 @@ def test_gae_bootstraps_truncation_and_cuts_termination():
 
 @pytest.mark.parametrize("field,value", [("num_envs", 0), ("num_minibatches", 7), ("total_timesteps", 10),
                                          ("lr", -1.0), ("gamma", 1.5), ("clip_eps", 0.0), ("hidden", ()),
-                                         ("load_min", 0.0), ("share_levels", -1),
                                          ("reward_groups", 0), ("init_concentration", 1.0),
-                                         ("init_mean", 1.0), ("action", "each"), ("distribution", "normal")])
+                                         ("init_mean", 1.0), ("max_grad_norm", float("nan"))])
 def test_bad_config_raises_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         PPOConfig(**{**SMALL, "total_timesteps": 16 * 32 * 2, field: value}).validate()
 
 
-def test_categorical_without_share_levels_raises_naming_the_field():
+def test_every_setting_is_declared_once_with_help_and_traced_or_static(capsys):
+    import dataclasses
+    import tyro
+
+    fields = [f.name for f in dataclasses.fields(PPOConfig)]
+    assert set(TRACED) | set(STATIC) == set(fields) and not set(TRACED) & set(STATIC)
+    assert set(TRACED) == {"lr", "ent_coef", "clip_eps", "vf_coef", "gamma", "gae_lambda", "max_grad_norm"}
+    hp = HyperParams.from_config(PPOConfig(), {"x": 1.0})
+    assert [f.name for f in dataclasses.fields(hp)] == list(TRACED) + ["env"]
+    assert all(float(getattr(hp, name)) == pytest.approx(getattr(PPOConfig(), name)) for name in TRACED)
+    # the command line's defaults are the Python API's, and every field has its help text
+    from jaxsplit.commands.train import TrainArgs
+
+    assert tyro.cli(TrainArgs, args=[]).ppo == PPOConfig()
+    with pytest.raises(SystemExit):
+        tyro.cli(TrainArgs, args=["--help"])
+    helptext = capsys.readouterr().out
+    for name in fields:
+        assert "--" + name.replace("_", "-") in helptext, name
+    assert "traced" in helptext  # the help says which settings a population may vary
+    assert PPOConfig.from_json(PPOConfig(hidden=(8, 4), lr=0.5).to_json()) == PPOConfig(hidden=(8, 4), lr=0.5)
     with pytest.raises(ValueError, match="share_levels"):
-        PPOConfig(**{**SMALL, "total_timesteps": 16 * 32 * 2, "distribution": "categorical"}).validate()
+        PPOConfig.from_json({"share_levels": 4})
 
 
 def test_categorical_log_prob_entropy_and_samples_match_numpy():
@@ -95,118 +118,18 @@ def test_categorical_log_prob_entropy_and_samples_match_numpy():
     np.testing.assert_allclose(freq, p[0], atol=0.015)
 
 
-@pytest.mark.parametrize("distribution", ["beta", "categorical"])
-def test_common_action_gives_every_device_the_same_level(distribution):
-    env = TinyEnv(num_devices=4)
-    config = PPOConfig(**SMALL, total_timesteps=16 * 32 * 2, action="common", distribution=distribution, share_levels=4)
-    trainer = Trainer(config, env, env.default_params())
-    assert trainer.action_dim == 1
-    runner = jax.jit(trainer.init)(jax.random.PRNGKey(0), trainer.default_hparams())
-    obs = jax.random.uniform(jax.random.key(1), (256, env.obs_dim))
-    shares = np.asarray(jax.vmap(trainer.policy(runner, deterministic=False))(jax.random.split(jax.random.key(2), 256), obs))
-    assert shares.shape == (256, 4)
-    assert (shares == shares[:, :1]).all()
-    assert set(np.unique(shares)) <= set(np.asarray(share_grid(4)).tolist())
-    assert len(np.unique(shares)) >= 3  # an untrained policy tries several levels
-
-
-def test_free_clip_gives_each_device_its_free_share_within_cap_and_floor():
-    env = TinyEnv(num_devices=4)
-    config = PPOConfig(**SMALL, total_timesteps=16 * 32 * 2, action="free_clip", distribution="categorical",
-                       share_levels=4)
-    trainer = Trainer(config, env, env.default_params())
-    assert trainer.action_dim == 2
-    grid = np.asarray(share_grid(4))
-    rng = np.random.default_rng(0)
-    index = rng.integers(0, 5, (300, 2))
-    obs = rng.uniform(0.0, 1.0, (300, env.obs_dim)).astype(np.float32)
-    got = np.asarray(trainer.shares(jnp.asarray(index, jnp.float32), jnp.asarray(obs)))
-    cap, floor = grid[index[:, :1]], grid[index[:, 1:]]
-    want = np.clip(obs[:, :4], np.minimum(floor, cap), cap)
-    np.testing.assert_allclose(got, want, rtol=1e-6)
-    assert (got <= cap + 1e-7).all() and (got >= np.minimum(floor, cap) - 1e-7).all()
-
-
-def test_clip_pairs_are_the_ordered_level_pairs_and_map_like_free_clip():
-    pairs = np.asarray(clip_pairs(4))
-    grid = np.asarray(share_grid(4))[1:]
-    want = [(c, f) for c in grid for f in grid if f <= c]
-    assert pairs.shape == (10, 2)
-    np.testing.assert_allclose(pairs, want, rtol=1e-6)
-    env = TinyEnv(num_devices=4)
-    config = PPOConfig(**SMALL, total_timesteps=16 * 32 * 2, action="clip_pairs", distribution="categorical",
-                       share_levels=4)
-    trainer = Trainer(config, env, env.default_params())
-    assert trainer.action_dim == 1 and trainer.choices == 10
-    rng = np.random.default_rng(1)
-    index = rng.integers(0, 10, (300, 1))
-    obs = rng.uniform(0.0, 1.0, (300, env.obs_dim)).astype(np.float32)
-    got = np.asarray(trainer.shares(jnp.asarray(index, jnp.float32), jnp.asarray(obs)))
-    cap, floor = pairs[index[:, 0], :1], pairs[index[:, 0], 1:]
-    np.testing.assert_allclose(got, np.clip(obs[:, :4], floor, cap), rtol=1e-6)
-    common = index[:, 0] == 9  # the pair (1, 1): the whole of every device
-    assert (got[common] == 1.0).all()
-    # the network has one categorical over the 10 pairs, and an untrained policy tries many of them
-    runner = jax.jit(trainer.init)(jax.random.PRNGKey(0), trainer.default_hparams())
-    actions = jax.vmap(lambda k, o: trainer.sample(k, trainer.network.apply(runner.params, o)[0]))(
-        jax.random.split(jax.random.key(3), 256), jnp.asarray(obs[:256]))
-    assert np.asarray(actions).shape == (256, 1) and len(np.unique(np.asarray(actions))) >= 6
-    # and it trains under jit
-    _, metrics = jax.jit(make_train(config, env, env.default_params()))(jax.random.PRNGKey(1))
-    assert all(np.isfinite(np.asarray(v)).all() for v in metrics.values())
-    with pytest.raises(ValueError, match="clip_pairs"):
-        PPOConfig(**SMALL, action="clip_pairs", distribution="beta", share_levels=4).validate()
-
-
-def test_clip_pairs_over_given_levels():
-    levels = (0.1, 0.25, 1 / 3, 0.5, 1.0)
-    pairs = np.asarray(clip_pairs(levels))
-    assert pairs.shape == (15, 2) and (pairs[:, 1] <= pairs[:, 0]).all()
-    np.testing.assert_allclose(pairs[:3], [(0.1, 0.1), (0.25, 0.1), (0.25, 0.25)], rtol=1e-6)
-    want = sorted((c, f) for c in levels for f in levels if f <= c)
-    np.testing.assert_allclose(sorted(map(tuple, pairs.astype(np.float64))), want, rtol=1e-6)
-    env = TinyEnv(num_devices=4)
-    config = PPOConfig(**SMALL, action="clip_pairs", distribution="categorical", share_levels=4,
-                       pair_levels=(1.0, 0.5, 0.1))  # any order
-    trainer = Trainer(config, env, env.default_params())
-    assert trainer.choices == 6
-    obs = jnp.full((env.obs_dim,), 0.05).at[1].set(0.7)
-    np.testing.assert_allclose(np.asarray(trainer.shares(jnp.array([1.0]), obs)), [0.1, 0.5, 0.1, 0.1], rtol=1e-6)
-    from jaxsplit.agents.run import config_from_json, config_to_json
-
-    assert config_from_json(json.loads(json.dumps(config_to_json(config)))) == config
-    for bad in ((0.0, 1.0), (0.5, 1.5), (0.5, 0.5)):
-        with pytest.raises(ValueError, match="pair_levels"):
-            PPOConfig(**SMALL, action="clip_pairs", distribution="categorical", share_levels=4,
-                      pair_levels=bad).validate()
-    with pytest.raises(ValueError, match="pair_levels"):
-        PPOConfig(**SMALL, action="common", distribution="categorical", share_levels=4, pair_levels=(0.5,)).validate()
-
-
 def test_categorical_learning_beats_random_clearly():
-    env = TinyEnv()
-    config = PPOConfig(**SMALL, total_timesteps=16 * 32 * 50, distribution="categorical", share_levels=4)
+    env = TinyEnv(levels=4)  # a MultiDiscrete action: a categorical policy per entry
+    config = PPOConfig(**SMALL, total_timesteps=16 * 32 * 50)
     train = make_train(config, env, env.default_params())
+    assert train.trainer.categorical and train.trainer.action_dim == env.dim
     runner, metrics = jax.jit(train)(jax.random.PRNGKey(0))
-    learned = _policy_error(env, train.trainer.policy(runner), jax.random.key(5))
-    random = _policy_error(env, lambda k, o: jax.random.uniform(k, (env.num_devices,)), jax.random.key(5))
+    learned = _policy_error(env, lambda k, o: train.trainer.policy(runner)(k, o) / 4.0, jax.random.key(5))
+    random = _policy_error(env, lambda k, o: jax.random.uniform(k, (env.dim,)), jax.random.key(5))
     assert learned < 0.5 * random
     assert float(metrics["reward"][-5:].mean()) > float(metrics["reward"][:5].mean()) + 0.1
     lr = np.asarray(metrics["lr"])  # annealed linearly to 0 (up to rounding), never below
     assert lr[0] > 0 and (np.diff(lr) <= 0).all() and (lr >= 0).all() and lr[-1] < 1e-6 * lr[0]
-
-
-def test_snap_shares_rounds_to_the_nearest_unit_fraction():
-    np.testing.assert_allclose(np.asarray(share_grid(4)), [0.0, 0.25, 1 / 3, 0.5, 1.0], rtol=1e-6)
-    x = np.random.default_rng(3).uniform(0.0, 1.0, (500, 4)).astype(np.float32)
-    got = np.asarray(snap_shares(jnp.asarray(x), 4))
-    grid = np.array([0.0, 0.25, 1 / 3, 0.5, 1.0], np.float32)
-    want = grid[np.argmin(np.abs(x[..., None] - grid), axis=-1)]
-    np.testing.assert_array_equal(got, want)
-    assert set(np.unique(got)) <= set(grid)
-    # two halves and three thirds fill a device exactly; levels=0 leaves actions alone
-    assert np.asarray(snap_shares(jnp.array([0.47, 0.6]), 4)).sum() == 1.0
-    np.testing.assert_array_equal(np.asarray(snap_shares(jnp.asarray(x), 0)), x)
 
 
 def test_grouped_return_statistics_equal_each_group_on_its_own():
@@ -247,7 +170,7 @@ def test_learning_beats_random_clearly(trained):
     train, runner, metrics = trained
     trainer = train.trainer
     learned = _policy_error(trainer.env, trainer.policy(runner), jax.random.key(5))
-    random = _policy_error(trainer.env, lambda k, o: jax.random.uniform(k, (trainer.env.num_devices,)),
+    random = _policy_error(trainer.env, lambda k, o: jax.random.uniform(k, (trainer.env.dim,)),
                            jax.random.key(5))
     assert random > 0.3
     assert learned < 0.5 * random
@@ -256,7 +179,7 @@ def test_learning_beats_random_clearly(trained):
 
 def test_metrics_are_finite_scalars_per_update(trained):
     train, runner, metrics = trained
-    assert set(metrics) == set(METRICS)
+    assert set(metrics) == set(PPO_METRICS)  # the tiny environment gives none of the allocation metrics
     for name, value in metrics.items():
         assert value.shape == (train.trainer.config.num_updates,), name
     chex.assert_tree_all_finite((runner.params, metrics))
@@ -288,8 +211,38 @@ def test_traced_hyperparameters_change_the_result():
     hp = trainer.default_hparams()
     a, _ = train(jax.random.PRNGKey(0), hp)
     b, _ = train(jax.random.PRNGKey(0), hp.replace(lr=jnp.float32(1e-2)))
-    c, _ = train(jax.random.PRNGKey(0), hp.replace(util_weight=jnp.float32(5.0)))
+    c, _ = train(jax.random.PRNGKey(0), hp.replace(env=hp.env.replace(bonus=jnp.float32(5.0))))  # an env param
     leaf = lambda r: np.asarray(jax.tree.leaves(r.params)[0])
     assert not np.array_equal(leaf(a), leaf(b))
     assert not np.array_equal(leaf(a), leaf(c))
     assert isinstance(hp, HyperParams)
+
+
+def test_trainer_takes_its_network_from_the_spaces():
+    for space, categorical, dim in ((spaces.Box(0.0, 1.0, (3,)), False, 3), (spaces.Discrete(7), True, 1),
+                                    (spaces.MultiDiscrete((5, 5)), True, 2)):
+        env = TinyEnv()
+        env.action_space = lambda params=None, space=space: space
+        trainer = Trainer(PPOConfig(**{**SMALL, "total_timesteps": 16 * 32}), env, env.default_params())
+        assert (trainer.categorical, trainer.action_dim, trainer.obs_dim) == (categorical, dim, env.dim + 2)
+        runner = jax.jit(trainer.init)(jax.random.PRNGKey(0), trainer.default_hparams())
+        action = trainer.policy(runner, deterministic=False)(jax.random.key(1), jnp.zeros(trainer.obs_dim))
+        assert action.shape == space.shape and space.contains(np.asarray(action))
+    env = TinyEnv()
+    env.action_space = lambda params=None: spaces.Box(-2.0, 3.0, (3,))  # a Beta sample scaled to the box
+    trainer = Trainer(PPOConfig(**{**SMALL, "total_timesteps": 16 * 32}), env, env.default_params())
+    np.testing.assert_allclose(trainer.env_action(jnp.array([0.0, 0.5, 1.0])), [-2.0, 0.5, 3.0])
+    env.action_space = lambda params=None: spaces.MultiDiscrete((2, 3))
+    with pytest.raises(ValueError, match="same number of choices"):
+        Trainer(PPOConfig(**{**SMALL, "total_timesteps": 16 * 32}), env, env.default_params())
+
+
+def test_reward_groups_read_the_group_from_info():
+    env = TinyEnv()
+    trainer = Trainer(PPOConfig(**{**SMALL, "total_timesteps": 16 * 32, "reward_groups": 4}), env, env.default_params())
+    np.testing.assert_array_equal(trainer.reward_group({"group": jnp.array([0.0, 0.24, 0.26, 0.99, 1.0])}),
+                                  [0, 0, 1, 3, 3])
+    runner, metrics = jax.jit(trainer.train)(jax.random.PRNGKey(0))
+    assert np.asarray(runner.ret_stats.count).shape == (4,) and (np.asarray(runner.ret_stats.count) > 1).all()
+    with pytest.raises(ValueError, match="info\\['group'\\]"):
+        trainer.reward_group({})

@@ -1,4 +1,8 @@
-"""``jaxsplit evaluate --checkpoint RUN_DIR``: the trained policy as the policy ``ppo`` beside the baselines."""
+"""``jaxsplit evaluate --checkpoint RUN_DIR``: the trained policy as the policy ``ppo`` beside the baselines.
+
+The evaluate command loads a run folder itself (``jaxsplit.agents.run.load_policy`` and
+``evaluation_env``); the run's config.json (its EnvSpec) rebuilds the environment.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +11,22 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from jaxsplit import envs
 from jaxsplit.agents.ppo import PPOConfig
-from jaxsplit.agents.run import load_policy, train_run
+from jaxsplit.agents.run import evaluation_env, load_policy, train_run
 from jaxsplit.cli import main as jaxsplit_main
-from jaxsplit.envs import evaluate_cli
+from jaxsplit.envs import EnvSpec
 from jaxsplit.envs.evaluation import METRICS
 
-#: the `jaxsplit train` kind of policy: it sees the reservation table, which the baselines' environment
-#: (--cluster, --requests) does not show unless the loader asks for it
-TINY = PPOConfig(num_envs=8, num_steps=16, total_timesteps=256, update_epochs=1, num_minibatches=2,
-                 hidden=(16, 16), env_overrides=(("requests", 32), ("observation", "table")),
-                 action="clip_pairs", distribution="categorical", share_levels=4, pair_levels=(0.1, 0.25, 0.5, 1.0))
+#: 2 updates of a tiny network
+TINY = PPOConfig(total_timesteps=2 * 16 * 16, num_envs=16, num_steps=16, num_minibatches=2, update_epochs=1,
+                 hidden=(16,))
+#: the `jaxsplit train` kind of environment (alloc-v0: 4 devices, the default catalogue, the reservation
+#: table in the observation, clip_pairs actions), with short episodes
+SPEC = EnvSpec(requests=32, pair_levels=(0.1, 0.25, 0.5, 1.0))
 #: a fixed 4-device cluster in the instance format (device 0: the local coordinator)
 CLUSTER = {"devices": [{"flops": 2e10}, {"flops": 4e10, "bandwidth": 1.25e8, "latency": 0.001},
                        {"flops": 1e10, "bandwidth": 2.5e8, "latency": 0.0005},
@@ -30,9 +36,9 @@ EVAL = ["--loads", "0.5", "--episodes", "2", "--requests", "24", "--seed", "3"]
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A tiny real training run (2 updates) with its final checkpoint."""
+    """A tiny real training run (2 updates) on the default catalogue, with its final checkpoint."""
     path = tmp_path_factory.mktemp("evalrun") / "run"
-    train_run(TINY, path, seed=0, log_every=2, checkpoint_every=2)
+    train_run(TINY, path, SPEC, seed=0, log_every=2, checkpoint_every=2)
     return path
 
 
@@ -43,33 +49,34 @@ def cluster_file(tmp_path):
     return path
 
 
-def test_envs_never_import_the_agents():
-    code = ("import sys, jaxsplit.envs, jaxsplit.envs.evaluate_cli; "
-            "assert not [m for m in sys.modules if m.startswith('jaxsplit.agents')], 'agents imported'")
-    subprocess.run([sys.executable, "-c", code], check=True)
+def one_line_error(err: str) -> str:
+    """The error of a command that failed with status 2: one line, no traceback."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("jaxsplit evaluate: error: "), err
+    return lines[0]
 
 
 def test_evaluate_checkpoint_end_to_end_equals_direct_evaluation(run_dir, cluster_file):
-    # a fresh process: nothing imported or registered beforehand
+    # a fresh process: the evaluate command imports and loads the run folder itself
     out = subprocess.run([sys.executable, "-m", "jaxsplit.cli", "evaluate", "--checkpoint", str(run_dir),
                           "--policy", "ppo,constant", "--cluster", str(cluster_file), *EVAL, "--json"],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
     assert [r["policy"] for r in rows] == ["ppo", "constant"]
-    keys = {"policy", "load", "episodes", "requests", "mean_reward", "mean_reward_ci"}
+    keys = {"policy", "load", "episodes", "requests", "warmup", "seed", "mean_reward", "mean_reward_ci"}
     keys |= set(METRICS) | {m + "_ci" for m in METRICS}
     for row in rows:
         assert set(row) == keys
         assert row["load"] == 0.5 and row["episodes"] == 2 and row["requests"] == 24
+        assert row["seed"] == 3 and row["warmup"] == 0.1
     ppo = rows[0]
     assert ppo["mean_latency_s"] > 0 and ppo["invalid_rate"] == 0.0
 
     # the same figures from the loaded policy evaluated directly on the same environment and episodes
-    bw = [d.get("bandwidth", float("inf")) for d in CLUSTER["devices"]]
-    cluster = ([d["flops"] for d in CLUSTER["devices"]], bw, [d.get("latency", 0.0) for d in CLUSTER["devices"]])
-    env, params = envs.make("alloc-v0", requests=24, cluster=cluster, observation="table")
-    fn = load_policy(run_dir, num_devices=4, obs_dim=env.obs_dim)
+    fn, env, params = load_policy(run_dir, 24, envs.load_cluster(cluster_file))
+    assert env.num_devices == 4 and bool(params.fixed_cluster)
+    np.testing.assert_allclose(params.cluster_flops, [d["flops"] for d in CLUSTER["devices"]])
     direct = envs.evaluate(fn, env, params, [0.5], episodes=2, seed=3, warmup=0.1, name="ppo")[0]
     for metric in METRICS:
         assert ppo[metric] == pytest.approx(direct[metric], rel=1e-6, abs=1e-9), metric
@@ -77,14 +84,29 @@ def test_evaluate_checkpoint_end_to_end_equals_direct_evaluation(run_dir, cluste
     assert ppo["mean_latency_s"] != rows[1]["mean_latency_s"]
 
 
-def test_the_ppo_loader_is_found_without_registration(monkeypatch):
-    from jaxsplit.agents import run
+def test_models_inside_the_training_catalogue(run_dir, capsys):
+    """A policy trained on the default catalogue evaluates on a request mix of some of its models."""
+    argv = ["evaluate", "--checkpoint", str(run_dir), "--models", "vgg16,resnet18", "--policy", "whole_cluster,free_now",
+            *EVAL, "--json"]
+    assert jaxsplit_main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["policy"] for r in rows] == ["whole_cluster", "free_now", "ppo"]  # ppo comes last when not named
+    for row in rows:
+        assert row["requests"] == 24 and row["mean_latency_s"] > 0 and np.isfinite(row["invalid_rate"])
+    # the policy keeps its catalogue (its observation) with the other models at probability 0; the
+    # baselines run on the catalogue of the two models
+    p_env, p_params, b_env, _ = evaluation_env(run_dir, 24, None, ("vgg16", "resnet18"))
+    assert p_env.models == envs.DEFAULT_MODELS and b_env.models == ("vgg16", "resnet18")
+    mix = np.asarray(p_params.mix)
+    assert [m for m, p in zip(envs.DEFAULT_MODELS, mix) if p > 0] == ["vgg16", "resnet18"]
+    np.testing.assert_allclose(mix.sum(), 1.0, rtol=1e-6)
 
-    monkeypatch.setattr(evaluate_cli, "_CHECKPOINT_LOADERS", [])
-    assert evaluate_cli.checkpoint_loader() is run.checkpoint_loader
-    assert evaluate_cli._CHECKPOINT_LOADERS == [run.checkpoint_loader]
-    evaluate_cli.register_checkpoint_loader(run.checkpoint_loader)  # registering twice adds nothing
-    assert evaluate_cli._CHECKPOINT_LOADERS == [run.checkpoint_loader]
+
+@pytest.mark.parametrize("models,outside", [("vgg16,googlenet", "googlenet"), ("resnet50", "resnet50")])
+def test_models_outside_the_training_catalogue_are_an_error(run_dir, capsys, models, outside):
+    assert jaxsplit_main(["evaluate", "--checkpoint", str(run_dir), "--models", models, *EVAL]) == 2
+    err = one_line_error(capsys.readouterr().err)
+    assert f"model {outside!r}" in err and "catalogue" in err and ",".join(envs.DEFAULT_MODELS) in err
 
 
 def test_ppo_without_checkpoint_is_an_error(capsys):
@@ -139,11 +161,5 @@ def test_cluster_with_other_device_count_names_both(run_dir, tmp_path, capsys):
     path = tmp_path / "two.json"
     path.write_text(json.dumps({"devices": CLUSTER["devices"][:2]}))
     assert jaxsplit_main(["evaluate", "--checkpoint", str(run_dir), "--cluster", str(path), *EVAL]) == 2
-    err = capsys.readouterr().err
-    assert "trained for 4 devices" in err and "has 2" in err and "--cluster" in err
-
-
-def test_other_catalogue_is_an_error(run_dir, capsys):
-    assert jaxsplit_main(["evaluate", "--checkpoint", str(run_dir), "--models", "alexnet", *EVAL]) == 2
-    err = capsys.readouterr().err
-    assert "catalogue" in err and "alexnet" in err
+    err = one_line_error(capsys.readouterr().err)
+    assert "trained for 4 devices" in err and "cluster has 2" in err and str(run_dir) in err

@@ -50,6 +50,11 @@ def test_population_grid_is_the_product_of_seeds_and_values():
     with pytest.raises(ValueError, match="nope"):
         population_grid(base, 2, nope=[1.0])
     assert isinstance(hp, HyperParams)
+    # an environment parameter is searched like a PPO setting; the others are repeated per agent
+    keys, hp, rows = population_grid(base, 2, bonus=[0.0, 0.5], ent_coef=[0.0, 0.1])
+    assert hp.env.bonus.shape == (8,) and sorted(set(hp.env.bonus.tolist())) == [0.0, 0.5]
+    assert [r["bonus"] for r in rows] == hp.env.bonus.tolist()
+    assert np.all(hp.env.hardness_hi == np.float32(base.env.hardness_hi)) and hp.env.hardness_hi.shape == (8,)
 
 
 def _tiny_train():

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from jaxsplit import cli, envs
-from jaxsplit.envs import evaluate_cli, policies
+from jaxsplit.commands import evaluate as evaluate_cmd
+from jaxsplit.envs import evaluation, policies
 
 CLUSTER = ([2e10, 5e10, 3e10], [np.inf, 1.25e8, 6e7], [0.0, 2e-3, 1e-3])
 ENV = envs.make("alloc-v0", cluster=CLUSTER, models=("alexnet", "resnet18"), requests=60)
@@ -73,7 +74,8 @@ def test_fastest_k_free_now_myopic_and_best_constant():
     table = policies.get("best_constant", env, loads=(0.3, 1.0), shares=(0.2, 0.9))
     s3 = state.replace(load=jnp.float32(0.4))
     np.testing.assert_allclose(table(None, o, s3, params), 0.2)
-    best = policies.search_best_constant(env, params, [0.3, 1.2], grid=(0.3, 1.0), episodes=2)
+    best = evaluation.search_best_constant(env, params, [0.3, 1.2], grid=(0.3, 1.0), episodes=2)
+    assert envs.search_best_constant is evaluation.search_best_constant
     assert best.shape == (2,) and set(best) <= {0.3, 1.0}
     with pytest.raises(ValueError, match="policy"):
         policies.get("greedy", env)
@@ -107,7 +109,7 @@ def test_cli_json_table_and_plot(tmp_path, capsys):
                     "throughput_rps", "invalid_rate"):
             assert isinstance(r[key], float) and r[key] >= 0
     assert png.stat().st_size > 1000
-    evaluate_cli.print_table(rows)
+    evaluate_cmd.print_table(rows)
     out = capsys.readouterr().out
     assert "whole_cluster" in out and "constant" in out
 
@@ -121,19 +123,69 @@ def test_cli_errors_name_the_field(extra, field, capsys):
     assert field in capsys.readouterr().err
 
 
-def test_cli_checkpoint_hook(monkeypatch, capsys):
-    monkeypatch.setattr(evaluate_cli, "_CHECKPOINT_LOADERS", [])
-    monkeypatch.setitem(__import__("sys").modules, "jaxsplit.agents", None)  # nothing to import
-    assert cli.main(["evaluate", "--policy", "", "--checkpoint", "runs/x", "--requests", "10"]) == 2
-    assert "checkpoint" in capsys.readouterr().err
+def test_cli_checkpoint_loads_the_run_folder_explicitly(monkeypatch, capsys):
+    """--checkpoint goes through jaxsplit.agents.run.load_policy / evaluation_env, imported by the evaluate
+    command itself (no loader registration): stand-ins for both show what the command asks of them."""
+    from jaxsplit.agents import run
 
-    def loader(run_dir, env_name, overrides):
-        env, params = envs.make(env_name, **overrides)
-        return f"learned:{run_dir}", env, params, lambda key, obs: jnp.ones(env.num_devices)
+    assert evaluate_cmd.load_policy is run.load_policy and evaluate_cmd.evaluation_env is run.evaluation_env
+    calls = []
 
-    evaluate_cli.register_checkpoint_loader(loader)
+    def load_policy(run_dir, requests, cluster, models):
+        calls.append(("load_policy", run_dir, requests, cluster, models))
+        env, params = envs.make("alloc-n2-v0", models=models, requests=requests)
+        return lambda key, obs: jnp.ones(env.num_devices), env, params
+
+    def evaluation_env(run_dir, requests, cluster, models):
+        calls.append(("evaluation_env", run_dir, requests, cluster, models))
+        env, params = envs.make("alloc-n2-v0", models=models, requests=requests)
+        return env, params, env, params
+
+    monkeypatch.setattr(evaluate_cmd, "load_policy", load_policy)
+    monkeypatch.setattr(evaluate_cmd, "evaluation_env", evaluation_env)
     argv = ["evaluate", "--policy", "", "--checkpoint", "runs/x", "--loads", "0.5", "--models", "alexnet",
-            "--env", "alloc-n2-v0", "--episodes", "2", "--requests", "20", "--json"]
+            "--episodes", "2", "--requests", "20", "--json"]
     assert cli.main(argv) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert rows[0]["policy"] == "learned:runs/x" and rows[0]["invalid_rate"] == 0
+    assert calls == [("load_policy", "runs/x", 20, None, ("alexnet",)), ("evaluation_env", "runs/x", 20, None, ("alexnet",))]
+    assert [r["policy"] for r in rows] == ["ppo"] and rows[0]["invalid_rate"] == 0 and rows[0]["requests"] == 20
+    # with a checkpoint the environment is the run's: --env is refused before anything is loaded
+    calls.clear()
+    assert cli.main([*argv, "--env", "alloc-v0"]) == 2
+    assert "'env'" in capsys.readouterr().err and calls == []
+
+
+def test_best_constant_uses_the_share_searched_at_each_load(monkeypatch):
+    """evaluate("best_constant") takes, at each load, the share that search_best_constant picked there
+    (not the unsearched default table, which is the whole cluster). (It replaces the test of the report's
+    own best_constant table: the report now evaluates through envs.evaluate.)"""
+    env, params = envs.make("alloc-v0", models=("alexnet", "resnet18"), requests=32)
+    loads = (0.3, 1.5)
+    searched, bound = [], []
+    search, get = evaluation.search_best_constant, policies.get
+    monkeypatch.setattr(evaluation, "search_best_constant",
+                        lambda *a, **k: searched.append(search(*a, **k)) or searched[-1])
+    monkeypatch.setattr(policies, "get", lambda name, env_, **options: bound.append((name, options)) or get(name, env_, **options))
+    rows = envs.evaluate("best_constant", env, params, loads, episodes=2)
+    assert [r["policy"] for r in rows] == ["best_constant"] * 2 and len(searched) == 1
+    want = searched[0]
+    options = [o for name, o in bound if name == "best_constant"][0]
+    assert options["loads"] == loads and options["shares"] == tuple(float(c) for c in want)
+    best = get("best_constant", env, **options)
+    for load, share in zip(loads, want):
+        at = params.replace(load_min=np.float32(load), load_max=np.float32(load))
+        obs, state = env.reset(jax.random.key(0), at)
+        np.testing.assert_allclose(np.asarray(best(jax.random.key(1), obs, state, at)), share, rtol=1e-6)
+    assert want[-1] < 1.0  # overloaded: the whole cluster is not the best constant
+
+
+def test_run_episodes_runs_stacked_loads_like_one_call_per_load():
+    """run_episodes with several loads (one compiled call, as evaluate runs them) gives each load's records
+    as a call with that load alone. (It replaces the test of the report's own rollout.)"""
+    env, params = envs.make("alloc-v0", models=("alexnet", "resnet18"), requests=24)
+    act = lambda key, obs, state, params, aux: jnp.full((env.num_devices,), 0.5, jnp.float32)
+    both = evaluation.run_episodes(env, params, act, [0.4, 1.3], episodes=3, seed=5)["latency"]
+    assert both.shape == (2, 3, 24)
+    alone = evaluation.run_episodes(env, params, act, [1.3], episodes=3, seed=5)["latency"]  # the second load
+    np.testing.assert_allclose(both[1], alone[0], rtol=1e-5)
+    assert both[1].mean() > both[0].mean()  # the loads really differ, and come back in their order

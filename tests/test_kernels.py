@@ -1,8 +1,11 @@
 """The compiled closed-form kernel (jaxsplit.kernels) against the array closed form it replaces on
 the CPU: the same int32 rows on random and hard instances (exact ties, zero and tiny shares, one-row
 layers) in float32 and float64; the same request execution times in the environment, under nested
-vmap; no retrace; and the fallbacks (kernel off, no working compiler) with clear messages."""
+vmap; no retrace; the fallbacks (kernel off, no working compiler) with clear messages; and the
+table columns the library assumes, checked against Python's when it loads."""
 
+import ctypes
+import dataclasses
 import os
 import pathlib
 import subprocess
@@ -19,6 +22,8 @@ from test_closed_form_identity import KINDS, assert_same_rows, hard_batch, singl
 from test_solvers import clusters, small_layers
 
 from jaxsplit import envs, kernels, solvers
+from jaxsplit.catalogue import TABLE_FIELDS
+from jaxsplit.latency import LAYER_FIELDS, LayerArrays
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="no C++ compiler: the kernel cannot be built")
 
@@ -81,11 +86,11 @@ def test_environment_exec_times_kernel_equals_arrays_under_nested_vmap(n):
     # a population (outer vmap) of batches of requests (inner vmap: the exec_time batching rule)
     nested = jax.jit(jax.vmap(jax.vmap(env.exec_time)))
     got = np.asarray(nested(cluster, share, model))
-    want = np.stack([np.asarray(jax.jit(env._array_exec_times)(*p)) for p in parts])
+    want = np.stack([np.asarray(jax.jit(env.engine._array_exec_times)(*p)) for p in parts])
     assert got.shape == (pop, batch) and np.isfinite(got).all() and (got > 0).all()
     np.testing.assert_allclose(got, want, rtol=2e-6)
     # the kernel itself, called directly on one batch
-    direct = np.asarray(jax.jit(env._kernel_exec_times)(*parts[1]))
+    direct = np.asarray(jax.jit(env.engine._kernel_exec_times)(*parts[1]))
     np.testing.assert_allclose(direct, want[1], rtol=2e-6)
 
 
@@ -95,7 +100,7 @@ def test_environment_exec_times_kernel_float64():
         assert env.dtype == jnp.float64
         parts = _requests(env, params, np.random.default_rng(3), 500)
         got = np.asarray(jax.jit(jax.vmap(env.exec_time))(*parts))
-        want = np.asarray(jax.jit(env._array_exec_times)(*parts))
+        want = np.asarray(jax.jit(env.engine._array_exec_times)(*parts))
         np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
@@ -162,3 +167,29 @@ def test_build_is_cached_and_atomic(tmp_path, monkeypatch):
     stamp = path.stat().st_mtime_ns
     assert kernels.build() == path and path.stat().st_mtime_ns == stamp  # cached: not rebuilt
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary files left
+
+
+def test_library_reports_the_table_fields_of_python():
+    """The compiled kernel reads its table by column position; the order it assumes is Python's."""
+    assert LAYER_FIELDS == tuple(f.name for f in dataclasses.fields(LayerArrays))
+    assert TABLE_FIELDS == LAYER_FIELDS + ("count",)
+    reported = ctypes.CDLL(str(kernels.build())).jaxsplit_table_fields
+    reported.restype = ctypes.c_char_p
+    assert reported().decode() == ",".join(TABLE_FIELDS)
+
+
+def test_table_fields_mismatch_makes_the_kernel_unavailable(monkeypatch):
+    """A library whose columns differ from Python's is refused like one that does not build: a
+    warning and the array code in mode auto, KernelBuildError in mode require; both orders named."""
+    swapped = (TABLE_FIELDS[1], TABLE_FIELDS[0]) + TABLE_FIELDS[2:]
+    monkeypatch.setattr(kernels, "TABLE_FIELDS", swapped)
+    monkeypatch.setattr(kernels, "_state", {})  # not loaded yet in this process (restored afterwards)
+    monkeypatch.setenv("JAXSPLIT_KERNELS", "require")
+    with pytest.raises(kernels.KernelBuildError, match="table columns") as err:
+        kernels._load()
+    assert ",".join(swapped) in str(err.value) and ",".join(TABLE_FIELDS) in str(err.value)
+    monkeypatch.setattr(kernels, "_state", {})
+    monkeypatch.setenv("JAXSPLIT_KERNELS", "auto")
+    with pytest.warns(RuntimeWarning, match="kernel is unavailable.*table columns"):
+        assert kernels._load() is False
+    assert not kernels.available()  # cached for the process: no second warning, no kernel

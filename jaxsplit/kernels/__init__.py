@@ -15,8 +15,13 @@ are folded into the batch), CPU only:
   layer of each request's model, times its multiplicity): the environment's step.
 
 :func:`on_cpu` picks the kernel when lowering for the CPU and the array code otherwise
-(``jax.lax.platform_dependent``); :func:`jaxsplit.solvers.solve_device_major` and the environment
-use it.
+(``jax.lax.platform_dependent``); :func:`jaxsplit.solvers.solve_device_major` and the request
+latency engine (:class:`jaxsplit.catalogue.RequestLatency`, which the environment holds) use it.
+
+Both entry points take layers as matrices whose columns are :data:`jaxsplit.latency.LAYER_FIELDS`
+(the exec-times table: :data:`jaxsplit.latency.TABLE_FIELDS`, the multiplicity last). The library
+reports the columns it assumes (``jaxsplit_table_fields``); one that disagrees is treated as
+unavailable, like one that does not compile.
 
 The kernel is compiled on first use with the system's C++ compiler against the FFI headers that
 jaxlib ships (``jax.ffi.include_dir()``), cached under ``$JAXSPLIT_CACHE`` (default
@@ -44,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 
-from jaxsplit.latency import Cluster, LayerArrays
+from jaxsplit.latency import LAYER_FIELDS, TABLE_FIELDS, Cluster, LayerArrays
 
 SOURCE = pathlib.Path(__file__).with_name("closed_form.cc")
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-std=c++17", "-shared", "-fPIC")
@@ -58,7 +63,8 @@ _state: dict[str, object] = {}
 
 
 class KernelBuildError(RuntimeError):
-    """The C++ kernel could not be compiled or loaded (the message has the compiler's output)."""
+    """The C++ kernel could not be compiled or loaded, or assumes another table layout (the message
+    has the compiler's output or both column orders)."""
 
 
 def mode() -> str:
@@ -128,8 +134,22 @@ def build(force: bool = False) -> pathlib.Path:
     return target
 
 
+def _check_table_fields(lib: ctypes.CDLL) -> None:
+    """Raise KernelBuildError unless the library's exec-times table columns are :data:`TABLE_FIELDS`.
+
+    The kernel reads its inputs by column position, so a library built for another order would
+    compute wrong latencies without any error."""
+    reported = lib.jaxsplit_table_fields  # AttributeError (unavailable) for a library without it
+    reported.argtypes = []
+    reported.restype = ctypes.c_char_p
+    got = (reported() or b"").decode()
+    want = ",".join(TABLE_FIELDS)
+    if got != want:
+        raise KernelBuildError(f"the compiled kernel's table columns are {got!r}, jaxsplit's are {want!r}")
+
+
 def _load() -> bool:
-    """Build, load and register the kernel once per process; False if unavailable (mode auto)."""
+    """Build, load, check and register the kernel once per process; False if unavailable (mode auto)."""
     with _lock:
         if "ok" in _state:
             return bool(_state["ok"])
@@ -138,6 +158,7 @@ def _load() -> bool:
         if setting != "off":
             try:
                 lib = ctypes.cdll.LoadLibrary(str(build()))
+                _check_table_fields(lib)
                 for base, symbol in _TARGETS.values():
                     for suffix in ("f32", "f64"):
                         fn = getattr(lib, f"{symbol}{suffix.upper()}")
@@ -159,7 +180,8 @@ def available() -> bool:
 
 def _require() -> None:
     if not _load():
-        raise KernelBuildError("the closed-form kernel is unavailable (JAXSPLIT_KERNELS=off or no compiler)")
+        raise KernelBuildError("the closed-form kernel is unavailable (JAXSPLIT_KERNELS=off, no compiler, "
+                               "or a library with other table columns)")
 
 
 def _suffix(dtype) -> str:
@@ -172,8 +194,8 @@ def _suffix(dtype) -> str:
 
 
 def layer_matrix(layer: LayerArrays) -> jax.Array:
-    """Layer fields (...,) stacked in :class:`LayerArrays` order: (..., 8)."""
-    return jnp.stack([getattr(layer, name) for name in LayerArrays.__dataclass_fields__], axis=-1)
+    """Layer fields (...,) stacked in :data:`LAYER_FIELDS` order: (..., 8)."""
+    return jnp.stack([getattr(layer, name) for name in LAYER_FIELDS], axis=-1)
 
 
 def kernel_rows(layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
@@ -193,14 +215,14 @@ def kernel_exec_times(table: jax.Array, size: jax.Array, cluster: Cluster, share
     """Execution time E (s) of every request by the kernel (CPU only).
 
     Args:
-      table: (K * U, 9): each model's U unique layers (padded), the fields of :class:`LayerArrays`
-        in order and then the layer's multiplicity.
+      table: (K * U, 9): each model's U unique layers (padded), columns :data:`TABLE_FIELDS` (the
+        fields of :class:`LayerArrays` in order and then the layer's multiplicity).
       size: (K,) int32, the number of real layers of each model (its first ``size[k]`` rows).
       cluster, share: fields and shares (B, N).
       model: (B,) int32 model of each request.
     Returns:
       (B,) the sum over the request's layers of multiplicity x latency under the closed-form split,
-      as ``jaxsplit.envs.AllocationEnv.exec_times``.
+      as :meth:`jaxsplit.catalogue.RequestLatency.exec_times`.
     """
     _require()
     dtype = jnp.result_type(table, cluster.flops, cluster.bandwidth, cluster.latency, share)

@@ -4,13 +4,16 @@
 // fused multiply-add), so that the rows are the JAX closed form's. Two handlers:
 //
 //   jaxsplit_closed_form_rows_{f32,f64}:
-//       layers (B, 8) [the fields of LayerArrays, in its order], flops, bandwidth, latency, share
-//       (B, N) -> rows (B, N) int32.
+//       layers (B, 8) [the fields of LayerArrays, in its order: the first 8 of kTableFields], flops,
+//       bandwidth, latency, share (B, N) -> rows (B, N) int32.
 //   jaxsplit_exec_times_{f32,f64}:
-//       table (G, T, 9) [8 layer fields and the multiplicity], size (G, K) int32, flops, bandwidth,
-//       latency, share (G, R, N), model (G, R) int32 -> E (G, R): for each request the sum over its
-//       model's unique layers (the first size[model] of the model's T / K table rows) of
-//       multiplicity x the latency of the layer under the closed-form split.
+//       table (G, T, 9) [kTableFields: 8 layer fields and the multiplicity], size (G, K) int32, flops,
+//       bandwidth, latency, share (G, R, N), model (G, R) int32 -> E (G, R): for each request the
+//       sum over its model's unique layers (the first size[model] of the model's T / K table rows)
+//       of multiplicity x the latency of the layer under the closed-form split.
+//
+// The columns are read by position; jaxsplit_table_fields() names them so that jaxsplit.kernels can
+// refuse a library whose order is not jaxsplit.latency.TABLE_FIELDS.
 //
 // Leading axes (G) come from vmap(..., vmap_method="broadcast_all") over the FFI call; G = 1 without.
 // Work is shared out over XLA's intra-op thread pool in blocks; the calling thread takes blocks too,
@@ -32,6 +35,10 @@ namespace {
 
 constexpr int kMaxDevices = 64;
 constexpr int kFields = 8;
+// The columns of a table row, in the order set_layer and exec_impl read them (kFields layer fields,
+// then the multiplicity).
+constexpr const char kTableFields[] =
+    "in_height,out_height,stride,pad_top,kernel_extent,in_row_bytes,out_row_bytes,row_work,count";
 constexpr int kCorrectionRounds = 3;  // jaxsplit.solvers.CLOSED_FORM_CORRECTION_ROUNDS
 
 // The rule runs on blocks of W instances at once ("lanes", one 256-bit SIMD register of them:
@@ -449,6 +456,9 @@ ffi::Error exec_impl(ffi::ThreadPool pool, ffi::Buffer<D> table, ffi::Buffer<ffi
 }
 
 }  // namespace
+
+// The column order the handlers assume (comma-separated), checked by jaxsplit.kernels on load.
+extern "C" const char* jaxsplit_table_fields() { return kTableFields; }
 
 #define JAXSPLIT_ROWS(name, D)                                                                      \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(name, rows_impl<D>,                                                 \

@@ -3,6 +3,9 @@
 Without ``--rank`` every rank starts on this machine over loopback. With ``--rank R`` this process
 is rank R of a run across machines: start one process per device with the same options, the same
 ``--master-addr`` (the coordinator's address) and ``--master-port``; rank 0 prints the report.
+
+Importing this module imports torch; the dispatcher imports it only for ``jaxsplit run``, and
+reports a missing torch as a one-line error.
 """
 
 from __future__ import annotations
@@ -11,9 +14,21 @@ import dataclasses
 import json
 import math
 import sys
-from typing import Literal, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
+import numpy as np
 import tyro
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from jaxsplit.bridge.calibration import layer_latencies, model_from_run
+from jaxsplit.bridge.distributed import RunError, RunSpec, check_port, launch_local, run_rank
+from jaxsplit.bridge.graph import trace
+from jaxsplit.bridge.planning import default_devices, load_devices, load_model, plan_rows
+from jaxsplit.instance import Device
+from jaxsplit.layers import Layer
+from jaxsplit.reference import layer_latency
 
 SolverName = Literal["closed_form", "exact", "single", "equal", "proportional", "rebalance", "lp"]
 
@@ -55,11 +70,8 @@ class RunArgs:
     """Print one JSON object instead of tables."""
 
 
-def _spec(args: RunArgs):
-    from .distributed import RunSpec
-    from .graph import trace
-    from .planning import default_devices, load_devices, load_model, plan_rows
-
+def _spec(args: RunArgs) -> tuple[RunSpec, list[Layer], tuple[Device, ...], np.ndarray, np.ndarray]:
+    """Check the options and make the run's spec, layer table, devices, rows and predicted latencies."""
     if args.timeout <= 0 or not math.isfinite(args.timeout):
         raise ValueError(f"field 'timeout' must be a positive number of seconds, got {args.timeout!r}")
     if args.repeats < 1:
@@ -77,18 +89,16 @@ def _spec(args: RunArgs):
     return spec, layers, devices, rows, predicted
 
 
-def predict(layers, rows, flops, bandwidth, latency, q: float) -> list[float]:
+def predict(layers: Sequence[Layer], rows: np.ndarray, flops: Sequence[float], bandwidth: Sequence[float],
+            latency: Sequence[float], q: float) -> list[float]:
     """Layer latencies (s) of MODEL.md section 3 for measured device parameters."""
-    from ..reference import layer_latency
-
     devs = list(zip(flops, bandwidth, latency))
     return [layer_latency(layer, devs, [1.0] * len(devs), r, q) for layer, r in zip(layers, rows)]
 
 
 def main(argv: Sequence[str]) -> int:
+    """Run the split of ``argv``'s options; 0 when the output matches the unsplit model, else 1."""
     args = tyro.cli(RunArgs, args=list(argv), prog="jaxsplit run")
-    from .distributed import RunError, check_port, run_rank
-
     spec, layers, devices, rows, predicted = _spec(args)
     try:
         if args.rank is not None:
@@ -109,8 +119,6 @@ def main(argv: Sequence[str]) -> int:
     q = 8.0 if args.dtype == "float64" else 4.0
     calibrated = per_class = None
     if args.calibrate:
-        from .calibration import layer_latencies, model_from_run
-
         calibrated = predict(layers, rows, result["flops"], result["bandwidth"], result["latency"], q)
         per_class = layer_latencies(layers, rows, model_from_run(result), result["bandwidth"], result["latency"],
                                     q)[0].tolist()
@@ -126,11 +134,8 @@ def main(argv: Sequence[str]) -> int:
     return 0 if ok else 1
 
 
-def _with_progress(spec, args: RunArgs, n_layers: int):
-    from rich.progress import Progress
-
-    from .distributed import launch_local
-
+def _with_progress(spec: RunSpec, args: RunArgs, n_layers: int) -> dict[str, Any]:
+    """Run every rank here, with a progress bar on an interactive standard error."""
     if args.json or not sys.stderr.isatty():
         return launch_local(spec, args.master_addr, args.master_port)
     with Progress(transient=True) as bar:
@@ -142,10 +147,9 @@ def _with_progress(spec, args: RunArgs, n_layers: int):
         return launch_local(spec, args.master_addr, args.master_port, progress=step)
 
 
-def _print(result, rows, predicted, calibrated, per_class, args: RunArgs, spec) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
+def _print(result: dict[str, Any], rows: np.ndarray, predicted: np.ndarray, calibrated: list[float] | None,
+           per_class: list[float] | None, args: RunArgs, spec: RunSpec) -> None:
+    """Print the per-layer table, the request time and the output check."""
     console = Console()
     table = Table(title=f"{args.model} on {spec.world_size} processes, solver {args.solver}, {args.dtype}",
                   title_justify="left")

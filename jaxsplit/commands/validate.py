@@ -3,6 +3,9 @@
 Every layer is executed as one piece per device (its input rows with halo, padding only at true
 image borders), the pieces are stitched, and the result is compared with the unsplit layer. Exit
 status 1 when any layer (or the fused run) fails.
+
+Importing this module imports torch; the dispatcher imports it only for ``jaxsplit validate``, and
+reports a missing torch as a one-line error.
 """
 
 from __future__ import annotations
@@ -12,7 +15,14 @@ import json
 import sys
 from typing import Literal, Optional, Sequence
 
+import torch
 import tyro
+from rich.console import Console
+from rich.table import Table
+
+from jaxsplit.bridge.graph import TracedModel, trace
+from jaxsplit.bridge.pieces import PieceReport, validate_plan
+from jaxsplit.bridge.planning import default_devices, load_devices, load_model, parse_range, plan_rows
 
 SolverName = Literal["closed_form", "exact", "single", "equal", "proportional", "rebalance", "lp"]
 
@@ -43,13 +53,8 @@ class ValidateArgs:
 
 
 def main(argv: Sequence[str]) -> int:
+    """Validate the plan of ``argv``'s options; 0 when every piece matches the unsplit model, else 1."""
     args = tyro.cli(ValidateArgs, args=list(argv), prog="jaxsplit validate")
-    import torch
-
-    from .graph import trace
-    from .pieces import validate_plan
-    from .planning import default_devices, load_devices, load_model, parse_range, plan_rows
-
     devices = load_devices(args.cluster) if args.cluster else default_devices(args.devices)
     model, shape = load_model(args.model, args.input_size, args.seed)
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
@@ -70,10 +75,9 @@ def main(argv: Sequence[str]) -> int:
     return 0 if ok else 1
 
 
-def _print(reports, traced, args: ValidateArgs, shape, n_devices: int, fused) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
+def _print(reports: list[PieceReport], traced: TracedModel, args: ValidateArgs, shape: Sequence[int],
+           n_devices: int, fused: tuple[int, int] | None) -> None:
+    """Print the per-layer table, the fused run (if any) and the verdict."""
     title = (f"{args.model} {shape[2]}x{shape[3]}, {n_devices} devices, solver {args.solver}, {args.dtype}"
              f" (tolerance {reports[0].tolerance:g})")
     table = Table(title=title, title_justify="left")

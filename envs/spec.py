@@ -1,0 +1,145 @@
+"""The environment of a training run as one declaration: :class:`EnvSpec`.
+
+An :class:`EnvSpec` names a registered environment, the settings a user changes from the command line
+(cluster file, catalogue, load range, split rule, reward scale, observation, episode length,
+utilisation weight) and the action form the agent uses (:mod:`jaxsplit.envs.actions`). Every field
+left at ``None`` keeps the environment's own default; the others pass to :func:`jaxsplit.envs.make`
+as they are. ``jaxsplit train`` builds its environment options from this dataclass (tyro), so each
+setting is declared here once, with its default and help.
+
+>>> from jaxsplit import envs
+>>> env, params = envs.EnvSpec(models="vgg16,resnet18").make()
+>>> env.action_space(params)
+Discrete(n=15, dtype=<class 'jax.numpy.int32'>)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from .actions import ShareAction, wrap_action
+from .registry import make
+
+
+def load_cluster(path: str | Path, field: str = "cluster") -> tuple[list[float], list[float], list[float]]:
+    """(flops, bandwidth, latency) of a JSON file ``{"devices": [...]}`` in the instance format
+    (shares ignored; ``bandwidth: null`` is a local device). ValueError names the file and field."""
+    from jaxsplit.instance import parse_devices
+
+    try:
+        with open(path) as fh:
+            obj = json.load(fh)
+    except OSError as err:
+        raise ValueError(f"field {field!r}: cannot read {str(path)!r}: {err.strerror}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"field {field!r}: {str(path)!r} is not JSON: {err}") from None
+    if not isinstance(obj, dict) or "devices" not in obj:
+        raise ValueError(f"field {field!r}: {str(path)!r} needs an object with a 'devices' list")
+    devices = parse_devices(obj["devices"], f"{path}: ", shares=False)
+    bw = [math.inf if d.bandwidth is None else float(d.bandwidth) for d in devices]
+    return [float(d.flops) for d in devices], bw, [float(d.latency) for d in devices]
+
+
+def parse_models(text: str, field: str = "models") -> tuple[str, ...]:
+    """A comma-separated list of model names; ValueError when empty."""
+    names = tuple(m.strip() for m in text.split(",") if m.strip())
+    if not names:
+        raise ValueError(f"field {field!r}: empty list of models {text!r}")
+    return names
+
+
+def parse_loads(text: str, field: str = "loads") -> tuple[float, float]:
+    """``LO,HI`` (or one value ``X`` for LO = HI = X): the range of offered load drawn per episode."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"field {field!r}: expected LO,HI, got {text!r}") from None
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values) or values[0] > values[1]:
+        raise ValueError(f"field {field!r}: expected LO,HI with 0 < LO <= HI, got {text!r}")
+    return values[0], values[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvSpec:
+    """The environment and action of a training run (defaults: the main job's)."""
+
+    env: str = "alloc-v0"
+    """registered environment (alloc-v0: 4 devices, alloc-n8-v0: 8, alloc-n2-v0: 2)"""
+    cluster: str | None = None
+    """JSON file {"devices": [...]} in the instance format: train on this fixed cluster (its length sets N)"""
+    models: str | None = None
+    """comma-separated catalogue of zoo models (default: the environment's)"""
+    loads: str | None = None
+    """offered load range LO,HI drawn per episode (default: the environment's)"""
+    split: Literal["closed_form", "equal"] | None = None
+    """split rule inside the environment (equal: the ablation; default: the environment's, closed_form)"""
+    reward_scale: Literal["mean", "model"] = "mean"
+    """latency in the reward divided by the episode's mean E_ref (mean: the return is minus the total latency,
+    so maximising it minimises the mean latency) or by the request's model's E_ref (model: MODEL.md)"""
+    observation: Literal["summary", "table"] = "table"
+    """what the policy sees: summary (MODEL.md: per device the free share and its next release) or table
+    (the same plus the whole reservation table)"""
+    requests: int | None = None
+    """requests per episode (default: the environment's)"""
+    util_weight: float | None = None
+    """utilisation weight of the reward (default: the environment's; traced)"""
+    action: Literal["per_device", "common", "free_clip", "clip_pairs"] = "clip_pairs"
+    """per_device: one share per device; common: one share on every device; free_clip: a cap and a floor,
+    every device gives its free share clipped to them; clip_pairs: one choice among the (cap, floor) pairs"""
+    distribution: Literal["beta", "categorical"] = "categorical"
+    """beta: a continuous action (Box), rounded to the share levels; categorical: a discrete action over the levels"""
+    share_levels: int = 4
+    """share levels 0, 1/K, ..., 1/2, 1 (K = this; 0 keeps continuous shares as they are)"""
+    pair_levels: tuple[float, ...] = (0.1, 0.25, 1 / 3, 0.5, 1.0)
+    """share levels of the clip_pairs pairs, each in (0, 1] (empty: the nonzero share levels; other actions
+    ignore it)"""
+
+    def overrides(self) -> dict[str, Any]:
+        """The keyword overrides of :func:`jaxsplit.envs.make` (ValueError names a bad field)."""
+        out: dict[str, Any] = {"reward_scale": self.reward_scale, "observation": self.observation}
+        if self.cluster is not None:
+            out["cluster"] = load_cluster(self.cluster)
+        if self.models is not None:
+            out["models"] = parse_models(self.models)
+        if self.loads is not None:
+            out["load_min"], out["load_max"] = parse_loads(self.loads)
+        for name in ("split", "requests", "util_weight"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
+
+    def base(self, **extra: Any) -> tuple[Any, Any]:
+        """The environment without the action wrapper, and its params; ``extra`` overrides win."""
+        return make(self.env, **{**self.overrides(), **extra})
+
+    def wrap(self, env: Any) -> ShareAction:
+        """``env`` with this spec's action form."""
+        levels = tuple(self.pair_levels) if self.action == "clip_pairs" else ()
+        return wrap_action(env, self.action, self.distribution == "categorical", self.share_levels, levels)
+
+    def make(self, **extra: Any) -> tuple[ShareAction, Any]:
+        """The wrapped environment (its ``action_space`` is the agent's) and its params."""
+        env, params = self.base(**extra)
+        return self.wrap(env), params
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["pair_levels"] = list(self.pair_levels)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "EnvSpec":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"field {unknown[0]!r}: unknown environment setting")
+        data = dict(data)
+        if "pair_levels" in data:
+            data["pair_levels"] = tuple(data["pair_levels"])
+        return cls(**data)

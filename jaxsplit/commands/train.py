@@ -1,0 +1,144 @@
+"""``jaxsplit train``: train a PPO allocation policy, evaluate it against every baseline, write a report.
+
+The options are the run's (``--out``, ``--seed``, logging, checkpoints, the final evaluation), the
+environment's (:class:`jaxsplit.envs.EnvSpec`: ``--env``, ``--cluster``, ``--models``, ``--loads``, the
+action form, ...) and PPO's (:class:`jaxsplit.agents.ppo.PPOConfig`), each declared once there with its
+default and help. The run folder (``--out``) receives config.json, metrics.jsonl (one line per update),
+checkpoints/ (orbax, every ``--checkpoint-every`` updates and at the end), evaluation.json, report.md,
+training_curve.png and latency_vs_load.png. ``--resume`` continues an interrupted run from its newest
+checkpoint and ends with exactly the parameters of an uninterrupted run.
+
+The final evaluation is ``jaxsplit evaluate --checkpoint RUN`` with every baseline; report.md prints
+that command, and running it reproduces the report's table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import tyro
+
+from jaxsplit.agents import checkpoint, report
+from jaxsplit.agents.ppo import PPOConfig
+from jaxsplit.agents.run import read_metrics, train_run
+from jaxsplit.envs import EnvSpec, policies
+
+from . import evaluate as evaluate_cmd
+
+
+@dataclass
+class TrainArgs:
+    """Train a PPO allocation policy (the main job)."""
+
+    out: Path = Path("runs/ppo")
+    """run folder: config, metrics.jsonl, checkpoints/, report.md and plots"""
+    seed: int = 0
+    """random seed (same seed, same parameters)"""
+    log_every: int = 10
+    """updates per jitted chunk: progress and metrics are written after each"""
+    checkpoint_every: int = 100
+    """save a checkpoint every this many updates (and at the end)"""
+    resume: bool = False
+    """continue the run in --out from its newest checkpoint"""
+    eval_loads: tuple[float, ...] = (0.3, 0.6, 0.9, 1.2)
+    """offered loads of the final evaluation"""
+    eval_episodes: int = 16
+    """episodes per load and policy in the final evaluation"""
+    eval_requests: int = 256
+    """requests per episode in the final evaluation"""
+    eval_warmup: float = 0.1
+    """fraction of each evaluation episode's first requests left out of the metrics"""
+    skip_eval: bool = False
+    """skip the final evaluation and report"""
+    progress: bool = True
+    """show a progress bar"""
+    environment: tyro.conf.OmitArgPrefixes[EnvSpec] = field(default_factory=EnvSpec)
+    ppo: tyro.conf.OmitArgPrefixes[PPOConfig] = field(default_factory=PPOConfig)
+
+
+class _Progress:
+    """A rich progress bar with steps/s, reward and mean latency."""
+
+    def __init__(self, total_steps: int, start_steps: int, enabled: bool):
+        self.enabled = enabled
+        self.t0, self.s0 = time.perf_counter(), start_steps
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                TextColumn("{task.fields[info]}"))
+            self.task = self.bar.add_task("train", total=total_steps, completed=start_steps, info="compiling...")
+            self.bar.start()
+
+    def __call__(self, row: dict) -> None:
+        rate = (row["env_steps"] - self.s0) / max(time.perf_counter() - self.t0, 1e-9)
+        info = f"{rate:,.0f} steps/s  reward {row['reward']:.3f}"
+        if "latency" in row:
+            info += f"  latency {row['latency']:.3f} s"
+        if self.enabled:
+            self.bar.update(self.task, completed=row["env_steps"], info=info)
+        else:
+            print(f"update {row['update']}  steps {row['env_steps']}  {info}", flush=True)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.bar.stop()
+
+
+def validate(args: TrainArgs) -> None:
+    """ValueError naming the first bad option."""
+    for name in ("log_every", "checkpoint_every", "eval_episodes"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.eval_requests < 2:
+        raise ValueError(f"--eval-requests must be >= 2, got {args.eval_requests}")
+    if not 0.0 <= args.eval_warmup < 1.0:
+        raise ValueError(f"--eval-warmup must be in [0, 1), got {args.eval_warmup}")
+    if not args.eval_loads or any(not (load > 0) for load in args.eval_loads):
+        raise ValueError(f"--eval-loads must be positive, got {args.eval_loads}")
+    args.ppo.validate()
+
+
+def final_evaluation(args: TrainArgs) -> tuple[list[dict], str]:
+    """Every baseline and the run's policy through ``jaxsplit evaluate``; (records, its command line)."""
+    names = list(policies.POLICIES) + [evaluate_cmd.CHECKPOINT_POLICY]
+    eval_args = evaluate_cmd.EvaluateArgs(
+        policy=",".join(names), loads=",".join(f"{x:g}" for x in args.eval_loads), episodes=args.eval_episodes,
+        requests=args.eval_requests, seed=args.seed, warmup=args.eval_warmup, checkpoint=(str(args.out),))
+    command = evaluate_cmd.command_line(str(args.out), names, args.eval_loads, args.eval_episodes,
+                                        args.eval_requests, args.seed, args.eval_warmup)
+    return evaluate_cmd.run(eval_args), command
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = tyro.cli(TrainArgs, args=argv, prog="jaxsplit train")
+    validate(args)
+    spec, config = args.environment, args.ppo
+    if spec.cluster is not None:  # the run folder must rebuild the environment wherever it is evaluated from
+        spec = dataclasses.replace(spec, cluster=str(Path(spec.cluster).resolve()))
+    spec.overrides()  # a bad environment option fails before anything is written
+    start = 0
+    if args.resume:
+        start = (checkpoint.latest_step(args.out) or 0) * config.batch_size
+    progress = _Progress(config.num_updates * config.batch_size, start, args.progress)
+    try:
+        train_run(config, args.out, spec, seed=args.seed, resume=args.resume, log_every=args.log_every,
+                  checkpoint_every=args.checkpoint_every, on_chunk=progress)
+    finally:
+        progress.close()
+    rows = read_metrics(args.out)
+    report.plot_training(rows, args.out / "training_curve.png")
+    if args.skip_eval:
+        print(f"trained {config.num_updates} updates; run folder {args.out}")
+        return 0
+    results, command = final_evaluation(args)
+    (args.out / "evaluation.json").write_text(json.dumps(json.loads(evaluate_cmd.json_records(results)), indent=2) + "\n")
+    evaluate_cmd.plot(results, str(args.out / "latency_vs_load.png"))
+    text = report.write_report(args.out, spec, config, rows, results, command)
+    print(text)
+    return 0
