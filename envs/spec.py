@@ -74,11 +74,11 @@ class EnvSpec:
     cluster: str | None = None
     """JSON file {"devices": [...]} in the instance format: train on this fixed cluster (its length sets N)"""
     models: str | None = None
-    """comma-separated catalogue of zoo models (default: the environment's)"""
+    """comma-separated catalogue of zoo models (unset: the environment's)"""
     loads: str | None = None
-    """offered load range LO,HI drawn per episode (default: the environment's)"""
+    """offered load range LO,HI drawn per episode (unset: the environment's; traced)"""
     split: Literal["closed_form", "equal"] | None = None
-    """split rule inside the environment (equal: the ablation; default: the environment's, closed_form)"""
+    """split rule inside the environment (equal: the ablation; unset: the environment's, closed_form)"""
     reward_scale: Literal["mean", "model"] = "mean"
     """latency in the reward divided by the episode's mean E_ref (mean: the return is minus the total latency,
     so maximising it minimises the mean latency) or by the request's model's E_ref (model: MODEL.md)"""
@@ -86,9 +86,9 @@ class EnvSpec:
     """what the policy sees: summary (MODEL.md: per device the free share and its next release) or table
     (the same plus the whole reservation table)"""
     requests: int | None = None
-    """requests per episode (default: the environment's)"""
+    """requests per episode (unset: the environment's)"""
     util_weight: float | None = None
-    """utilisation weight of the reward (default: the environment's; traced)"""
+    """utilisation weight of the reward (unset: the environment's; traced)"""
     action: Literal["per_device", "common", "free_clip", "clip_pairs"] = "clip_pairs"
     """per_device: one share per device; common: one share on every device; free_clip: a cap and a floor,
     every device gives its free share clipped to them; clip_pairs: one choice among the (cap, floor) pairs"""

@@ -7,10 +7,12 @@ The evaluate command loads a run folder itself (``jaxsplit.agents.run.load_polic
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -21,21 +23,22 @@ from jaxsplit.cli import main as jaxsplit_main
 from jaxsplit.envs import EnvSpec
 from jaxsplit.envs.evaluation import METRICS
 
-#: 2 updates of a tiny network
+#: 2 updates of a tiny network (the configuration of tests/test_agent_train_cli.py's run, whose training
+#: program is then loaded from the compilation cache)
 TINY = PPOConfig(total_timesteps=2 * 16 * 16, num_envs=16, num_steps=16, num_minibatches=2, update_epochs=1,
                  hidden=(16,))
 #: the `jaxsplit train` kind of environment (alloc-v0: 4 devices, the default catalogue, the reservation
 #: table in the observation, clip_pairs actions), with short episodes
-SPEC = EnvSpec(requests=32, pair_levels=(0.1, 0.25, 0.5, 1.0))
+SPEC = EnvSpec(requests=32)
 #: a fixed 4-device cluster in the instance format (device 0: the local coordinator)
 CLUSTER = {"devices": [{"flops": 2e10}, {"flops": 4e10, "bandwidth": 1.25e8, "latency": 0.001},
                        {"flops": 1e10, "bandwidth": 2.5e8, "latency": 0.0005},
                        {"flops": 8e10, "bandwidth": 1.25e8, "latency": 0.002}]}
-EVAL = ["--loads", "0.5", "--episodes", "2", "--requests", "24", "--seed", "3"]
+EVAL = ["--loads", "0.9", "--episodes", "2", "--requests", "32", "--seed", "3"]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, compilation_cache):
     """A tiny real training run (2 updates) on the default catalogue, with its final checkpoint."""
     path = tmp_path_factory.mktemp("evalrun") / "run"
     train_run(TINY, path, SPEC, seed=0, log_every=2, checkpoint_every=2)
@@ -49,6 +52,25 @@ def cluster_file(tmp_path):
     return path
 
 
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory):
+    """JAX's persistent compilation cache, on while this module's tests run: a program that an earlier
+    test compiled (here, in the evaluate command's process through JAX_COMPILATION_CACHE_DIR, or in
+    tests/test_agent_evaluate_cli.py and tests/test_agent_train_cli.py, which train the same tiny
+    configuration and evaluate the same baselines) is loaded instead of compiled again. It saves
+    compilation only: the executables, and so the results, are the same."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    path = tmp_path_factory.getbasetemp() / "jax_cache"  # one per pytest session
+    path.mkdir(exist_ok=True)
+    saved = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    cc.reset_cache()
+    yield str(path)
+    jax.config.update("jax_compilation_cache_dir", saved)
+    cc.reset_cache()
+
+
 def one_line_error(err: str) -> str:
     """The error of a command that failed with status 2: one line, no traceback."""
     lines = err.strip().splitlines()
@@ -56,46 +78,46 @@ def one_line_error(err: str) -> str:
     return lines[0]
 
 
-def test_evaluate_checkpoint_end_to_end_equals_direct_evaluation(run_dir, cluster_file):
+def test_evaluate_checkpoint_end_to_end_equals_direct_evaluation(run_dir, cluster_file, compilation_cache):
     # a fresh process: the evaluate command imports and loads the run folder itself
     out = subprocess.run([sys.executable, "-m", "jaxsplit.cli", "evaluate", "--checkpoint", str(run_dir),
-                          "--policy", "ppo,constant", "--cluster", str(cluster_file), *EVAL, "--json"],
-                         capture_output=True, text=True)
+                          "--policy", "ppo,whole_cluster", "--cluster", str(cluster_file), *EVAL, "--json"],
+                         capture_output=True, text=True, env={**os.environ, "JAX_COMPILATION_CACHE_DIR": compilation_cache})
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
-    assert [r["policy"] for r in rows] == ["ppo", "constant"]
+    assert [r["policy"] for r in rows] == ["ppo", "whole_cluster"]
     keys = {"policy", "load", "episodes", "requests", "warmup", "seed", "mean_reward", "mean_reward_ci"}
     keys |= set(METRICS) | {m + "_ci" for m in METRICS}
     for row in rows:
         assert set(row) == keys
-        assert row["load"] == 0.5 and row["episodes"] == 2 and row["requests"] == 24
+        assert row["load"] == 0.9 and row["episodes"] == 2 and row["requests"] == 32
         assert row["seed"] == 3 and row["warmup"] == 0.1
     ppo = rows[0]
     assert ppo["mean_latency_s"] > 0 and ppo["invalid_rate"] == 0.0
 
     # the same figures from the loaded policy evaluated directly on the same environment and episodes
-    fn, env, params = load_policy(run_dir, 24, envs.load_cluster(cluster_file))
+    fn, env, params = load_policy(run_dir, 32, envs.load_cluster(cluster_file))
     assert env.num_devices == 4 and bool(params.fixed_cluster)
     np.testing.assert_allclose(params.cluster_flops, [d["flops"] for d in CLUSTER["devices"]])
-    direct = envs.evaluate(fn, env, params, [0.5], episodes=2, seed=3, warmup=0.1, name="ppo")[0]
+    direct = envs.evaluate(fn, env, params, [0.9], episodes=2, seed=3, warmup=0.1, name="ppo")[0]
     for metric in METRICS:
         assert ppo[metric] == pytest.approx(direct[metric], rel=1e-6, abs=1e-9), metric
-    # the trained policy is not the constant one: the rows differ
+    # the trained policy is not the whole-cluster one: the rows differ
     assert ppo["mean_latency_s"] != rows[1]["mean_latency_s"]
 
 
-def test_models_inside_the_training_catalogue(run_dir, capsys):
+def test_models_inside_the_training_catalogue(run_dir, capsys, compilation_cache):
     """A policy trained on the default catalogue evaluates on a request mix of some of its models."""
-    argv = ["evaluate", "--checkpoint", str(run_dir), "--models", "vgg16,resnet18", "--policy", "whole_cluster,free_now",
+    argv = ["evaluate", "--checkpoint", str(run_dir), "--models", "vgg16,resnet18", "--policy", "whole_cluster",
             *EVAL, "--json"]
     assert jaxsplit_main(argv) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["policy"] for r in rows] == ["whole_cluster", "free_now", "ppo"]  # ppo comes last when not named
+    assert [r["policy"] for r in rows] == ["whole_cluster", "ppo"]  # ppo comes last when not named
     for row in rows:
-        assert row["requests"] == 24 and row["mean_latency_s"] > 0 and np.isfinite(row["invalid_rate"])
+        assert row["requests"] == 32 and row["mean_latency_s"] > 0 and np.isfinite(row["invalid_rate"])
     # the policy keeps its catalogue (its observation) with the other models at probability 0; the
     # baselines run on the catalogue of the two models
-    p_env, p_params, b_env, _ = evaluation_env(run_dir, 24, None, ("vgg16", "resnet18"))
+    p_env, p_params, b_env, _ = evaluation_env(run_dir, 32, None, ("vgg16", "resnet18"))
     assert p_env.models == envs.DEFAULT_MODELS and b_env.models == ("vgg16", "resnet18")
     mix = np.asarray(p_params.mix)
     assert [m for m, p in zip(envs.DEFAULT_MODELS, mix) if p > 0] == ["vgg16", "resnet18"]

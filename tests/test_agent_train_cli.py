@@ -12,6 +12,8 @@ import json
 import shlex
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 import tyro
 
@@ -25,15 +27,35 @@ from jaxsplit.envs.evaluation import METRICS, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_FILE = "examples/vgg16_cluster.json"  # relative to ROOT: the run must record it as an absolute path
-#: 2 updates of a tiny network on short episodes
+#: 2 updates of a tiny network on short episodes (in one chunk: the training program of
+#: tests/test_agent_evaluate_cli.py's run)
 TINY = ["--total-timesteps", "512", "--num-envs", "16", "--num-steps", "16", "--num-minibatches", "2",
-        "--update-epochs", "1", "--hidden", "16", "--requests", "32", "--log-every", "1", "--checkpoint-every", "2",
+        "--update-epochs", "1", "--hidden", "16", "--requests", "32", "--log-every", "2", "--checkpoint-every", "2",
         "--no-progress"]
 EVAL = ["--eval-episodes", "2", "--eval-requests", "48", "--eval-loads", "0.3", "1.2"]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def compilation_cache(tmp_path_factory):
+    """JAX's persistent compilation cache, on while this module's tests run: a program that an earlier
+    test compiled (here, in the evaluate command's process through JAX_COMPILATION_CACHE_DIR, or in
+    tests/test_agent_evaluate_cli.py and tests/test_agent_train_cli.py, which train the same tiny
+    configuration and evaluate the same baselines) is loaded instead of compiled again. It saves
+    compilation only: the executables, and so the results, are the same."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    path = tmp_path_factory.getbasetemp() / "jax_cache"  # one per pytest session
+    path.mkdir(exist_ok=True)
+    saved = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    cc.reset_cache()
+    yield str(path)
+    jax.config.update("jax_compilation_cache_dir", saved)
+    cc.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, compilation_cache):
     """A tiny run on the example cluster, with the final evaluation of every baseline and the report."""
     out = tmp_path_factory.mktemp("train") / "run"
     with pytest.MonkeyPatch.context() as mp:
@@ -114,7 +136,7 @@ def test_the_run_records_its_cluster_and_evaluates_on_it(run_dir, monkeypatch, c
     # the policy's environment is the cluster's: its device count, its capacities
     p_env, p_params, _, _ = evaluation_env(run_dir, 32)
     assert p_env.num_devices == len(devices) and bool(p_params.fixed_cluster)
-    assert list(map(float, p_params.cluster_flops)) == cluster[0]
+    np.testing.assert_allclose(p_params.cluster_flops, cluster[0], rtol=1e-6)
     # the baseline ran on exactly the episodes of that cluster
     env, params = envs.make("alloc-v0", cluster=cluster, requests=32, reward_scale="mean", observation="table")
     direct = envs.evaluate("whole_cluster", env, params, [0.9], episodes=2)[0]

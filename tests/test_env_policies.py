@@ -181,11 +181,13 @@ def test_best_constant_uses_the_share_searched_at_each_load(monkeypatch):
 
 def test_run_episodes_runs_stacked_loads_like_one_call_per_load():
     """run_episodes with several loads (one compiled call, as evaluate runs them) gives each load's records
-    as a call with that load alone. (It replaces the test of the report's own rollout.)"""
+    as a call without the other load. (It replaces the test of the report's own rollout.)"""
     env, params = envs.make("alloc-v0", models=("alexnet", "resnet18"), requests=24)
     act = lambda key, obs, state, params, aux: jnp.full((env.num_devices,), 0.5, jnp.float32)
     both = evaluation.run_episodes(env, params, act, [0.4, 1.3], episodes=3, seed=5)["latency"]
     assert both.shape == (2, 3, 24)
-    alone = evaluation.run_episodes(env, params, act, [1.3], episodes=3, seed=5)["latency"]  # the second load
+    # the second load in both slots (the same shapes: the same compiled call)
+    alone = evaluation.run_episodes(env, params, act, [1.3, 1.3], episodes=3, seed=5)["latency"]
     np.testing.assert_allclose(both[1], alone[0], rtol=1e-5)
+    np.testing.assert_array_equal(alone[0], alone[1])
     assert both[1].mean() > both[0].mean()  # the loads really differ, and come back in their order

@@ -45,6 +45,8 @@ class TrainArgs:
     """save a checkpoint every this many updates (and at the end)"""
     resume: bool = False
     """continue the run in --out from its newest checkpoint"""
+    eval_policies: tuple[str, ...] = tuple(policies.POLICIES)
+    """baseline policies of the final evaluation"""
     eval_loads: tuple[float, ...] = (0.3, 0.6, 0.9, 1.2)
     """offered loads of the final evaluation"""
     eval_episodes: int = 16
@@ -101,12 +103,15 @@ def validate(args: TrainArgs) -> None:
         raise ValueError(f"--eval-warmup must be in [0, 1), got {args.eval_warmup}")
     if not args.eval_loads or any(not (load > 0) for load in args.eval_loads):
         raise ValueError(f"--eval-loads must be positive, got {args.eval_loads}")
+    for name in args.eval_policies:
+        if name not in policies.POLICIES:
+            raise ValueError(f"--eval-policies: unknown baseline {name!r}; known: {', '.join(policies.POLICIES)}")
     args.ppo.validate()
 
 
 def final_evaluation(args: TrainArgs) -> tuple[list[dict], str]:
     """Every baseline and the run's policy through ``jaxsplit evaluate``; (records, its command line)."""
-    names = list(policies.POLICIES) + [evaluate_cmd.CHECKPOINT_POLICY]
+    names = list(args.eval_policies) + [evaluate_cmd.CHECKPOINT_POLICY]
     eval_args = evaluate_cmd.EvaluateArgs(
         policy=",".join(names), loads=",".join(f"{x:g}" for x in args.eval_loads), episodes=args.eval_episodes,
         requests=args.eval_requests, seed=args.seed, warmup=args.eval_warmup, checkpoint=(str(args.out),))
