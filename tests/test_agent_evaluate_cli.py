@@ -54,11 +54,11 @@ def cluster_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def compilation_cache(tmp_path_factory):
-    """JAX's persistent compilation cache, on while this module's tests run: a program that an earlier
-    test compiled (here, in the evaluate command's process through JAX_COMPILATION_CACHE_DIR, or in
-    tests/test_agent_evaluate_cli.py and tests/test_agent_train_cli.py, which train the same tiny
-    configuration and evaluate the same baselines) is loaded instead of compiled again. It saves
-    compilation only: the executables, and so the results, are the same."""
+    """JAX's persistent compilation cache, on while this module's tests run, and shared with the evaluate
+    command's process (JAX_COMPILATION_CACHE_DIR): a program compiled earlier in the session is loaded
+    instead of compiled again (the direct evaluation of the command's policy; tests/test_agent_train_cli.py
+    trains the same tiny configuration). It saves compilation only: the executables, and so the results,
+    are the same."""
     from jax.experimental.compilation_cache import compilation_cache as cc
 
     path = tmp_path_factory.getbasetemp() / "jax_cache"  # one per pytest session

@@ -37,11 +37,11 @@ EVAL = ["--eval-episodes", "2", "--eval-requests", "48", "--eval-loads", "0.3", 
 
 @pytest.fixture(scope="module")
 def compilation_cache(tmp_path_factory):
-    """JAX's persistent compilation cache, on while this module's tests run: a program that an earlier
-    test compiled (here, in the evaluate command's process through JAX_COMPILATION_CACHE_DIR, or in
-    tests/test_agent_evaluate_cli.py and tests/test_agent_train_cli.py, which train the same tiny
-    configuration and evaluate the same baselines) is loaded instead of compiled again. It saves
-    compilation only: the executables, and so the results, are the same."""
+    """JAX's persistent compilation cache, on while this module's tests run: a program compiled earlier
+    in the session is loaded instead of compiled again (the report's command evaluates the programs of the
+    final evaluation again; tests/test_agent_evaluate_cli.py trains the same tiny configuration and
+    evaluates whole_cluster as the cluster test does). It saves compilation only: the executables, and so
+    the results, are the same."""
     from jax.experimental.compilation_cache import compilation_cache as cc
 
     path = tmp_path_factory.getbasetemp() / "jax_cache"  # one per pytest session
@@ -176,10 +176,11 @@ def test_every_train_flag_reaches_the_recorded_configuration(monkeypatch):
     assert all(EnvSpec().to_json()[k] != v for k, v in ENV_WANT.items())
     assert all(PPOConfig().to_json()[k] != v for k, v in PPO_WANT.items())
     argv = [word for flag in (*ENV_FLAGS.values(), *PPO_FLAGS.values()) for word in flag]
-    argv += ["--seed", "7", "--out", "runs/x", "--eval-requests", "64", "--eval-loads", "0.4", "0.8", "--skip-eval"]
+    argv += ["--seed", "7", "--out", "runs/x", "--eval-requests", "64", "--eval-loads", "0.4", "0.8",
+             "--eval-policies", "whole_cluster", "myopic", "--skip-eval"]
     args = tyro.cli(train.TrainArgs, args=argv)
-    assert (args.seed, args.out, args.eval_requests, args.eval_loads, args.skip_eval) == (7, Path("runs/x"), 64,
-                                                                                          (0.4, 0.8), True)
+    assert (args.seed, args.out, args.eval_requests, args.eval_loads, args.eval_policies, args.skip_eval) == (
+        7, Path("runs/x"), 64, (0.4, 0.8), ("whole_cluster", "myopic"), True)
     train.validate(args)
     assert run_config_json(args.ppo, args.environment, args.seed) == {"env": ENV_WANT, "ppo": PPO_WANT, "seed": 7}
     # and the environment built from the recorded spec is the one the flags ask for
@@ -197,7 +198,8 @@ def test_every_train_flag_reaches_the_recorded_configuration(monkeypatch):
 
 @pytest.mark.parametrize("flag,value,field", [("--num-envs", "0", "num_envs"), ("--lr", "-1", "lr"),
                                               ("--log-every", "0", "log-every"), ("--gamma", "2", "gamma"),
-                                              ("--loads", "1.0,0.5", "loads"), ("--models", "vgg17", "models")])
+                                              ("--loads", "1.0,0.5", "loads"), ("--models", "vgg17", "models"),
+                                              ("--eval-policies", "greedy", "eval-policies")])
 def test_bad_flags_raise_value_error_naming_the_field(tmp_path, flag, value, field):
     with pytest.raises(ValueError, match=field):
         train.main(["--out", str(tmp_path / "x"), *TINY, flag, value])

@@ -15,6 +15,24 @@ CLUSTER = ([2e10, 5e10, 3e10], [np.inf, 1.25e8, 6e7], [0.0, 2e-3, 1e-3])
 ENV = envs.make("alloc-v0", cluster=CLUSTER, models=("alexnet", "resnet18"), requests=60)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """JAX's persistent compilation cache, on while this module's tests run: an evaluation whose program
+    an earlier test compiled (a closure giving the same actions as a named baseline, on an environment of
+    the same settings) loads it instead of compiling it again. The executables, and so the results, are
+    the same."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    path = tmp_path_factory.getbasetemp() / "jax_cache"  # one per pytest session
+    path.mkdir(exist_ok=True)
+    saved = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    cc.reset_cache()
+    yield
+    jax.config.update("jax_compilation_cache_dir", saved)
+    cc.reset_cache()
+
+
 def test_every_policy_is_jittable_and_evaluates():
     env, params = ENV
     assert set(policies.registered()) == {"random", "whole_cluster", "free_now", "constant", "best_constant",
@@ -37,8 +55,10 @@ def test_every_policy_is_jittable_and_evaluates():
 
 def test_observation_closure_matches_named_baseline():
     env, params = ENV
-    named = envs.evaluate("whole_cluster", env, params, loads=[0.6], episodes=3)
-    closure = envs.evaluate(lambda key, obs: jnp.ones(3), env, params, loads=[0.6], episodes=3, name="ones")
+    # (the episodes of the next test: one compiled program for the three evaluations)
+    named = envs.evaluate("whole_cluster", env, params, loads=[0.6], episodes=4, requests=400)
+    closure = envs.evaluate(lambda key, obs: jnp.ones(3), env, params, loads=[0.6], episodes=4, requests=400,
+                            name="ones")
     assert closure[0]["policy"] == "ones"
     for m in envs.evaluation.METRICS:
         assert closure[0][m] == pytest.approx(named[0][m], rel=1e-6)
@@ -133,7 +153,7 @@ def test_cli_checkpoint_loads_the_run_folder_explicitly(monkeypatch, capsys):
 
     def load_policy(run_dir, requests, cluster, models):
         calls.append(("load_policy", run_dir, requests, cluster, models))
-        env, params = envs.make("alloc-n2-v0", models=models, requests=requests)
+        env, params = envs.make("alloc-n2-v0", models=models, requests=requests)  # the settings of the test above
         return lambda key, obs: jnp.ones(env.num_devices), env, params
 
     def evaluation_env(run_dir, requests, cluster, models):
@@ -143,12 +163,13 @@ def test_cli_checkpoint_loads_the_run_folder_explicitly(monkeypatch, capsys):
 
     monkeypatch.setattr(evaluate_cmd, "load_policy", load_policy)
     monkeypatch.setattr(evaluate_cmd, "evaluation_env", evaluation_env)
-    argv = ["evaluate", "--policy", "", "--checkpoint", "runs/x", "--loads", "0.5", "--models", "alexnet",
-            "--episodes", "2", "--requests", "20", "--json"]
+    argv = ["evaluate", "--policy", "", "--checkpoint", "runs/x", "--loads", "0.3,0.8", "--models", "alexnet",
+            "--episodes", "2", "--requests", "40", "--json"]
     assert cli.main(argv) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert calls == [("load_policy", "runs/x", 20, None, ("alexnet",)), ("evaluation_env", "runs/x", 20, None, ("alexnet",))]
-    assert [r["policy"] for r in rows] == ["ppo"] and rows[0]["invalid_rate"] == 0 and rows[0]["requests"] == 20
+    assert calls == [("load_policy", "runs/x", 40, None, ("alexnet",)), ("evaluation_env", "runs/x", 40, None, ("alexnet",))]
+    assert [r["policy"] for r in rows] == ["ppo", "ppo"] and [r["load"] for r in rows] == [0.3, 0.8]
+    assert all(r["invalid_rate"] == 0 and r["requests"] == 40 for r in rows)
     # with a checkpoint the environment is the run's: --env is refused before anything is loaded
     calls.clear()
     assert cli.main([*argv, "--env", "alloc-v0"]) == 2
