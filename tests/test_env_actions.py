@@ -25,6 +25,7 @@ def busy_states():
     shares = jnp.tile(jnp.array([0.5, 0.25, 1 / 3, 0.5]), (16, 1))
     for i in range(12):
         obs, state, *_ = step(jax.random.split(jax.random.key(i + 1), 16), state, shares, params)
+    obs, state = jax.device_get((obs, state))
     free = np.asarray(jax.vmap(env.free_shares)(state))
     assert len(np.unique(free.round(4))) > 2  # the states really differ
     np.testing.assert_array_equal(free, np.asarray(obs)[:, :4])  # the observation's first N entries
@@ -32,7 +33,7 @@ def busy_states():
 
 
 def _decode(wrapped, actions, states, params):
-    return np.asarray(jax.vmap(wrapped.decode, in_axes=(0, 0, None))(actions, states, params))
+    return np.asarray(jax.jit(jax.vmap(wrapped.decode, in_axes=(0, 0, None)))(actions, states, params))
 
 
 def test_share_grid_and_snap_round_to_the_nearest_unit_fraction():
@@ -101,9 +102,9 @@ def test_a_wrapped_step_is_the_plain_step_on_the_decoded_shares(busy_states):
     wrapped = wrap_action(env, "clip_pairs", True, 4)
     keys = jax.random.split(jax.random.key(9), 16)
     index = jnp.arange(16, dtype=jnp.int32) % 10
-    shares = jax.vmap(wrapped.decode, in_axes=(0, 0, None))(index, states, params)
-    a = jax.vmap(wrapped.step, in_axes=(0, 0, 0, None))(keys, states, index, params)
-    b = jax.vmap(env.step, in_axes=(0, 0, 0, None))(keys, states, shares, params)
+    shares = jax.jit(jax.vmap(wrapped.decode, in_axes=(0, 0, None)))(index, states, params)
+    a = jax.jit(jax.vmap(wrapped.step, in_axes=(0, 0, 0, None)))(keys, states, index, params)
+    b = jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)))(keys, states, shares, params)
     chex.assert_trees_all_equal(a, b)
     assert wrapped.unwrapped is env and wrapped.num_devices == 4 and wrapped.obs_dim == env.obs_dim
 
