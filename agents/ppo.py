@@ -474,21 +474,6 @@ class Trainer:
                 "clip_frac": (jnp.abs(ratio - 1) > hp.clip_eps).astype(jnp.float32).mean()}
         return total, diag
 
-    @property
-    def metric_names(self) -> tuple[str, ...]:
-        """Names of the per-update metrics: PPO's, then those of :data:`INFO_METRICS` the environment gives."""
-        return PPO_METRICS + tuple(self._info_metrics())
-
-    def _info_metrics(self) -> list[str]:
-        keys = jax.random.split(jax.random.PRNGKey(0), 2)
-        info = jax.eval_shape(self._probe_info, keys[0], keys[1], self.env_params)
-        return [metric for name, metric in INFO_METRICS.items() if name in info]
-
-    def _probe_info(self, k_reset: jax.Array, k_step: jax.Array, env_params: Any) -> dict:
-        _, state = self.env.reset(k_reset, env_params)
-        action = self.env_action(jnp.zeros((self.action_dim,), jnp.int32 if self.categorical else jnp.float32))
-        return self.env.step(k_step, state, action, env_params)[5]
-
     def update(self, runner: RunnerState, hp: HyperParams) -> tuple[RunnerState, dict[str, jax.Array]]:
         """One PPO update: rollout, GAE, epochs x minibatches; metrics are scalars."""
         cfg = self.config
