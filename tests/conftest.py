@@ -1,10 +1,13 @@
-"""Shared test settings: hypothesis profiles sized for a 2-core CI machine, and the tests folder on
-the import path (tests/tiny_env.py is imported by name)."""
+"""Shared test settings: hypothesis profiles sized for a 2-core CI machine, the tests folder on the
+import path (tests/tiny_env.py is imported by name), and a compilation-cache fixture for the modules
+that compile the same evaluation programs more than once."""
 
 import os
 import sys
 from pathlib import Path
 
+import jax
+import pytest
 from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -13,3 +16,21 @@ settings.register_profile(
     "ci", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory):
+    """JAX's persistent compilation cache, on while the requesting module's tests run (one folder per
+    pytest session; a subprocess shares it through JAX_COMPILATION_CACHE_DIR = the yielded path): a
+    program compiled earlier in the session is loaded instead of compiled again. It saves compilation
+    only: the executables, and so the results, are the same."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    path = tmp_path_factory.getbasetemp() / "jax_cache"
+    path.mkdir(exist_ok=True)
+    saved = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    cc.reset_cache()
+    yield str(path)
+    jax.config.update("jax_compilation_cache_dir", saved)
+    cc.reset_cache()

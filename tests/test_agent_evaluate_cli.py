@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
@@ -50,25 +49,6 @@ def cluster_file(tmp_path):
     path = tmp_path / "cluster.json"
     path.write_text(json.dumps(CLUSTER))
     return path
-
-
-@pytest.fixture(scope="module")
-def compilation_cache(tmp_path_factory):
-    """JAX's persistent compilation cache, on while this module's tests run, and shared with the evaluate
-    command's process (JAX_COMPILATION_CACHE_DIR): a program compiled earlier in the session is loaded
-    instead of compiled again (the direct evaluation of the command's policy; tests/test_agent_train_cli.py
-    trains the same tiny configuration). It saves compilation only: the executables, and so the results,
-    are the same."""
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    path = tmp_path_factory.getbasetemp() / "jax_cache"  # one per pytest session
-    path.mkdir(exist_ok=True)
-    saved = jax.config.jax_compilation_cache_dir
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    cc.reset_cache()
-    yield str(path)
-    jax.config.update("jax_compilation_cache_dir", saved)
-    cc.reset_cache()
 
 
 def one_line_error(err: str) -> str:

@@ -12,7 +12,6 @@ import json
 import shlex
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 import tyro
@@ -33,25 +32,6 @@ TINY = ["--total-timesteps", "512", "--num-envs", "16", "--num-steps", "16", "--
         "--update-epochs", "1", "--hidden", "16", "--requests", "32", "--log-every", "2", "--checkpoint-every", "2",
         "--no-progress"]
 EVAL = ["--eval-episodes", "2", "--eval-requests", "48", "--eval-loads", "0.3", "1.2"]
-
-
-@pytest.fixture(scope="module")
-def compilation_cache(tmp_path_factory):
-    """JAX's persistent compilation cache, on while this module's tests run: a program compiled earlier
-    in the session is loaded instead of compiled again (the report's command evaluates the programs of the
-    final evaluation again; tests/test_agent_evaluate_cli.py trains the same tiny configuration and
-    evaluates whole_cluster as the cluster test does). It saves compilation only: the executables, and so
-    the results, are the same."""
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    path = tmp_path_factory.getbasetemp() / "jax_cache"  # one per pytest session
-    path.mkdir(exist_ok=True)
-    saved = jax.config.jax_compilation_cache_dir
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    cc.reset_cache()
-    yield str(path)
-    jax.config.update("jax_compilation_cache_dir", saved)
-    cc.reset_cache()
 
 
 @pytest.fixture(scope="module")

@@ -15,22 +15,7 @@ CLUSTER = ([2e10, 5e10, 3e10], [np.inf, 1.25e8, 6e7], [0.0, 2e-3, 1e-3])
 ENV = envs.make("alloc-v0", cluster=CLUSTER, models=("alexnet", "resnet18"), requests=60)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """JAX's persistent compilation cache, on while this module's tests run: an evaluation whose program
-    an earlier test compiled (a closure giving the same actions as a named baseline, on an environment of
-    the same settings) loads it instead of compiling it again. The executables, and so the results, are
-    the same."""
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    path = tmp_path_factory.getbasetemp() / "jax_cache"  # one per pytest session
-    path.mkdir(exist_ok=True)
-    saved = jax.config.jax_compilation_cache_dir
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    cc.reset_cache()
-    yield
-    jax.config.update("jax_compilation_cache_dir", saved)
-    cc.reset_cache()
+pytestmark = pytest.mark.usefixtures("compilation_cache")  # see tests/conftest.py
 
 
 def test_every_policy_is_jittable_and_evaluates():
