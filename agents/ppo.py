@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jaxsplit import settings
 from jaxsplit.envs import spaces
 
 from .distributions import (beta_entropy, beta_log_prob, beta_mean, beta_sample, categorical_entropy,
@@ -138,20 +139,11 @@ class PPOConfig:
         return self
 
     def to_json(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["hidden"] = list(self.hidden)
-        return out
+        return settings.to_json(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "PPOConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"field {unknown[0]!r}: unknown PPO setting")
-        data = dict(data)
-        if "hidden" in data:
-            data["hidden"] = tuple(data["hidden"])
-        return cls(**data)
+        return settings.from_json(cls, data, "PPO")
 
 
 #: the traced settings of :class:`PPOConfig`, in declaration order

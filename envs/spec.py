@@ -21,6 +21,8 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
+from jaxsplit import settings
+
 from .actions import ShareAction, wrap_action
 from .registry import make
 
@@ -129,17 +131,8 @@ class EnvSpec:
         return self.wrap(env), params
 
     def to_json(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["pair_levels"] = list(self.pair_levels)
-        return out
+        return settings.to_json(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "EnvSpec":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"field {unknown[0]!r}: unknown environment setting")
-        data = dict(data)
-        if "pair_levels" in data:
-            data["pair_levels"] = tuple(data["pair_levels"])
-        return cls(**data)
+        return settings.from_json(cls, data, "environment")
