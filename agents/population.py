@@ -71,20 +71,35 @@ def population_grid(base: HyperParams, seeds: int | Sequence[int], **grid: Seque
             raise ValueError(f"field {name!r}: the grid has no values")
     names = list(grid)
     rows = [dict(zip(names, combo), seed=s) for combo in itertools.product(*grid.values()) for s in seeds]
-    keys = np.stack([np.asarray(jax.random.PRNGKey(r["seed"])) for r in rows]).astype(np.uint32)
+    keys, hparams = population_members(base, rows)
+    return keys, hparams, rows
+
+
+def population_members(base: HyperParams, rows: Sequence[dict[str, Any]]) -> tuple[np.ndarray, HyperParams]:
+    """Keys and hyperparameters of an explicit list of agents.
+
+    ``rows[p]`` holds agent p's ``seed`` and the values of any traced PPO settings or scalar
+    environment parameters that differ from ``base`` (names as in :func:`population_grid`, checked
+    there). Returns ``(keys (P, 2) uint32, hparams with leaves of leading axis P)``.
+    """
+    if not rows:
+        raise ValueError("a population needs at least one agent")
+    keys = np.stack([np.asarray(jax.random.PRNGKey(int(r["seed"]))) for r in rows]).astype(np.uint32)
     size = len(rows)
+    env_fields = {f.name for f in dataclasses.fields(base.env)} if dataclasses.is_dataclass(base.env) else set()
 
     def column(name: str, default: Any) -> np.ndarray:
         default = np.asarray(default)
-        if name not in names:
+        if all(name not in r for r in rows):
             return np.broadcast_to(default, (size,) + default.shape).copy()
-        return np.asarray([r[name] for r in rows], default.dtype)
+        return np.asarray([r.get(name, default) for r in rows], default.dtype)
 
     ppo = {name: column(name, np.float32(getattr(base, name))) for name in TRACED}
     env = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (size,) + np.shape(x)).copy(), base.env)
-    if env_fields:
-        env = env.replace(**{name: column(name, getattr(base.env, name)) for name in names if name in env_fields})
-    return keys, HyperParams(**ppo, env=env), rows
+    searched = sorted({name for r in rows for name in r if name in env_fields})
+    if searched:
+        env = env.replace(**{name: column(name, getattr(base.env, name)) for name in searched})
+    return keys, HyperParams(**ppo, env=env)
 
 
 def _to_global(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
@@ -173,3 +188,52 @@ def gather(tree: Any) -> Any:
         return np.asarray(x)
 
     return jax.tree.map(one, tree)
+
+
+class PopulationRunner:
+    """A population trained in chunks: ``init`` once, then ``run`` any number of updates at a time.
+
+    The same program as :func:`train_population` (agents initialised one after another, updates
+    vmapped, the population axis sharded over ``mesh``), split at update boundaries so that a caller
+    can report progress, checkpoint, or change the population between chunks (population-based
+    training). Chunked training equals :func:`train_population` of the whole run, since
+    ``Trainer.run`` of n then m updates equals ``Trainer.run`` of n + m. Each chunk length compiles
+    once.
+    """
+
+    def __init__(self, train: Callable, mesh: Mesh | None = None, sharded: bool = True):
+        self.trainer = train.trainer
+        self.sharded = sharded
+        self.mesh = (mesh or population_mesh()) if sharded else None
+        self._runs: dict[int, Callable] = {}
+        trainer = self.trainer
+        self._init = self._compile(lambda keys, hp: jax.lax.map(lambda args: trainer.init(*args), (keys, hp)))
+
+    def _compile(self, fn: Callable) -> Callable:
+        if not self.sharded:
+            return jax.jit(fn)
+        spec = PartitionSpec(POP_AXIS)
+        return jax.jit(jax.shard_map(fn, mesh=self.mesh, in_specs=spec, out_specs=spec, check_vma=False))
+
+    def place(self, tree: Any) -> Any:
+        """Host arrays (leading axis P) placed for this runner: sharded over the mesh, or on the
+        default device."""
+        if not self.sharded:
+            return jax.tree.map(jnp.asarray, tree)
+        size = jax.tree.leaves(tree)[0].shape[0]
+        if size % self.mesh.size:
+            raise ValueError(f"population size {size} must be a multiple of the {self.mesh.size} devices of the mesh")
+        return shard_population(tree, self.mesh)
+
+    def init(self, keys: Any, hparams: HyperParams) -> Any:
+        """Runner states (leading axis P) of keys (P, 2) and hparams (P,), both placed by :meth:`place`."""
+        return self._init(keys, hparams)
+
+    def run(self, runners: Any, hparams: HyperParams, num_updates: int) -> tuple[Any, dict[str, jax.Array]]:
+        """``num_updates`` more updates of every agent; metrics[name] has shape (P, num_updates)."""
+        fn = self._runs.get(num_updates)
+        if fn is None:
+            trainer = self.trainer
+            fn = self._runs[num_updates] = self._compile(
+                lambda r, hp: jax.vmap(lambda a, h: trainer.run(a, h, num_updates))(r, hp))
+        return fn(runners, hparams)

@@ -84,6 +84,8 @@ class ShareAction:
         self.discrete = discrete
 
     def __getattr__(self, name: str) -> Any:
+        if name == "env":  # not set yet (copy.copy builds the object before its attributes)
+            raise AttributeError(name)
         return getattr(self.env, name)
 
     @property

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "zoo": ("jaxsplit.commands.zoo", "list the model zoo, or print one model's layer table"),
     "evaluate": ("jaxsplit.commands.evaluate", "evaluate allocation policies in the environment"),
     "train": ("jaxsplit.commands.train", "train a PPO allocation policy (the main job)"),
+    "sweep": ("jaxsplit.commands.sweep", "search PPO hyperparameters with Optuna, a population of trials at a time"),
     "validate": ("jaxsplit.commands.validate", "prove a split numerically against PyTorch"),
     "run": ("jaxsplit.commands.run", "run split inference across worker processes"),
 }
