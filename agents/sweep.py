@@ -58,7 +58,7 @@ from jaxsplit.envs.evaluation import episode_metrics, evaluate, run_episodes, wi
 
 from . import checkpoint
 from .pbt import exploit_explore, member_values
-from .population import PopulationRunner, population_members
+from .population import PopulationRunner, gather, population_members
 from .ppo import TRACED, PPOConfig, make_train
 from .run import run_config_json
 from .space import Dimension, check_space
@@ -190,7 +190,24 @@ def make_sampler(name: str, dims: Sequence[Dimension], seed: int) -> Any:
     lists = [d for d in dims if d.choices is None]
     if lists:
         raise ValueError(f"--sampler grid: dimension {lists[0].name} is a range; give it as a list NAME=v1,v2,...")
-    return optuna.samplers.GridSampler({d.name: list(d.choices) for d in dims}, seed=seed)
+    return _Grid({d.name: list(d.choices) for d in dims}, seed=seed)
+
+
+def _grid_class() -> type:
+    import optuna
+
+    class Grid(optuna.samplers.GridSampler):
+        """Optuna's grid sampler without its ``study.stop()`` once the grid is used up (that call is for
+        ``study.optimize``; a sweep counts its trials itself and never asks for more than the grid)."""
+
+        def after_trial(self, study, trial, state, values) -> None:
+            pass
+
+    return Grid
+
+
+def _Grid(*args: Any, **kwargs: Any) -> Any:
+    return _grid_class()(*args, **kwargs)
 
 
 class Sweep:
@@ -394,7 +411,7 @@ class Sweep:
             while done < total:
                 n = min(self.settings.chunk, total - done)
                 runners, chunk = runner.run(runners, hparams, n)
-                chunk = {k: np.asarray(v) for k, v in jax.device_get(chunk).items()}
+                chunk = {k: np.asarray(v) for k, v in gather(chunk).items()}
                 metrics = {k: np.concatenate([metrics[k], v], 1) if k in metrics else v for k, v in chunk.items()}
                 done += n
                 if self.settings.schedule == "pbt" and done < total:
@@ -403,17 +420,19 @@ class Sweep:
                                                        dims=self.dims, fraction=self.settings.pbt_fraction,
                                                        perturb=self.settings.pbt_perturb,
                                                        resample=self.settings.pbt_resample)
-                    lineage.append([int(s) for s in np.asarray(source)])
-                checkpoint.save(manager, done, {"runners": runners, "hparams": hparams})
-                np.savez(pop_dir / ".metrics.npz", **metrics)
-                os.replace(pop_dir / ".metrics.npz", pop_dir / "metrics.npz")
-                _atomic_write(pop_dir / "population.json",
-                              json.dumps({"rows": rows, "lineage": lineage, "update": done}) + "\n")
+                    lineage.append([int(s) for s in gather(source)])
+                if manager is not None:
+                    checkpoint.save(manager, done, {"runners": runners, "hparams": hparams})
+                    np.savez(pop_dir / ".metrics.npz", **metrics)
+                    os.replace(pop_dir / ".metrics.npz", pop_dir / "metrics.npz")
+                    _atomic_write(pop_dir / "population.json",
+                                  json.dumps({"rows": rows, "lineage": lineage, "update": done}) + "\n")
                 if self.on_progress is not None:
                     rate = (done - start) * self.config.batch_size * len(rows) / max(time.perf_counter() - t0, 1e-9)
                     self.on_progress({"event": "chunk", "update": done, "updates": total, "steps_per_s": rate, "trials": real})
         finally:
-            manager.close()
+            if manager is not None:
+                manager.close()
         return runners, hparams, metrics, lineage
 
     def eval_env(self) -> tuple[Any, Any]:
@@ -515,14 +534,38 @@ class Sweep:
 
     def run(self) -> Any:
         """Train batches until the study holds ``trials`` complete trials; returns the study."""
+        return self._run_local()
+
+    def _next_batch(self, study: Any) -> list[Any] | None:
+        """The next batch of this worker: trials, [] to look again later, None when the study is done."""
         from optuna.storages import fail_stale_trials
         from optuna.trial import TrialState
 
+        while True:
+            fail_stale_trials(study)
+            trials = study.get_trials(deepcopy=False)
+            if sum(t.state == TrialState.COMPLETE for t in trials) >= self.settings.trials:
+                return None
+            active = sum(t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING) for t in trials)
+            waiting = sum(t.state == TrialState.WAITING for t in trials)
+            if active >= self.settings.trials and not waiting:
+                time.sleep(min(self.settings.heartbeat, 5))  # the rest runs elsewhere: wait for it or for it to go stale
+                continue
+            batch = self._ask_batch(study)
+            if batch:
+                return batch
+
+    def _quiet(self) -> None:
         import optuna
 
         # heartbeats are recorded by this worker itself (ask and tell), which Optuna's warnings do not foresee
         warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+    def _run_local(self) -> Any:
+        from optuna.trial import TrialState
+
+        self._quiet()
         study = self.open_study()
         done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         if done >= self.settings.trials:
@@ -531,21 +574,12 @@ class Sweep:
         self.out.mkdir(parents=True, exist_ok=True)
         baselines = self.baselines()
         while True:
-            fail_stale_trials(study)
-            trials = study.get_trials(deepcopy=False)
-            complete = sum(t.state == TrialState.COMPLETE for t in trials)
-            if complete >= self.settings.trials:
+            batch = self._next_batch(study)
+            if batch is None:
                 break
-            active = sum(t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING) for t in trials)
-            waiting = sum(t.state == TrialState.WAITING for t in trials)
-            if active >= self.settings.trials and not waiting:
-                time.sleep(min(self.settings.heartbeat, 5))  # the rest runs elsewhere: wait for it or for it to go stale
-                continue
-            batch = self._ask_batch(study)
-            if batch:
-                self.train_batch(study, batch)
-                self.write_files(study, baselines)
-                self._report(study)
+            self.train_batch(study, batch)
+            self.write_files(study, baselines)
+            self._report(study)
         self.write_files(study, baselines)
         return study
 
