@@ -192,3 +192,24 @@ def test_device_major_array_code_on_a_large_batch_equals_small_pieces():
             take = jnp.concatenate([take, jnp.repeat(take[:1], fill, 0)])
         parts.append(np.asarray(pieces(*sub, take))[: cut.stop - cut.start])
     assert np.array_equal(whole, np.concatenate(parts))
+
+
+@pytest.mark.parametrize("name", ["proportional", "rebalance"])
+def test_vmapped_solver_on_a_batch_that_is_not_a_whole_number_of_blocks(name):
+    """``solve_batch`` pads a batch to whole blocks and cuts it back: a batch of one block and a bit
+    equals the same instances in pieces below a block (what the CLI's power-of-two batches never show)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxsplit import sampling
+
+    batch, piece = solvers.BLOCK + 300, 1100
+    la, cl, share, _ = sampling.random_batch(np.random.default_rng(11), batch, 5)
+    whole = np.asarray(solvers.solve_batch(name, la, cl, jnp.asarray(share)))
+    one = jax.jit(jax.vmap(solvers.SOLVERS[name]))
+    parts = []
+    for at in range(0, batch, piece):
+        idx = np.minimum(np.arange(at, at + piece), batch - 1)  # one shape: the last piece repeats its last row
+        sub = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[idx]), (la, cl))
+        parts.append(np.asarray(one(*sub, jnp.asarray(share[idx])))[: min(piece, batch - at)])
+    assert np.array_equal(whole, np.concatenate(parts))
