@@ -62,7 +62,7 @@ def test_train_writes_the_run_folder(run_dir):
     assert [r["update"] for r in rows] == [1, 2] and rows[-1]["env_steps"] == 512
     results = json.loads((run_dir / "evaluation.json").read_text())
     assert [r["policy"] for r in results] == [p for p in [*policies.POLICIES, "ppo"] for _ in range(2)]
-    assert all(r["mean_latency_s"] > 0 and r["p99_latency_s"] >= r["p95_latency_s"] for r in results)
+    assert all(r["mean_latency_s"] > 0 and r["p95_latency_s"] > 0 for r in results)
     assert {r["load"] for r in results} == {0.3, 1.2}
     assert all(r["episodes"] == 2 and r["requests"] == 48 for r in results)
     assert "| ppo |" in (run_dir / "report.md").read_text()
