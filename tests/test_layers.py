@@ -57,6 +57,13 @@ def test_output_size_boundaries_exhaustively_against_torch():
     assert dropped > 0  # the grid holds the dropped-window case
 
 
+def test_output_size_defaults_are_pytorchs():
+    """Without dilation and ceil_mode given, output_size is PyTorch's default (dilation 1, floor)."""
+    torch = pytest.importorskip("torch")
+    for n, k, s, p in itertools.product(range(3, 9), range(1, 4), range(1, 4), range(2)):
+        assert output_size(n, k, s, p, p) == _torch_conv_rows(torch, n, k, s, p, p, 1), (n, k, s, p)
+
+
 def test_input_rows_cover_exactly_the_windows():
     """Brute force: the rows of the image that the windows of output rows [r, r + n) touch (as sets).
 
