@@ -1,6 +1,7 @@
 """``jaxsplit split`` seen from the outside: the solver flag picks the rule, the instance's bytes per
 element reach the latencies, and a JSON Lines batch larger than a solver block gives, for every
-solver, what the same instances give one at a time."""
+solver, what the same instances give in separate calls below a block; solve_batch cuts a batch that
+is not a whole number of blocks back to its own rows."""
 
 from __future__ import annotations
 
