@@ -27,6 +27,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("module", help="the module to mutate, relative to the repository root")
     ap.add_argument("--tests", nargs="+", required=True, help="the test files that cover it")
+    ap.add_argument("--select", default="", help="pytest -k expression to run part of the test files")
     ap.add_argument("--lines", default="", help="line ranges to mutate, e.g. 27-69,193-244 (default: all)")
     ap.add_argument("--timeout", type=int, default=2400, help="seconds before the run is stopped")
     ap.add_argument("--copy", default=None, help="folder for the copy (default: a new temporary one)")
@@ -39,7 +40,8 @@ def main() -> int:
     text = conftest.read_text()
     conftest.write_text(text[:text.index("@pytest.fixture")].replace("import jax\n", "").replace("import pytest\n", ""))
     cmd = ["mutmut", "run", "--paths-to-mutate", args.module, "--tests-dir", "tests", "--no-progress",
-           "--runner", "python -m pytest -x -q -p no:cacheprovider " + " ".join(args.tests)]
+           "--runner", "python -m pytest -x -q -p no:cacheprovider " + " ".join(args.tests)
+           + (f" -k '{args.select}'" if args.select else "")]
     if args.lines:
         lines = (copy / args.module).read_text().splitlines()
         patch = [f"--- a/{args.module}", f"+++ b/{args.module}"]
