@@ -3,6 +3,7 @@ gets by with its spaces."""
 
 from __future__ import annotations
 
+import functools
 import json
 
 import chex
@@ -248,8 +249,10 @@ def test_reward_groups_read_the_group_from_info():
         trainer.reward_group({})
 
 
+@functools.lru_cache(maxsize=None)
 def _rollout_trainer(normalize_obs: bool) -> tuple[Trainer, object, object, object]:
-    """A rollout of 8 steps of 4 tiny environments whose episodes are truncated every 3 steps."""
+    """A rollout of 8 steps of 4 tiny environments whose episodes are truncated every 3 steps (one
+    per setting for the module: the rollout and loss tests share it)."""
     env = TinyEnv(episode_len=3)
     config = PPOConfig(**{**SMALL, "num_envs": 4, "num_steps": 8, "num_minibatches": 1, "total_timesteps": 32,
                           "normalize_obs": normalize_obs, "normalize_reward": False})
