@@ -64,6 +64,26 @@ def test_output_size_defaults_are_pytorchs():
         assert output_size(n, k, s, p, p) == _torch_conv_rows(torch, n, k, s, p, p, 1), (n, k, s, p)
 
 
+def test_layer_geometry_keeps_its_axes_apart():
+    """Height and width with different kernels, strides, paddings and dilations: each output axis is
+    PyTorch's, from its own axis's settings only."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    for (kh, kw), (sh, sw), (pt, pb, pl, pr), (dh, dw) in itertools.product(
+            ((3, 1), (1, 4)), ((1, 2), (3, 1)), ((2, 0, 1, 3), (0, 1, 2, 0)), ((1, 2), (2, 1))):
+        layer = conv(1, 1, (kh, kw), 13, 11, (sh, sw), (pt, pb, pl, pr), (dh, dw))
+        x = F.pad(torch.zeros(1, 1, 13, 11), (pl, pr, pt, pb))
+        out = F.conv2d(x, torch.zeros(1, 1, kh, kw), stride=(sh, sw), dilation=(dh, dw))
+        assert (layer.out_height, layer.out_width) == tuple(out.shape[2:]), layer
+        assert layer.kernel_extent == (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
+        assert layer.input_rows(1, 2) == input_rows(1, 2, 13, sh, pt, dh * (kh - 1) + 1)
+    for (kh, kw), (sh, sw), (ph, pw), ceil in itertools.product(((2, 3), (3, 2)), ((1, 2), (2, 3)), ((1, 0), (0, 1)),
+                                                               (False, True)):
+        layer = pool("maxpool", 1, (kh, kw), 10, 9, (sh, sw), (ph, pw), ceil)
+        out = F.max_pool2d(torch.zeros(1, 1, 10, 9), (kh, kw), (sh, sw), (ph, pw), ceil_mode=ceil)
+        assert (layer.out_height, layer.out_width) == tuple(out.shape[2:]), layer
+
+
 def test_input_rows_cover_exactly_the_windows():
     """Brute force: the rows of the image that the windows of output rows [r, r + n) touch (as sets).
 
