@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, strategies as st
 
-from jaxsplit.layers import Layer, conv, input_rows, layer_from_dict, linear, output_size, pool
+from jaxsplit.layers import (Layer, conv, input_rows, layer_from_dict, linear, output_size, pool, total_macs,
+                             total_work)
 
 
 def _torch_conv_rows(torch, n, k, s, pt, pb, d):
@@ -131,10 +132,12 @@ def test_row_work_and_macs():
     assert c.out_height == 10 and c.out_width == 12
     assert c.row_work == 2 * 12 * 16 * 4 * 9
     assert c.macs == 10 * 12 * 16 * 4 * 9
+    assert c.work == 10 * c.row_work == 2 * c.macs  # a multiply-add is 2 FLOP
     m = pool("maxpool", 4, 2, 10, 10)
     assert m.row_work == 5 * 4 * 4 and m.macs == 0
     fc = linear(100, 10)
     assert fc.out_height == 1 and fc.row_work == 2000
+    assert total_work([c, m, fc]) == c.work + 5 * m.row_work + 2000 and total_macs([c, m, fc]) == c.macs + 1000
 
 
 @pytest.mark.parametrize("obj, field", [
