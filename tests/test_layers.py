@@ -133,6 +133,7 @@ def test_row_work_and_macs():
     assert c.row_work == 2 * 12 * 16 * 4 * 9
     assert c.macs == 10 * 12 * 16 * 4 * 9
     assert c.work == 10 * c.row_work == 2 * c.macs  # a multiply-add is 2 FLOP
+    assert isinstance(c.macs, int)  # a count, as the published figures are
     m = pool("maxpool", 4, 2, 10, 10)
     assert m.row_work == 5 * 4 * 4 and m.macs == 0
     fc = linear(100, 10)
