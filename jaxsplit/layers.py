@@ -57,12 +57,12 @@ def input_rows(
     """Input rows ``[lo, hi)`` (unpadded, clamped) that output rows ``[start, start + rows)`` read.
 
     ``lo = max(0, r s - p_top)``, ``hi = min(H, (r + n - 1) s - p_top + keff)``; ``(lo, lo)`` when
-    ``rows == 0`` (MODEL.md section 3).
+    ``rows == 0``, and ``(H, H)`` for rows that read only bottom padding (MODEL.md section 3).
     """
+    # clamped to the image at both ends: rows that read only bottom padding give (H, H)
+    lo = min(max(0, start * stride - pad_top), in_height)
     if rows <= 0:
-        lo = min(max(0, start * stride - pad_top), in_height)
         return lo, lo
-    lo = max(0, start * stride - pad_top)
     hi = min(in_height, (start + rows - 1) * stride - pad_top + keff)
     return lo, max(lo, hi)
 

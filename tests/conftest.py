@@ -12,9 +12,15 @@ from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-settings.register_profile(
-    "ci", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
-)
+#: Examples per property test in the default profile, unless the test sets its own max_examples.
+CI_EXAMPLES = 100
+_QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large]
+# "ci" (the default): derandomised, so every run draws the same examples and a failure reproduces
+# from the test alone; no example database, so a local run cannot differ from CI's. "long"
+# (HYPOTHESIS_PROFILE=long) draws fresh random examples, ten times as many, for local bug hunting.
+settings.register_profile("ci", deadline=None, derandomize=True, database=None,
+                          max_examples=CI_EXAMPLES, suppress_health_check=_QUIET)
+settings.register_profile("long", deadline=None, max_examples=10 * CI_EXAMPLES, suppress_health_check=_QUIET)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 

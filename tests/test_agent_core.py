@@ -3,6 +3,7 @@ gets by with its spaces."""
 
 from __future__ import annotations
 
+import functools
 import json
 
 import chex
@@ -246,3 +247,80 @@ def test_reward_groups_read_the_group_from_info():
     assert np.asarray(runner.ret_stats.count).shape == (4,) and (np.asarray(runner.ret_stats.count) > 1).all()
     with pytest.raises(ValueError, match="info\\['group'\\]"):
         trainer.reward_group({})
+
+
+@functools.lru_cache(maxsize=None)
+def _rollout_trainer(normalize_obs: bool) -> tuple[Trainer, object, object, object]:
+    """A rollout of 8 steps of 4 tiny environments whose episodes are truncated every 3 steps (one
+    per setting for the module: the rollout and loss tests share it)."""
+    env = TinyEnv(episode_len=3)
+    config = PPOConfig(**{**SMALL, "num_envs": 4, "num_steps": 8, "num_minibatches": 1, "total_timesteps": 32,
+                          "normalize_obs": normalize_obs, "normalize_reward": False})
+    trainer = Trainer(config, env, env.default_params())
+    hp = trainer.default_hparams()
+    runner = jax.jit(trainer.init)(jax.random.PRNGKey(3), hp)
+    runner, traj = jax.jit(trainer.rollout)(runner, hp)
+    return trainer, runner, traj, hp
+
+
+def test_rollout_bootstraps_a_truncated_episode_from_its_final_observation():
+    """At a truncated step the value target is r + gamma V(final observation): the observation the
+    episode ended on (time feature 1, the episode's own hardness), not the next episode's first."""
+    trainer, runner, traj, hp = _rollout_trainer(False)  # raw observations, checked feature by feature
+    dim = trainer.env.dim
+    truncated = np.asarray(traj.truncated)
+    assert truncated.any() and not truncated.all() and not np.asarray(traj.terminated).any()
+    next_obs, obs = np.asarray(traj.next_obs), np.asarray(traj.obs)
+    np.testing.assert_allclose(next_obs[truncated][:, dim], 1.0, rtol=1e-6)  # t / episode_len at its end
+    np.testing.assert_allclose(next_obs[truncated][:, dim + 1], obs[truncated][:, dim + 1])  # same episode
+    # a step that does not end an episode bootstraps from the next step's observation
+    cont = ~truncated[:-1]
+    np.testing.assert_allclose(next_obs[:-1][cont], obs[1:][cont], rtol=1e-6)
+    assert not np.allclose(next_obs[:-1][truncated[:-1]][:, dim], obs[1:][truncated[:-1]][:, dim])
+    adv, target = trainer.advantages(runner.params, traj, hp)
+    _, v_next = trainer.network.apply(runner.params, traj.next_obs)
+    want = np.asarray(traj.reward) + float(hp.gamma) * np.asarray(v_next)
+    np.testing.assert_allclose(np.asarray(target)[truncated], want[truncated], rtol=1e-5, atol=1e-6)
+    # and that observation is the environment's final one: V of the post-reset observation differs
+    _, v_reset = trainer.network.apply(runner.params, traj.obs[1:])
+    assert not np.allclose(np.asarray(v_reset)[truncated[:-1]], np.asarray(v_next)[:-1][truncated[:-1]])
+
+
+def _loss_reference(alpha, beta_, value, action, old_log_prob, old_value, adv, target, clip, vf, ent):
+    """PPO's loss written out in numpy and scipy: the clipped surrogate on standardised advantages,
+    the clipped value loss, the entropy bonus."""
+    log_prob = stats.beta.logpdf(action, alpha, beta_).sum(-1)
+    ratio = np.exp(log_prob - old_log_prob)
+    a = (adv - adv.mean()) / (adv.std() + 1e-8)
+    surrogate = np.minimum(ratio * a, np.clip(ratio, 1 - clip, 1 + clip) * a)
+    actor = -surrogate.mean()
+    v_clip = old_value + np.clip(value - old_value, -clip, clip)
+    value_loss = 0.5 * np.maximum((value - target) ** 2, (v_clip - target) ** 2).mean()
+    entropy = stats.beta.entropy(alpha, beta_).sum(-1).mean()
+    return actor + vf * value_loss - ent * entropy, actor, value_loss, entropy, np.mean(np.abs(ratio - 1) > clip)
+
+
+def test_ppo_loss_matches_a_numpy_reference():
+    """On a batch where some ratios and value moves fall outside the clip range and others inside."""
+    trainer, runner, traj, hp = _rollout_trainer(False)
+    hp = hp.replace(clip_eps=jnp.float32(0.15), vf_coef=jnp.float32(0.7), ent_coef=jnp.float32(0.05))
+    flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), traj)
+    rng = np.random.default_rng(4)
+    n = flat.reward.shape[0]
+    # old log-probabilities and values moved off the current ones: ratios from about 0.6 to 1.7
+    flat = flat.replace(log_prob=flat.log_prob + jnp.asarray(rng.uniform(-0.5, 0.5, n), jnp.float32),
+                        value=flat.value + jnp.asarray(rng.uniform(-0.4, 0.4, n), jnp.float32))
+    adv = jnp.asarray(rng.normal(size=n), jnp.float32)
+    target = jnp.asarray(rng.normal(size=n), jnp.float32)
+    total, diag = trainer.loss(runner.params, (flat, adv, target), hp)
+    (alpha, beta_), value = trainer.network.apply(runner.params, flat.obs)
+    f64 = lambda x: np.asarray(x, np.float64)  # noqa: E731
+    want = _loss_reference(f64(alpha), f64(beta_), f64(value), f64(flat.action), f64(flat.log_prob), f64(flat.value),
+                           f64(adv), f64(target), 0.15, 0.7, 0.05)
+    clip_frac = want[4]
+    assert 0.1 < clip_frac < 0.9  # both sides of the clip are exercised
+    v_moved = np.abs(f64(value) - f64(flat.value)) > 0.15
+    assert 0.1 < v_moved.mean() < 0.9
+    np.testing.assert_allclose(float(total), want[0], rtol=1e-4, atol=1e-5)
+    for name, w in zip(("actor_loss", "value_loss", "entropy", "clip_frac"), want[1:]):
+        np.testing.assert_allclose(float(diag[name]), w, rtol=1e-4, atol=1e-5, err_msg=name)

@@ -110,9 +110,11 @@ def test_compute_model_validation_and_contention():
     # runs g uninterrupted, then at half a core
     assert m.piece_time(0, CONV, 0, 4, concurrent=2) == pytest.approx(g + (d - g) / 0.5)
     assert m.piece_time(1, CONV, 0, 4, concurrent=2) == pytest.approx(d / 0.25)
-    # a piece shorter than the slice is not stretched
-    assert m.piece_time(0, CONV, 0, 1, concurrent=2) == pytest.approx(m.cpu_time(0, CONV, 0, 1)) or \
-        m.cpu_time(0, CONV, 0, 1) > g
+    # a piece shorter than its slice is not stretched; one just longer is, by its excess only
+    d1 = m.cpu_time(0, CONV, 0, 1)
+    for slice_s, want in ((2 * d1, d1), (d1 / 2, d1 / 2 + (d1 / 2) / 0.5)):
+        short = cb.ComputeModel(coef, np.array([[1.0, 0.5], [1.0, 0.25]]), np.array([[np.inf, slice_s], [np.inf, 0.0]]))
+        assert short.piece_time(0, CONV, 0, 1, concurrent=2) == pytest.approx(want)
     assert m.piece_time(1, CONV, 0, 0, concurrent=2) == 0.0
     with pytest.raises(ValueError, match="field 'concurrent'"):
         m.piece_time(0, CONV, 0, 4, concurrent=3)

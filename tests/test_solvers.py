@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 enable_x64 = lambda: jax.enable_x64(True)  # noqa: E731
 
 from jaxsplit import reference, sampling, solvers
@@ -218,3 +218,74 @@ def test_device_times_match_reference():
             got = float(layer_latency(la, cl, jnp.asarray(a), jnp.asarray(rows)))
             want = reference.layer_latency(layer, list(zip(f, b, t)), a, rows)
             assert got == pytest.approx(want, rel=1e-12)
+
+
+def _affine_costs(layer, flops, bandwidth, latency, share):
+    """MODEL.md's per-device alpha_i (s) and beta_i (s per row) for one layer, numpy float64 (N,)."""
+    f, b, tau, a = (np.asarray(v, np.float64) for v in (flops, bandwidth, latency, share))
+    active = a > 0
+    safe = np.where(active, a, 1.0)
+    spb = np.where(active & np.isfinite(b), 1.0 / (safe * b), 0.0)
+    in_row = layer.in_width * layer.in_channels * 4.0 * spb
+    out_row = layer.out_width * layer.out_channels * 4.0 * spb
+    sh, keff = layer.stride[0], layer.kernel_extent[0]
+    beta = sh * in_row + out_row + layer.row_work / (safe * f)
+    alpha = 2 * tau + max(keff - sh, 0) * in_row
+    return alpha, beta, active
+
+
+@settings(max_examples=80)
+@given(layer=small_layers(max_out=60), cluster=clusters())
+def test_lp_split_is_the_rounded_lp_optimum(layer, cluster):
+    """The LP of min T s.t. T >= (alpha_i / H + beta_i) n_i, sum n_i = H has the optimum
+    n_i = H / (c_i sum_j 1 / c_j) with c_i = alpha_i / H + beta_i (every active device finishes at
+    the same T); the split floors it and hands the remaining rows one by one to the device whose
+    next row costs least."""
+    flops, bandwidth, latency, share = cluster
+    alpha, beta, active = _affine_costs(layer, flops, bandwidth, latency, share)
+    total = layer.out_height
+    c = np.where(active, alpha / total + beta, np.inf)
+    optimum = np.where(active, total / (c * np.sum(1.0 / c[active])), 0.0)
+    assume(np.all(np.abs(optimum - np.round(optimum)) > 1e-6) or total == 1)  # floor well defined
+    want = np.floor(optimum + 1e-9).astype(int)
+    for _ in range(total - want.sum()):
+        want[int(np.argmin(np.where(active, alpha + beta * (want + 1), np.inf)))] += 1
+    with enable_x64():
+        la, cl = as_arrays(layer, flops, bandwidth, latency, jnp.float64)
+        rows = solvers.lp_split(la, cl, jnp.asarray(share, jnp.float64))
+    assert rows.tolist() == want.tolist()
+
+
+_rebalance = jax.jit(solvers.rebalance_split)
+
+
+@settings(max_examples=80)
+@given(layer=small_layers(max_out=40), cluster=clusters())
+def test_rebalance_is_edgeld_from_the_equal_split_to_its_fixed_point(layer, cluster):
+    """EdgeLD's rule written out: from the equal split, move one row from the slowest device to the
+    fastest other active one while that lowers the layer latency; the result is the first split
+    where the move does not help."""
+    flops, bandwidth, latency, share = cluster
+    with enable_x64():
+        la, cl = as_arrays(layer, flops, bandwidth, latency, jnp.float64)
+        a = jnp.asarray(share, jnp.float64)
+        rates = allocation_rates(cl, a)
+        times = lambda r: np.asarray(device_times(la, rates, jnp.asarray(r)))  # noqa: E731
+        active = np.asarray(share) > 0
+        k, total = active.sum(), layer.out_height
+        rank = np.cumsum(active) - 1
+        rows = np.where(active, total // k + (rank < total % k), 0)
+        for _ in range(total * len(share)):
+            t = times(rows)
+            slow = int(np.argmax(t))
+            fast = int(np.argmin(np.where(active & (np.arange(len(share)) != slow), t, np.inf)))
+            if rows[slow] == 0 or fast == slow or not active[fast]:
+                break
+            cand = rows.copy()
+            cand[slow] -= 1
+            cand[fast] += 1
+            if not times(cand).max() < t.max():
+                break
+            rows = cand
+        got = np.asarray(_rebalance(la, cl, a))
+    assert got.tolist() == rows.tolist()

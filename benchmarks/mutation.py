@@ -1,0 +1,63 @@
+"""Mutation score of one module against its fast tests (mutmut 2), in a copy of the git HEAD.
+
+Not part of CI (minutes to hours on 2 cores). Needs ``pip install mutmut==2.5.1 whatthepatch`` in the
+virtual environment. The copy is the committed tree (``git archive HEAD``), so the worktree is never
+mutated; its tests/conftest.py keeps only the hypothesis profiles (the derandomised CI profile), so
+that a mutant's run does not import JAX for a fixture these tests do not use. ``--lines`` limits the
+mutants to line ranges of the module (through a patch file that "adds" those lines).
+
+    python benchmarks/mutation.py jaxsplit/layers.py --lines 27-69,193-244 \\
+        --tests tests/test_layers.py tests/test_zoo.py --timeout 2400
+
+Prints mutmut's results (the ids of surviving mutants; ``mutmut show ID`` in the copy shows one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("module", help="the module to mutate, relative to the repository root")
+    ap.add_argument("--tests", nargs="+", required=True, help="the test files that cover it")
+    ap.add_argument("--select", default="", help="pytest -k expression to run part of the test files")
+    ap.add_argument("--lines", default="", help="line ranges to mutate, e.g. 27-69,193-244 (default: all)")
+    ap.add_argument("--timeout", type=int, default=2400, help="seconds before the run is stopped")
+    ap.add_argument("--copy", default=None, help="folder for the copy (default: a new temporary one)")
+    args = ap.parse_args()
+    copy = Path(args.copy or tempfile.mkdtemp(prefix="mutation."))
+    copy.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(copy)], input=archive, check=True)
+    conftest = copy / "tests" / "conftest.py"
+    text = conftest.read_text()
+    conftest.write_text(text[:text.index("@pytest.fixture")].replace("import jax\n", "").replace("import pytest\n", ""))
+    cmd = ["mutmut", "run", "--paths-to-mutate", args.module, "--tests-dir", "tests", "--no-progress",
+           "--runner", "python -m pytest -x -q -p no:cacheprovider " + " ".join(args.tests)
+           + (f" -k '{args.select}'" if args.select else "")]
+    if args.lines:
+        lines = (copy / args.module).read_text().splitlines()
+        patch = [f"--- a/{args.module}", f"+++ b/{args.module}"]
+        for part in args.lines.split(","):
+            lo, hi = (int(v) for v in part.split("-"))
+            patch += [f"@@ -0,0 +{lo},{hi - lo + 1} @@"] + ["+" + line for line in lines[lo - 1:hi]]
+        (copy / "selection.patch").write_text("\n".join(patch) + "\n")
+        cmd += ["--use-patch-file", "selection.patch"]
+    print(f"copy: {copy}", flush=True)
+    try:
+        subprocess.run(cmd, cwd=copy, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        print(f"stopped after {args.timeout} s; the results so far:", flush=True)
+    subprocess.run(["mutmut", "results"], cwd=copy)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
