@@ -1,0 +1,152 @@
+"""``jaxsplit bench split|env|train|all``: the headline throughput figures on this machine (:mod:`jaxsplit.bench`).
+
+* ``split``: layer-solves/s of the batched jitted split solvers per solver, N and batch, with each
+  solver's gap to the exact optimum;
+* ``env``: allocation-environment steps/s (random policy) against the number of environments;
+* ``train``: PPO training env-steps/s, one agent and populations (the ``jaxsplit train`` defaults);
+* ``all``: the three.
+
+Compile time is reported apart from the run time; the rate is the best of ``--repeats`` runs and the
+spread says how far the slowest was from it. The machine (devices, versions, CPU, load) is printed
+with the figures. ``--quick`` runs small settings (under a minute on a 2-core CPU); ``--json`` prints
+one JSON object. Options given explicitly replace the chosen settings' values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+from jaxsplit import bench
+
+CHOICES = (*bench.SECTIONS, "all")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line through the dispatcher, exit status 2
+        raise ValueError(message)
+
+
+def _ints(field: str):
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise ValueError(f"field '{field}': expected comma-separated integers, got {text!r}") from None
+        return bench.check_positive(field, values)
+
+    return parse
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="jaxsplit bench", description=__doc__.splitlines()[0].split(": ", 1)[1],
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("section", help=f"what to measure: {' | '.join(CHOICES)}")
+    p.add_argument("--quick", action="store_true", help="small settings (under a minute on a 2-core CPU)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (machine, settings, rows)")
+    p.add_argument("--solvers", help=f"split: comma-separated solvers ({', '.join(bench.bench_solvers())})")
+    p.add_argument("--devices", help="split and env: comma-separated device counts N")
+    p.add_argument("--batches", help="split: comma-separated batch sizes (layer instances per call)")
+    p.add_argument("--envs", help="env: comma-separated numbers of parallel environments")
+    p.add_argument("--agents", help="train: comma-separated population sizes (1: one jit(train))")
+    p.add_argument("--updates", help="train: PPO updates per timed call")
+    p.add_argument("--repeats", help="timed runs per row (the best gives the rate)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on standard error (default: when it is a terminal and not --json)")
+    return p
+
+
+def settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The sections to run and their keyword arguments (ValueError naming a bad option)."""
+    if args.section not in CHOICES:
+        raise ValueError(f"field 'section': unknown bench {args.section!r}; known: {', '.join(CHOICES)}")
+    chosen = bench.quick_settings() if args.quick else bench.full_settings()
+    if args.solvers is not None:
+        chosen["split"]["solver_names"] = bench.check_solvers(s.strip() for s in args.solvers.split(",") if s.strip())
+    if args.devices is not None:
+        chosen["split"]["devices"] = chosen["env"]["devices"] = _ints("devices")(args.devices)
+    if args.batches is not None:
+        chosen["split"]["batches"] = _ints("batches")(args.batches)
+    if args.envs is not None:
+        chosen["env"]["num_envs"] = _ints("envs")(args.envs)
+    if args.agents is not None:
+        chosen["train"]["agents"] = _ints("agents")(args.agents)
+    if args.updates is not None:
+        (chosen["train"]["updates"],) = _ints("updates")(args.updates)
+        chosen["train"].pop("pop_updates", None)
+    if args.repeats is not None:
+        (repeats,) = _ints("repeats")(args.repeats)
+        for section in chosen.values():
+            section["repeats"] = repeats
+    names = bench.SECTIONS if args.section == "all" else (args.section,)
+    return {name: chosen[name] for name in names}
+
+
+def _table(console, title: str, rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for _, header, _ in columns:
+        table.add_column(header, justify="right")
+    for row in rows:
+        table.add_row(*(format(row[key], fmt) for key, _, fmt in columns))
+    console.print(table)
+
+
+TIMING = [("compile_s", "compile (s)", ".2f"), ("best_s", "best run (s)", ".4f"), ("spread", "spread", ".1%")]
+COLUMNS = {
+    "split": [("solver", "solver", ""), ("devices", "N", "d"), ("batch", "batch", ",d"), *TIMING,
+              ("solves_per_s", "layer-solves/s", ",.0f"), ("gap_median", "gap median", ".3%"),
+              ("gap_p99", "gap p99", ".3%"), ("gap_max", "gap max", ".3%")],
+    "env": [("devices", "N", "d"), ("envs", "envs", ",d"), ("length", "steps per call", "d"), *TIMING,
+            ("steps_per_s", "env steps/s", ",.0f")],
+    "train": [("agents", "agents", "d"), ("updates", "updates", "d"), ("steps", "env steps", ",d"), *TIMING,
+              ("steps_per_s", "env steps/s", ",.0f")],
+}
+TITLES = {"split": "split solvers (batched, jitted)", "env": "allocation environment, random policy",
+          "train": "PPO training (jaxsplit train defaults)"}
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parser().parse_args(list(argv))
+    plan = settings(args)
+    show = args.progress if args.progress is not None else (sys.stderr.isatty() and not args.json)
+    machine = bench.machine_info()
+    if not args.json:
+        print(f"machine: {bench.machine_line(machine)}", flush=True)
+    results: dict[str, Any] = {"machine": machine, "quick": args.quick,
+                               "settings": {k: {n: list(v) if isinstance(v, tuple) else v for n, v in s.items()}
+                                            for k, s in plan.items()}}
+    from jaxsplit.console import make_console
+
+    console = make_console()
+    bar = None
+    if show:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(TextColumn("bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       TextColumn("{task.description}"), console=make_console(stderr=True), transient=True)
+        task = bar.add_task("starting", total=sum(bench.row_count(k, s) for k, s in plan.items()))
+        bar.start()
+    try:
+        for name, kwargs in plan.items():
+            def progress(label: str) -> None:
+                if bar is not None:
+                    bar.update(task, advance=1, description=label)
+
+            rows = bench.RUNNERS[name](progress=progress, **kwargs)
+            results[name] = rows
+            if not args.json:
+                if bar is not None:
+                    bar.stop()
+                _table(console, TITLES[name], rows, COLUMNS[name])
+                if bar is not None:
+                    bar.start()
+    finally:
+        if bar is not None:
+            bar.stop()
+    if args.json:
+        print(json.dumps(results))
+    return 0
