@@ -241,7 +241,7 @@ def env_rows(devices: Sequence[int] = (4,), num_envs: Sequence[int] = (64, 1024)
     environment. Returns one dict per row: devices, envs, length, compile_s, best_s, spread, steps_per_s.
     """
     devices, num_envs = check_positive("devices", devices), check_positive("envs", num_envs)
-    check_positive("steps_per_call", (steps_per_call,))
+    check_positive("steps-per-call", (steps_per_call,))
     step = _Steps(progress)
     rows = []
     for n in devices:

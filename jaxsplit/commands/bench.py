@@ -50,6 +50,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", help="split and env: comma-separated device counts N")
     p.add_argument("--batches", help="split: comma-separated batch sizes (layer instances per call)")
     p.add_argument("--envs", help="env: comma-separated numbers of parallel environments")
+    p.add_argument("--steps-per-call", help="env: environment steps per timed call, all environments together "
+                                             "(each runs steps-per-call / envs steps, 1 to 200)")
     p.add_argument("--agents", help="train: comma-separated population sizes (1: one jit(train))")
     p.add_argument("--updates", help="train: PPO updates per timed call")
     p.add_argument("--repeats", help="timed runs per row (the best gives the rate)")
@@ -71,6 +73,8 @@ def settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         chosen["split"]["batches"] = _ints("batches")(args.batches)
     if args.envs is not None:
         chosen["env"]["num_envs"] = _ints("envs")(args.envs)
+    if args.steps_per_call is not None:
+        (chosen["env"]["steps_per_call"],) = _ints("steps-per-call")(args.steps_per_call)
     if args.agents is not None:
         chosen["train"]["agents"] = _ints("agents")(args.agents)
     if args.updates is not None:
