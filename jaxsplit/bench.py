@@ -370,11 +370,15 @@ def twin_gym_env(spec=None, seed: int = 0):
     return TwinEnv
 
 
-def sb3_numpy_peer(config, timesteps: int, spec=None, seed: int = 0, threads: int = 1) -> dict[str, Any]:
-    """Stable-Baselines3 PPO on ``config.num_envs`` numpy-twin environments (``DummyVecEnv``, ``VecNormalize``),
-    the PPO settings of ``config``; env-steps/s of the whole ``learn()``. Needs the ``bench`` extra.
+def sb3_numpy_peer(config, timesteps: int, spec=None, seed: int = 0, threads: int = 1,
+                   num_envs: int | None = None) -> dict[str, Any]:
+    """Stable-Baselines3 PPO on ``num_envs`` (default ``config.num_envs``) numpy-twin environments
+    (``DummyVecEnv``, ``VecNormalize``), the other PPO settings of ``config`` (minibatches of
+    ``num_envs * num_steps / num_minibatches``); env-steps/s of the whole ``learn()``. The twin steps
+    one environment at a time in Python, so the rate hardly depends on ``num_envs``: a smaller number
+    keeps a bounded run to whole updates. Needs the ``bench`` extra.
 
-    Returns steps, run_s, steps_per_s, threads, versions, and the trained model and normaliser."""
+    Returns steps, run_s, steps_per_s, envs, threads, versions, and the trained model and normaliser."""
     import stable_baselines3
     import torch
     from stable_baselines3 import PPO
@@ -382,22 +386,24 @@ def sb3_numpy_peer(config, timesteps: int, spec=None, seed: int = 0, threads: in
 
     torch.set_num_threads(threads)
     cls = twin_gym_env(spec, seed)
-    venv = DummyVecEnv([lambda i=i: _seeded(cls, seed + i) for i in range(config.num_envs)])
+    num_envs = num_envs or config.num_envs
+    check_positive("envs", (num_envs,))
+    venv = DummyVecEnv([lambda i=i: _seeded(cls, seed + i) for i in range(num_envs)])
     venv = VecNormalize(venv, norm_obs=config.normalize_obs, norm_reward=config.normalize_reward, clip_obs=10.0,
                         clip_reward=np.inf, gamma=config.gamma)
     lr = (lambda remaining: config.lr * remaining) if config.anneal_lr else config.lr
     model = PPO("MlpPolicy", venv, learning_rate=lr, n_steps=config.num_steps,
-                batch_size=config.batch_size // config.num_minibatches, n_epochs=config.update_epochs,
-                gamma=config.gamma, gae_lambda=config.gae_lambda, clip_range=config.clip_eps,
-                clip_range_vf=config.clip_eps, ent_coef=config.ent_coef, vf_coef=config.vf_coef,
-                max_grad_norm=config.max_grad_norm, normalize_advantage=True,
+                batch_size=max(1, num_envs * config.num_steps // config.num_minibatches),
+                n_epochs=config.update_epochs, gamma=config.gamma, gae_lambda=config.gae_lambda,
+                clip_range=config.clip_eps, clip_range_vf=config.clip_eps, ent_coef=config.ent_coef,
+                vf_coef=config.vf_coef, max_grad_norm=config.max_grad_norm, normalize_advantage=True,
                 policy_kwargs=dict(net_arch=dict(pi=list(config.hidden), vf=list(config.hidden)),
                                    activation_fn=torch.nn.Tanh), device="cpu", seed=seed, verbose=0)
     t0 = time.perf_counter()
     model.learn(total_timesteps=timesteps)
     wall = time.perf_counter() - t0
     steps = int(model.num_timesteps)
-    return dict(steps=steps, run_s=wall, steps_per_s=steps / wall, threads=torch.get_num_threads(),
+    return dict(steps=steps, run_s=wall, steps_per_s=steps / wall, envs=num_envs, threads=torch.get_num_threads(),
                 sb3=stable_baselines3.__version__, torch=torch.__version__, model=model, vecnorm=venv)
 
 
