@@ -5,7 +5,8 @@ Each command runs twice in a fresh process, sharing one new, empty cache folder
 
 * ``jaxsplit train`` (a short run, ``--skip-eval``): the command's wall time;
 * ``jaxsplit bench split`` (the exact solver, one row) and ``jaxsplit bench train`` (one agent): the
-  row's compile time (``--json``, compiled ahead of time, so the figure is the compilation alone).
+  row's compile time (``--json``, compiled ahead of time, so the figure is the compilation alone);
+* ``jaxsplit bench all --quick``: the command's wall time.
 
     python benchmarks/cache_timing.py            # records its section of RESULTS.md
     python benchmarks/cache_timing.py --quick    # smaller train run, prints only
@@ -59,6 +60,10 @@ def main() -> None:
             compiles = [json.loads(run([*argv, "--json"], cache)[1])[section][0]["compile_s"] for _ in (1, 2)]
             rows.append((f"`jaxsplit {' '.join(argv)}`", "the row's compile time (s)", *compiles))
             print(f"{' '.join(argv)}: compile {compiles[0]:.2f} s, then {compiles[1]:.2f} s", flush=True)
+        quick = ["bench", "all", "--quick", "--json"]
+        walls = [run(quick, cache)[0] for _ in (1, 2)]
+        rows.append((f"`jaxsplit {' '.join(quick)}`", "wall time of the command (s)", *walls))
+        print(f"bench all --quick: {walls[0]:.1f} s, then {walls[1]:.1f} s", flush=True)
         files = sum(1 for p in cache.iterdir() if p.name.endswith("-cache"))
     body = ["## Persistent compilation cache (`benchmarks/cache_timing.py`)", "",
             f"Command: `{command()}`  ", f"Machine: {bench.machine_line()}  ",
