@@ -170,6 +170,38 @@ def train_sb3(config: PPOConfig, spec: EnvSpec, timesteps: int, seed: int, threa
                 torch=torch.__version__)
 
 
+def train_sbx(config: PPOConfig, spec: EnvSpec, timesteps: int, seed: int) -> dict[str, Any] | None:
+    """sbx (Stable-Baselines3's JAX port) PPO on the adapter, the settings of :func:`train_sb3`; steps/s of
+    ``learn``. None when sbx is not installed (``pip install sbx-rl``)."""
+    try:
+        import sbx
+        from sbx import PPO
+    except ImportError:
+        return None
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    venv = sb3_vec_env(config, spec, seed)
+    venv.reset()
+    venv.step_async(np.full((config.num_envs, venv.action_space.shape[0]), 0.5, np.float32))
+    venv.step_wait()  # compile the adapter's jitted reset and step before the clock starts
+    venv._next_seed = seed
+    venv = VecNormalize(venv, norm_obs=config.normalize_obs, norm_reward=config.normalize_reward,
+                        clip_obs=10.0, clip_reward=np.inf, gamma=config.gamma)
+    lr = (lambda remaining: config.lr * remaining) if config.anneal_lr else config.lr
+    model = PPO("MlpPolicy", venv, learning_rate=lr, n_steps=config.num_steps,
+                batch_size=config.batch_size // config.num_minibatches, n_epochs=config.update_epochs,
+                gamma=config.gamma, gae_lambda=config.gae_lambda, clip_range=config.clip_eps,
+                clip_range_vf=config.clip_eps, ent_coef=config.ent_coef, vf_coef=config.vf_coef,
+                max_grad_norm=config.max_grad_norm, normalize_advantage=True,
+                policy_kwargs=dict(net_arch=dict(pi=list(config.hidden), vf=list(config.hidden))),
+                seed=seed, verbose=0)
+    t0 = time.perf_counter()
+    model.learn(total_timesteps=timesteps)
+    wall = time.perf_counter() - t0
+    steps = int(model.num_timesteps)
+    return dict(steps=steps, run_s=wall, rate=steps / wall, version=getattr(sbx, "__version__", "?"))
+
+
 def sb3_policy_fn(model: Any, vecnorm: Any, num_devices: int) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """SB3's deterministic policy as ``fn(key, obs (..., obs_dim)) -> shares (..., N)`` (host callback)."""
 
@@ -255,6 +287,9 @@ def main() -> None:
     parser.add_argument("--twin-timesteps", type=int, default=None,
                         help="steps of SB3 on the numpy twin and of the jaxsplit agent it is compared with "
                              "(default 4 updates of --twin-envs x num_steps; quick 1; 0 skips it)")
+    parser.add_argument("--sbx-timesteps", type=int, default=None,
+                        help="steps of sbx (SB3's JAX port) PPO on the adapter, if installed (default 8 updates; "
+                             "quick 1; 0 skips it)")
     parser.add_argument("--twin-envs", type=int, default=16, help="environments of the numpy-twin peer")
     parser.add_argument("--no-record", action="store_true", help="do not write RESULTS.md")
     parser.add_argument("--part", default=None, help=argparse.SUPPRESS)
@@ -266,6 +301,8 @@ def main() -> None:
 
     spec, base = EnvSpec(), PPOConfig()  # the train command's defaults; only the run length is set here
     args.timesteps = args.timesteps or ((2 if quick else 128) * base.batch_size)
+    if args.sbx_timesteps is None:
+        args.sbx_timesteps = (1 if quick else 8) * base.batch_size
     if args.twin_timesteps is None:
         args.twin_timesteps = (1 if quick else 4) * args.twin_envs * base.num_steps
     timesteps, eval_episodes = args.timesteps, args.eval_episodes
@@ -308,6 +345,12 @@ def main() -> None:
     if not args.no_sb3:
         peer = train_sb3(config, spec, timesteps, args.seed, args.torch_threads)
         print(f"sb3: {peer['steps']} steps in {peer['run_s']:.1f} s, {_fmt_rate(peer['rate'])} steps/s", flush=True)
+    sbx_peer = None
+    if not args.no_sb3 and args.sbx_timesteps > 0:
+        sbx_peer = train_sbx(config, spec, args.sbx_timesteps, args.seed)
+        if sbx_peer is not None:
+            print(f"sbx: {sbx_peer['steps']} steps in {sbx_peer['run_s']:.1f} s, {_fmt_rate(sbx_peer['rate'])} "
+                  "steps/s", flush=True)
     twin_peer = None
     if not args.no_sb3 and args.twin_timesteps > 0:
         twin_peer = bench.sb3_numpy_peer(config, args.twin_timesteps, spec, args.seed, args.torch_threads,
@@ -368,6 +411,10 @@ def main() -> None:
         body.append(f"| SB3 {peer['version']} PPO (torch {peer['torch']}, {peer['threads']} threads) on the "
                     f"Gymnasium vector adapter | 1 | {peer['steps'] // config.batch_size} | {peer['steps']:,} | - | "
                     f"{peer['run_s']:.1f} | {_fmt_rate(peer['rate'])} | 1x |")
+    if sbx_peer is not None:
+        body.append(f"| sbx {sbx_peer['version']} PPO (JAX) on the Gymnasium vector adapter | 1 | "
+                    f"{sbx_peer['steps'] // config.batch_size} | {sbx_peer['steps']:,} | - | {sbx_peer['run_s']:.1f} | "
+                    f"{_fmt_rate(sbx_peer['rate'])} | {sbx_peer['rate'] / peer['rate']:.1f}x |")
     body += ["", f"Final mean latency (s) after {timesteps:,} environment steps (one training seed each), "
              f"deterministic policies evaluated by `jaxsplit.envs.evaluate` on the same {eval_episodes} "
              f"episodes per load (randomised clusters, {env.requests} requests, first 10% left out), "
@@ -385,6 +432,10 @@ def main() -> None:
         body += ["", f"Ratio measured in this run: one jaxsplit agent runs {single['rate'] / peer['rate']:.1f}x "
                  f"SB3's steps/s, a population of {best_pop['agents']} {best_pop['rate'] / peer['rate']:.1f}x "
                  f"(aggregate); final mean latency over the loads {jl:.4f} s (jaxsplit) vs {sl:.4f} s (SB3)."]
+    if sbx_peer is not None:
+        body += ["", f"sbx trains {sbx_peer['steps']:,} steps (its rate is the whole `learn()` call, its own jit "
+                 "compilation included; no latency figure). Ratio measured in this run: one jaxsplit agent runs "
+                 f"{single['rate'] / sbx_peer['rate']:.1f}x sbx's steps/s."]
     if twin_peer is not None:
         best_pop = max(rows, key=lambda r: r["rate"])
         tp = twin_peer
