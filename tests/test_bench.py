@@ -70,6 +70,16 @@ def test_split_json_rows(capsys, compilation_cache):
     assert all(r["gap_median"] >= -1e-6 and r["gap_max"] >= r["gap_p99"] >= -1e-6 for r in rows)
 
 
+def test_env_json_rows(capsys, compilation_cache):
+    code, out, _ = run(capsys, "bench", "env", "--devices", "2", "--envs", "3", "--steps-per-call", "10",
+                       "--repeats", "2", "--json", "--no-cache")
+    assert code == 0
+    rows = json.loads(out)["env"]
+    assert [(r["devices"], r["envs"], r["length"]) for r in rows] == [(2, 3, 3)]
+    for r in rows:
+        assert r["steps_per_s"] == pytest.approx(r["envs"] * r["length"] / r["best_s"]) and r["compile_s"] > 0
+
+
 def test_timing_best_and_spread():
     timing = bench.Timing(compile_s=1.0, times_s=(0.5, 0.25, 1.0))
     assert timing.best_s == 0.25 and timing.spread == pytest.approx(3.0)
