@@ -54,7 +54,7 @@ def test_cache_dir_without_a_folder_is_one_line(capsys):
 # ------------------------------------------------------------------------------------------ figures
 def test_split_json_rows(capsys, compilation_cache):
     code, out, _ = run(capsys, "bench", "split", "--solvers", "closed_form,exact", "--devices", "3",
-                       "--batches", "16", "--repeats", "2", "--json", "--no-cache")
+                       "--batches", "16", "--repeats", "2", "--json", "--no-cache", "--progress")
     assert code == 0
     result = json.loads(out)
     assert result["machine"]["device_count"] == jax.device_count()

@@ -113,6 +113,27 @@ TITLES = {"split": "split solvers (batched, jitted)", "env": "allocation environ
           "train": "PPO training (jaxsplit train defaults)"}
 
 
+class _Bar:
+    """A rich progress bar on standard error for one section's rows (cleared when done)."""
+
+    def __init__(self, section: str, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from jaxsplit.console import make_console
+
+        self.progress = Progress(TextColumn(f"bench {section}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("{task.description}"),
+                                 console=make_console(stderr=True), transient=True)
+        self.task = self.progress.add_task("compiling...", total=total)
+        self.progress.start()
+
+    def advance(self, label: str) -> None:
+        self.progress.update(self.task, advance=1, description=f"{label} done")
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(list(argv))
     plan = settings(args)
@@ -126,31 +147,16 @@ def main(argv: Sequence[str]) -> int:
     from jaxsplit.console import make_console
 
     console = make_console()
-    bar = None
-    if show:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        bar = Progress(TextColumn("bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                       TextColumn("{task.description}"), console=make_console(stderr=True), transient=True)
-        task = bar.add_task("starting", total=sum(bench.row_count(k, s) for k, s in plan.items()))
-        bar.start()
-    try:
-        for name, kwargs in plan.items():
-            def progress(label: str) -> None:
-                if bar is not None:
-                    bar.update(task, advance=1, description=label)
-
-            rows = bench.RUNNERS[name](progress=progress, **kwargs)
-            results[name] = rows
-            if not args.json:
-                if bar is not None:
-                    bar.stop()
-                _table(console, TITLES[name], rows, COLUMNS[name])
-                if bar is not None:
-                    bar.start()
-    finally:
-        if bar is not None:
-            bar.stop()
+    for name, kwargs in plan.items():
+        bar = _Bar(name, bench.row_count(name, kwargs)) if show else None
+        try:
+            rows = bench.RUNNERS[name](progress=bar and bar.advance, **kwargs)
+        finally:
+            if bar is not None:
+                bar.close()
+        results[name] = rows
+        if not args.json:
+            _table(console, TITLES[name], rows, COLUMNS[name])
     if args.json:
         print(json.dumps(results))
     return 0
