@@ -74,9 +74,9 @@ def writable(path: Path) -> str | None:
 @contextlib.contextmanager
 def enabled(path: Path | None, command: str = "jaxsplit") -> Iterator[Path | None]:
     """Turn JAX's persistent compilation cache on in ``path`` while the block runs; yields the folder
-    in use (None when off or unusable). JAX's previous settings, and ``JAX_COMPILATION_CACHE_DIR`` (so
-    that subprocesses share the folder), are restored on exit, so a command run in-process (tests)
-    leaves the library's state as it found it."""
+    in use (None when off or unusable). JAX's previous settings and their environment variables
+    (``JAX_COMPILATION_CACHE_DIR`` etc., so that subprocesses share the folder and its lock) are
+    restored on exit, so a command run in-process (tests) leaves the library's state as it found it."""
     if path is not None:
         why = writable(path)
         if why is not None:
@@ -93,20 +93,22 @@ def enabled(path: Path | None, command: str = "jaxsplit") -> Iterator[Path | Non
                 "jax_compilation_cache_max_size": MAX_BYTES,
                 "jax_persistent_cache_min_compile_time_secs": MIN_COMPILE_SECONDS}
     saved = {name: getattr(jax.config, name) for name in settings}
-    saved_env = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    # subprocesses (population and bridge workers) read the same settings from their environment
+    saved_env = {name.upper(): os.environ.get(name.upper()) for name in settings}
     for name, value in settings.items():
         jax.config.update(name, value)
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(path)
+        os.environ[name.upper()] = str(value)
     cc.reset_cache()  # JAX opens the cache once per process; open it again on the new folder
     try:
         yield path
     finally:
         for name, value in saved.items():
             jax.config.update(name, value)
-        if saved_env is None:
-            os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
-        else:
-            os.environ["JAX_COMPILATION_CACHE_DIR"] = saved_env
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         cc.reset_cache()
 
 

@@ -123,6 +123,7 @@ def test_cache_on_while_the_command_runs_and_restored_after(tmp_path):
         assert folder == tmp_path / "jax" and folder.is_dir()
         assert jax.config.jax_compilation_cache_dir == str(folder)
         assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(folder)  # subprocesses share it
+        assert int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]) > 0  # and its lock
         assert jax.config.jax_compilation_cache_max_size > 0  # a limit: JAX locks the folder
     assert (jax.config.jax_compilation_cache_dir, os.environ.get("JAX_COMPILATION_CACHE_DIR")) == before
 
