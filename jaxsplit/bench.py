@@ -415,10 +415,11 @@ def _seeded(cls, seed: int):
 
 # ------------------------------------------------------------------------------------------ all
 def quick_settings() -> dict[str, dict[str, Any]]:
-    """``--quick``: each section in seconds on a 2-core CPU (under a minute for all three)."""
+    """``--quick``: small settings, for a smoke run (one training agent; ``--agents 1,8`` adds a population)."""
     return dict(split=dict(solver_names=("closed_form", "exact"), devices=(4, 8), batches=(1 << 12,), repeats=3),
-                env=dict(devices=(4,), num_envs=(64, 1024), repeats=3, steps_per_call=8192),
-                train=dict(updates=1, agents=(1, 4), repeats=1, num_envs=64, num_steps=32, num_minibatches=4))
+                env=dict(devices=(4,), num_envs=(1024,), repeats=3, steps_per_call=8192),
+                # one agent only: a population's program compiles for half a minute on 2 cores (--agents)
+                train=dict(updates=1, agents=(1,), repeats=1, num_envs=64, num_steps=32, num_minibatches=4))
 
 
 def full_settings() -> dict[str, dict[str, Any]]:
