@@ -437,7 +437,7 @@ def main() -> None:
                  "compilation included; no latency figure). Ratio measured in this run: one jaxsplit agent runs "
                  f"{single['rate'] / sbx_peer['rate']:.1f}x sbx's steps/s."]
     if twin_peer is not None:
-        best_pop = max(rows, key=lambda r: r["rate"])
+        best_pop = max((r for r in rows if r["agents"] > 1), key=lambda r: r["rate"], default=single)
         tp = twin_peer
         body += ["", "### Against the peer a user without jaxsplit has: SB3 on the numpy twin", "",
                  f"Stable-Baselines3 {tp['sb3']} PPO (torch {tp['torch']}, {tp['threads']} threads) on "
