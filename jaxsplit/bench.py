@@ -415,7 +415,8 @@ def _seeded(cls, seed: int):
 
 # ------------------------------------------------------------------------------------------ all
 def quick_settings() -> dict[str, dict[str, Any]]:
-    """``--quick``: small settings, for a smoke run (one training agent; ``--agents 1,8`` adds a population)."""
+    """``--quick``: small settings, a smoke run under a minute on a 2-core CPU (one training agent;
+    ``--agents 1,8`` adds a population, whose program takes about half a minute more to compile)."""
     return dict(split=dict(solver_names=("closed_form", "exact"), devices=(4, 8), batches=(1 << 12,), repeats=3),
                 env=dict(devices=(4,), num_envs=(1024,), repeats=3, steps_per_call=8192),
                 # one agent only: a population's program compiles for half a minute on 2 cores (--agents)

@@ -8,9 +8,8 @@
 
 Compile time is reported apart from the run time; the rate is the best of ``--repeats`` runs and the
 spread says how far the slowest was from it. The machine (devices, versions, CPU, load) is printed
-with the figures. ``--quick`` runs small settings (a smoke run: seconds once its programs are in the compilation
-cache, about a minute on an idle 2-core CPU before); ``--json`` prints
-one JSON object. Options given explicitly replace the chosen settings' values.
+with the figures. ``--quick`` runs small settings (a smoke run: under a minute on a 2-core CPU,
+seconds once its programs are in the compilation cache); ``--json`` prints one JSON object. Options given explicitly replace the chosen settings' values.
 """
 
 from __future__ import annotations
@@ -45,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="jaxsplit bench", description=__doc__.splitlines()[0].split(": ", 1)[1],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("section", help=f"what to measure: {' | '.join(CHOICES)}")
-    p.add_argument("--quick", action="store_true", help="small settings (a smoke run; fastest once its programs are cached)")
+    p.add_argument("--quick", action="store_true", help="small settings (a smoke run: under a minute on a 2-core CPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object (machine, settings, rows)")
     p.add_argument("--solvers", help=f"split: comma-separated solvers ({', '.join(bench.bench_solvers())})")
     p.add_argument("--devices", help="split and env: comma-separated device counts N")
