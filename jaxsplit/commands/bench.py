@@ -9,7 +9,8 @@
 Compile time is reported apart from the run time; the rate is the best of ``--repeats`` runs and the
 spread says how far the slowest was from it. The machine (devices, versions, CPU, load) is printed
 with the figures. ``--quick`` runs small settings (a smoke run: under a minute on a 2-core CPU,
-seconds once its programs are in the compilation cache); ``--json`` prints one JSON object. Options given explicitly replace the chosen settings' values.
+seconds once its programs are in the compilation cache); ``--json`` prints one JSON object. Options
+given explicitly replace the chosen settings' values.
 """
 
 from __future__ import annotations
