@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import command, git_revision, load_average, machine, record  # noqa: E402
 
-from jaxsplit import envs, kernels, solvers  # noqa: E402
+from jaxsplit import bench, envs, kernels, solvers  # noqa: E402
 from jaxsplit.latency import allocation_rates, device_times  # noqa: E402
 from jaxsplit.envs.gym_adapter import GymnasiumAllocationVectorEnv  # noqa: E402
 from jaxsplit.envs.twin import NumpyAllocationEnv  # noqa: E402
@@ -48,63 +48,38 @@ def use_padded_per_layer(env) -> None:
     env.engine._exec_time = exec_time
 
 
-def kernel_solves_per_second(num_devices: int, batch: int = 1 << 16, min_seconds: float = 1.5,
+def kernel_solves_per_second(num_devices: int, batch: int = 1 << 16, repeats: int = 5,
                              arrays: bool = False) -> float:
     """Layer-solves per second of the batched closed form alone on the environment's own layers
     (the catalogue's unique layers, drawn at random) with random default clusters and shares: the
-    compiled CPU kernel, or with ``arrays`` the array code."""
+    compiled CPU kernel, or with ``arrays`` the array code (best of ``repeats``)."""
     env, params = envs.make("alloc-v0", num_devices=num_devices)
     rng = np.random.default_rng(0)
     idx = jnp.asarray(rng.integers(0, env.num_flat, batch))
     layer = jax.tree.map(lambda a: a[idx], env.catalogue.flat_layers)
     cluster = jax.vmap(env.sample_cluster, in_axes=(0, None))(jax.random.split(jax.random.key(0), batch), params)
     share = jnp.asarray(rng.uniform(0.05, 1.0, (batch, num_devices)), env.dtype)
-    solve = jax.jit(solvers.solve_device_major_arrays if arrays else solvers.solve_device_major)
-    jax.block_until_ready(solve(layer, cluster, share))
-    calls, t0 = 0, time.perf_counter()
-    while True:
-        jax.block_until_ready(solve(layer, cluster, share))
-        calls += 1
-        if time.perf_counter() - t0 >= min_seconds:
-            return calls * batch / (time.perf_counter() - t0)
+    solve = solvers.solve_device_major_arrays if arrays else solvers.solve_device_major
+    timing, _ = bench.time_compiled(solve, layer, cluster, share, repeats=repeats)
+    return batch / timing.best_s
 
 
-def jax_steps_per_second(num_devices: int, batch: int, split: str = "closed_form", min_seconds: float = 1.5,
+def jax_steps_per_second(num_devices: int, batch: int, split: str = "closed_form", repeats: int = 5,
                          impl: str = "default"):
-    """(compile s, steps/s) of jit(scan(vmap(step))) with a random policy. ``impl``: "default" (the
-    compiled kernel on the CPU when available), "arrays" (E by the flat array code,
-    ``env.engine._array_exec_times``) or "padded" (E as before the flat layout, :func:`use_padded_per_layer`)."""
+    """(compile s, steps/s) of jit(scan(vmap(step))) with a random policy, the loop and timing of
+    ``jaxsplit bench env`` (:func:`jaxsplit.bench.env_step_loop`, :func:`jaxsplit.bench.time_compiled`,
+    best of ``repeats``). ``impl``: "default" (the compiled kernel on the CPU when available), "arrays"
+    (E by the flat array code, ``env.engine._array_exec_times``) or "padded" (E as before the flat
+    layout, :func:`use_padded_per_layer`)."""
     env, params = envs.make("alloc-v0", num_devices=num_devices, split=split)
     if impl == "padded":
         use_padded_per_layer(env)
     elif impl == "arrays":
         env.engine.exec_times = env.engine._array_exec_times  # the batching rule of exec_time calls this
-    keys = jax.random.split(jax.random.key(0), batch)
-    _, state = jax.jit(jax.vmap(env.reset, in_axes=(0, None)))(keys, params)
     length = max(1, min(200, 20000 // batch))
-
-    @jax.jit
-    def run(state, key):
-        def body(state, k):
-            ka, ks = jax.random.split(k)
-            action = jax.random.uniform(ka, (batch, num_devices))
-            _, state, reward, _, _, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
-                jax.random.split(ks, batch), state, action, params)
-            return state, reward.sum()
-
-        return jax.lax.scan(body, state, jax.random.split(key, length))
-
-    t0 = time.perf_counter()
-    state, _ = jax.block_until_ready(run(state, jax.random.key(1)))
-    compile_s = time.perf_counter() - t0
-    calls, t0 = 0, time.perf_counter()
-    while True:
-        state, _ = jax.block_until_ready(run(state, jax.random.key(2 + calls)))
-        calls += 1
-        elapsed = time.perf_counter() - t0
-        if elapsed >= min_seconds:
-            break
-    return compile_s, calls * length * batch / elapsed
+    run, args = bench.env_step_loop(num_devices, batch, length, env_and_params=(env, params))
+    timing, _ = bench.time_compiled(run, *args, repeats=repeats)
+    return timing.compile_s, batch * length / timing.best_s
 
 
 def twin_steps_per_second(num_devices: int, seconds: float = 3.0) -> float:
@@ -152,7 +127,7 @@ def main() -> int:
         got = dict.fromkeys(impls, 0.0)
         for _ in range(3):
             for impl in impls:
-                got[impl] = max(got[impl], jax_steps_per_second(n, cmp_envs, impl=impl, min_seconds=1.0)[1])
+                got[impl] = max(got[impl], jax_steps_per_second(n, cmp_envs, impl=impl, repeats=3)[1])
         versions[n] = got
         print(f"N={n} {cmp_envs} envs: padded per-layer {got['padded']:,.0f} steps/s, flat array code "
               f"{got['arrays']:,.0f}, compiled kernel {got['default']:,.0f}", flush=True)
@@ -175,11 +150,13 @@ def main() -> int:
         "",
         f"Command: `{command()}`  ",
         f"Machine: {machine()}  ",
+        f"Devices: {bench.machine_line()}  ",
         f"Revision: {git_revision()}  ",
         f"Load average (1 min): {load_before} before, {load_average()} after (its own threads included)",
         "",
         "Random policy, default catalogue, every step solves all unique layers of its request with the",
-        "closed-form split (and one layer of the next episode's reference). jit(scan(vmap(step))).",
+        "closed-form split (and one layer of the next episode's reference). jit(scan(vmap(step))), compiled ahead",
+        "of time (compile apart), best of 5 calls (`jaxsplit bench env` measures the same loop).",
         "",
         "| N | parallel envs | compile (s) | steps/s |",
         "|---|---:|---:|---:|",

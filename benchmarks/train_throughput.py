@@ -6,11 +6,19 @@ What is measured (one process, one machine):
 - JAX: ``jax.jit(make_train(config, *spec.make()))`` (``PPOConfig()`` and ``EnvSpec()``, the ``jaxsplit train``
   defaults, with only the run length set here) for one agent and ``train_population`` (agents/population.py:
   one jitted call, agents initialised one at a time inside it, the training updates vmapped; ``--pop-init
-  vmap`` vmaps the whole ``train`` instead) for populations of 8 and 64 agents. Each is called twice with
-  different keys: the first call (compilation + run) is timed apart, the second gives steps/s = agents x
-  updates x num_envs x num_steps / seconds. The single agent's ``train`` is guarded with
-  ``chex.assert_max_traces(n=1)`` and the population's jitted program must have one cache entry, so the
-  second call runs the compiled program.
+  vmap`` vmaps the whole ``train`` instead) for populations of 8 and 64 agents, measured by
+  :mod:`jaxsplit.bench` (the code of ``jaxsplit bench train``): the single agent is compiled ahead of time
+  (compile time apart) and run once; a population is called twice with different keys, compile = first
+  call - second call, and its jitted program must have one cache entry. steps/s = agents x updates x
+  num_envs x num_steps / seconds of the compiled run.
+- Peer without jaxsplit (``--twin-timesteps``, ``--twin-envs``): Stable-Baselines3 PPO on Gymnasium
+  environments that each step the plain numpy twin (envs/twin.py, one request per ``step``, as a numpy
+  user writes it) in a ``DummyVecEnv``, the PPO settings below but ``--twin-envs`` environments
+  (:func:`jaxsplit.bench.sb3_numpy_peer`). The twin makes about a hundred steps per second, so the peer
+  trains a few thousand steps and its steps/s (the whole ``learn()`` call) is the figure; its final
+  latency at the JAX agent's step count is not measured (it would take hours), the SB3-on-the-adapter
+  row stands for it (same algorithm and settings on the same dynamics: tests/test_env_twin.py checks the
+  twin against the JAX environment).
 - Peer: Stable-Baselines3 PPO (torch, CPU, ``torch.set_num_threads(--torch-threads)``, default 1) on
   ``GymnasiumAllocationVectorEnv`` (the same JAX environment, one jitted vmapped step for all
   environments per call) behind a small SB3 ``VecEnv`` adapter, with ``VecNormalize`` for the
@@ -48,7 +56,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import chex  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -56,8 +63,8 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import command, git_revision, machine, record  # noqa: E402
 
-from jaxsplit.agents.population import population_grid, train_population  # noqa: E402
-from jaxsplit.agents.ppo import PPOConfig, make_train  # noqa: E402
+from jaxsplit import bench  # noqa: E402
+from jaxsplit.agents.ppo import PPOConfig  # noqa: E402
 from jaxsplit.envs import EnvSpec  # noqa: E402
 from jaxsplit.envs.evaluation import evaluate  # noqa: E402
 from jaxsplit.envs.gym_adapter import GymnasiumAllocationVectorEnv  # noqa: E402
@@ -65,48 +72,19 @@ from jaxsplit.envs.gym_adapter import GymnasiumAllocationVectorEnv  # noqa: E402
 EVAL_LOADS = (0.3, 0.6, 0.9, 1.2)
 
 
-def _guarded_train(config: PPOConfig, spec: EnvSpec) -> Callable:
-    """``make_train(config, *spec.make())`` that fails if it is traced more than once."""
-    train = make_train(config, *spec.make())
-    guarded = chex.assert_max_traces(train, n=1)
-    guarded.trainer = train.trainer
-    return guarded
-
-
 def time_single(config: PPOConfig, spec: EnvSpec, seed: int) -> dict[str, Any]:
-    """One agent: first call (compile + run) and a second call with another key."""
-    train = _guarded_train(config, spec)
-    fn = jax.jit(train)
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(jax.random.PRNGKey(seed + 1000)))
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    runner, metrics = jax.block_until_ready(fn(jax.random.PRNGKey(seed)))
-    second = time.perf_counter() - t0
-    steps = config.num_updates * config.batch_size
-    assert all(np.isfinite(np.asarray(v)).all() for v in metrics.values()), "non-finite training metrics"
-    return dict(agents=1, updates=config.num_updates, steps=steps, first_s=first, run_s=second,
-                compile_s=first - second, rate=steps / second, runner=runner, trainer=train.trainer)
+    """One agent: :func:`jaxsplit.bench.train_single` (compiled ahead of time, then one timed run), the
+    definition ``jaxsplit bench train`` uses."""
+    row, (runner, _, trainer) = bench.train_single(config, spec, seed=seed)
+    return dict(agents=1, updates=row["updates"], steps=row["steps"], run_s=row["best_s"], compile_s=row["compile_s"],
+                rate=row["steps_per_s"], runner=runner, trainer=trainer)
 
 
 def time_population(config: PPOConfig, spec: EnvSpec, agents: int, init: str = "map") -> dict[str, Any]:
-    """``agents`` agents in one ``train_population`` call, twice (different seeds)."""
-    train = make_train(config, *spec.make())
-    base = train.trainer.default_hparams()
-    sharded = jax.device_count() > 1 and agents % jax.device_count() == 0
-    times = []
-    for seeds in (range(agents, 2 * agents), range(agents)):
-        keys, hp, _ = population_grid(base, list(seeds))
-        t0 = time.perf_counter()
-        _, metrics = jax.block_until_ready(train_population(train, keys, hp, sharded=sharded, init=init))
-        times.append(time.perf_counter() - t0)
-        del _
-    (fn,) = train._population_fns.values()
-    assert fn._cache_size() == 1, "the population program was compiled more than once"
-    assert np.isfinite(np.asarray(metrics["value_loss"])).all(), "non-finite training metrics"
-    steps = agents * config.num_updates * config.batch_size
-    return dict(agents=agents, updates=config.num_updates, steps=steps, first_s=times[0], run_s=times[1],
-                compile_s=times[0] - times[1], rate=steps / times[1])
+    """``agents`` agents in one ``train_population`` call: :func:`jaxsplit.bench.train_population_row`."""
+    row = bench.train_population_row(config, agents, spec, repeats=1, init=init)
+    return dict(agents=agents, updates=row["updates"], steps=row["steps"], run_s=row["best_s"],
+                compile_s=row["compile_s"], rate=row["steps_per_s"])
 
 
 # ------------------------------------------------------------------------------------------- peer
@@ -192,6 +170,38 @@ def train_sb3(config: PPOConfig, spec: EnvSpec, timesteps: int, seed: int, threa
                 torch=torch.__version__)
 
 
+def train_sbx(config: PPOConfig, spec: EnvSpec, timesteps: int, seed: int) -> dict[str, Any] | None:
+    """sbx (Stable-Baselines3's JAX port) PPO on the adapter, the settings of :func:`train_sb3`; steps/s of
+    ``learn``. None when sbx is not installed (``pip install sbx-rl``)."""
+    try:
+        import sbx
+        from sbx import PPO
+    except ImportError:
+        return None
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    venv = sb3_vec_env(config, spec, seed)
+    venv.reset()
+    venv.step_async(np.full((config.num_envs, venv.action_space.shape[0]), 0.5, np.float32))
+    venv.step_wait()  # compile the adapter's jitted reset and step before the clock starts
+    venv._next_seed = seed
+    venv = VecNormalize(venv, norm_obs=config.normalize_obs, norm_reward=config.normalize_reward,
+                        clip_obs=10.0, clip_reward=np.inf, gamma=config.gamma)
+    lr = (lambda remaining: config.lr * remaining) if config.anneal_lr else config.lr
+    model = PPO("MlpPolicy", venv, learning_rate=lr, n_steps=config.num_steps,
+                batch_size=config.batch_size // config.num_minibatches, n_epochs=config.update_epochs,
+                gamma=config.gamma, gae_lambda=config.gae_lambda, clip_range=config.clip_eps,
+                clip_range_vf=config.clip_eps, ent_coef=config.ent_coef, vf_coef=config.vf_coef,
+                max_grad_norm=config.max_grad_norm, normalize_advantage=True,
+                policy_kwargs=dict(net_arch=dict(pi=list(config.hidden), vf=list(config.hidden))),
+                seed=seed, verbose=0)
+    t0 = time.perf_counter()
+    model.learn(total_timesteps=timesteps)
+    wall = time.perf_counter() - t0
+    steps = int(model.num_timesteps)
+    return dict(steps=steps, run_s=wall, rate=steps / wall, version=getattr(sbx, "__version__", "?"))
+
+
 def sb3_policy_fn(model: Any, vecnorm: Any, num_devices: int) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """SB3's deterministic policy as ``fn(key, obs (..., obs_dim)) -> shares (..., N)`` (host callback)."""
 
@@ -273,7 +283,14 @@ def main() -> None:
                              "whole train vmapped (vmap; can deadlock on a CPU with few cores)")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch.set_num_threads of the peer (1: its fastest for these 64-wide MLPs here)")
-    parser.add_argument("--no-sb3", action="store_true", help="skip the peer")
+    parser.add_argument("--no-sb3", action="store_true", help="skip the peers")
+    parser.add_argument("--twin-timesteps", type=int, default=None,
+                        help="steps of SB3 on the numpy twin and of the jaxsplit agent it is compared with "
+                             "(default 4 updates of --twin-envs x num_steps; quick 1; 0 skips it)")
+    parser.add_argument("--sbx-timesteps", type=int, default=None,
+                        help="steps of sbx (SB3's JAX port) PPO on the adapter, if installed (default 8 updates; "
+                             "quick 1; 0 skips it)")
+    parser.add_argument("--twin-envs", type=int, default=16, help="environments of the numpy-twin peer")
     parser.add_argument("--no-record", action="store_true", help="do not write RESULTS.md")
     parser.add_argument("--part", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -284,6 +301,10 @@ def main() -> None:
 
     spec, base = EnvSpec(), PPOConfig()  # the train command's defaults; only the run length is set here
     args.timesteps = args.timesteps or ((2 if quick else 128) * base.batch_size)
+    if args.sbx_timesteps is None:
+        args.sbx_timesteps = (1 if quick else 8) * base.batch_size
+    if args.twin_timesteps is None:
+        args.twin_timesteps = (1 if quick else 4) * args.twin_envs * base.num_steps
     timesteps, eval_episodes = args.timesteps, args.eval_episodes
     config = dataclasses.replace(base, total_timesteps=timesteps)
     config.validate()
@@ -324,6 +345,18 @@ def main() -> None:
     if not args.no_sb3:
         peer = train_sb3(config, spec, timesteps, args.seed, args.torch_threads)
         print(f"sb3: {peer['steps']} steps in {peer['run_s']:.1f} s, {_fmt_rate(peer['rate'])} steps/s", flush=True)
+    sbx_peer = None
+    if not args.no_sb3 and args.sbx_timesteps > 0:
+        sbx_peer = train_sbx(config, spec, args.sbx_timesteps, args.seed)
+        if sbx_peer is not None:
+            print(f"sbx: {sbx_peer['steps']} steps in {sbx_peer['run_s']:.1f} s, {_fmt_rate(sbx_peer['rate'])} "
+                  "steps/s", flush=True)
+    twin_peer = None
+    if not args.no_sb3 and args.twin_timesteps > 0:
+        twin_peer = bench.sb3_numpy_peer(config, args.twin_timesteps, spec, args.seed, args.torch_threads,
+                                         num_envs=args.twin_envs)
+        print(f"sb3 on the numpy twin: {twin_peer['steps']} steps in {twin_peer['run_s']:.1f} s, "
+              f"{_fmt_rate(twin_peer['steps_per_s'])} steps/s", flush=True)
 
     # final latency of both at equal environment steps, on the same episodes
     env, params = spec.base()  # SB3 and the baseline give the shares themselves
@@ -332,6 +365,7 @@ def main() -> None:
         fn = sb3_policy_fn(peer["model"], peer["vecnorm"], env.num_devices)
         evals["ppo (SB3)"] = evaluate(fn, env, params, EVAL_LOADS, episodes=eval_episodes,
                                       seed=args.seed + 7, name="ppo (SB3)")
+
     evals["best_constant"] = evaluate("best_constant", env, params, EVAL_LOADS, episodes=eval_episodes,
                                       seed=args.seed + 7)
     for name, res in evals.items():
@@ -377,6 +411,10 @@ def main() -> None:
         body.append(f"| SB3 {peer['version']} PPO (torch {peer['torch']}, {peer['threads']} threads) on the "
                     f"Gymnasium vector adapter | 1 | {peer['steps'] // config.batch_size} | {peer['steps']:,} | - | "
                     f"{peer['run_s']:.1f} | {_fmt_rate(peer['rate'])} | 1x |")
+    if sbx_peer is not None:
+        body.append(f"| sbx {sbx_peer['version']} PPO (JAX) on the Gymnasium vector adapter | 1 | "
+                    f"{sbx_peer['steps'] // config.batch_size} | {sbx_peer['steps']:,} | - | {sbx_peer['run_s']:.1f} | "
+                    f"{_fmt_rate(sbx_peer['rate'])} | {sbx_peer['rate'] / peer['rate']:.1f}x |")
     body += ["", f"Final mean latency (s) after {timesteps:,} environment steps (one training seed each), "
              f"deterministic policies evaluated by `jaxsplit.envs.evaluate` on the same {eval_episodes} "
              f"episodes per load (randomised clusters, {env.requests} requests, first 10% left out), "
@@ -394,6 +432,25 @@ def main() -> None:
         body += ["", f"Ratio measured in this run: one jaxsplit agent runs {single['rate'] / peer['rate']:.1f}x "
                  f"SB3's steps/s, a population of {best_pop['agents']} {best_pop['rate'] / peer['rate']:.1f}x "
                  f"(aggregate); final mean latency over the loads {jl:.4f} s (jaxsplit) vs {sl:.4f} s (SB3)."]
+    if sbx_peer is not None:
+        body += ["", f"sbx trains {sbx_peer['steps']:,} steps (its rate is the whole `learn()` call, its own jit "
+                 "compilation included; no latency figure). Ratio measured in this run: one jaxsplit agent runs "
+                 f"{single['rate'] / sbx_peer['rate']:.1f}x sbx's steps/s."]
+    if twin_peer is not None:
+        best_pop = max((r for r in rows if r["agents"] > 1), key=lambda r: r["rate"], default=single)
+        tp = twin_peer
+        body += ["", "### Against the peer a user without jaxsplit has: SB3 on the numpy twin", "",
+                 f"Stable-Baselines3 {tp['sb3']} PPO (torch {tp['torch']}, {tp['threads']} threads) on "
+                 f"{tp['envs']} Gymnasium environments stepping the numpy twin (`DummyVecEnv`), the PPO settings above "
+                 f"(minibatches of {tp['envs'] * config.num_steps // config.num_minibatches}), trained "
+                 f"{tp['steps']:,} steps (far fewer than the JAX agent: it is slow; its rate is the whole `learn()` "
+                 "call, and it is what a longer run would keep). Ratios measured in this run:", "",
+                 "| trainer | env steps | run (s) | env steps/s | jaxsplit / this |", "|---|---:|---:|---:|---:|",
+                 f"| SB3 PPO on the numpy twin | {tp['steps']:,} | {tp['run_s']:.1f} | {_fmt_rate(tp['steps_per_s'])} "
+                 f"| one agent {single['rate'] / tp['steps_per_s']:,.0f}x, population of {best_pop['agents']} "
+                 f"{best_pop['rate'] / tp['steps_per_s']:,.0f}x |"]
+        body += ["", "Its final latency at the JAX agent's step count would take hours to reach at this rate; the "
+                 "SB3-on-the-adapter rows above (same algorithm, settings and dynamics) stand for it."]
     if stalled:
         body += ["", f"Stalled: the population run(s) of {stalled} agents never finished in their process (every "
                  "XLA worker thread waiting; with init=vmap, the batched LAPACK QR of the network initialisation "

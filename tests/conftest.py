@@ -11,6 +11,9 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The command line's persistent compilation cache stays off in tests (nothing written to the user's
+# cache folder) unless a test turns it on with --cache-dir.
+os.environ.setdefault("JAXSPLIT_CACHE_DIR", "off")
 
 #: Examples per property test in the default profile, unless the test sets its own max_examples.
 CI_EXAMPLES = 100
