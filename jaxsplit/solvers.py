@@ -32,6 +32,8 @@ Solver = Callable[[LayerArrays, Cluster, jax.Array], jax.Array]
 
 #: Correction rounds of the closed form (each moves at most one row; bounded, jittable).
 CLOSED_FORM_CORRECTION_ROUNDS = 3
+#: Largest ratio of two devices' row costs that the LP baseline passes to HiGHS.
+LP_COST_SPREAD = 1e12
 #: Devices unrolled per iteration of the exact solver's greedy pass (a scan over the devices).
 GREEDY_UNROLL = 8
 
@@ -442,14 +444,18 @@ def lp_split(layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Arra
     c = np.zeros(num + 1)
     c[-1] = 1.0
     a_ub = np.zeros((len(idx), num + 1))
-    a_ub[np.arange(len(idx)), idx] = alpha[idx] / total + beta[idx]
+    # Each row is scaled by the cheapest device's cost, and the spread capped, so that HiGHS sees
+    # coefficients in [1, 1e12] (it reads 1e20 and above as infinite and refuses the model). A
+    # device 1e12 times dearer than the cheapest gets at most 1e-12 of the rows either way.
+    cost = alpha[idx] / total + beta[idx]
+    a_ub[np.arange(len(idx)), idx] = np.minimum(cost / np.min(cost), LP_COST_SPREAD)
     a_ub[:, -1] = -1.0
     a_eq = np.zeros((1, num + 1))
     a_eq[0, :num] = 1.0
     bounds = [(0.0, float(total) if active[i] else 0.0) for i in range(num)] + [(0.0, None)]
     res = linprog(c, A_ub=a_ub, b_ub=np.zeros(len(idx)), A_eq=a_eq, b_eq=[total], bounds=bounds,
                   method="highs")
-    if res.status != 0:  # pragma: no cover - the LP is always feasible and bounded
+    if res.status != 0:  # pragma: no cover - the scaled LP is always feasible, bounded and finite
         raise RuntimeError(f"LP split failed: {res.message}")
     rows = np.floor(np.clip(res.x[:num], 0.0, total) + 1e-9).astype(np.int64)
     rows[~active] = 0
