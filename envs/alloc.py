@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxsplit import contract
 from jaxsplit.catalogue import SPLIT_RULES, Catalogue, RequestLatency  # noqa: F401  (SPLIT_RULES: re-exported)
 from jaxsplit.latency import Cluster, LayerArrays
 
@@ -242,6 +243,16 @@ class AllocationEnv:
                 raise ValueError(f"field {lo!r}: {values[lo]!r} is above {hi} = {values[hi]!r}")
         if float(values["min_share"]) > 1:
             raise ValueError(f"field 'min_share': must be at most 1, got {values['min_share']!r}")
+        # The numeric contract of the latency model (jaxsplit.contract, docs/MODEL.md section 8).
+        for name in ("flops_min", "flops_max", "bandwidth_min", "bandwidth_max"):
+            contract.check_number(float(values[name]), name, contract.MIN_CAPACITY, contract.MAX_CAPACITY)
+        for name in ("latency_min", "latency_max"):
+            contract.check_number(float(values[name]), name, 0.0, contract.MAX_MESSAGE_LATENCY)
+        contract.check_number(float(values["min_share"]), "min_share", contract.MIN_SHARE, 1.0)
+        for name in ("load_min", "load_max"):
+            contract.check_number(float(values[name]), name, 1e-6, 1e6)
+        for name in ("util_weight", "invalid_penalty"):
+            contract.check_number(float(values[name]), name, 0.0, 1e6)
         mix = np.asarray(values["mix"], np.float64)
         if mix.shape != (self.num_models,) or not np.all(np.isfinite(mix)) or np.any(mix < 0) or mix.sum() <= 0:
             raise ValueError(f"field 'mix': need {self.num_models} non-negative weights with a positive sum, got {mix!r}")
@@ -253,6 +264,11 @@ class AllocationEnv:
             raise ValueError(f"field 'cluster.bandwidth': need {n} positive values (inf = local), got {b!r}")
         if t.shape != (n,) or not np.all(np.isfinite(t)) or np.any(t < 0):
             raise ValueError(f"field 'cluster.latency': need {n} non-negative finite values, got {t!r}")
+        for name, arr, kw in (("cluster.flops", f, {}), ("cluster.bandwidth", b, {"infinite": True})):
+            for i, v in enumerate(arr):
+                contract.check_number(float(v), f"{name}[{i}]", contract.MIN_CAPACITY, contract.MAX_CAPACITY, **kw)
+        for i, v in enumerate(t):
+            contract.check_number(float(v), f"cluster.latency[{i}]", 0.0, contract.MAX_MESSAGE_LATENCY)
 
     # ------------------------------------------------------------------ sampling
     def sample_cluster(self, key: jax.Array, params: EnvParams) -> Cluster:

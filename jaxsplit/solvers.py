@@ -118,7 +118,10 @@ def water_fill(alpha: jax.Array, beta: jax.Array, active: jax.Array, total: jax.
 
     def drain(state):
         inside, level, _, k = state
-        keep = inside & (alpha < level)
+        # The device with the smallest alpha always stays (in exact arithmetic alpha_min < T); kept
+        # explicitly because a float level may round down onto it (tau far above the row times).
+        lowest = jnp.min(jnp.where(inside, alpha, jnp.inf), axis=0)
+        keep = inside & ((alpha < level) | (alpha <= lowest))
         return keep, level_of(keep), jnp.any(keep != inside), k + 1
 
     start = (active, level_of(active), jnp.asarray(True), jnp.zeros((), jnp.int32))

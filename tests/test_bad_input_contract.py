@@ -15,7 +15,7 @@ import re
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from jaxsplit import contract, instance, latency, reference, solvers, zoo
@@ -126,9 +126,17 @@ def _check(obj, solver: str) -> None:
 SOLVERS = list(solvers.SOLVERS)
 
 
+# Found by this test: message latencies far above the row times once made the water level round
+# onto the lowest intercept, dropped every device and gave rows of -2^31.
+TIE = {"layers": [{"type": "maxpool", "kernel": 1, "stride": 1, "padding": 0, "in_height": 3, "in_width": 1,
+                   "channels": 1}],
+       "devices": [{"flops": 1e6, "bandwidth": None, "latency": 1e6}, {"flops": 1e6, "bandwidth": None, "latency": 1e6}]}
+
+
 @pytest.mark.parametrize("solver", SOLVERS)
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(obj=instance_objs())
+@example(obj=TIE)
 def test_every_draw_is_refused_or_exact(compilation_cache, solver, obj):
     _check(obj, solver)
 
