@@ -118,7 +118,13 @@ class EnvSpec:
 
     def base(self, **extra: Any) -> tuple[Any, Any]:
         """The environment without the action wrapper, and its params; ``extra`` overrides win."""
-        return make(self.env, **{**self.overrides(), **extra})
+        try:
+            return make(self.env, **{**self.overrides(), **extra})
+        except ValueError as err:  # make() names its argument 'name'; here it is the 'env' option
+            text = str(err)
+            if text.startswith("field 'name'"):
+                raise ValueError("field 'env'" + text[len("field 'name'"):]) from None
+            raise
 
     def wrap(self, env: Any) -> ShareAction:
         """``env`` with this spec's action form."""

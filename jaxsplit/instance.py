@@ -196,6 +196,8 @@ def loads(text: str, source: str = "<input>") -> list[Instance]:
     except json.JSONDecodeError:
         obj = None
         lines = True
+    except RecursionError:
+        raise ValueError(f"{source}: JSON nested too deeply") from None
     else:
         lines = False
     if not lines:
@@ -207,7 +209,9 @@ def loads(text: str, source: str = "<input>") -> list[Instance]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"line {number}: malformed JSON: {err.msg} at column {err.colno}") from None
+            raise ValueError(f"{source}: line {number}: malformed JSON: {err.msg} at column {err.colno}") from None
+        except RecursionError:
+            raise ValueError(f"{source}: line {number}: JSON nested too deeply") from None
         out.append(parse_instance(obj, number))
     return out
 
@@ -216,13 +220,16 @@ def load(path: str) -> list[Instance]:
     """Read instances from a file path, or standard input for ``-``."""
     import sys
 
-    if path == "-":
-        return loads(sys.stdin.read(), "<stdin>")
     try:
+        if path == "-":
+            return loads(sys.stdin.buffer.read().decode("utf-8"), "<stdin>")
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except OSError as err:
         raise ValueError(f"cannot read {path!r}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{'<stdin>' if path == '-' else repr(path)} is not UTF-8 text (byte {err.start}: "
+                         f"{err.object[err.start:err.start + 1]!r}); an instance file is JSON") from None
     return loads(text, path)
 
 

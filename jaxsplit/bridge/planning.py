@@ -74,7 +74,11 @@ def load_model(spec: str, input_size: Sequence[int] | None = None, seed: int = 0
         if not callable(fn):
             raise ValueError(f"field 'model': {path!r} has no function {factory!r}")
         torch.manual_seed(seed)
-        out = fn()
+        try:
+            out = fn()
+        except Exception as err:
+            raise ValueError(f"field 'model': {factory}() in {path!r} raised {type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else ''}") from None
         model, shape = (out if isinstance(out, tuple) else (out, None))
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"field 'model': {factory}() must return a torch.nn.Module, got {type(model).__name__}")
