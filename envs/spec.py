@@ -33,12 +33,13 @@ def load_cluster(path: str | Path, field: str = "cluster") -> tuple[list[float],
     from jaxsplit.instance import parse_devices
 
     try:
-        with open(path) as fh:
+        with open(path, encoding="utf-8") as fh:
             obj = json.load(fh)
     except OSError as err:
         raise ValueError(f"field {field!r}: cannot read {str(path)!r}: {err.strerror}") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"field {field!r}: {str(path)!r} is not JSON: {err}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"field {field!r}: {str(path)!r} is not JSON: {type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:200]}") from None
     if not isinstance(obj, dict) or "devices" not in obj:
         raise ValueError(f"field {field!r}: {str(path)!r} needs an object with a 'devices' list")
     devices = parse_devices(obj["devices"], f"{path}: ", shares=False)

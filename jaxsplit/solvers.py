@@ -34,7 +34,7 @@ Solver = Callable[[LayerArrays, Cluster, jax.Array], jax.Array]
 CLOSED_FORM_CORRECTION_ROUNDS = 3
 #: Largest ratio of two devices' row costs that the LP baseline passes to HiGHS.
 LP_COST_SPREAD = 1e12
-#: Devices unrolled per iteration of the exact solver's greedy pass (a scan over the devices).
+#: Largest cluster whose devices the exact solver's greedy pass unrolls (larger ones loop).
 GREEDY_UNROLL = 8
 
 
@@ -320,8 +320,9 @@ def greedy_split(layer: LayerArrays, rates: Rates, budget: jax.Array) -> tuple[j
         return start + n, n
 
     # A scan, not a Python loop over the devices: the program (and its compile time) stays one loop
-    # body whatever N is; small clusters are unrolled as before.
-    start, rows = jax.lax.scan(take, jnp.zeros((), jnp.int32), rates, unroll=min(num, GREEDY_UNROLL))
+    # body whatever N is; clusters of up to GREEDY_UNROLL devices are unrolled (the faster program).
+    unroll = num if num <= GREEDY_UNROLL else 1
+    start, rows = jax.lax.scan(take, jnp.zeros((), jnp.int32), rates, unroll=unroll)
     return start >= total, rows
 
 

@@ -33,8 +33,9 @@ def load_devices(path: str) -> tuple[Device, ...]:
         obj = json.loads(Path(path).read_text())
     except OSError as err:
         raise ValueError(f"field 'cluster': cannot read {path!r}: {err.strerror}") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"field 'cluster': {path!r} is not valid JSON: {err}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"field 'cluster': {path!r} is not valid JSON: {type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:200]}") from None
     if isinstance(obj, dict):
         obj = obj.get("devices")
     return parse_devices(obj, f"{path}: ", shares=True)
