@@ -106,10 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv_given is None and name not in KEYBOARD_INTERRUPT_COMMANDS:
         _exit_on_ctrl_c(name)
     code = run_command(name, lambda: _import_command(name).main(rest))
-    if argv_given is None and code in (EXIT_INTERRUPTED, EXIT_BROKEN_PIPE):
-        # The process is ours (the console script): leave without the interpreter's teardown, which
-        # can crash while XLA compiler or checkpoint threads are still running after Ctrl-C. Every
-        # run file is already complete on disk (written atomically).
+    if argv_given is None and code != 0:
+        # The process is ours (the console script) and failed or was stopped: leave without the
+        # interpreter's teardown, which can crash or print thread tracebacks while XLA compiler,
+        # checkpoint or rendezvous threads still run. Every run file is already complete on disk
+        # (written atomically).
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
