@@ -222,7 +222,7 @@ def load(path: str) -> list[Instance]:
 
     try:
         if path == "-":
-            return loads(sys.stdin.buffer.read().decode("utf-8"), "<stdin>")
+            return loads(sys.stdin.read(), "<stdin>")
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except OSError as err:
