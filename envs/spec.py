@@ -105,6 +105,12 @@ class EnvSpec:
 
     def overrides(self) -> dict[str, Any]:
         """The keyword overrides of :func:`jaxsplit.envs.make` (ValueError names a bad field)."""
+        if isinstance(self.share_levels, bool) or not isinstance(self.share_levels, int) or self.share_levels < 0:
+            raise ValueError(f"field 'share_levels': must be a non-negative integer (0: continuous shares), "
+                             f"got {self.share_levels!r}")
+        for i, level in enumerate(self.pair_levels):
+            if not (isinstance(level, (int, float)) and math.isfinite(level) and 0 < level <= 1):
+                raise ValueError(f"field 'pair_levels[{i}]': must be in (0, 1], got {level!r}")
         out: dict[str, Any] = {"reward_scale": self.reward_scale, "observation": self.observation}
         if self.cluster is not None:
             out["cluster"] = load_cluster(self.cluster)
