@@ -186,6 +186,12 @@ def read_config(run_dir: str | Path) -> tuple[EnvSpec | None, PPOConfig, int]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as err:
         raise ValueError(f"--checkpoint {run_dir}: {config_path} is unreadable or corrupt "
                          f"({type(err).__name__}: {str(err)[:200]})") from None
+    try:
+        config.validate()
+        if spec is not None:
+            spec.overrides()
+    except ValueError as err:
+        raise ValueError(f"--checkpoint {run_dir}: {config_path}: {err}") from None
     return spec, config, seed
 
 
@@ -224,7 +230,10 @@ def evaluation_env(run_dir: str | Path, requests: int | None = None, cluster: Se
     if spec is None:
         raise ValueError(f"--checkpoint {run_dir}: the run was trained on an environment passed as an object, "
                          f"which cannot be rebuilt from its folder")
-    trained, _ = spec.base()
+    try:
+        trained, _ = spec.base()
+    except ValueError as err:  # the saved spec is the run's: name its file
+        raise ValueError(f"--checkpoint {run_dir}: {Path(run_dir) / 'config.json'}: {err}") from None
     extra: dict[str, Any] = {}
     if requests is not None:
         extra["requests"] = int(requests)

@@ -155,3 +155,22 @@ def test_json_output_into_a_closed_pipe_is_quiet():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == 141, err
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+@pytest.mark.parametrize("part, field, value", [("ppo", "lr", -1.0), ("env", "share_levels", -1)])
+def test_a_bad_saved_configuration_names_its_file(tmp_path, part, field, value):
+    from jaxsplit.agents.ppo import PPOConfig
+    from jaxsplit.agents.run import read_config, run_config_json
+
+    saved = run_config_json(PPOConfig(), envs.EnvSpec(), 0)
+    saved[part][field] = value
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=rf"config\.json: field '{field}'"):
+        read_config(tmp_path)
+
+
+def test_ignored_action_settings_are_still_checked():
+    with pytest.raises(ValueError, match="field 'share_levels'"):
+        envs.EnvSpec(share_levels=-1).overrides()
+    with pytest.raises(ValueError, match=r"field 'pair_levels\[1\]'"):
+        envs.EnvSpec(pair_levels=(0.5, math.nan)).overrides()
