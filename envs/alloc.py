@@ -36,7 +36,7 @@ from flax import struct
 
 from jaxsplit import contract
 from jaxsplit.catalogue import SPLIT_RULES, Catalogue, RequestLatency  # noqa: F401  (SPLIT_RULES: re-exported)
-from jaxsplit.latency import Cluster, LayerArrays
+from jaxsplit.latency import LAYER_FIELDS, Cluster, LayerArrays
 
 from . import spaces
 
@@ -269,6 +269,29 @@ class AllocationEnv:
                 contract.check_number(float(v), f"{name}[{i}]", contract.MIN_CAPACITY, contract.MAX_CAPACITY, **kw)
         for i, v in enumerate(t):
             contract.check_number(float(v), f"cluster.latency[{i}]", 0.0, contract.MAX_MESSAGE_LATENCY)
+        self._check_request_times(values)
+
+    def _check_request_times(self, values: dict[str, Any]) -> None:
+        """Refuse parameters under which a request could take longer than the numeric contract's
+        :data:`jaxsplit.contract.MAX_TIME` on the slowest device at the smallest share."""
+        if bool(values["fixed_cluster"]):
+            f, b, t = (np.asarray(values[c], np.float64) for c in ("cluster_flops", "cluster_bandwidth",
+                                                                    "cluster_latency"))
+            worst = (float(np.min(f)), float(np.min(b)), float(np.max(t)))
+        else:
+            worst = (float(values["flops_min"]), float(values["bandwidth_min"]), float(values["latency_max"]))
+        cat = self.catalogue
+        cols = {k: np.asarray(getattr(cat.flat_layers, k), np.float64) for k in LAYER_FIELDS}
+        one = lambda v: np.full((1,), v)  # noqa: E731
+        times = contract.whole_layer_times(cols, one(worst[0]), one(worst[1]), one(worst[2]),
+                                           one(float(values["min_share"])))[:, 0]
+        per_model = np.bincount(np.asarray(cat.flat_model), weights=times * np.asarray(cat.flat_count, np.float64),
+                                minlength=self.num_models)
+        k = int(np.argmax(per_model))
+        if not per_model[k] <= contract.MAX_TIME:
+            raise ValueError(f"field 'min_share': model {self.models[k]!r} could take {per_model[k]:.3g} s on the "
+                             f"slowest device at share {values['min_share']!r}, above the limit "
+                             f"{contract.MAX_TIME:g} s (capacities or min_share too small)")
 
     # ------------------------------------------------------------------ sampling
     def sample_cluster(self, key: jax.Array, params: EnvParams) -> Cluster:
