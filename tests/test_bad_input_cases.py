@@ -174,3 +174,13 @@ def test_ignored_action_settings_are_still_checked():
         envs.EnvSpec(share_levels=-1).overrides()
     with pytest.raises(ValueError, match=r"field 'pair_levels\[1\]'"):
         envs.EnvSpec(pair_levels=(0.5, math.nan)).overrides()
+
+
+def test_required_kernel_without_a_compiler_is_one_line(tmp_path):
+    bindir = Path(sys.executable).parent  # python only: no c++, g++ or clang++ on this PATH
+    env = {**os.environ, "JAXSPLIT_CACHE": str(tmp_path), "CXX": "", "JAXSPLIT_KERNELS": "require",
+           "PATH": str(bindir)}
+    done = subprocess.run([sys.executable, "-m", "jaxsplit.cli", "split", "examples/vgg16_cluster.json"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == "jaxsplit split: error: no C++ compiler found (set CXX, or install g++ or clang++)"
