@@ -184,3 +184,23 @@ def test_required_kernel_without_a_compiler_is_one_line(tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == "jaxsplit split: error: no C++ compiler found (set CXX, or install g++ or clang++)"
+
+
+def test_an_input_too_small_for_a_torch_model_is_one_error(capfd):
+    torch = pytest.importorskip("torch")
+    from jaxsplit.bridge.graph import trace
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 5), torch.nn.ReLU())
+    with pytest.raises(ValueError, match="shape propagation failed for input shape"):
+        trace(model, (1, 3, 2, 2))
+    assert capfd.readouterr().err == ""  # torch's ShapeProp prints its own traceback otherwise
+
+
+def test_a_model_factory_that_raises_is_named(tmp_path):
+    pytest.importorskip("torch")
+    from jaxsplit.bridge.planning import load_model
+
+    path = tmp_path / "net.py"
+    path.write_text("def make():\n    raise RuntimeError('no weights here')\n")
+    with pytest.raises(ValueError, match=r"field 'model': make\(\) in .* raised RuntimeError: no weights here"):
+        load_model(f"{path}:make")
