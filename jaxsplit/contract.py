@@ -76,7 +76,7 @@ def _array_range(name: str, a: np.ndarray, low: float, high: float, *, zero: boo
     if not ok.all():
         at = tuple(int(i) for i in np.argwhere(~ok)[0])
         extra = (" or 0" if zero else "") + (" or infinite" if infinite else "")
-        raise ValueError(f"field '{name}{list(at)}' must be in [{low:g}, {high:g}]{extra}, got {a[at]!r}")
+        raise ValueError(f"field '{name}{list(at)}' must be in [{low:g}, {high:g}]{extra}, got {float(a[at])!r}")
 
 
 def check_cluster_arrays(flops: np.ndarray, bandwidth: np.ndarray, latency: np.ndarray,
