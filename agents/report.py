@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from jaxsplit import atomic
 from jaxsplit.envs import EnvSpec
 from jaxsplit.envs.evaluation import markdown_table
 
@@ -38,8 +39,10 @@ def plot_training(rows: Sequence[dict[str, float]], path: Path) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle("PPO training (rollout averages over the load range)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        atomic.savefig(fig, path, dpi=120)
+    finally:
+        plt.close(fig)
 
 
 def comparison_rows(results: Sequence[dict[str, Any]], policy: str = "ppo") -> list[dict[str, Any]]:
@@ -82,5 +85,5 @@ def write_report(run_dir: Path, spec: EnvSpec, config: PPOConfig, rows: Sequence
         lines.append(f"| {c['load']:g} | {_fmt(c['ppo'])} | {c['best']} | {_fmt(c['best_latency'])} | "
                      f"{c['change_pct']:+.1f}% |")
     text = "\n".join(lines) + "\n"
-    (run_dir / "report.md").write_text(text)
+    atomic.write_text(run_dir / "report.md", text)
     return text

@@ -12,6 +12,7 @@ keys and arithmetic as an uninterrupted one and ends with the same parameters.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -19,6 +20,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
+from jaxsplit import atomic
 from jaxsplit.envs import EnvSpec
 
 from . import checkpoint
@@ -46,22 +48,55 @@ def _environment(spec: EnvSpec | None, env: Any, env_params: Any) -> tuple[Any, 
     return spec.make()
 
 
+#: Everything a run writes into its folder (``jaxsplit train``); a fresh run refuses a folder holding any.
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", "evaluation.json", "report.md", "training_curve.png",
+             "latency_vs_load.png")
+
+
+def check_run_dir(run_dir: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
+    """The run folder as a Path, refused (ValueError naming ``--out``) when it is empty, a file, under a
+    file, or (a fresh run without ``overwrite``) holds anything a run writes. With ``overwrite`` the
+    run's own files (:data:`RUN_FILES`, nothing else) are removed."""
+    if str(run_dir).strip() == "":
+        raise ValueError("--out: an empty path; name a run folder")
+    path = Path(run_dir)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {str(run_dir)!r} is a file, not a folder")
+    for parent in path.absolute().parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"--out {str(run_dir)!r}: {str(parent)!r} is a file, not a folder")
+    if resume or not path.is_dir():
+        return path
+    present = [name for name in RUN_FILES if (path / name).exists()]
+    if "checkpoints" in present and checkpoint.latest_step(path) is not None and not overwrite:
+        raise ValueError(f"--out {path} already holds a checkpoint; pass --resume to continue it "
+                         f"or choose another --out")
+    if present and not overwrite:
+        raise ValueError(f"--out {path} already holds {', '.join(present)} of another run; pass --resume to "
+                         f"continue it, --overwrite to replace it, or choose another --out")
+    for name in present:
+        target = path / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    return path
+
+
 def train_run(config: PPOConfig, run_dir: str | Path, spec: EnvSpec | None = None, seed: int = 0,
               resume: bool = False, log_every: int = 5, checkpoint_every: int = 50, env: Any = None,
-              env_params: Any = None, on_chunk: Callable[[dict[str, Any]], None] | None = None
-              ) -> tuple[Trainer, RunnerState]:
+              env_params: Any = None, on_chunk: Callable[[dict[str, Any]], None] | None = None,
+              overwrite: bool = False) -> tuple[Trainer, RunnerState]:
     """Train (or resume) a run in ``run_dir``; returns the trainer and the final runner state.
 
     The environment is ``spec.make()`` (recorded in config.json, so that the run folder alone can be
     evaluated later), or ``env`` and ``env_params`` as given (then config.json records no spec).
-    Raises ValueError when ``run_dir`` already holds a checkpoint and ``resume`` is False (nothing is
-    overwritten), when ``resume`` finds no readable checkpoint, or when its configuration differs.
+    Raises ValueError when ``run_dir`` is refused by :func:`check_run_dir` (a fresh run into a folder
+    holding a run's files without ``overwrite``: nothing is overwritten), when ``resume`` finds no
+    readable checkpoint, or when its configuration differs. Every file is written atomically.
     ``on_chunk`` receives the last metrics row of each chunk (for progress display).
     """
     for name, value in (("log_every", log_every), ("checkpoint_every", checkpoint_every)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    run_dir = Path(run_dir)
+    run_dir = check_run_dir(run_dir, resume, overwrite=False)
     env, env_params = _environment(spec, env, env_params)
     trainer = Trainer(config, env, env_params)
     hp = trainer.default_hparams()
@@ -82,15 +117,12 @@ def train_run(config: PPOConfig, run_dir: str | Path, spec: EnvSpec | None = Non
         if old.get("seed") != seed:
             raise ValueError(f"--resume: seed={seed} differs from the run's {old.get('seed')!r}")
         runner, start = checkpoint.restore(run_dir, jax.eval_shape(init, key, hp))
-        rows = metrics_path.read_text().splitlines() if metrics_path.exists() else []
-        metrics_path.write_text("".join(r + "\n" for r in rows if json.loads(r)["update"] <= start))
+        kept = [json.dumps(r) for r in read_metrics(run_dir) if r["update"] <= start]
+        atomic.write_text(metrics_path, "".join(r + "\n" for r in kept))
     else:
-        if checkpoint.latest_step(run_dir) is not None:
-            raise ValueError(f"--out {run_dir} already holds a checkpoint; pass --resume to continue it "
-                             f"or choose another --out")
         run_dir.mkdir(parents=True, exist_ok=True)
-        config_path.write_text(json.dumps(saved, indent=2) + "\n")
-        metrics_path.write_text("")
+        atomic.write_text(config_path, json.dumps(saved, indent=2) + "\n")
+        atomic.write_text(metrics_path, "")
         runner, start = init(key, hp), 0
 
     run = jax.jit(trainer.run, static_argnums=2)
@@ -102,11 +134,12 @@ def train_run(config: PPOConfig, run_dir: str | Path, spec: EnvSpec | None = Non
             runner, metrics = run(runner, hp, end - done)
             metrics = jax.device_get(metrics)
             wall = time.perf_counter() - t0
-            with metrics_path.open("a") as fh:
-                for i in range(end - done):
-                    row = {"update": done + i + 1, "env_steps": (done + i + 1) * config.batch_size,
-                           "wall_s": round(wall, 3), **{k: float(v[i]) for k, v in metrics.items()}}
-                    fh.write(json.dumps(row) + "\n")
+            lines = []
+            for i in range(end - done):
+                row = {"update": done + i + 1, "env_steps": (done + i + 1) * config.batch_size,
+                       "wall_s": round(wall, 3), **{k: float(v[i]) for k, v in metrics.items()}}
+                lines.append(json.dumps(row))
+            atomic.append_lines(metrics_path, lines)
             if on_chunk is not None:
                 on_chunk(row)
             done = end
@@ -120,7 +153,18 @@ def train_run(config: PPOConfig, run_dir: str | Path, spec: EnvSpec | None = Non
 def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
     """The rows of ``RUN_DIR/metrics.jsonl``."""
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    rows = []
+    lines = path.read_text().splitlines() if path.exists() else []
+    for k, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if k == len(lines) - 1:  # a line torn by a crash inside the last append
+                break
+            raise ValueError(f"{path}: line {k + 1} is not JSON (the file is corrupt)") from None
+    return rows
 
 
 def read_config(run_dir: str | Path) -> tuple[EnvSpec | None, PPOConfig, int]:
@@ -142,6 +186,12 @@ def read_config(run_dir: str | Path) -> tuple[EnvSpec | None, PPOConfig, int]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as err:
         raise ValueError(f"--checkpoint {run_dir}: {config_path} is unreadable or corrupt "
                          f"({type(err).__name__}: {str(err)[:200]})") from None
+    try:
+        config.validate()
+        if spec is not None:
+            spec.overrides()
+    except ValueError as err:
+        raise ValueError(f"--checkpoint {run_dir}: {config_path}: {err}") from None
     return spec, config, seed
 
 
@@ -180,7 +230,10 @@ def evaluation_env(run_dir: str | Path, requests: int | None = None, cluster: Se
     if spec is None:
         raise ValueError(f"--checkpoint {run_dir}: the run was trained on an environment passed as an object, "
                          f"which cannot be rebuilt from its folder")
-    trained, _ = spec.base()
+    try:
+        trained, _ = spec.base()
+    except ValueError as err:  # the saved spec is the run's: name its file
+        raise ValueError(f"--checkpoint {run_dir}: {Path(run_dir) / 'config.json'}: {err}") from None
     extra: dict[str, Any] = {}
     if requests is not None:
         extra["requests"] = int(requests)

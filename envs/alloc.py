@@ -34,8 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxsplit import contract
 from jaxsplit.catalogue import SPLIT_RULES, Catalogue, RequestLatency  # noqa: F401  (SPLIT_RULES: re-exported)
-from jaxsplit.latency import Cluster, LayerArrays
+from jaxsplit.latency import LAYER_FIELDS, Cluster, LayerArrays
 
 from . import spaces
 
@@ -242,6 +243,16 @@ class AllocationEnv:
                 raise ValueError(f"field {lo!r}: {values[lo]!r} is above {hi} = {values[hi]!r}")
         if float(values["min_share"]) > 1:
             raise ValueError(f"field 'min_share': must be at most 1, got {values['min_share']!r}")
+        # The numeric contract of the latency model (jaxsplit.contract, docs/MODEL.md section 8).
+        for name in ("flops_min", "flops_max", "bandwidth_min", "bandwidth_max"):
+            contract.check_number(float(values[name]), name, contract.MIN_CAPACITY, contract.MAX_CAPACITY)
+        for name in ("latency_min", "latency_max"):
+            contract.check_number(float(values[name]), name, 0.0, contract.MAX_MESSAGE_LATENCY)
+        contract.check_number(float(values["min_share"]), "min_share", contract.MIN_SHARE, 1.0)
+        for name in ("load_min", "load_max"):
+            contract.check_number(float(values[name]), name, 1e-6, 1e6)
+        for name in ("util_weight", "invalid_penalty"):
+            contract.check_number(float(values[name]), name, 0.0, 1e6)
         mix = np.asarray(values["mix"], np.float64)
         if mix.shape != (self.num_models,) or not np.all(np.isfinite(mix)) or np.any(mix < 0) or mix.sum() <= 0:
             raise ValueError(f"field 'mix': need {self.num_models} non-negative weights with a positive sum, got {mix!r}")
@@ -253,6 +264,34 @@ class AllocationEnv:
             raise ValueError(f"field 'cluster.bandwidth': need {n} positive values (inf = local), got {b!r}")
         if t.shape != (n,) or not np.all(np.isfinite(t)) or np.any(t < 0):
             raise ValueError(f"field 'cluster.latency': need {n} non-negative finite values, got {t!r}")
+        for name, arr, kw in (("cluster.flops", f, {}), ("cluster.bandwidth", b, {"infinite": True})):
+            for i, v in enumerate(arr):
+                contract.check_number(float(v), f"{name}[{i}]", contract.MIN_CAPACITY, contract.MAX_CAPACITY, **kw)
+        for i, v in enumerate(t):
+            contract.check_number(float(v), f"cluster.latency[{i}]", 0.0, contract.MAX_MESSAGE_LATENCY)
+        self._check_request_times(values)
+
+    def _check_request_times(self, values: dict[str, Any]) -> None:
+        """Refuse parameters under which a request could take longer than the numeric contract's
+        :data:`jaxsplit.contract.MAX_TIME` on the slowest device at the smallest share."""
+        if bool(values["fixed_cluster"]):
+            f, b, t = (np.asarray(values[c], np.float64) for c in ("cluster_flops", "cluster_bandwidth",
+                                                                    "cluster_latency"))
+            worst = (float(np.min(f)), float(np.min(b)), float(np.max(t)))
+        else:
+            worst = (float(values["flops_min"]), float(values["bandwidth_min"]), float(values["latency_max"]))
+        cat = self.catalogue
+        cols = {k: np.asarray(getattr(cat.flat_layers, k), np.float64) for k in LAYER_FIELDS}
+        one = lambda v: np.full((1,), v)  # noqa: E731
+        times = contract.whole_layer_times(cols, one(worst[0]), one(worst[1]), one(worst[2]),
+                                           one(float(values["min_share"])))[:, 0]
+        per_model = np.bincount(np.asarray(cat.flat_model), weights=times * np.asarray(cat.flat_count, np.float64),
+                                minlength=self.num_models)
+        k = int(np.argmax(per_model))
+        if not per_model[k] <= contract.MAX_TIME:
+            raise ValueError(f"field 'min_share': model {self.models[k]!r} could take {per_model[k]:.3g} s on the "
+                             f"slowest device at share {values['min_share']!r}, above the limit "
+                             f"{contract.MAX_TIME:g} s (capacities or min_share too small)")
 
     # ------------------------------------------------------------------ sampling
     def sample_cluster(self, key: jax.Array, params: EnvParams) -> Cluster:

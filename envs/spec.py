@@ -33,12 +33,13 @@ def load_cluster(path: str | Path, field: str = "cluster") -> tuple[list[float],
     from jaxsplit.instance import parse_devices
 
     try:
-        with open(path) as fh:
+        with open(path, encoding="utf-8") as fh:
             obj = json.load(fh)
     except OSError as err:
         raise ValueError(f"field {field!r}: cannot read {str(path)!r}: {err.strerror}") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"field {field!r}: {str(path)!r} is not JSON: {err}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"field {field!r}: {str(path)!r} is not JSON: {type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:200]}") from None
     if not isinstance(obj, dict) or "devices" not in obj:
         raise ValueError(f"field {field!r}: {str(path)!r} needs an object with a 'devices' list")
     devices = parse_devices(obj["devices"], f"{path}: ", shares=False)
@@ -104,6 +105,12 @@ class EnvSpec:
 
     def overrides(self) -> dict[str, Any]:
         """The keyword overrides of :func:`jaxsplit.envs.make` (ValueError names a bad field)."""
+        if isinstance(self.share_levels, bool) or not isinstance(self.share_levels, int) or self.share_levels < 0:
+            raise ValueError(f"field 'share_levels': must be a non-negative integer (0: continuous shares), "
+                             f"got {self.share_levels!r}")
+        for i, level in enumerate(self.pair_levels):
+            if not (isinstance(level, (int, float)) and math.isfinite(level) and 0 < level <= 1):
+                raise ValueError(f"field 'pair_levels[{i}]': must be in (0, 1], got {level!r}")
         out: dict[str, Any] = {"reward_scale": self.reward_scale, "observation": self.observation}
         if self.cluster is not None:
             out["cluster"] = load_cluster(self.cluster)
@@ -118,7 +125,13 @@ class EnvSpec:
 
     def base(self, **extra: Any) -> tuple[Any, Any]:
         """The environment without the action wrapper, and its params; ``extra`` overrides win."""
-        return make(self.env, **{**self.overrides(), **extra})
+        try:
+            return make(self.env, **{**self.overrides(), **extra})
+        except ValueError as err:  # make() names its argument 'name'; here it is the 'env' option
+            text = str(err)
+            if text.startswith("field 'name'"):
+                raise ValueError("field 'env'" + text[len("field 'name'"):]) from None
+            raise
 
     def wrap(self, env: Any) -> ShareAction:
         """``env`` with this spec's action form."""

@@ -12,7 +12,10 @@ or turn it off).
 from __future__ import annotations
 
 import importlib
+import os
+import signal
 import sys
+import threading
 from typing import Callable, Sequence
 
 from jaxsplit import compile_cache
@@ -44,19 +47,70 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+#: Exit status after Ctrl-C (128 + SIGINT) and after the reader of standard output went away
+#: (128 + SIGPIPE), as a shell reports them.
+EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141
+
+
 def run_command(name: str, body: Callable[[], int]) -> int:
-    """Run ``body`` and turn a ValueError into a one-line error with exit status 2."""
+    """Run ``body`` and turn a ValueError into a one-line error with exit status 2, Ctrl-C into one
+    line and status 130, and a closed standard output (``| head``) into status 141 without a word."""
     try:
         return body()
     except ValueError as err:
         print(f"jaxsplit {name}: error: {err}", file=sys.stderr)
         return 2
+    except RecursionError:
+        print(f"jaxsplit {name}: error: input nested too deeply", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the message
         print(f"jaxsplit {name}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader is gone: send the rest of the output nowhere so that the exit flush stays quiet
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _exit_on_ctrl_c(name: str) -> None:
+    """Ctrl-C ends the process at once, whatever it is doing, with one line and status 130.
+
+    SIGINT is blocked in every thread (threads started later inherit the mask) and received by a
+    dedicated thread with ``sigwait``, so it is answered even inside a long compile, where Python's
+    own handler would wait for the compile to end, and never lands in a callback that would swallow
+    it. The process leaves with ``os._exit``: the interpreter's teardown can crash while compiler or
+    checkpoint threads still run. That loses nothing: every run file is written atomically (a
+    temporary file renamed into place; orbax renames a finished checkpoint folder), and a metrics
+    line torn by the exit is skipped when the run is resumed.
+    """
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+    def wait() -> None:
+        signal.sigwait({signal.SIGINT})
+        os.write(2, f"jaxsplit {name}: interrupted\n".encode())
+        os._exit(EXIT_INTERRUPTED)
+
+    threading.Thread(target=wait, name="ctrl-c", daemon=True).start()
+
+
+#: Commands that end on Ctrl-C through KeyboardInterrupt instead (``run`` stops its worker processes;
+#: ``sweep`` marks its running trials failed and queues them again in the study before it exits).
+KEYBOARD_INTERRUPT_COMMANDS = frozenset({"run", "sweep"})
+
+
+def _import_command(name: str):
+    try:
+        return importlib.import_module(COMMANDS[name][0])
+    except ModuleNotFoundError as err:
+        raise ValueError(f"this command needs {err.name!r}, which is not installed") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv_given = argv
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
@@ -65,20 +119,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"jaxsplit: error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module_name = COMMANDS[name][0]
     try:
         rest, cache_dir, no_cache = compile_cache.split_options(rest)
     except ValueError as err:
         print(f"jaxsplit {name}: error: {err}", file=sys.stderr)
         return 2
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        print(f"jaxsplit {name}: error: this command needs {err.name!r}, which is not installed", file=sys.stderr)
-        return 2
+    if argv_given is None and name not in KEYBOARD_INTERRUPT_COMMANDS:
+        _exit_on_ctrl_c(name)
     folder = None if name in UNCACHED else compile_cache.resolve(cache_dir, no_cache)
     with compile_cache.enabled(folder, f"jaxsplit {name}"):
-        return run_command(name, lambda: module.main(rest))
+        code = run_command(name, lambda: _import_command(name).main(rest))
+    if argv_given is None and code != 0:
+        # The process is ours (the console script) and failed or was stopped: leave without the
+        # interpreter's teardown, which can crash or print thread tracebacks while XLA compiler,
+        # checkpoint or rendezvous threads still run. Every run file is already complete on disk
+        # (written atomically).
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,4 +11,10 @@ def make_console(stderr: bool = False):
 
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() else 160
-    return Console(file=stream, width=width)
+    console = Console(file=stream, width=width)
+
+    def broken_pipe() -> None:  # rich would exit 1; the command line reports it as 141 (jaxsplit.cli)
+        raise BrokenPipeError
+
+    console.on_broken_pipe = broken_pipe
+    return console

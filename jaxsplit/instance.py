@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import zoo
+from . import contract, zoo
 from .layers import Layer, layer_from_dict
 
 
@@ -76,13 +76,22 @@ def parse_devices(obj: Any, where: str = "", shares: bool = True) -> tuple[Devic
             raise ValueError(f"{where}field 'devices[{i}].{unknown[0]}' is not a device field")
         if "flops" not in d:
             raise ValueError(f"{where}missing field 'devices[{i}].flops'")
-        flops = _number(d["flops"], f"devices[{i}].flops", where, positive=True)
-        bandwidth = _number(d.get("bandwidth"), f"devices[{i}].bandwidth", where, positive=True, allow_none=True)
-        latency = _number(d.get("latency", 0.0), f"devices[{i}].latency", where, low=0.0)
-        share = _number(d.get("share", 1.0), f"devices[{i}].share", where, low=0.0, high=1.0) if shares else 1.0
+        at = f"devices[{i}]"
+        flops = _number(d["flops"], f"{at}.flops", where, positive=True)
+        flops = contract.check_number(flops, f"{at}.flops", contract.MIN_CAPACITY, contract.MAX_CAPACITY,
+                                      where=where)
+        bandwidth = _number(d.get("bandwidth"), f"{at}.bandwidth", where, positive=True, allow_none=True)
+        bandwidth = contract.check_number(bandwidth, f"{at}.bandwidth", contract.MIN_CAPACITY,
+                                          contract.MAX_CAPACITY, where=where, infinite=True)
+        latency = _number(d.get("latency", 0.0), f"{at}.latency", where, low=0.0)
+        latency = contract.check_number(latency, f"{at}.latency", 0.0, contract.MAX_MESSAGE_LATENCY, where=where)
+        share = _number(d.get("share", 1.0), f"{at}.share", where, low=0.0, high=1.0) if shares else 1.0
+        share = contract.check_number(share, f"{at}.share", contract.MIN_SHARE, 1.0, where=where, zero=True)
         out.append(Device(flops, bandwidth, latency, share))
     if shares and not any(d.share > 0 for d in out):
         raise ValueError(f"{where}field 'devices': no device has a positive share")
+    if len(out) > contract.MAX_DEVICES:
+        raise ValueError(f"{where}field 'devices': at most {contract.MAX_DEVICES} devices, got {len(out)}")
     return tuple(out)
 
 
@@ -123,7 +132,58 @@ def parse_instance(obj: Any, line: int | None = None) -> Instance:
         layers = tuple(layer_from_dict(layer, f"{where}layers[{i}]: ") for i, layer in enumerate(raw))
     devices = parse_devices(obj.get("devices"), where)
     q = _number(obj.get("bytes_per_element", 4), "bytes_per_element", where, positive=True)
-    return Instance(layers, devices, q)
+    q = contract.check_number(q, "bytes_per_element", contract.MIN_BYTES_PER_ELEMENT,
+                              contract.MAX_BYTES_PER_ELEMENT, where=where)
+    inst = Instance(layers, devices, q)
+    check_instance(inst, where)
+    return inst
+
+
+def check_instance(inst: Instance, where: str = "") -> None:
+    """Refuse an instance outside the numeric contract (:mod:`jaxsplit.contract`): device ranges, the
+    work and bytes of each layer, and the time of any device on any whole layer and on the request.
+
+    Raises ``ValueError`` naming the layer or device field, its value and the range."""
+    if not inst.layers:
+        raise ValueError(f"{where}field 'layers' must be a non-empty list, got []")
+    if not inst.devices:
+        raise ValueError(f"{where}field 'devices' must be a non-empty list, got []")
+    if len(inst.devices) > contract.MAX_DEVICES:
+        raise ValueError(f"{where}field 'devices': at most {contract.MAX_DEVICES} devices, got {len(inst.devices)}")
+    for i, d in enumerate(inst.devices):
+        at = f"devices[{i}]"
+        contract.check_number(d.flops, f"{at}.flops", contract.MIN_CAPACITY, contract.MAX_CAPACITY, where=where)
+        contract.check_number(d.bandwidth, f"{at}.bandwidth", contract.MIN_CAPACITY, contract.MAX_CAPACITY,
+                              where=where, infinite=True)
+        contract.check_number(d.latency, f"{at}.latency", 0.0, contract.MAX_MESSAGE_LATENCY, where=where)
+        contract.check_number(d.share, f"{at}.share", contract.MIN_SHARE, 1.0, where=where, zero=True)
+    if not any(d.share > 0 for d in inst.devices):
+        raise ValueError(f"{where}field 'devices': no device has a positive share")
+    contract.check_number(inst.bytes_per_element, "bytes_per_element", contract.MIN_BYTES_PER_ELEMENT,
+                          contract.MAX_BYTES_PER_ELEMENT, where=where)
+    from .latency import layer_arrays_numpy  # jax only when an instance is checked
+
+    cols = layer_arrays_numpy(inst.layers, inst.bytes_per_element, np.float64)
+    names = [layer.name or f"{layer.kind}{k}" for k, layer in enumerate(inst.layers)]
+    work = cols["row_work"] * cols["out_height"]
+    for label, values in (("work (FLOP)", work), ("input bytes", cols["in_row_bytes"] * cols["in_height"]),
+                          ("output bytes", cols["out_row_bytes"] * cols["out_height"])):
+        bad = np.flatnonzero(~(values <= contract.MAX_LAYER_WORK))
+        if bad.size:
+            k = int(bad[0])
+            raise ValueError(f"{where}layers[{k}] ('{names[k]}'): {label} {values[k]:.3g} is above the limit "
+                             f"{contract.MAX_LAYER_WORK:g}")
+    f, b, t, a = inst.cluster_arrays()
+    times = contract.whole_layer_times(cols, f, b, t, a)  # (L, N)
+    bad = np.argwhere(~(np.isfinite(times) & (times <= contract.MAX_TIME)))
+    if bad.size:
+        k, i = (int(v) for v in bad[0])
+        raise ValueError(f"{where}layers[{k}] ('{names[k]}') on devices[{i}] could take {times[k, i]:.3g} s, "
+                         f"above the limit {contract.MAX_TIME:g} s: capacity, share or sizes out of range")
+    total = float(np.sum(np.max(times, axis=1)))
+    if not total <= contract.MAX_TIME:
+        raise ValueError(f"{where}field 'layers': the request could take {total:.3g} s, above the limit "
+                         f"{contract.MAX_TIME:g} s")
 
 
 def loads(text: str, source: str = "<input>") -> list[Instance]:
@@ -136,6 +196,8 @@ def loads(text: str, source: str = "<input>") -> list[Instance]:
     except json.JSONDecodeError:
         obj = None
         lines = True
+    except RecursionError:
+        raise ValueError(f"{source}: JSON nested too deeply") from None
     else:
         lines = False
     if not lines:
@@ -147,7 +209,9 @@ def loads(text: str, source: str = "<input>") -> list[Instance]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"line {number}: malformed JSON: {err.msg} at column {err.colno}") from None
+            raise ValueError(f"{source}: line {number}: malformed JSON: {err.msg} at column {err.colno}") from None
+        except RecursionError:
+            raise ValueError(f"{source}: line {number}: JSON nested too deeply") from None
         out.append(parse_instance(obj, number))
     return out
 
@@ -156,13 +220,16 @@ def load(path: str) -> list[Instance]:
     """Read instances from a file path, or standard input for ``-``."""
     import sys
 
-    if path == "-":
-        return loads(sys.stdin.read(), "<stdin>")
     try:
+        if path == "-":
+            return loads(sys.stdin.read(), "<stdin>")
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except OSError as err:
         raise ValueError(f"cannot read {path!r}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{'<stdin>' if path == '-' else repr(path)} is not UTF-8 text (byte {err.start}: "
+                         f"{err.object[err.start:err.start + 1]!r}); an instance file is JSON") from None
     return loads(text, path)
 
 
@@ -187,4 +254,8 @@ def dumps_result(names: Sequence[str], rows: np.ndarray, latencies: np.ndarray) 
         "layers": [{"name": n, "rows": [int(v) for v in r], "latency": float(t)}
                    for n, r, t in zip(names, rows, latencies)],
     }
-    return json.dumps(obj)
+    # Strict JSON: a non-finite latency is a bug inside the numeric contract, never printed.
+    try:
+        return json.dumps(obj, allow_nan=False)
+    except ValueError:
+        raise RuntimeError(f"non-finite latency in a result: {obj['latency']!r}") from None

@@ -102,7 +102,21 @@ class Cluster:
 
     @classmethod
     def create(cls, flops, bandwidth, latency, dtype=None) -> "Cluster":
+        """A cluster from capacities of one shape (..., N), checked against the numeric contract.
+
+        Raises ``ValueError`` naming the field and value for mismatched shapes or a value outside
+        :mod:`jaxsplit.contract`'s ranges (traced arguments, inside ``jit``, are not checked)."""
         dtype = dtype or jnp.result_type(float)
+        if not any(isinstance(x, jax.core.Tracer) for x in (flops, bandwidth, latency)):
+            from .contract import check_cluster_arrays
+
+            arrays = []
+            for name, x in (("flops", flops), ("bandwidth", bandwidth), ("latency", latency)):
+                try:
+                    arrays.append(np.asarray(x, np.float64))
+                except (TypeError, ValueError):
+                    raise ValueError(f"field '{name}' must be an array of numbers, got {x!r}") from None
+            check_cluster_arrays(*arrays)
         return cls(jnp.asarray(flops, dtype), jnp.asarray(bandwidth, dtype), jnp.asarray(latency, dtype))
 
     @property

@@ -20,6 +20,8 @@ import dataclasses
 import math
 from typing import Any, Iterable, Sequence
 
+from .contract import MAX_SIZE
+
 LAYER_KINDS = ("conv", "maxpool", "avgpool", "linear")
 POOL_KINDS = ("maxpool", "avgpool")
 
@@ -150,6 +152,18 @@ class Layer:
             isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in self.padding
         ):
             raise ValueError(f"{w}field 'padding' must be non-negative integers, got {list(self.padding)!r}")
+        # The numeric contract (jaxsplit.contract): row indices stay exact in float32.
+        for field in ("in_channels", "out_channels", "groups", "in_height", "in_width", "kernel", "stride",
+                      "dilation", "padding"):
+            value = getattr(self, field)
+            if max(value if isinstance(value, tuple) else (value,)) > MAX_SIZE:
+                raise ValueError(f"{w}field '{field}' must be at most {MAX_SIZE} (2^24 - 1), got "
+                                 f"{list(value) if isinstance(value, tuple) else value!r}")
+        for axis, n, p in (("height", self.in_height, self.padding[0] + self.padding[1]),
+                           ("width", self.in_width, self.padding[2] + self.padding[3])):
+            if n + p > MAX_SIZE:
+                raise ValueError(f"{w}field 'in_{axis}' = {n} plus padding {p} must be at most {MAX_SIZE} "
+                                 f"(2^24 - 1), got {n + p}")
         if self.kind == "conv":
             if self.in_channels % self.groups or self.out_channels % self.groups:
                 raise ValueError(

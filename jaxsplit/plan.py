@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .instance import Instance
+from .instance import Instance, check_instance
 from .latency import LAYER_FIELDS, Cluster, LayerArrays, layer_arrays_numpy, layer_latency
 from .solvers import HOST_SOLVERS, batched_solver, get_solver
 
@@ -71,6 +71,8 @@ def solve_instances(instances: list[Instance], solver: str = "closed_form") -> l
     get_solver(solver)
     if not instances:
         return []
+    for k, inst in enumerate(instances):  # instances built in Python skip the parser's checks
+        check_instance(inst, f"instance {k}: " if len(instances) > 1 else "")
     layers, cluster, share, real = flatten(instances)
     if solver in HOST_SOLVERS:
         take = lambda a: a[:real]  # noqa: E731 - the host solver needs no padding

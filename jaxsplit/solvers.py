@@ -25,13 +25,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import kernels
-from .latency import Cluster, LayerArrays, Rates, allocation_rates, device_times, segment_time
+from . import contract, kernels
+from .latency import LAYER_FIELDS, Cluster, LayerArrays, Rates, allocation_rates, device_times, segment_time
 
 Solver = Callable[[LayerArrays, Cluster, jax.Array], jax.Array]
 
 #: Correction rounds of the closed form (each moves at most one row; bounded, jittable).
 CLOSED_FORM_CORRECTION_ROUNDS = 3
+#: Largest ratio of two devices' row costs that the LP baseline passes to HiGHS.
+LP_COST_SPREAD = 1e12
+#: Largest cluster whose devices the exact solver's greedy pass unrolls (larger ones loop).
+GREEDY_UNROLL = 8
 
 
 # --------------------------------------------------------------------------- the affine model
@@ -114,7 +118,10 @@ def water_fill(alpha: jax.Array, beta: jax.Array, active: jax.Array, total: jax.
 
     def drain(state):
         inside, level, _, k = state
-        keep = inside & (alpha < level)
+        # The device with the smallest alpha always stays (in exact arithmetic alpha_min < T); kept
+        # explicitly because a float level may round down onto it (tau far above the row times).
+        lowest = jnp.min(jnp.where(inside, alpha, jnp.inf), axis=0)
+        keep = inside & ((alpha < level) | (alpha <= lowest))
         return keep, level_of(keep), jnp.any(keep != inside), k + 1
 
     start = (active, level_of(active), jnp.asarray(True), jnp.zeros((), jnp.int32))
@@ -306,14 +313,17 @@ def greedy_split(layer: LayerArrays, rates: Rates, budget: jax.Array) -> tuple[j
     """
     total = layer.out_height.astype(jnp.int32)
     num = rates.active.shape[-1]
-    start = jnp.zeros((), jnp.int32)
-    rows = []
-    for i in range(num):
-        one = jax.tree.map(lambda a: a[i:i + 1], rates)
+
+    def take(start, one):
+        one = jax.tree.map(lambda a: a[None], one)
         n = max_rows(layer, one, start[None], budget, (total - start)[None])[0]
-        rows.append(n)
-        start = start + n
-    return start >= total, jnp.stack(rows)
+        return start + n, n
+
+    # A scan, not a Python loop over the devices: the program (and its compile time) stays one loop
+    # body whatever N is; clusters of up to GREEDY_UNROLL devices are unrolled (the faster program).
+    unroll = num if num <= GREEDY_UNROLL else 1
+    start, rows = jax.lax.scan(take, jnp.zeros((), jnp.int32), rates, unroll=unroll)
+    return start >= total, rows
 
 
 def exact_split(layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
@@ -388,7 +398,8 @@ def rebalance_split(layer: LayerArrays, cluster: Cluster, share: jax.Array) -> j
     rates = allocation_rates(cluster, share)
     rows0 = equal_split(layer, cluster, share)
     idx = jnp.arange(share.shape[-1])
-    limit = layer.out_height.astype(jnp.int32) * share.shape[-1]
+    num = share.shape[-1]
+    limit = jnp.minimum(layer.out_height, (2**31 - 1) // num).astype(jnp.int32) * num  # no int32 overflow
 
     def cond(state):
         _, _, moved, count = state
@@ -437,14 +448,18 @@ def lp_split(layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Arra
     c = np.zeros(num + 1)
     c[-1] = 1.0
     a_ub = np.zeros((len(idx), num + 1))
-    a_ub[np.arange(len(idx)), idx] = alpha[idx] / total + beta[idx]
+    # Each row is scaled by the cheapest device's cost, and the spread capped, so that HiGHS sees
+    # coefficients in [1, 1e12] (it reads 1e20 and above as infinite and refuses the model). A
+    # device 1e12 times dearer than the cheapest gets at most 1e-12 of the rows either way.
+    cost = alpha[idx] / total + beta[idx]
+    a_ub[np.arange(len(idx)), idx] = np.minimum(cost / np.min(cost), LP_COST_SPREAD)
     a_ub[:, -1] = -1.0
     a_eq = np.zeros((1, num + 1))
     a_eq[0, :num] = 1.0
     bounds = [(0.0, float(total) if active[i] else 0.0) for i in range(num)] + [(0.0, None)]
     res = linprog(c, A_ub=a_ub, b_ub=np.zeros(len(idx)), A_eq=a_eq, b_eq=[total], bounds=bounds,
                   method="highs")
-    if res.status != 0:  # pragma: no cover - the LP is always feasible and bounded
+    if res.status != 0:  # pragma: no cover - the scaled LP is always feasible, bounded and finite
         raise RuntimeError(f"LP split failed: {res.message}")
     rows = np.floor(np.clip(res.x[:num], 0.0, total) + 1e-9).astype(np.int64)
     rows[~active] = 0
@@ -568,6 +583,35 @@ def solve_device_major_arrays(layer: LayerArrays, cluster: Cluster, share: jax.A
     return _device_major_blocks(closed_form_split, layer, cluster, share).astype(jnp.int32)
 
 
-def solve_batch(name: str, layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
-    """Solve a batch of layer-instances with solver ``name``; rows (B, N) int32."""
+def check_batch(layer: LayerArrays, cluster: Cluster, share: jax.Array) -> None:
+    """Refuse a batch outside the numeric contract (:mod:`jaxsplit.contract`) with a ``ValueError``
+    naming the field, the index and the value. Skipped for traced arguments (inside ``jit``)."""
+    leaves = jax.tree.leaves((layer, cluster, share))
+    if any(isinstance(x, jax.core.Tracer) for x in leaves):
+        return
+    cols = {k: np.asarray(getattr(layer, k), np.float64) for k in LAYER_FIELDS}
+    shapes = {k: v.shape for k, v in cols.items()}
+    if len(set(shapes.values())) != 1 or len(next(iter(shapes.values()))) != 1:
+        raise ValueError(f"layer fields must all have one shape (B,), got {shapes}")
+    f, b, t, a = (np.asarray(x, np.float64) for x in (cluster.flops, cluster.bandwidth, cluster.latency, share))
+    contract.check_cluster_arrays(f, b, t, a)
+    if a.ndim != 2 or a.shape[0] != cols["in_height"].shape[0]:
+        raise ValueError(f"field 'share' must have shape (B, N) with B = {cols['in_height'].shape[0]} "
+                         f"layer-instances, got {a.shape}")
+    contract.check_layer_columns(cols)
+    contract.check_times(contract.whole_layer_times(cols, f, b, t, a), what="layer-instance: ")
+
+
+def solve_batch(name: str, layer: LayerArrays, cluster: Cluster, share: jax.Array, *,
+                check: bool = True) -> jax.Array:
+    """Solve a batch of layer-instances with solver ``name``; rows (B, N) int32.
+
+    Args:
+      layer: fields of shape (B,); cluster: fields (B, N); share: (B, N).
+      check: refuse inputs outside the numeric contract (:func:`check_batch`, a host pass over the
+        batch); ``False`` skips it for inputs already checked.
+    """
+    get_solver(name)
+    if check:
+        check_batch(layer, cluster, share)
     return batched_solver(name)(layer, cluster, share)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .contract import MAX_SIZE
 from .layers import Layer, conv, linear, pool
 
 ZOO_DEFAULT_SIZE = {
@@ -228,6 +229,8 @@ def get(name: str, input_size: tuple[int, int] | None = None) -> list[Layer]:
     for field, v in (("input_size[0]", h), ("input_size[1]", w)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"field '{field}' must be a positive integer, got {v!r}")
+        if v > MAX_SIZE:
+            raise ValueError(f"field '{field}' must be at most {MAX_SIZE} (2^24 - 1), got {v!r}")
     try:
         return MODELS[name](h, w)
     except ValueError as err:

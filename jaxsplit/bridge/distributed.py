@@ -17,11 +17,13 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import errno
+import json
 import math
 import multiprocessing as mp
 import os
 import queue
 import socket
+import threading
 import time
 import traceback
 from typing import Any, Callable, Sequence
@@ -379,18 +381,74 @@ def _calibrate_sharing(coord: Coordinator) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------- one rank
+def _rendezvous(spec: RunSpec, rank: int, master_addr: str, master_port: int) -> None:
+    """``init_process_group`` bounded by ``spec.timeout``: its own timeout does not cover a client
+    that reached a port where something else listens (it waits for a store's answer for ever), so the
+    rendezvous runs in a daemon thread and the rank gives up when the thread has not returned."""
+    outcome: list[BaseException | None] = []
+
+    def join() -> None:
+        try:
+            dist.init_process_group("gloo", init_method=f"tcp://{master_addr}:{master_port}", rank=rank,
+                                    world_size=spec.world_size, timeout=datetime.timedelta(seconds=spec.timeout))
+            outcome.append(None)
+        except BaseException as err:  # reported by the caller
+            outcome.append(err)
+
+    thread = threading.Thread(target=join, name="rendezvous", daemon=True)
+    thread.start()
+    thread.join(spec.timeout + 5.0)
+    if not outcome:
+        raise RunError(f"rank {rank}: rendezvous at {master_addr}:{master_port} did not complete within "
+                       f"{spec.timeout:g} s (no coordinator answered there, another program holds the port, "
+                       f"or fewer than {spec.world_size} ranks joined)")
+    err = outcome[0]
+    if err is not None:
+        raise RunError(f"rank {rank}: rendezvous at {master_addr}:{master_port} failed: "
+                       f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+
+
+#: RunSpec fields every rank must share (threads and repeats are per process or rank 0's alone).
+SHARED_FIELDS = ("model", "input_size", "rows", "dtype", "seed", "calibrate")
+
+
+def _check_same_configuration(spec: RunSpec, rank: int) -> None:
+    """Before any tensor moves: rank 0 broadcasts its configuration, every rank compares it with its
+    own, and all learn whether some rank differs (RunError naming the fields and both values)."""
+    def norm(v: Any) -> Any:
+        return json.loads(json.dumps(v))
+
+    mine = {k: norm(getattr(spec, k)) for k in SHARED_FIELDS}
+    data = json.dumps(mine, sort_keys=True).encode()
+    size = torch.tensor([len(data)], dtype=torch.int64)
+    _wait(dist.broadcast(size, 0, async_op=True), spec.timeout, f"rank {rank}: configuration check")
+    buf = torch.zeros(int(size.item()), dtype=torch.uint8)
+    if rank == 0:
+        buf = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    _wait(dist.broadcast(buf, 0, async_op=True), spec.timeout, f"rank {rank}: configuration check")
+    theirs = json.loads(bytes(buf.numpy().tobytes()).decode()) if rank != 0 else mine
+    diff = [k for k in SHARED_FIELDS if mine.get(k) != theirs.get(k)]
+    flags = torch.zeros(spec.world_size, dtype=torch.int64)
+    flags[rank] = 1 if diff else 0
+    _wait(dist.all_reduce(flags, async_op=True), spec.timeout, f"rank {rank}: configuration check")
+    if diff:
+        what = "; ".join(f"{k} = {json.dumps(mine[k])[:120]} here, {json.dumps(theirs.get(k))[:120]} on rank 0"
+                         for k in diff)
+        raise RunError(f"rank {rank}: its configuration differs from rank 0's: {what}")
+    bad = [j for j in range(spec.world_size) if flags[j]]
+    if bad:
+        raise RunError(f"rank {rank}: rank(s) {', '.join(map(str, bad))} run a different configuration "
+                       f"(model, input size, plan, dtype, seed or calibration); each says what differs")
+
+
 def run_rank(spec: RunSpec, rank: int, master_addr: str, master_port: int,
              report: Callable[[tuple], None] | None = None) -> dict[str, Any] | None:
     """Run one rank. Rank 0 returns the result dict (see :func:`launch_local`); workers return None."""
     torch.set_num_threads(max(1, spec.threads))
     world = spec.world_size
+    _rendezvous(spec, rank, master_addr, master_port)
     try:
-        dist.init_process_group("gloo", init_method=f"tcp://{master_addr}:{master_port}", rank=rank,
-                                world_size=world, timeout=datetime.timedelta(seconds=spec.timeout))
-    except Exception as err:
-        raise RunError(f"rank {rank}: rendezvous at {master_addr}:{master_port} failed: "
-                       f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
-    try:
+        _check_same_configuration(spec, rank)
         traced, x = _build(spec)
         for t in traced.gm.state_dict().values():  # every rank executes rank 0's weights
             if isinstance(t, torch.Tensor) and t.is_floating_point():

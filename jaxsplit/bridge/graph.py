@@ -16,6 +16,9 @@ The table lists the layers in the order the trace visits them, named by their mo
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import copy
 import dataclasses
 import operator
@@ -188,7 +191,8 @@ def trace(model: nn.Module, example_input: torch.Tensor | Sequence[int]) -> Trac
     gm = _symbolic_trace(model)
     x = example_tensor(example_input, next((p.dtype for p in gm.parameters()), torch.float32))
     try:
-        with torch.no_grad():
+        # ShapeProp prints the failing node's traceback itself before raising; the error below says it
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             ShapeProp(gm).propagate(x)
     except Exception as err:
         raise UnsupportedModelError(

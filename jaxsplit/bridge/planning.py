@@ -33,8 +33,9 @@ def load_devices(path: str) -> tuple[Device, ...]:
         obj = json.loads(Path(path).read_text())
     except OSError as err:
         raise ValueError(f"field 'cluster': cannot read {path!r}: {err.strerror}") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"field 'cluster': {path!r} is not valid JSON: {err}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"field 'cluster': {path!r} is not valid JSON: {type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:200]}") from None
     if isinstance(obj, dict):
         obj = obj.get("devices")
     return parse_devices(obj, f"{path}: ", shares=True)
@@ -74,7 +75,11 @@ def load_model(spec: str, input_size: Sequence[int] | None = None, seed: int = 0
         if not callable(fn):
             raise ValueError(f"field 'model': {path!r} has no function {factory!r}")
         torch.manual_seed(seed)
-        out = fn()
+        try:
+            out = fn()
+        except Exception as err:
+            raise ValueError(f"field 'model': {factory}() in {path!r} raised {type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else ''}") from None
         model, shape = (out if isinstance(out, tuple) else (out, None))
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"field 'model': {factory}() must return a torch.nn.Module, got {type(model).__name__}")

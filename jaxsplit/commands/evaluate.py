@@ -16,11 +16,13 @@ import dataclasses
 import json
 import math
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import tyro
 
+from jaxsplit import atomic
 from jaxsplit.agents.run import evaluation_env, load_policy
 from jaxsplit.envs import evaluate, load_cluster, make, policies
 from jaxsplit.envs.evaluation import markdown_table
@@ -188,11 +190,25 @@ def plot(rows: list[dict[str, Any]], path: str, highlight: str = CHECKPOINT_POLI
     ax.legend(fontsize=8)
     fig.tight_layout()
     try:
-        fig.savefig(path, dpi=120)
+        atomic.savefig(fig, path, dpi=120)
     except OSError as err:
         raise ValueError(f"field 'plot': cannot write {path!r}: {err.strerror}") from None
     finally:
         plt.close(fig)
+
+
+PLOT_FORMATS = (".png", ".pdf", ".svg")
+
+
+def check_plot_path(path: str) -> None:
+    """Refuse a plot path that is a folder, has no image suffix, or lies in no folder (before any work)."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"field 'plot': {path!r} is a folder; name an image file such as {str(p / 'latency.png')!r}")
+    if p.suffix.lower() not in PLOT_FORMATS:
+        raise ValueError(f"field 'plot': {path!r} must end in {', '.join(PLOT_FORMATS)}")
+    if not p.absolute().parent.is_dir():
+        raise ValueError(f"field 'plot': cannot write {path!r}: no folder {str(p.parent)!r}")
 
 
 def json_records(rows: list[dict[str, Any]]) -> str:
@@ -203,6 +219,8 @@ def json_records(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: Sequence[str]) -> int:
     args = tyro.cli(EvaluateArgs, args=list(argv), prog="jaxsplit evaluate")
+    if args.plot:
+        check_plot_path(args.plot)
     rows = run(args)
     if args.plot:
         plot(rows, args.plot)

@@ -25,7 +25,8 @@ import tyro
 
 from jaxsplit.agents import checkpoint, report
 from jaxsplit.agents.ppo import PPOConfig
-from jaxsplit.agents.run import read_metrics, train_run
+from jaxsplit import atomic
+from jaxsplit.agents.run import check_run_dir, read_metrics, train_run
 from jaxsplit.envs import EnvSpec, policies
 
 from . import evaluate as evaluate_cmd
@@ -36,7 +37,8 @@ class TrainArgs:
     """Train a PPO allocation policy (the main job)."""
 
     out: Path = Path("runs/ppo")
-    """run folder: config, metrics.jsonl, checkpoints/, report.md and plots"""
+    """run folder: config, metrics.jsonl, checkpoints/, report.md and plots (refused when it holds another
+    run's files, unless --resume or --overwrite)"""
     seed: int = 0
     """random seed (same seed, same parameters)"""
     log_every: int = 10
@@ -45,6 +47,8 @@ class TrainArgs:
     """save a checkpoint every this many updates (and at the end)"""
     resume: bool = False
     """continue the run in --out from its newest checkpoint"""
+    overwrite: bool = False
+    """replace the run files (config, metrics, checkpoints, report, plots) already in --out"""
     eval_policies: tuple[str, ...] = tuple(policies.POLICIES)
     """baseline policies of the final evaluation"""
     eval_loads: tuple[float, ...] = (0.3, 0.6, 0.9, 1.2)
@@ -107,6 +111,8 @@ def validate(args: TrainArgs) -> None:
         if name not in policies.POLICIES:
             raise ValueError(f"--eval-policies: unknown baseline {name!r}; known: {', '.join(policies.POLICIES)}")
     args.ppo.validate()
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
 
 
 def final_evaluation(args: TrainArgs) -> tuple[list[dict], str]:
@@ -120,30 +126,46 @@ def final_evaluation(args: TrainArgs) -> tuple[list[dict], str]:
     return evaluate_cmd.run(eval_args), command
 
 
+def _empty_out(argv: Sequence[str]) -> bool:
+    """``--out ''`` (a Path of '' reads as the current folder, so the raw argument is checked)."""
+    words = list(argv)
+    return "--out=" in words or any(w == "--out" and i + 1 < len(words) and not words[i + 1].strip()
+                                    for i, w in enumerate(words))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import sys
+
+    if _empty_out(sys.argv[1:] if argv is None else argv):
+        raise ValueError("--out: an empty path; name a run folder")
     args = tyro.cli(TrainArgs, args=argv, prog="jaxsplit train")
     validate(args)
     spec, config = args.environment, args.ppo
     if spec.cluster is not None:  # the run folder must rebuild the environment wherever it is evaluated from
         spec = dataclasses.replace(spec, cluster=str(Path(spec.cluster).resolve()))
     spec.overrides()  # a bad environment option fails before anything is written
+    # an empty path, a file or a path under one is refused before --overwrite removes anything
+    out = check_run_dir(args.out, resume=args.resume or args.overwrite)
+    if args.overwrite:
+        check_run_dir(args.out, False, overwrite=True)
     start = 0
     if args.resume:
-        start = (checkpoint.latest_step(args.out) or 0) * config.batch_size
+        start = (checkpoint.latest_step(out) or 0) * config.batch_size
     progress = _Progress(config.num_updates * config.batch_size, start, args.progress)
     try:
-        train_run(config, args.out, spec, seed=args.seed, resume=args.resume, log_every=args.log_every,
+        train_run(config, out, spec, seed=args.seed, resume=args.resume, log_every=args.log_every,
                   checkpoint_every=args.checkpoint_every, on_chunk=progress)
     finally:
         progress.close()
-    rows = read_metrics(args.out)
-    report.plot_training(rows, args.out / "training_curve.png")
+    rows = read_metrics(out)
+    report.plot_training(rows, out / "training_curve.png")
     if args.skip_eval:
-        print(f"trained {config.num_updates} updates; run folder {args.out}")
+        print(f"trained {config.num_updates} updates; run folder {out}")
         return 0
     results, command = final_evaluation(args)
-    (args.out / "evaluation.json").write_text(json.dumps(json.loads(evaluate_cmd.json_records(results)), indent=2) + "\n")
-    evaluate_cmd.plot(results, str(args.out / "latency_vs_load.png"))
-    text = report.write_report(args.out, spec, config, rows, results, command)
+    atomic.write_text(out / "evaluation.json",
+                      json.dumps(json.loads(evaluate_cmd.json_records(results)), indent=2) + "\n")
+    evaluate_cmd.plot(results, str(out / "latency_vs_load.png"))
+    text = report.write_report(out, spec, config, rows, results, command)
     print(text)
     return 0

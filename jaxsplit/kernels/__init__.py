@@ -62,7 +62,7 @@ _lock = threading.Lock()
 _state: dict[str, object] = {}
 
 
-class KernelBuildError(RuntimeError):
+class KernelBuildError(RuntimeError, ValueError):
     """The C++ kernel could not be compiled or loaded, or assumes another table layout (the message
     has the compiler's output or both column orders)."""
 

@@ -209,8 +209,11 @@ void water_fill(const Block<T>& b, const Lanes<T>& alpha, const Lanes<T>& beta, 
   Vec<T> level = level_of();
   for (int k = 0; k < num; ++k) {
     Mask<T> dropped = Mask<T>{};
+    // The lowest alpha always stays (in exact arithmetic alpha_min < T): a float level may round onto it.
+    Vec<T> lowest = splat(std::numeric_limits<T>::infinity());
+    for (int i = 0; i < num; ++i) lowest = vmin<T>(lowest, sel<T>(inside[i], alpha[i], lowest));
     for (int i = 0; i < num; ++i) {
-      Mask<T> keep = inside[i] & (alpha[i] < level);
+      Mask<T> keep = inside[i] & ((alpha[i] < level) | (alpha[i] <= lowest));
       dropped |= keep != inside[i];
       inside[i] = keep;
     }

@@ -1,0 +1,54 @@
+"""Atomic file writes: a file is either its old content or its whole new content, never half written.
+
+Each write goes to a temporary file in the same folder (so the rename stays on one file system), is
+flushed to disk, and replaces the target with ``os.replace`` (atomic on POSIX and Windows).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextlib.contextmanager
+def replacing(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path``, on error it is removed.
+
+    ``suffix`` is the temporary file's suffix (a plotting library picks the format from it)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix, dir=path.parent or ".")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def savefig(fig: Any, path: str | Path, **kwargs: Any) -> None:
+    """``fig.savefig(path)`` atomically; the format is ``path``'s suffix."""
+    path = Path(path)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or None, **kwargs)
+
+
+def append_lines(path: str | Path, lines: list[str]) -> None:
+    """Append whole lines in one write and flush them to disk (a torn last line can only follow a
+    crash inside this call; readers skip it)."""
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write("".join(line + "\n" for line in lines))
+        fh.flush()
+        os.fsync(fh.fileno())
