@@ -1,7 +1,7 @@
 """Mutation score of one module against its fast tests (mutmut 2), in a copy of the git HEAD.
 
 Not part of CI (minutes to hours on 2 cores). Needs ``pip install mutmut==2.5.1 whatthepatch`` in the
-virtual environment. The copy is the committed tree (``git archive HEAD``), so the worktree is never
+virtual environment. The copy is the committed tree (``git archive HEAD``), so the working tree is never
 mutated; its tests/conftest.py keeps only the hypothesis profiles (the derandomised CI profile), so
 that a mutant's run does not import JAX for a fixture these tests do not use. ``--lines`` limits the
 mutants to line ranges of the module (through a patch file that "adds" those lines).
