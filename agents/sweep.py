@@ -323,10 +323,15 @@ class Sweep:
     # ----- training ------------------------------------------------------------------------------
 
     def runner(self) -> PopulationRunner:
+        """The population's compiled program, shared by every sweep of this process with the same
+        environment, PPO settings and devices (so a second sweep, or a resumed one, compiles nothing)."""
         if self._runner is None:
-            train = make_train(self.config, self.env, self.env_params)
-            self._runner = PopulationRunner(train, sharded=True,
-                                            mesh=jax.sharding.Mesh(np.asarray(self.devices), ("pop",)))
+            key = (self.spec, self.config, tuple(self.devices))
+            if key not in _RUNNERS:
+                train = make_train(self.config, self.env, self.env_params)
+                _RUNNERS[key] = PopulationRunner(train, sharded=True,
+                                                 mesh=jax.sharding.Mesh(np.asarray(self.devices), ("pop",)))
+            self._runner = _RUNNERS[key]
         return self._runner
 
     def member_rows(self, batch: Sequence[Any]) -> list[dict[str, Any]]:
@@ -441,14 +446,15 @@ class Sweep:
     def _evaluate(self, runners: Any) -> dict[str, np.ndarray]:
         """Per-episode metrics of every member's deterministic policy, (P, loads, episodes) each."""
         env, params = self.eval_env()
-        if self._act is None:  # one function object, so that the evaluation compiles once
+        self._act = self._act or _ACTS.get(id(self.runner()))
+        if self._act is None:  # one function object per program, so that the evaluation compiles once
             policy = self.runner().trainer.policy
 
             def act(key, obs, state, env_params, aux):
                 net_params, obs_stats = aux
                 return policy(_Policy(net_params, obs_stats))(key, obs)
 
-            self._act = act
+            self._act = _ACTS[id(self.runner())] = act
         act = self._act
         aux = jax.device_get((runners.params, runners.obs_stats))
         recs = run_episodes(env, params, act, self.settings.loads, self.settings.episodes,
@@ -619,6 +625,11 @@ class Sweep:
         records = trial_records(study)
         _atomic_write(self.out / "trials.jsonl", "".join(json.dumps(r) + "\n" for r in records))
         sweep_report.write(self.out, study, records, baselines, self.dims, self.settings, self.study_name)
+
+
+#: compiled population programs and evaluation functions, per (spec, config, devices) (see Sweep.runner)
+_RUNNERS: dict[tuple, PopulationRunner] = {}
+_ACTS: dict[int, Callable] = {}
 
 
 class NothingToDo(Exception):

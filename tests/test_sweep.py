@@ -231,6 +231,7 @@ def test_pbt_sweep_resumes_from_its_chunk_checkpoint(tmp_path):
             raise Stop
 
     cut = Sweep(tmp_path / "cut", SPEC, CONFIG, space, pbt, on_progress=stop_after_two)
+    assert cut.runner() is whole.runner()  # one compiled program per process
     with pytest.raises(Stop):
         cut._train(rows, tmp_path / "cut" / "pop", False, 4)
     assert checkpoint.latest_step(tmp_path / "cut" / "pop") == 2
