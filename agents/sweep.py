@@ -48,7 +48,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import jax
 import numpy as np
@@ -66,7 +66,7 @@ from .space import Dimension, check_space
 SAMPLERS = ("tpe", "random", "cmaes", "grid")
 SCHEDULES = ("none", "pbt")
 #: what every worker of a study must share (refused when it differs)
-_FIXED = ("seeds", "schedule", "loads", "episodes", "requests", "warmup", "eval_seed", "seed", "sampler",
+_FIXED = ("seeds", "schedule", "eval_loads", "eval_episodes", "eval_requests", "eval_warmup", "eval_seed", "seed", "sampler",
           "pbt_fraction", "pbt_perturb", "pbt_resample", "chunk")
 
 
@@ -75,55 +75,55 @@ class SweepSettings:
     """How a sweep searches and scores (the fixed PPO and environment settings live apart)."""
 
     trials: int = 32
-    """trials in the study, all workers together"""
+    """complete trials wanted in the study, all workers together"""
     population: int = 8
-    """members trained at once by one worker (trials per batch = population / seeds)"""
+    """members trained at once (a multiple of --seeds and of the local device count)"""
     seeds: int = 1
-    """seeds per trial (members 0..K-1 of a trial differ only in the seed)"""
-    sampler: str = "tpe"
-    """Optuna sampler: tpe, random, cmaes or grid (grid needs every dimension as a list)"""
-    schedule: str = "none"
-    """none: each trial trains with its parameters; pbt: population-based training"""
-    loads: tuple[float, ...] = (0.3, 0.6, 0.9, 1.2)
-    """offered loads of the objective (the mean latency over them)"""
-    episodes: int = 8
+    """seeds per trial (its members); the objective is their mean"""
+    sampler: Literal["tpe", "random", "cmaes", "grid"] = "tpe"
+    """how Optuna proposes trials (grid: every dimension a list)"""
+    schedule: Literal["none", "pbt"] = "none"
+    """none: each trial trains with its own settings; pbt: population-based training within each population"""
+    eval_loads: tuple[float, ...] = (0.3, 0.6, 0.9, 1.2)
+    """offered loads of the objective (mean latency over them)"""
+    eval_episodes: int = 8
     """evaluation episodes per load and member"""
-    requests: int = 256
+    eval_requests: int = 256
     """requests per evaluation episode"""
-    warmup: float = 0.1
+    eval_warmup: float = 0.1
     """fraction of each evaluation episode's first requests left out of the metrics"""
     eval_seed: int = 1000
-    """seed of the evaluation episodes (the same for every trial)"""
+    """seed of the evaluation episodes (the same for every trial and baseline)"""
     seed: int = 0
-    """seed of the first member of each trial (then seed + 1, ...) and of the sampler"""
+    """seed of each trial's first member (the others: seed + 1, ...) and of the sampler"""
     chunk: int = 10
-    """updates per jitted chunk: progress, checkpoints and (pbt) the exploit interval"""
+    """updates per jitted chunk: progress, checkpoints, and the pbt exploit interval"""
     pbt_fraction: float = 0.25
-    """pbt: fraction of members replaced (and of members copied from) at each exploit"""
+    """pbt: fraction of the members replaced by copies of the best at each exploit"""
     pbt_perturb: float = 1.25
-    """pbt: a copied range setting is multiplied by this or its inverse"""
+    """pbt: a copied range setting is multiplied by this or by its inverse"""
     pbt_resample: float = 0.25
-    """pbt: probability that a copied list setting takes a new value"""
+    """pbt: probability that a copied list setting draws a new value"""
     heartbeat: int = 10
-    """seconds between heartbeats of a worker's running trials (stale after 3 missed beats)"""
+    """seconds between a worker's heartbeats; a trial 3 beats late is failed and queued again"""
 
     def validate(self) -> "SweepSettings":
-        for name in ("trials", "population", "seeds", "episodes", "chunk", "heartbeat"):
+        for name in ("trials", "population", "seeds", "eval_episodes", "chunk", "heartbeat"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"--{name}: must be a positive integer, got {value!r}")
-        if self.requests < 2:
-            raise ValueError(f"--requests: must be >= 2, got {self.requests}")
+                raise ValueError(f"--{name.replace('_', '-')}: must be a positive integer, got {value!r}")
+        if self.eval_requests < 2:
+            raise ValueError(f"--eval-requests: must be >= 2, got {self.eval_requests}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"--sampler: unknown sampler {self.sampler!r}; known: {', '.join(SAMPLERS)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"--schedule: unknown schedule {self.schedule!r}; known: {', '.join(SCHEDULES)}")
         if self.population % self.seeds:
             raise ValueError(f"--population {self.population} must be a multiple of --seeds {self.seeds}")
-        if not self.loads or not all(math.isfinite(l) and l > 0 for l in self.loads):
-            raise ValueError(f"--loads: every load must be positive, got {self.loads}")
-        if not 0 <= self.warmup < 1:
-            raise ValueError(f"--warmup: must be in [0, 1), got {self.warmup}")
+        if not self.eval_loads or not all(math.isfinite(l) and l > 0 for l in self.eval_loads):
+            raise ValueError(f"--eval-loads: every load must be positive, got {self.eval_loads}")
+        if not 0 <= self.eval_warmup < 1:
+            raise ValueError(f"--eval-warmup: must be in [0, 1), got {self.eval_warmup}")
         if self.schedule == "pbt":
             if self.seeds != 1:
                 raise ValueError("--seeds: pbt trains each member as its own trial; use --seeds 1")
@@ -259,7 +259,7 @@ class Sweep:
         for d in self.dims:
             ppo.pop(d.name, None)
         sweep = {name: getattr(self.settings, name) for name in _FIXED}
-        sweep["loads"] = list(sweep["loads"])
+        sweep["eval_loads"] = list(sweep["eval_loads"])
         if self.settings.schedule == "pbt":
             sweep["population"] = self.settings.population
         return {"env": self.spec.to_json(), "ppo": ppo, "space": [d.to_json() for d in self.dims], "sweep": sweep}
@@ -441,7 +441,7 @@ class Sweep:
         return runners, hparams, metrics, lineage
 
     def eval_env(self) -> tuple[Any, Any]:
-        return with_requests(self.runner().trainer.env, self.settings.requests), self.env_params
+        return with_requests(self.runner().trainer.env, self.settings.eval_requests), self.env_params
 
     def _evaluate(self, runners: Any) -> dict[str, np.ndarray]:
         """Per-episode metrics of every member's deterministic policy, (P, loads, episodes) each."""
@@ -457,9 +457,9 @@ class Sweep:
             self._act = _ACTS[id(self.runner())] = act
         act = self._act
         aux = jax.device_get((runners.params, runners.obs_stats))
-        recs = run_episodes(env, params, act, self.settings.loads, self.settings.episodes,
+        recs = run_episodes(env, params, act, self.settings.eval_loads, self.settings.eval_episodes,
                             seed=self.settings.eval_seed, aux=aux)
-        return episode_metrics(recs, int(self.settings.warmup * env.requests))
+        return episode_metrics(recs, int(self.settings.eval_warmup * env.requests))
 
     def _tell(self, study: Any, batch: Sequence[Any], rows: list[dict[str, Any]], runners: Any, hparams: Any,
               metrics: dict[str, np.ndarray], lineage: list[list[int]], results: dict[str, np.ndarray],
@@ -473,7 +473,7 @@ class Sweep:
             members = slice(i * k, (i + 1) * k)
             lat = results["mean_latency_s"][members]  # (K, loads, episodes)
             per_load = []
-            for j, load in enumerate(self.settings.loads):
+            for j, load in enumerate(self.settings.eval_loads):
                 means = lat[:, j].mean(-1)
                 spread = means if k > 1 else lat[0, j]
                 ci = float(1.96 * np.std(spread, ddof=1) / np.sqrt(len(spread))) if len(spread) > 1 else float("nan")
@@ -601,8 +601,8 @@ class Sweep:
     def baselines(self) -> list[dict[str, Any]]:
         """Every baseline on the sweep's evaluation episodes (cached in baselines.json)."""
         path = self.out / "baselines.json"
-        key = {"loads": list(self.settings.loads), "episodes": self.settings.episodes, "requests": self.settings.requests,
-               "warmup": self.settings.warmup, "seed": self.settings.eval_seed, "env": self.spec.to_json(),
+        key = {"loads": list(self.settings.eval_loads), "episodes": self.settings.eval_episodes, "requests": self.settings.eval_requests,
+               "warmup": self.settings.eval_warmup, "seed": self.settings.eval_seed, "env": self.spec.to_json(),
                "policies": list(self.baseline_names)}
         if path.exists():
             try:
@@ -614,8 +614,8 @@ class Sweep:
         env, params = self.spec.base()
         rows = []
         for name in self.baseline_names:
-            rows += evaluate(name, env, params, self.settings.loads, episodes=self.settings.episodes,
-                             requests=self.settings.requests, seed=self.settings.eval_seed, warmup=self.settings.warmup)
+            rows += evaluate(name, env, params, self.settings.eval_loads, episodes=self.settings.eval_episodes,
+                             requests=self.settings.eval_requests, seed=self.settings.eval_seed, warmup=self.settings.eval_warmup)
         _atomic_write(path, json.dumps({"key": key, "rows": rows}, indent=1) + "\n")
         return rows
 

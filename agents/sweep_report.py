@@ -128,9 +128,9 @@ def write(out: Path, study: Any, records: Sequence[dict[str, Any]], baselines: S
     command = None
     if (out / "best").exists():
         command = (f"jaxsplit evaluate --checkpoint {out / 'best'} --policy ppo --loads "
-                   f"{','.join(f'{l:g}' for l in settings.loads)} --episodes {settings.episodes} --requests "
-                   f"{settings.requests} --seed {settings.eval_seed} --warmup {settings.warmup:g} --markdown")
-    text = leaderboard(records, baselines, settings.loads, name, command=command)
+                   f"{','.join(f'{l:g}' for l in settings.eval_loads)} --episodes {settings.eval_episodes} --requests "
+                   f"{settings.eval_requests} --seed {settings.eval_seed} --warmup {settings.eval_warmup:g} --markdown")
+    text = leaderboard(records, baselines, settings.eval_loads, name, command=command)
     tmp = out / f".leaderboard.{os.getpid()}.md"
     tmp.write_text(text)
     os.replace(tmp, out / "leaderboard.md")

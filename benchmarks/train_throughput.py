@@ -138,28 +138,37 @@ def sb3_vec_env(config: PPOConfig, spec: EnvSpec, seed: int):
     return AllocationVecEnv()
 
 
-def train_sb3(config: PPOConfig, spec: EnvSpec, timesteps: int, seed: int, threads: int = 1) -> dict[str, Any]:
-    """SB3 PPO with the config's hyperparameters: steps/s of ``learn`` and the trained policy."""
-    import torch
-    from stable_baselines3 import PPO
+def _normalized_adapter(config: PPOConfig, spec: EnvSpec, seed: int) -> Any:
+    """The Gymnasium vector adapter, compiled before any clock starts, under SB3's VecNormalize."""
     from stable_baselines3.common.vec_env import VecNormalize
 
-    torch.set_num_threads(threads)
     venv = sb3_vec_env(config, spec, seed)
     venv.reset()
     venv.step_async(np.full((config.num_envs, venv.action_space.shape[0]), 0.5, np.float32))
     venv.step_wait()  # compile the adapter's jitted reset and step before the clock starts
     venv._next_seed = seed
-    venv = VecNormalize(venv, norm_obs=config.normalize_obs, norm_reward=config.normalize_reward,
+    return VecNormalize(venv, norm_obs=config.normalize_obs, norm_reward=config.normalize_reward,
                         clip_obs=10.0, clip_reward=np.inf, gamma=config.gamma)
+
+
+def _ppo_settings(config: PPOConfig, policy: dict[str, Any]) -> dict[str, Any]:
+    """SB3's (and sbx's) PPO keyword arguments for the config's settings; ``policy`` adds policy kwargs."""
     lr = (lambda remaining: config.lr * remaining) if config.anneal_lr else config.lr
-    model = PPO("MlpPolicy", venv, learning_rate=lr, n_steps=config.num_steps,
-                batch_size=config.batch_size // config.num_minibatches, n_epochs=config.update_epochs,
-                gamma=config.gamma, gae_lambda=config.gae_lambda, clip_range=config.clip_eps,
-                clip_range_vf=config.clip_eps, ent_coef=config.ent_coef, vf_coef=config.vf_coef,
-                max_grad_norm=config.max_grad_norm, normalize_advantage=True,
-                policy_kwargs=dict(net_arch=dict(pi=list(config.hidden), vf=list(config.hidden)),
-                                   activation_fn=torch.nn.Tanh),
+    return dict(learning_rate=lr, n_steps=config.num_steps, batch_size=config.batch_size // config.num_minibatches,
+                n_epochs=config.update_epochs, gamma=config.gamma, gae_lambda=config.gae_lambda,
+                clip_range=config.clip_eps, clip_range_vf=config.clip_eps, ent_coef=config.ent_coef,
+                vf_coef=config.vf_coef, max_grad_norm=config.max_grad_norm, normalize_advantage=True,
+                policy_kwargs=dict(net_arch=dict(pi=list(config.hidden), vf=list(config.hidden)), **policy))
+
+
+def train_sb3(config: PPOConfig, spec: EnvSpec, timesteps: int, seed: int, threads: int = 1) -> dict[str, Any]:
+    """SB3 PPO with the config's hyperparameters: steps/s of ``learn`` and the trained policy."""
+    import torch
+    from stable_baselines3 import PPO
+
+    torch.set_num_threads(threads)
+    venv = _normalized_adapter(config, spec, seed)
+    model = PPO("MlpPolicy", venv, **_ppo_settings(config, dict(activation_fn=torch.nn.Tanh)),
                 device="cpu", seed=seed, verbose=0)
     t0 = time.perf_counter()
     model.learn(total_timesteps=timesteps)
@@ -178,23 +187,8 @@ def train_sbx(config: PPOConfig, spec: EnvSpec, timesteps: int, seed: int) -> di
         from sbx import PPO
     except ImportError:
         return None
-    from stable_baselines3.common.vec_env import VecNormalize
-
-    venv = sb3_vec_env(config, spec, seed)
-    venv.reset()
-    venv.step_async(np.full((config.num_envs, venv.action_space.shape[0]), 0.5, np.float32))
-    venv.step_wait()  # compile the adapter's jitted reset and step before the clock starts
-    venv._next_seed = seed
-    venv = VecNormalize(venv, norm_obs=config.normalize_obs, norm_reward=config.normalize_reward,
-                        clip_obs=10.0, clip_reward=np.inf, gamma=config.gamma)
-    lr = (lambda remaining: config.lr * remaining) if config.anneal_lr else config.lr
-    model = PPO("MlpPolicy", venv, learning_rate=lr, n_steps=config.num_steps,
-                batch_size=config.batch_size // config.num_minibatches, n_epochs=config.update_epochs,
-                gamma=config.gamma, gae_lambda=config.gae_lambda, clip_range=config.clip_eps,
-                clip_range_vf=config.clip_eps, ent_coef=config.ent_coef, vf_coef=config.vf_coef,
-                max_grad_norm=config.max_grad_norm, normalize_advantage=True,
-                policy_kwargs=dict(net_arch=dict(pi=list(config.hidden), vf=list(config.hidden))),
-                seed=seed, verbose=0)
+    venv = _normalized_adapter(config, spec, seed)
+    model = PPO("MlpPolicy", venv, **_ppo_settings(config, {}), seed=seed, verbose=0)
     t0 = time.perf_counter()
     model.learn(total_timesteps=timesteps)
     wall = time.perf_counter() - t0

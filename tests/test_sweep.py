@@ -30,7 +30,7 @@ SPACE = (parse_dimension("lr=3e-4:3e-2:log"),)
 
 
 def settings(**kw) -> SweepSettings:
-    base = dict(trials=4, population=2, sampler="random", loads=(0.6, 1.2), episodes=2, requests=24, chunk=2,
+    base = dict(trials=4, population=2, sampler="random", eval_loads=(0.6, 1.2), eval_episodes=2, eval_requests=24, chunk=2,
                 heartbeat=1)
     return SweepSettings(**{**base, **kw})
 
@@ -160,8 +160,8 @@ def test_resume_continues_the_study_without_rerunning(finished):
         Sweep(out, SPEC, CONFIG, [parse_dimension("lr=1e-4:3e-2:log")], settings(trials=8)).run()
     with pytest.raises(ValueError, match="ppo setting ent_coef=0.1 differs from the study's 0.03"):
         Sweep(out, SPEC, dataclasses.replace(CONFIG, ent_coef=0.1), SPACE, settings(trials=8)).run()
-    with pytest.raises(ValueError, match="sweep setting episodes=3 differs"):
-        Sweep(out, SPEC, CONFIG, SPACE, settings(trials=8, episodes=3)).run()
+    with pytest.raises(ValueError, match="sweep setting eval_episodes=3 differs"):
+        Sweep(out, SPEC, CONFIG, SPACE, settings(trials=8, eval_episodes=3)).run()
 
 
 # ----- population-based training ------------------------------------------------------------------

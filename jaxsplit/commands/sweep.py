@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import tyro
 
@@ -35,55 +35,17 @@ class SweepArgs:
     """study name inside the storage (the same name continues it)"""
     storage: str | None = None
     """database URL shared by the workers (sqlite:///FILE, postgresql://USER@HOST/DB); default OUT/study.db"""
-    sampler: Literal["tpe", "random", "cmaes", "grid"] = "tpe"
-    """how Optuna proposes trials (grid: every dimension a list)"""
-    schedule: Literal["none", "pbt"] = "none"
-    """none: each trial trains with its own settings; pbt: population-based training within each population"""
-    trials: int = 32
-    """complete trials wanted in the study, all workers together"""
-    population: int = 8
-    """members trained at once (a multiple of --seeds and of the local device count)"""
-    seeds: int = 1
-    """seeds per trial (its members); the objective is their mean"""
     space: tyro.conf.UseAppendAction[tuple[str, ...]] = ()
     """a searched setting: NAME=LOW:HIGH, NAME=LOW:HIGH:log or NAME=v1,v2,... (repeatable)"""
     space_file: Path | None = None
     """a TOML file with a [space] table (NAME = "LOW:HIGH[:log]" or a list)"""
-    seed: int = 0
-    """seed of each trial's first member (the others: seed + 1, ...) and of the sampler"""
-    chunk: int = 10
-    """updates per jitted chunk: progress, checkpoints, and the pbt exploit interval"""
-    pbt_fraction: float = 0.25
-    """pbt: fraction of the members replaced by copies of the best at each exploit"""
-    pbt_perturb: float = 1.25
-    """pbt: a copied range setting is multiplied by this or by its inverse"""
-    pbt_resample: float = 0.25
-    """pbt: probability that a copied list setting draws a new value"""
-    heartbeat: int = 10
-    """seconds between a worker's heartbeats; a trial 3 beats late is failed and queued again"""
-    eval_loads: tuple[float, ...] = (0.3, 0.6, 0.9, 1.2)
-    """offered loads of the objective (mean latency over them)"""
-    eval_episodes: int = 8
-    """evaluation episodes per load and member"""
-    eval_requests: int = 256
-    """requests per evaluation episode"""
-    eval_warmup: float = 0.1
-    """fraction of each evaluation episode's first requests left out of the metrics"""
-    eval_seed: int = 1000
-    """seed of the evaluation episodes (the same for every trial and baseline)"""
     baselines: str | None = None
     """comma-separated baselines of the leaderboard (default: every baseline)"""
     progress: bool = True
     """show a progress bar (otherwise one line per population)"""
+    sweep: tyro.conf.OmitArgPrefixes[SweepSettings] = field(default_factory=SweepSettings)
     environment: tyro.conf.OmitArgPrefixes[EnvSpec] = field(default_factory=EnvSpec)
     ppo: tyro.conf.OmitArgPrefixes[PPOConfig] = field(default_factory=PPOConfig)
-
-    def settings(self) -> SweepSettings:
-        return SweepSettings(trials=self.trials, population=self.population, seeds=self.seeds, sampler=self.sampler,
-                             schedule=self.schedule, loads=tuple(self.eval_loads), episodes=self.eval_episodes,
-                             requests=self.eval_requests, warmup=self.eval_warmup, eval_seed=self.eval_seed,
-                             seed=self.seed, chunk=self.chunk, pbt_fraction=self.pbt_fraction,
-                             pbt_perturb=self.pbt_perturb, pbt_resample=self.pbt_resample, heartbeat=self.heartbeat)
 
     def dimensions(self) -> list[space_mod.Dimension]:
         dims = [space_mod.parse_dimension(text) for text in self.space]
@@ -139,8 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if spec.cluster is not None:
         spec = EnvSpec(**{**spec.__dict__, "cluster": str(Path(spec.cluster).resolve())})
     spec.overrides()
-    progress = _Progress(args.trials, args.progress and sys.stderr.isatty())
-    sweep = Sweep(args.out, spec, args.ppo, args.dimensions(), args.settings(), study=args.study,
+    progress = _Progress(args.sweep.trials, args.progress and sys.stderr.isatty())
+    sweep = Sweep(args.out, spec, args.ppo, args.dimensions(), args.sweep, study=args.study,
                   storage=args.storage, baselines=baselines, on_progress=progress)
     previous = signal.signal(signal.SIGTERM, _terminate)
     t0 = time.perf_counter()
@@ -153,6 +115,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress.close()
         signal.signal(signal.SIGTERM, previous)
     print((args.out / "leaderboard.md").read_text())
-    print(f"sweep {args.study!r}: {args.trials} trials complete in the study after {time.perf_counter() - t0:.0f} s; "
+    print(f"sweep {args.study!r}: {args.sweep.trials} trials complete in the study after {time.perf_counter() - t0:.0f} s; "
           f"best run folder {args.out / 'best'}")
     return 0
