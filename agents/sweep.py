@@ -53,6 +53,7 @@ from typing import Any, Callable, Literal, Sequence
 import jax
 import numpy as np
 
+from jaxsplit import atomic
 from jaxsplit.envs import EnvSpec, policies
 from jaxsplit.envs.evaluation import episode_metrics, evaluate, run_episodes, with_requests
 
@@ -140,12 +141,6 @@ class SweepSettings:
     @property
     def trials_per_batch(self) -> int:
         return self.population // self.seeds
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def storage_url(out: Path, storage: str | None) -> str:
@@ -428,9 +423,9 @@ class Sweep:
                     lineage.append([int(s) for s in gather(source)])
                 if manager is not None:
                     checkpoint.save(manager, done, {"runners": runners, "hparams": hparams})
-                    np.savez(pop_dir / ".metrics.npz", **metrics)
-                    os.replace(pop_dir / ".metrics.npz", pop_dir / "metrics.npz")
-                    _atomic_write(pop_dir / "population.json",
+                    with atomic.replacing(pop_dir / "metrics.npz") as tmp:
+                        np.savez(tmp, **metrics)
+                    atomic.write_text(pop_dir / "population.json",
                                   json.dumps({"rows": rows, "lineage": lineage, "update": done}) + "\n")
                 if self.on_progress is not None:
                     rate = (done - start) * self.config.batch_size * len(rows) / max(time.perf_counter() - t0, 1e-9)
@@ -616,14 +611,14 @@ class Sweep:
         for name in self.baseline_names:
             rows += evaluate(name, env, params, self.settings.eval_loads, episodes=self.settings.eval_episodes,
                              requests=self.settings.eval_requests, seed=self.settings.eval_seed, warmup=self.settings.eval_warmup)
-        _atomic_write(path, json.dumps({"key": key, "rows": rows}, indent=1) + "\n")
+        atomic.write_text(path, json.dumps({"key": key, "rows": rows}, indent=1) + "\n")
         return rows
 
     def write_files(self, study: Any, baselines: list[dict[str, Any]]) -> None:
         from . import sweep_report
 
         records = trial_records(study)
-        _atomic_write(self.out / "trials.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+        atomic.write_text(self.out / "trials.jsonl", "".join(json.dumps(r) + "\n" for r in records))
         sweep_report.write(self.out, study, records, baselines, self.dims, self.settings, self.study_name)
 
 

@@ -3,11 +3,12 @@ them; each file is replaced atomically)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from jaxsplit import atomic
 
 from .space import Dimension
 
@@ -56,9 +57,7 @@ def leaderboard(records: Sequence[dict[str, Any]], baselines: Sequence[dict[str,
 
 
 def _save(fig: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    atomic.savefig(fig, path, dpi=120)
 
 
 def plots(out: Path, study: Any, records: Sequence[dict[str, Any]], dims: Sequence[Dimension]) -> list[Path]:
@@ -131,7 +130,5 @@ def write(out: Path, study: Any, records: Sequence[dict[str, Any]], baselines: S
                    f"{','.join(f'{l:g}' for l in settings.eval_loads)} --episodes {settings.eval_episodes} --requests "
                    f"{settings.eval_requests} --seed {settings.eval_seed} --warmup {settings.eval_warmup:g} --markdown")
     text = leaderboard(records, baselines, settings.eval_loads, name, command=command)
-    tmp = out / f".leaderboard.{os.getpid()}.md"
-    tmp.write_text(text)
-    os.replace(tmp, out / "leaderboard.md")
+    atomic.write_text(out / "leaderboard.md", text)
     plots(out, study, records, dims)
