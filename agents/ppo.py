@@ -27,10 +27,12 @@ Truncated episodes are bootstrapped: the value target of the last step of an epi
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +45,20 @@ from jaxsplit.envs import spaces
 from .distributions import (beta_entropy, beta_log_prob, beta_mean, beta_sample, categorical_entropy,
                             categorical_log_prob, categorical_mode, categorical_sample)
 from .networks import ActorCritic
+
+
+_DEFERRED: contextvars.ContextVar[bool] = contextvars.ContextVar("ppo_config_checks_deferred", default=False)
+
+
+@contextlib.contextmanager
+def deferred_checks() -> Iterator[None]:
+    """Build :class:`PPOConfig` objects without checking them inside the block; the caller then calls
+    ``validate()`` itself (the command line: tyro would wrap a constructor's error in its own box)."""
+    token = _DEFERRED.set(True)
+    try:
+        yield
+    finally:
+        _DEFERRED.reset(token)
 
 
 def traced(default: float) -> Any:
@@ -96,6 +112,12 @@ class PPOConfig:
     """GAE lambda (traced)"""
     max_grad_norm: float = traced(0.5)
     """global gradient norm clip (traced)"""
+
+    def __post_init__(self) -> None:
+        # checked where it is made (Python API, a run's config.json); the command line defers the
+        # check until tyro has built it, so that its error stays one line (see deferred_checks)
+        if not _DEFERRED.get():
+            self.validate()
 
     @property
     def batch_size(self) -> int:

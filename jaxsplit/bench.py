@@ -261,10 +261,9 @@ def train_config(updates: int, **overrides: Any):
     from jaxsplit.agents.ppo import PPOConfig
 
     check_positive("updates", (updates,))
-    base = dataclasses.replace(PPOConfig(), **overrides)
-    config = dataclasses.replace(base, total_timesteps=updates * base.batch_size)
-    config.validate()
-    return config
+    defaults = PPOConfig()
+    batch = overrides.get("num_envs", defaults.num_envs) * overrides.get("num_steps", defaults.num_steps)
+    return dataclasses.replace(defaults, **{**overrides, "total_timesteps": updates * batch})
 
 
 def train_single(config, spec=None, seed: int = 0, repeats: int = 1) -> tuple[dict[str, Any], Any]:

@@ -79,6 +79,21 @@ def test_bad_config_raises_naming_the_field(field, value):
         PPOConfig(**{**SMALL, "total_timesteps": 16 * 32 * 2, field: value}).validate()
 
 
+def test_a_config_is_checked_where_it_is_made(tmp_path, capsys):
+    from jaxsplit.agents.ppo import deferred_checks
+    from jaxsplit.commands.train import main as train_main
+
+    with pytest.raises(ValueError, match="field 'gamma': out of range, got 2"):
+        PPOConfig(gamma=2)  # the constructor itself, before any validate() call
+    with deferred_checks():
+        assert PPOConfig(gamma=2).gamma == 2  # the command line defers the check until tyro is done
+    with pytest.raises(ValueError, match="field 'gamma'"):
+        PPOConfig.from_json({"gamma": 2})  # a run's config.json goes through the constructor too
+    with pytest.raises(ValueError, match="^field 'lr': out of range, got -1.0$"):
+        train_main(["--out", str(tmp_path / "run"), "--lr", "-1"])
+    assert not (tmp_path / "run").exists()
+
+
 def test_every_setting_is_declared_once_with_help_and_traced_or_static(capsys):
     import dataclasses
     import tyro

@@ -20,7 +20,7 @@ from typing import Sequence
 import tyro
 
 from jaxsplit.agents import space as space_mod
-from jaxsplit.agents.ppo import PPOConfig
+from jaxsplit.agents.ppo import PPOConfig, deferred_checks
 from jaxsplit.agents.sweep import NothingToDo, Sweep, SweepSettings
 from jaxsplit.envs import EnvSpec
 
@@ -93,7 +93,8 @@ def _terminate(signum, frame):  # a batch scheduler's SIGTERM ends the sweep as 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = tyro.cli(SweepArgs, args=argv, prog="jaxsplit sweep")
+    with deferred_checks():  # Sweep checks the PPO settings, so that a bad value is one line naming the field
+        args = tyro.cli(SweepArgs, args=argv, prog="jaxsplit sweep")
     if str(args.out) in ("", "."):
         raise ValueError(f"--out: give the sweep its own folder, got {str(args.out)!r}")
     baselines = None if args.baselines is None else [b.strip() for b in args.baselines.split(",") if b.strip()]

@@ -24,7 +24,7 @@ from typing import Sequence
 import tyro
 
 from jaxsplit.agents import checkpoint, report
-from jaxsplit.agents.ppo import PPOConfig
+from jaxsplit.agents.ppo import PPOConfig, deferred_checks
 from jaxsplit import atomic
 from jaxsplit.agents.run import check_run_dir, read_metrics, train_run
 from jaxsplit.envs import EnvSpec, policies
@@ -138,7 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if _empty_out(sys.argv[1:] if argv is None else argv):
         raise ValueError("--out: an empty path; name a run folder")
-    args = tyro.cli(TrainArgs, args=argv, prog="jaxsplit train")
+    with deferred_checks():  # checked below, so that a bad value is one line naming the field
+        args = tyro.cli(TrainArgs, args=argv, prog="jaxsplit train")
     validate(args)
     spec, config = args.environment, args.ppo
     if spec.cluster is not None:  # the run folder must rebuild the environment wherever it is evaluated from
