@@ -34,6 +34,15 @@ def test_rendezvous_with_another_program_on_the_port_times_out():
     assert "Traceback" not in done.stderr
 
 
+def test_rendezvous_with_nobody_listening_is_one_line():
+    # c10d logs every failed connection attempt with C++ frames; the command says it once, in one line
+    done = subprocess.run([*RUN, "--input-size", "64", "64", "--rank", "1", "--master-port", str(_free_port())],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 1, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("jaxsplit run: error: rank 1: rendezvous at 127.0.0.1:"), done.stderr
+
+
 def test_ranks_with_different_configurations_say_what_differs():
     port = str(_free_port())
     rank0 = subprocess.Popen([*RUN, "--input-size", "64", "64", "--rank", "0", "--master-port", port], cwd=ROOT,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 from typing import Any, Literal, Optional, Sequence
 
@@ -21,6 +22,10 @@ import tyro
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+
+# c10d logs each failed connection attempt with its C++ stack trace on standard error; the command
+# reports a failed rendezvous itself, in one line (set TORCH_CPP_LOG_LEVEL to see torch's own logs)
+os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
 
 from jaxsplit.bridge.calibration import layer_latencies, model_from_run
 from jaxsplit.bridge.distributed import RunError, RunSpec, check_port, launch_local, run_rank
