@@ -165,9 +165,17 @@ def open_storage(url: str, heartbeat: int) -> Any:
     if "://" not in url:
         raise ValueError(f"--storage {shown!r}: expected a database URL (sqlite:///FILE, postgresql://...)")
     try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                                          heartbeat_stale_trial_callback=requeue,
-                                          engine_kwargs={"pool_pre_ping": True})
+        for attempt in range(5):
+            try:
+                return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                                                  heartbeat_stale_trial_callback=requeue,
+                                                  engine_kwargs={"pool_pre_ping": True})
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                # workers that start together on a new database race to create its tables: the loser
+                # finds them made once the winner commits
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ModuleNotFoundError, ValueError, OSError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"--storage {shown!r}: cannot open it ({type(err).__name__}: {reason[:200]})") from None
