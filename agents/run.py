@@ -24,7 +24,7 @@ from jaxsplit import atomic
 from jaxsplit.envs import EnvSpec
 
 from . import checkpoint
-from .ppo import PPOConfig, RunnerState, Trainer
+from .ppo import PPOConfig, RunnerState, Trainer, deferred_checks
 
 
 def run_config_json(config: PPOConfig, spec: EnvSpec | None, seed: int) -> dict[str, Any]:
@@ -181,7 +181,8 @@ def read_config(run_dir: str | Path) -> tuple[EnvSpec | None, PPOConfig, int]:
     try:
         saved = json.loads(config_path.read_text())
         spec = None if saved.get("env") is None else EnvSpec.from_json(saved["env"])
-        config = PPOConfig.from_json(saved["ppo"])
+        with deferred_checks():  # checked below, with the file named in the error
+            config = PPOConfig.from_json(saved["ppo"])
         seed = int(saved.get("seed", 0))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as err:
         raise ValueError(f"--checkpoint {run_dir}: {config_path} is unreadable or corrupt "
