@@ -541,12 +541,9 @@ class Sweep:
 
     # ----- the worker loop -----------------------------------------------------------------------
 
-    def run(self) -> Any:
-        """Train batches until the study holds ``trials`` complete trials; returns the study."""
-        return self._run_local()
-
     def _next_batch(self, study: Any) -> list[Any] | None:
-        """The next batch of this worker: trials, [] to look again later, None when the study is done."""
+        """The next batch of this worker (waiting while the rest of the budget runs elsewhere), or None
+        when the study holds ``trials`` complete trials."""
         from optuna.storages import fail_stale_trials
         from optuna.trial import TrialState
 
@@ -571,7 +568,8 @@ class Sweep:
         warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-    def _run_local(self) -> Any:
+    def run(self) -> Any:
+        """Train batches until the study holds ``trials`` complete trials; returns the study."""
         from optuna.trial import TrialState
 
         self._quiet()
