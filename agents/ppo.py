@@ -44,7 +44,7 @@ from jaxsplit.envs import spaces
 
 from .distributions import (beta_entropy, beta_log_prob, beta_mean, beta_sample, categorical_entropy,
                             categorical_log_prob, categorical_mode, categorical_sample)
-from .networks import ActorCritic
+from .networks import ActorCritic, SetActorCritic
 
 
 _DEFERRED: contextvars.ContextVar[bool] = contextvars.ContextVar("ppo_config_checks_deferred", default=False)
@@ -349,6 +349,8 @@ class Trainer:
             raise ValueError(f"the observation must be a vector, got shape {obs_space.shape}")
         #: length of the observation vector
         self.obs_dim = int(obs_space.shape[0])
+        #: the observation's sets of items (a SetLayout), or None for a plain vector
+        self.layout = getattr(obs_space, "layout", None)
         self.action_space = space = env.action_space(env_params)
         if isinstance(space, spaces.Box):
             if len(space.shape) != 1 or not (math.isfinite(space.low) and math.isfinite(space.high)):
@@ -364,10 +366,17 @@ class Trainer:
             raise ValueError(f"unsupported action space {space!r} (Box, Discrete or MultiDiscrete)")
         #: entries of the sampled action (1 for a Discrete action)
         self.action_dim = outputs
-        self.network = ActorCritic(num_devices=outputs, hidden=tuple(config.hidden),
-                                   init_concentration=float(config.init_concentration),
-                                   init_mean=float(config.init_mean),
-                                   levels=choices - 1 if self.categorical else 0)
+        common = dict(num_devices=outputs, hidden=tuple(config.hidden),
+                      init_concentration=float(config.init_concentration), init_mean=float(config.init_mean),
+                      levels=choices - 1 if self.categorical else 0)
+        if self.layout is None:
+            self.network = ActorCritic(**common)
+        else:
+            per_item = getattr(space, "items", None)
+            if per_item is not None and self.layout.items(per_item) != outputs:
+                raise ValueError(f"the action has {outputs} entries, one per item of the observation's "
+                                 f"{per_item!r} set, which has {self.layout.items(per_item)}")
+            self.network = SetActorCritic(layout=self.layout, per_item=per_item, **common)
 
     def env_action(self, action: jax.Array) -> jax.Array:
         """The environment's action for a sampled ``action`` (..., action_dim): the index of a Discrete
@@ -414,6 +423,14 @@ class Trainer:
                            obs_stats=RunningStats.create((self.obs_dim,)), ret_stats=ret_stats,
                            returns=jnp.zeros((cfg.num_envs,), jnp.float32), key=key, update=jnp.int32(0))
 
+    def tie(self, stats: RunningStats) -> RunningStats:
+        """Observation statistics shared by the items of each set (:meth:`SetLayout.tie`), so that
+        normalising keeps the network invariant to the order of the items; unchanged for a plain vector."""
+        if self.layout is None:
+            return stats
+        mean, var = self.layout.tie(stats.mean, stats.var)
+        return stats.replace(mean=mean, var=var)
+
     def reward_group(self, info: dict[str, jax.Array]) -> jax.Array:
         """The reward-statistics group of every environment, int32 (num_envs,), from ``info["group"]``."""
         if "group" not in info:
@@ -430,7 +447,7 @@ class Trainer:
             env_state, obs, obs_stats, ret_stats, returns, key = carry
             key, k_act, k_env = jax.random.split(key, 3)
             if cfg.normalize_obs:
-                obs_stats = obs_stats.update(obs)
+                obs_stats = self.tie(obs_stats.update(obs))
             norm_obs = obs_stats.normalize(obs) if cfg.normalize_obs else obs
             dist, value = net.apply(runner.params, norm_obs)
             action = self.sample(k_act, dist)

@@ -97,9 +97,11 @@ class ShareAction:
         raise NotImplementedError
 
     def action_space(self, params: Any = None) -> spaces.Space:
+        # a per-device action on an observation of device items: one entry per item
+        items = "devices" if self.form == "per_device" and getattr(self.unwrapped, "layout", None) else None
         if self.discrete:
-            return spaces.MultiDiscrete((self.levels + 1,) * self._width())
-        return spaces.Box(0.0, 1.0, (self._width(),), jnp.float32)
+            return spaces.MultiDiscrete((self.levels + 1,) * self._width(), items=items)
+        return spaces.Box(0.0, 1.0, (self._width(),), jnp.float32, items=items)
 
     def _values(self, action: jax.Array) -> jax.Array:
         """The chosen values (..., width) as shares: a level's share, or the value rounded to the levels."""

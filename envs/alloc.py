@@ -47,7 +47,9 @@ OBS_CLIP = 10.0
 #: What the latency in the reward is divided by (see :class:`AllocationEnv`).
 REWARD_SCALES = ("model", "mean")
 #: What the observation holds (see :meth:`AllocationEnv.observation`).
-OBSERVATIONS = ("summary", "table")
+OBSERVATIONS = ("summary", "table", "sets")
+#: Widths of the "sets" observation: global entries, columns of a device item, columns of a slot item.
+SETS_GLOBALS, SETS_DEVICE, SETS_SLOT = 10, 9, 5
 #: Default catalogue (MODEL.md section 6 defaults): four CNNs spanning 0.3 to 15.5 GMAC.
 DEFAULT_MODELS = ("vgg16", "resnet18", "mobilenet_v2", "alexnet")
 
@@ -71,9 +73,18 @@ class EnvParams:
       min_share: shares below it become 0 (default 0.05).
     Catalogue:
       mix: (K,) model probabilities p_k (sum 1).
+    Presence (MODEL.md section 6, "Presence and churn"):
+      devices_min, devices_max: the number of devices of an episode, an integer drawn uniformly in
+        [devices_min, devices_max] per episode (devices 0 .. n - 1 take part, the others are absent);
+        default N to N (every device, every episode).
+      churn: rate at which a device of the episode other than the coordinator leaves, per device and
+        per mean reference time E_ref-mean of the episode (default 0: no churn).
+      rejoin: rate at which a device that left comes back, in the same unit (default 0).
     Fixed cluster (used instead of the ranges when ``fixed_cluster`` is True):
       fixed_cluster: bool scalar.
       cluster_flops, cluster_bandwidth, cluster_latency: (N,) capacities (bandwidth inf = local).
+      cluster_present: (N,) bool, the devices of the fixed cluster (a cluster of n < N devices is
+        padded with absent ones); the fixed cluster takes no devices_min / devices_max draw.
     """
 
     flops_min: jax.Array
@@ -88,10 +99,15 @@ class EnvParams:
     invalid_penalty: jax.Array
     min_share: jax.Array
     mix: jax.Array
+    devices_min: jax.Array
+    devices_max: jax.Array
+    churn: jax.Array
+    rejoin: jax.Array
     fixed_cluster: jax.Array
     cluster_flops: jax.Array
     cluster_bandwidth: jax.Array
     cluster_latency: jax.Array
+    cluster_present: jax.Array
 
 
 @struct.dataclass
@@ -110,7 +126,11 @@ class EnvState:
       last_start: start time of the previous request (0 at the start of an episode).
       time: arrival time of the present request since the episode started (s).
       count: int32 requests allocated so far in this episode.
-      next_cluster, next_load: the next episode's cluster and load (drawn one episode ahead).
+      pool: (N,) bool, the devices of this episode (the others are absent throughout).
+      present: (N,) bool, the devices of the pool present now (all of the pool unless churn > 0;
+        the coordinator always).
+      next_cluster, next_load, next_pool: the next episode's cluster, load and devices (drawn one
+        episode ahead).
       next_e_ref: (K,) E_ref of the next cluster, accumulated a few layers per step.
     """
 
@@ -125,8 +145,11 @@ class EnvState:
     last_start: jax.Array
     time: jax.Array
     count: jax.Array
+    pool: jax.Array
+    present: jax.Array
     next_cluster: Cluster
     next_load: jax.Array
+    next_pool: jax.Array
     next_e_ref: jax.Array
 
 
@@ -158,7 +181,11 @@ class AllocationEnv:
         its next release, plus the cluster, backlog, request and load features. "table": the same,
         followed by the whole reservation table (M rows: remaining time and shares of every
         reservation still held at the backlog time, longest first), so that a policy can see how the
-        present reservations will drain, not only the first release per device.
+        present reservations will drain, not only the first release per device. "sets": global
+        features, one item per device and one per reservation slot (:meth:`sets_observation`), with
+        the request described by its model's work rather than by its index in the catalogue, so that
+        one policy serves any number of present devices up to N and any catalogue (its space carries
+        the :class:`~jaxsplit.envs.spaces.SetLayout`).
 
     ``engine`` (:class:`~jaxsplit.catalogue.RequestLatency`) computes E and E_ref; ``catalogue``,
     ``num_models``, ``num_flat`` and ``chunk`` are its.
@@ -198,6 +225,19 @@ class AllocationEnv:
         self.obs_dim = 5 * self.num_devices + self.num_models + 4
         if observation == "table":
             self.obs_dim += self.slots * (self.num_devices + 1)
+        self.layout: spaces.SetLayout | None = None
+        if observation == "sets":
+            self.layout = spaces.set_layout(SETS_GLOBALS, (("devices", self.num_devices, SETS_DEVICE),
+                                                           ("slots", self.slots, SETS_SLOT)))
+            self.obs_dim = self.layout.size
+        # what a "sets" observation says of each model's work, (K,) each: bytes of the activations
+        # read and written, and the number of layers (multiplicities counted)
+        cat = self.catalogue
+        rows = np.asarray(cat.layers.in_height, np.float64) * np.asarray(cat.layers.in_row_bytes, np.float64) \
+            + np.asarray(cat.layers.out_height, np.float64) * np.asarray(cat.layers.out_row_bytes, np.float64)
+        count = np.asarray(cat.count, np.float64)
+        self.model_bytes = jnp.asarray((rows * count).sum(1), self.dtype)
+        self.model_layers = jnp.asarray(count.sum(1), self.dtype)
 
     # ------------------------------------------------------------------ params
     def default_params(self, **overrides: Any) -> EnvParams:
@@ -206,9 +246,10 @@ class AllocationEnv:
         values: dict[str, Any] = dict(
             flops_min=5e9, flops_max=100e9, bandwidth_min=100e6 / 8, bandwidth_max=2e9 / 8,
             latency_min=0.2e-3, latency_max=5e-3, load_min=0.2, load_max=1.5, util_weight=0.2,
-            invalid_penalty=1.0, min_share=0.05, mix=np.full(k, 1.0 / k), fixed_cluster=False,
+            invalid_penalty=1.0, min_share=0.05, mix=np.full(k, 1.0 / k), devices_min=n, devices_max=n,
+            churn=0.0, rejoin=0.0, fixed_cluster=False,
             cluster_flops=np.full(n, 1e10), cluster_bandwidth=np.concatenate([[np.inf], np.full(n - 1, 1e8)]),
-            cluster_latency=np.concatenate([[0.0], np.full(n - 1, 1e-3)]))
+            cluster_latency=np.concatenate([[0.0], np.full(n - 1, 1e-3)]), cluster_present=np.ones(n, bool))
         cluster = overrides.pop("cluster", None)
         if "load" in overrides:
             load = overrides.pop("load")
@@ -219,12 +260,23 @@ class AllocationEnv:
         values.update(overrides)
         if cluster is not None:
             flops, bandwidth, latency = (np.asarray(c, np.float64).reshape(-1) for c in cluster)
+            present = np.ones(flops.shape, bool)
+            if flops.shape == bandwidth.shape == latency.shape and 0 < len(flops) < n:
+                # a smaller cluster takes the first devices; the others are absent (placeholder
+                # capacities, never used: an absent device gets no share and no feature)
+                pad = n - len(flops)
+                flops = np.concatenate([flops, np.full(pad, 1e10)])
+                bandwidth = np.concatenate([bandwidth, np.full(pad, 1e8)])
+                latency = np.concatenate([latency, np.full(pad, 1e-3)])
+                present = np.arange(n) < n - pad
             values.update(fixed_cluster=True, cluster_flops=flops, cluster_bandwidth=bandwidth,
-                          cluster_latency=latency)
+                          cluster_latency=latency, cluster_present=present)
         self.validate(values)
         dt = self.dtype
-        out = {name: jnp.asarray(v, dt) for name, v in values.items() if name != "fixed_cluster"}
+        flags = ("fixed_cluster", "cluster_present")
+        out = {name: jnp.asarray(v, dt) for name, v in values.items() if name not in flags}
         out["fixed_cluster"] = jnp.asarray(bool(values["fixed_cluster"]))
+        out["cluster_present"] = jnp.asarray(np.asarray(values["cluster_present"], bool).reshape(-1))
         out["mix"] = out["mix"] / jnp.sum(out["mix"])
         return EnvParams(**out)
 
@@ -243,6 +295,24 @@ class AllocationEnv:
                 raise ValueError(f"field {lo!r}: {values[lo]!r} is above {hi} = {values[hi]!r}")
         if float(values["min_share"]) > 1:
             raise ValueError(f"field 'min_share': must be at most 1, got {values['min_share']!r}")
+        n = self.num_devices
+        for name in ("devices_min", "devices_max"):
+            v = values[name]
+            if isinstance(v, bool) or not (np.isfinite(float(v)) and float(v) == int(float(v)) and 1 <= float(v) <= n):
+                raise ValueError(f"field {name!r}: must be an integer in [1, {n}] (the environment's device count), "
+                                 f"got {v!r}")
+        if float(values["devices_min"]) > float(values["devices_max"]):
+            raise ValueError(f"field 'devices_min': {values['devices_min']!r} is above devices_max = "
+                             f"{values['devices_max']!r}")
+        for name in ("churn", "rejoin"):
+            v = float(values[name])
+            if not (np.isfinite(v) and v >= 0):
+                raise ValueError(f"field {name!r}: must be non-negative and finite, got {v!r}")
+            contract.check_number(v, name, 0.0, 1e6)
+        present = np.asarray(values["cluster_present"])
+        if present.shape != (n,) or present.dtype != bool or not present[0]:
+            raise ValueError(f"field 'cluster.present': need {n} flags with the coordinator (device 0) present, "
+                             f"got {present!r}")
         # The numeric contract of the latency model (jaxsplit.contract, docs/MODEL.md section 8).
         for name in ("flops_min", "flops_max", "bandwidth_min", "bandwidth_max"):
             contract.check_number(float(values[name]), name, contract.MIN_CAPACITY, contract.MAX_CAPACITY)
@@ -256,10 +326,9 @@ class AllocationEnv:
         mix = np.asarray(values["mix"], np.float64)
         if mix.shape != (self.num_models,) or not np.all(np.isfinite(mix)) or np.any(mix < 0) or mix.sum() <= 0:
             raise ValueError(f"field 'mix': need {self.num_models} non-negative weights with a positive sum, got {mix!r}")
-        n = self.num_devices
         f, b, t = (np.asarray(values[c], np.float64) for c in ("cluster_flops", "cluster_bandwidth", "cluster_latency"))
         if f.shape != (n,) or not np.all(np.isfinite(f)) or np.any(f <= 0):
-            raise ValueError(f"field 'cluster.flops': need {n} positive finite values, got {f!r}")
+            raise ValueError(f"field 'cluster.flops': need {n} positive finite values (at most {n} devices), got {f!r}")
         if b.shape != (n,) or np.any(np.isnan(b)) or np.any(b <= 0):
             raise ValueError(f"field 'cluster.bandwidth': need {n} positive values (inf = local), got {b!r}")
         if t.shape != (n,) or not np.all(np.isfinite(t)) or np.any(t < 0):
@@ -275,8 +344,9 @@ class AllocationEnv:
         """Refuse parameters under which a request could take longer than the numeric contract's
         :data:`jaxsplit.contract.MAX_TIME` on the slowest device at the smallest share."""
         if bool(values["fixed_cluster"]):
-            f, b, t = (np.asarray(values[c], np.float64) for c in ("cluster_flops", "cluster_bandwidth",
-                                                                    "cluster_latency"))
+            on = np.asarray(values["cluster_present"], bool)
+            f, b, t = (np.asarray(values[c], np.float64)[on] for c in ("cluster_flops", "cluster_bandwidth",
+                                                                        "cluster_latency"))
             worst = (float(np.min(f)), float(np.min(b)), float(np.max(t)))
         else:
             worst = (float(values["flops_min"]), float(values["bandwidth_min"]), float(values["latency_max"]))
@@ -312,6 +382,15 @@ class AllocationEnv:
                        jnp.where(fixed, params.cluster_bandwidth, bandwidth),
                        jnp.where(fixed, params.cluster_latency, latency))
 
+    def sample_pool(self, key: jax.Array, params: EnvParams) -> jax.Array:
+        """The devices of an episode, (N,) bool: the first n, n uniform in [devices_min, devices_max];
+        or the fixed cluster's."""
+        u = jax.random.uniform(key, (), self.dtype)
+        count = jnp.minimum(jnp.floor(params.devices_min + u * (params.devices_max - params.devices_min + 1.0)),
+                            params.devices_max)
+        drawn = jnp.arange(self.num_devices) < count
+        return jnp.where(params.fixed_cluster, params.cluster_present, drawn)
+
     def sample_load(self, key: jax.Array, params: EnvParams) -> jax.Array:
         """rho, uniform in [load_min, load_max]."""
         u = jax.random.uniform(key, (), self.dtype)
@@ -331,15 +410,21 @@ class AllocationEnv:
         (:meth:`RequestLatency.exec_time`)."""
         return self.engine.exec_time(cluster, share, model)
 
-    def reference_times(self, cluster: Cluster) -> jax.Array:
-        """E_ref(k) for every model, all shares 1; (K,) seconds (:meth:`RequestLatency.reference_times`)."""
-        return self.engine.reference_times(cluster)
+    def reference_times(self, cluster: Cluster, pool: jax.Array | None = None) -> jax.Array:
+        """E_ref(k) for every model, share 1 on every device of ``pool`` ((N,) bool; default all) and 0
+        elsewhere; (K,) seconds (:meth:`RequestLatency.reference_times`)."""
+        share = None if pool is None else pool.astype(self.dtype)
+        return self.engine.reference_times(cluster, share)
 
     # ------------------------------------------------------------------ dynamics
-    def clean_action(self, action: jax.Array, params: EnvParams) -> tuple[jax.Array, jax.Array]:
-        """Shares actually reserved and the invalid flag (MODEL.md section 6, step 1)."""
+    def clean_action(self, action: jax.Array, params: EnvParams,
+                     present: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """Shares actually reserved and the invalid flag (MODEL.md section 6, step 1); an absent device
+        (``present`` (N,) bool False) gets share 0."""
         a = jnp.asarray(action, self.dtype).reshape(self.num_devices)
         a = jnp.where(jnp.isfinite(a), a, 0.0)
+        if present is not None:
+            a = jnp.where(present, a, 0.0)
         a = jnp.clip(a, 0.0, 1.0)
         a = jnp.where(a >= params.min_share, a, 0.0)
         invalid = jnp.all(a == 0.0)
@@ -369,7 +454,8 @@ class AllocationEnv:
 
     def observation(self, state: EnvState) -> jax.Array:
         """Normalised observation (obs_dim,) in the env dtype (float32 unless x64), in [0, OBS_CLIP];
-        obs_dim = 5N + K + 4, plus M (N + 1) with ``observation="table"``.
+        obs_dim = 5N + K + 4, plus M (N + 1) with ``observation="table"`` (``"sets"``:
+        :meth:`sets_observation`). An absent device's entries are 0.
 
         The shares and releases are seen at the backlog time b = max(now, start of the previous
         request), the earliest time the present request could start.
@@ -389,18 +475,21 @@ class AllocationEnv:
         release = jnp.where(jnp.isfinite(release), release, 0.0)
         c = state.cluster
         scale = state.e_mean
+        on = state.present.astype(self.dtype)  # an absent device shows nothing
         feats = [
-            free,
-            jnp.log1p(release / scale),
-            c.flops / 1e11,
-            10.0 * 1e6 / c.bandwidth,
-            c.latency / 5e-3,
+            free * on,
+            jnp.log1p(release / scale) * on,
+            c.flops / 1e11 * on,
+            10.0 * 1e6 / c.bandwidth * on,
+            c.latency / 5e-3 * on,
             jnp.log1p(base / scale)[None],
             jax.nn.one_hot(state.model, self.num_models, dtype=self.dtype),
             jnp.log1p(state.e_ref[state.model] / scale)[None],
             (jnp.log1p(self.catalogue.work[state.model] / 1e9) / 4.0)[None],
             state.load[None],
         ]
+        if self.observation_kind == "sets":
+            return self.sets_observation(state)
         if self.observation_kind == "table":
             remaining = jnp.where(busy, state.res_end - base, 0.0)
             order = jnp.argsort(-remaining, stable=True)
@@ -409,8 +498,61 @@ class AllocationEnv:
             feats.append(rows.reshape(-1))
         return jnp.clip(jnp.concatenate(feats), 0.0, OBS_CLIP).astype(self.dtype)
 
+    def sets_observation(self, state: EnvState) -> jax.Array:
+        """The ``"sets"`` observation (G + N * 9 + M * 5,) in [0, OBS_CLIP]: a global part, then one item
+        per device, then one per reservation slot (layout :attr:`layout`). Times are in units of the
+        episode's E_ref-mean, capacities relative to the present devices' total, so nothing depends
+        on N or on the catalogue. Column 0 of an item is its mask; an absent device and a free slot
+        are all zeros. With b the backlog time, k the request's model:
+
+        - global (10): log1p(b / e_mean), rho, log1p(E_ref(k) / e_mean), log1p(work(k) / 1 GFLOP) / 4,
+          log1p(bytes(k) / 1 MB) / 4 (activations read and written), log1p(layers(k)) / 4,
+          log(E_ref(k) / (work(k) / sum of the episode's F_i)) (the overhead of splitting k over the
+          cluster), log(present devices) / 2, reservations held at b / M, free compute at b / present
+          compute.
+        - device (9): present, coordinator, free share at b, log1p(time to its next release after b /
+          e_mean), log(F_i / 1 GFLOP/s) / 3, F_i / present compute, 10 * (1 MB transfer time at B_i, s),
+          tau_i / 5 ms, log1p(share-weighted mean time to the end of what it holds / e_mean).
+        - slot (5): held at b, log1p(time from b to its end / e_mean), present compute it holds / present
+          compute, its largest share on a present device, present devices it uses / present devices.
+        """
+        dt = self.dtype
+        base = jnp.maximum(state.last_start, 0.0)
+        busy = state.res_end > base
+        on = state.present.astype(dt)
+        free = self.free_shares(state) * on
+        holds = busy[:, None] & (state.res_share > 0)
+        release = jnp.min(jnp.where(holds, state.res_end[:, None], jnp.inf), axis=0)
+        release = jnp.where(jnp.isfinite(release), release - base, 0.0)
+        remaining = jnp.where(busy, state.res_end - base, 0.0)  # (M,)
+        held_share = jnp.where(holds, state.res_share, 0.0)  # (M, N)
+        weight = held_share.sum(0)
+        drain = jnp.where(weight > 0, (held_share * remaining[:, None]).sum(0) / jnp.where(weight > 0, weight, 1.0), 0.0)
+        c, scale, k = state.cluster, state.e_mean, state.model
+        flops_on = c.flops * on
+        compute = jnp.sum(flops_on)
+        pool_compute = jnp.sum(c.flops * state.pool.astype(dt))
+        n_on = jnp.sum(on)
+        e_k, work = state.e_ref[k], self.catalogue.work[k]
+        glob = jnp.stack([
+            jnp.log1p(base / scale), state.load, jnp.log1p(e_k / scale), jnp.log1p(work / 1e9) / 4.0,
+            jnp.log1p(self.model_bytes[k] / 1e6) / 4.0, jnp.log1p(self.model_layers[k]) / 4.0,
+            jnp.log(jnp.maximum(e_k * pool_compute / work, 1.0)), jnp.log(n_on) / 2.0,
+            jnp.sum(busy).astype(dt) / self.slots, jnp.sum(free * c.flops) / compute])
+        coordinator = (jnp.arange(self.num_devices) == 0).astype(dt)
+        devices = jnp.stack([
+            on, coordinator, free, jnp.log1p(release / scale), jnp.maximum(jnp.log(c.flops / 1e9), 0.0) / 3.0,
+            c.flops / compute, 10.0 * 1e6 / c.bandwidth, c.latency / 5e-3, jnp.log1p(drain / scale)], axis=1) * on[:, None]
+        held = busy.astype(dt)
+        slot_share = state.res_share * on  # shares on present devices
+        slots = jnp.stack([
+            held, jnp.log1p(remaining / scale), (slot_share @ c.flops) / compute, jnp.max(slot_share, axis=1),
+            jnp.sum(slot_share > 0, axis=1).astype(dt) / n_on], axis=1) * held[:, None]
+        obs = jnp.concatenate([glob, devices.reshape(-1), slots.reshape(-1)])
+        return jnp.clip(obs, 0.0, OBS_CLIP).astype(dt)
+
     def _episode_state(self, key: jax.Array, cluster: Cluster, load: jax.Array, e_ref: jax.Array,
-                       params: EnvParams) -> EnvState:
+                       pool: jax.Array, params: EnvParams) -> EnvState:
         km, kc, kl = jax.random.split(key, 3)
         e_mean = jnp.sum(params.mix * e_ref)
         n, m = self.num_devices, self.slots
@@ -418,15 +560,19 @@ class AllocationEnv:
             cluster=cluster, load=load, rate=load / e_mean, e_ref=e_ref, e_mean=e_mean,
             model=self.sample_model(km, params), res_end=jnp.zeros((m,), self.dtype),
             res_share=jnp.zeros((m, n), self.dtype), last_start=jnp.zeros((), self.dtype),
-            time=jnp.zeros((), self.dtype), count=jnp.zeros((), jnp.int32),
+            time=jnp.zeros((), self.dtype), count=jnp.zeros((), jnp.int32), pool=pool, present=pool,
             next_cluster=self.sample_cluster(kc, params), next_load=self.sample_load(kl, params),
+            # folded in, not split off, so that the other draws are those of an environment without presence
+            next_pool=self.sample_pool(jax.random.fold_in(kc, 1), params),
             next_e_ref=jnp.zeros((self.num_models,), self.dtype))
 
     def reset(self, key: jax.Array, params: EnvParams) -> tuple[jax.Array, EnvState]:
-        """Start an episode: draw cluster, load and the first request; ``(obs, state)``."""
+        """Start an episode: draw cluster, devices, load and the first request; ``(obs, state)``."""
         kc, kl, ks = jax.random.split(key, 3)
         cluster = self.sample_cluster(kc, params)
-        state = self._episode_state(ks, cluster, self.sample_load(kl, params), self.reference_times(cluster), params)
+        pool = self.sample_pool(jax.random.fold_in(kc, 1), params)
+        state = self._episode_state(ks, cluster, self.sample_load(kl, params), self.reference_times(cluster, pool),
+                                    pool, params)
         return self.observation(state), state
 
     def allocate(self, state: EnvState, action: jax.Array, params: EnvParams) -> tuple[EnvState, dict[str, jax.Array]]:
@@ -436,7 +582,7 @@ class AllocationEnv:
         (N,), ``invalid``, ``exec_time`` E, ``wait`` s, ``latency`` s + E, ``utilization`` U,
         ``reward``, ``flop`` (FLOP of the request).
         """
-        share, invalid = self.clean_action(action, params)
+        share, invalid = self.clean_action(action, params, state.present)
         e = self.exec_time(state.cluster, share, state.model)
         start = self.start_time(state, share)
         slot = jnp.argmin(state.res_end)
@@ -458,7 +604,8 @@ class AllocationEnv:
 
         Returns ``(obs, state, reward, terminated, truncated, info)``; ``terminated`` is always
         False. ``info``: latency, wait, exec_time, utilization (scalars), model (int32), invalid
-        (bool), flop, arrival (arrival time in the episode, s), capacity (sum F_i), load, e_ref
+        (bool), flop, arrival (arrival time in the episode, s), capacity (sum F_i of the present
+        devices), devices (int32, present devices when the request was allocated), load, e_ref
         (E_ref of the request's model), group (the episode's load as a fraction of the load range,
         (load - load_min) / (load_max - load_min) in [0, 1], 0 when the range is a point: what a
         trainer's per-group reward statistics slice) and final_observation (the observation before
@@ -466,23 +613,39 @@ class AllocationEnv:
         """
         k_gap, k_model, k_reset = jax.random.split(key, 3)
         served, out = self.allocate(state, action, params)
-        next_e_ref = state.next_e_ref + self.engine.reference_chunk(state.next_cluster, state.count, self.ref_chunk)
+        next_e_ref = state.next_e_ref + self.engine.reference_chunk(state.next_cluster, state.count, self.ref_chunk,
+                                                                    state.next_pool.astype(self.dtype))
         gap = jax.random.exponential(k_gap, (), self.dtype) / state.rate
         cont = served.replace(
             model=self.sample_model(k_model, params), res_end=served.res_end - gap,
             last_start=served.last_start - gap, time=state.time + gap, count=state.count + 1,
-            next_e_ref=next_e_ref)
+            present=self.churn(jax.random.fold_in(key, 3), state, gap, params), next_e_ref=next_e_ref)
         truncated = cont.count >= self.requests
-        fresh = self._episode_state(k_reset, state.next_cluster, state.next_load, next_e_ref, params)
+        fresh = self._episode_state(k_reset, state.next_cluster, state.next_load, next_e_ref, state.next_pool, params)
         final_obs = self.observation(cont)
         new = jax.tree.map(lambda f, c: jnp.where(truncated, f, c), fresh, cont)
         obs = jnp.where(truncated, self.observation(fresh), final_obs)
         info = dict(latency=out["latency"], wait=out["wait"], exec_time=out["exec_time"],
                     utilization=out["utilization"], model=state.model, invalid=out["invalid"],
-                    flop=out["flop"], arrival=state.time, capacity=jnp.sum(state.cluster.flops),
-                    load=state.load, e_ref=state.e_ref[state.model], group=self.load_group(state.load, params),
+                    flop=out["flop"], arrival=state.time,
+                    capacity=jnp.sum(state.cluster.flops * state.present.astype(self.dtype)),
+                    devices=jnp.sum(state.present).astype(jnp.int32), load=state.load, e_ref=state.e_ref[state.model], group=self.load_group(state.load, params),
                     final_observation=final_obs)
         return obs, new, out["reward"], jnp.zeros((), bool), truncated, info
+
+    def churn(self, key: jax.Array, state: EnvState, gap: jax.Array, params: EnvParams) -> jax.Array:
+        """The devices present at the next arrival, ``gap`` seconds on; (N,) bool.
+
+        Each device of the pool but the coordinator leaves with probability 1 - exp(-churn gap /
+        e_mean) if present and comes back with 1 - exp(-rejoin gap / e_mean) if not (independent
+        draws). What a leaving device holds runs to its end; it gets nothing new while away."""
+        u = jax.random.uniform(key, (self.num_devices,), self.dtype)
+        t = gap / state.e_mean
+        leave = -jnp.expm1(-params.churn * t)
+        back = -jnp.expm1(-params.rejoin * t)
+        flip = jnp.where(state.present, u < leave, u < back)
+        present = state.pool & (state.present ^ flip)
+        return present.at[0].set(True)
 
     def load_group(self, load: jax.Array, params: EnvParams) -> jax.Array:
         """Where ``load`` lies in [load_min, load_max], as a fraction in [0, 1] (0 for a point range)."""
@@ -492,12 +655,13 @@ class AllocationEnv:
 
     # ------------------------------------------------------------------ spaces
     def observation_space(self, params: EnvParams | None = None) -> spaces.Box:
-        """Observations: (obs_dim,) in [0, OBS_CLIP], float32 (float64 under x64)."""
-        return spaces.Box(0.0, OBS_CLIP, (self.obs_dim,), self.dtype)
+        """Observations: (obs_dim,) in [0, OBS_CLIP], float32 (float64 under x64); with the "sets"
+        observation the space carries its :class:`~jaxsplit.envs.spaces.SetLayout`."""
+        return spaces.Box(0.0, OBS_CLIP, (self.obs_dim,), self.dtype, layout=self.layout)
 
     def action_space(self, params: EnvParams | None = None) -> spaces.Box:
-        """Actions: the shares (N,) in [0, 1]."""
-        return spaces.Box(0.0, 1.0, (self.num_devices,), jnp.float32)
+        """Actions: the shares (N,) in [0, 1], one per item of the observation's "devices" set."""
+        return spaces.Box(0.0, 1.0, (self.num_devices,), jnp.float32, items="devices" if self.layout else None)
 
     def action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Box bounds of the action, (N,) each: [0, 1]."""

@@ -57,7 +57,7 @@ def free_now(key, obs, state, params, env: AllocationEnv):
     (:meth:`~jaxsplit.envs.AllocationEnv.free_shares`); if none reaches min_share there, the shares
     free right after the next release after b (the request then waits for that release)."""
     free = env.free_shares(state).astype(jnp.float32)
-    usable = free >= params.min_share
+    usable = (free >= params.min_share) & state.present
     base = jnp.maximum(state.last_start, 0.0)
     busy = state.res_end > base
     release = jnp.min(jnp.where(busy, state.res_end, jnp.inf))
@@ -71,18 +71,18 @@ def constant(key, obs, state, params, env: AllocationEnv, c: float = 0.5):
     return jnp.full((env.num_devices,), c, jnp.float32)
 
 
-def fastest_devices(state: EnvState, k: int) -> jax.Array:
-    """Boolean (N,) mask of the ``k`` devices with the most FLOP/s (ties to the lower index)."""
-    f = state.cluster.flops
+def fastest_devices(state: EnvState, k: int | jax.Array) -> jax.Array:
+    """Boolean (N,) mask of the ``k`` present devices with the most FLOP/s (ties to the lower index)."""
+    f = jnp.where(state.present, state.cluster.flops, -jnp.inf)
     n = f.shape[-1]
     idx = jnp.arange(n)
     rank = jnp.sum((f[None, :] > f[:, None]) | ((f[None, :] == f[:, None]) & (idx[None, :] < idx[:, None])), axis=-1)
-    return rank < k
+    return (rank < k) & state.present
 
 
 def fastest_k(key, obs, state, params, env: AllocationEnv, k: int | None = None):
-    """Share 1 on the ``k`` fastest devices (default ceil(N / 2)), 0 elsewhere."""
-    k = (env.num_devices + 1) // 2 if k is None else int(k)
+    """Share 1 on the ``k`` fastest present devices (default: half of them, rounded up), 0 elsewhere."""
+    k = (jnp.sum(state.present) + 1) // 2 if k is None else int(k)
     return fastest_devices(state, k).astype(jnp.float32)
 
 
@@ -110,7 +110,7 @@ def myopic(key, obs, state, params, env: AllocationEnv):
     cands = myopic_candidates(obs, state, params, env)
 
     def finish(action):
-        share, _ = env.clean_action(action, params)
+        share, _ = env.clean_action(action, params, state.present)
         return env.start_time(state, share) + env.exec_time(state.cluster, share, state.model)
 
     return cands[jnp.argmin(jax.vmap(finish)(cands))]

@@ -15,12 +15,22 @@ _REGISTRY: dict[str, dict[str, Any]] = {
     "alloc-n8-v0": dict(num_devices=8),
     "alloc-n2-v0": dict(num_devices=2),
     "alloc-equal-v0": dict(num_devices=4, split="equal"),
+    # the generalist's: up to 8 devices, 2 to 8 of them per episode, devices leaving and coming back,
+    # and the request described by its model's work (any catalogue)
+    "alloc-any-v0": dict(num_devices=8, observation="sets", devices_min=2, devices_max=8, churn=0.01, rejoin=0.1),
 }
 
 
 def registered() -> list[str]:
     """Names accepted by :func:`make`."""
     return sorted(_REGISTRY)
+
+
+def settings_of(name: str) -> dict[str, Any]:
+    """The registered settings of ``name`` (ValueError for an unknown name)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"field 'name': unknown environment {name!r}; known: {', '.join(registered())}")
+    return dict(_REGISTRY[name])
 
 
 def register(name: str, **settings: Any) -> None:
@@ -34,17 +44,18 @@ def make(name: str = "alloc-v0", **overrides: Any) -> tuple[AllocationEnv, EnvPa
     ``overrides`` may set static settings (num_devices, slots, models, input_size, requests, split,
     bytes_per_element, reward_scale, observation), any :class:`EnvParams` field, ``load`` (fixes rho: load_min = load_max) and
     ``cluster=(flops, bandwidth, latency)`` (fixes the cluster; each (N,), bandwidth inf = local).
-    A fixed cluster sets ``num_devices`` from its length unless given.
+    A fixed cluster sets ``num_devices`` from its length unless given, except with the "sets"
+    observation, whose environment keeps its N and takes the cluster's devices as the first present
+    ones (a cluster of at most N devices).
 
     >>> env, params = make("alloc-n8-v0", models=("vgg16", "resnet18"), load=0.9)
     >>> env.num_devices, env.obs_dim
     (8, 46)
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"field 'name': unknown environment {name!r}; known: {', '.join(registered())}")
-    settings = dict(_REGISTRY[name])
+    settings = settings_of(name)
     settings.update(overrides)
-    if settings.get("cluster") is not None and "num_devices" not in overrides:
+    if (settings.get("cluster") is not None and "num_devices" not in overrides
+            and settings.get("observation") != "sets"):
         settings["num_devices"] = len(settings["cluster"][0])
     static = {k: settings.pop(k) for k in STATIC_KEYS if k in settings}
     if "models" in static:

@@ -24,6 +24,7 @@ from typing import Any, Literal
 from jaxsplit import settings
 
 from .actions import ShareAction, wrap_action
+from . import registry
 from .registry import make
 
 
@@ -68,12 +69,26 @@ def parse_loads(text: str, field: str = "loads") -> tuple[float, float]:
     return values[0], values[1]
 
 
+def parse_devices(text: str, field: str = "devices") -> tuple[int, int]:
+    """``LO,HI`` (or ``N`` for LO = HI = N): the range of the number of devices drawn per episode."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"field {field!r}: expected LO,HI (integers), got {text!r}") from None
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or values[0] < 1 or values[0] > values[1]:
+        raise ValueError(f"field {field!r}: expected LO,HI with 1 <= LO <= HI, got {text!r}")
+    return values[0], values[1]
+
+
 @dataclasses.dataclass(frozen=True)
 class EnvSpec:
     """The environment and action of a training run (defaults: the main job's)."""
 
     env: str = "alloc-v0"
-    """registered environment (alloc-v0: 4 devices, alloc-n8-v0: 8, alloc-n2-v0: 2)"""
+    """registered environment (alloc-v0: 4 devices, alloc-n8-v0: 8, alloc-n2-v0: 2; alloc-any-v0: the generalist's,
+    2 to 8 devices per episode under churn, any catalogue)"""
     cluster: str | None = None
     """JSON file {"devices": [...]} in the instance format: train on this fixed cluster (its length sets N)"""
     models: str | None = None
@@ -85,13 +100,23 @@ class EnvSpec:
     reward_scale: Literal["mean", "model"] = "mean"
     """latency in the reward divided by the episode's mean E_ref (mean: the return is minus the total latency,
     so maximising it minimises the mean latency) or by the request's model's E_ref (model: MODEL.md)"""
-    observation: Literal["summary", "table"] = "table"
-    """what the policy sees: summary (MODEL.md: per device the free share and its next release) or table
-    (the same plus the whole reservation table)"""
+    observation: Literal["summary", "table", "sets"] | None = None
+    """what the policy sees: summary (MODEL.md: per device the free share and its next release), table (the
+    same plus the whole reservation table) or sets (one item per device and per reservation, the request
+    by its model's work: any device count up to N, any catalogue); unset: the environment's (sets for
+    alloc-any-v0), else table"""
     requests: int | None = None
     """requests per episode (unset: the environment's)"""
     util_weight: float | None = None
     """utilisation weight of the reward (unset: the environment's; traced)"""
+    devices: str | None = None
+    """devices per episode LO,HI (or one value N), drawn per episode, at most the environment's N; the others
+    are absent (unset: the environment's, all of them; traced)"""
+    churn: float | None = None
+    """rate at which a device leaves, per device and per mean reference time E_ref-mean (unset: the
+    environment's; 0 none; traced)"""
+    rejoin: float | None = None
+    """rate at which a device that left comes back, same unit (unset: the environment's; traced)"""
     action: Literal["per_device", "common", "free_clip", "clip_pairs"] = "clip_pairs"
     """per_device: one share per device; common: one share on every device; free_clip: a cap and a floor,
     every device gives its free share clipped to them; clip_pairs: one choice among the (cap, floor) pairs"""
@@ -111,14 +136,18 @@ class EnvSpec:
         for i, level in enumerate(self.pair_levels):
             if not (isinstance(level, (int, float)) and math.isfinite(level) and 0 < level <= 1):
                 raise ValueError(f"field 'pair_levels[{i}]': must be in (0, 1], got {level!r}")
-        out: dict[str, Any] = {"reward_scale": self.reward_scale, "observation": self.observation}
+        known = registry.settings_of(self.env) if self.env in registry.registered() else {}  # else make() refuses it
+        observation = self.observation or known.get("observation", "table")
+        out: dict[str, Any] = {"reward_scale": self.reward_scale, "observation": observation}
         if self.cluster is not None:
             out["cluster"] = load_cluster(self.cluster)
         if self.models is not None:
             out["models"] = parse_models(self.models)
         if self.loads is not None:
             out["load_min"], out["load_max"] = parse_loads(self.loads)
-        for name in ("split", "requests", "util_weight"):
+        if self.devices is not None:
+            out["devices_min"], out["devices_max"] = parse_devices(self.devices)
+        for name in ("split", "requests", "util_weight", "churn", "rejoin"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         return out

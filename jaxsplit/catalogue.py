@@ -263,16 +263,18 @@ class RequestLatency:
         rates = jax.vmap(allocation_rates)(cluster, share)
         return jnp.max(jax.vmap(device_times)(layer, rates, rows), axis=-1)
 
-    def reference_times(self, cluster: Cluster) -> jax.Array:
-        """E_ref(k) for every model, all shares 1; (K,) seconds."""
-        ones = jnp.ones((self.num_devices,), self.dtype)
+    def reference_times(self, cluster: Cluster, share: jax.Array | None = None) -> jax.Array:
+        """E_ref(k) for every model, all shares 1 (or ``share`` (N,), e.g. 1 on the devices present and
+        0 elsewhere); (K,) seconds."""
+        ones = jnp.ones((self.num_devices,), self.dtype) if share is None else share
         per_layer = jax.vmap(self.layer_latency, in_axes=(0, None, None))(self.catalogue.flat_layers, cluster, ones)
         onehot = jax.nn.one_hot(self.catalogue.flat_model, self.num_models, dtype=self.dtype)
         return (per_layer * self.catalogue.flat_count) @ onehot
 
-    def reference_chunk(self, cluster: Cluster, count: jax.Array, chunk: int) -> jax.Array:
+    def reference_chunk(self, cluster: Cluster, count: jax.Array, chunk: int,
+                        share: jax.Array | None = None) -> jax.Array:
         """Contribution to E_ref (K,) s of the flat reference layers ``count * chunk`` to
-        ``(count + 1) * chunk - 1`` (those past T count 0), all shares 1.
+        ``(count + 1) * chunk - 1`` (those past T count 0), all shares 1 (or ``share`` (N,)).
 
         ``count`` is an int32 scalar (may be traced), ``chunk`` a static positive int; the
         contributions of count = 0, 1, ... up to ``ceil(T / chunk) - 1`` add up to
@@ -281,7 +283,7 @@ class RequestLatency:
         valid = idx < self.num_flat
         idx = jnp.minimum(idx, self.num_flat - 1)
         layers = jax.tree.map(lambda a: a[idx], self.catalogue.flat_layers)
-        ones = jnp.ones((self.num_devices,), self.dtype)
+        ones = jnp.ones((self.num_devices,), self.dtype) if share is None else share
         per_layer = jax.vmap(self.layer_latency, in_axes=(0, None, None))(layers, cluster, ones)
         weight = jnp.where(valid, self.catalogue.flat_count[idx], 0.0)
         onehot = jax.nn.one_hot(self.catalogue.flat_model[idx], self.num_models, dtype=self.dtype)
