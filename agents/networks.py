@@ -66,10 +66,10 @@ class ActorCritic(nn.Module):
         return dist, value
 
 
-def _mlp(x: jax.Array, widths: Sequence[int], name: str) -> jax.Array:
+def _mlp(x: jax.Array, widths: Sequence[int], name: str, act=nn.tanh) -> jax.Array:
     init = nn.initializers.orthogonal(np.sqrt(2))
     for i, width in enumerate(widths):
-        x = nn.tanh(nn.Dense(width, kernel_init=init, bias_init=nn.initializers.zeros, name=f"{name}_{i}")(x))
+        x = act(nn.Dense(width, kernel_init=init, bias_init=nn.initializers.zeros, name=f"{name}_{i}")(x))
     return x
 
 
@@ -77,15 +77,21 @@ class SetEncoder(nn.Module):
     """Encodes an observation of sets of items (:class:`jaxsplit.envs.spaces.SetLayout`) into a
     context vector and one embedding per item of every set.
 
-    Each set's items go through one MLP shared by its items; the embeddings of the items that are
-    there (mask column 0) are pooled by their mean and their maximum; the pools and the global
-    entries go through the trunk MLP. Nothing depends on the order of the items, and an absent item
-    changes nothing. Shapes: obs (..., D) -> (context (..., hidden[-1]), {name: (..., items, item_width)}).
+    Each item's columns go through a layer shared by the items of its set (none with
+    ``item_hidden`` empty: the item's own features); over the items that are there (mask column 0)
+    the embeddings are pooled by their mean, maximum and minimum, with log(1 + count); the pools and
+    the global entries go through the trunk MLP. Nothing depends on the order of the items, and an
+    absent item changes nothing. Shapes: obs (..., D) -> (context (..., hidden[-1]),
+    {name: (..., items, width)}).
+
+    Pooling the items' features themselves (the default) costs about what a plain MLP on the flat
+    vector costs; a learned per-item layer multiplies the activations by the number of items, which
+    on a CPU made an update several times slower for N = 8 devices and M = 16 slots.
     """
 
     layout: Any
     hidden: Sequence[int] = (64, 64)
-    item_hidden: Sequence[int] = (32, 32)
+    item_hidden: Sequence[int] = ()
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -93,13 +99,14 @@ class SetEncoder(nn.Module):
         pooled, embedded = [glob], {}
         for name, items in sets.items():
             mask = (items[..., 0] > 0.5)[..., None]
-            e = _mlp(items, self.item_hidden, f"{name}_item")
+            e = _mlp(items, self.item_hidden, f"{name}_item", act=nn.relu) if self.item_hidden else items[..., 1:]
             embedded[name] = e
             count = jnp.sum(mask, axis=-2)
+            there = jnp.any(mask, axis=-2)
             mean = jnp.sum(jnp.where(mask, e, 0.0), axis=-2) / jnp.maximum(count, 1)
-            # tanh embeddings lie in (-1, 1): -1 stands for "no item" in the maximum
-            peak = jnp.max(jnp.where(mask, e, -1.0), axis=-2)
-            pooled += [mean, peak, jnp.log1p(count.astype(e.dtype))]
+            peak = jnp.where(there, jnp.max(jnp.where(mask, e, -jnp.inf), axis=-2), 0.0)
+            low = jnp.where(there, jnp.min(jnp.where(mask, e, jnp.inf), axis=-2), 0.0)
+            pooled += [mean, peak, low, jnp.log1p(count.astype(e.dtype))]
         return _mlp(jnp.concatenate(pooled, axis=-1), self.hidden, "trunk"), embedded
 
 
@@ -122,7 +129,7 @@ class SetActorCritic(nn.Module):
     layout: Any = None
     per_item: str | None = None
     hidden: Sequence[int] = (64, 64)
-    item_hidden: Sequence[int] = (32, 32)
+    item_hidden: Sequence[int] = ()
     init_concentration: float = 1.0 + float(np.log(2.0))
     init_mean: float = 0.5
     levels: int = 0

@@ -216,16 +216,22 @@ def load_run(run_dir: str | Path, env: Any = None, env_params: Any = None) -> tu
 
 
 def evaluation_env(run_dir: str | Path, requests: int | None = None, cluster: Sequence | None = None,
-                   models: Sequence[str] | None = None) -> tuple[Any, Any, Any, Any]:
+                   models: Sequence[str] | None = None,
+                   params: dict[str, Any] | None = None) -> tuple[Any, Any, Any, Any]:
     """The environments in which to evaluate a run's policy against the baselines.
 
     Returns ``(policy_env, policy_params, baseline_env, baseline_params)``: the run's environment with
     its action wrapper, and the same environment without it, both with ``requests`` per episode, on
-    ``cluster`` ((flops, bandwidth, latency) lists) when given, and with the request mix restricted to
-    ``models`` when given. The policy keeps the run's catalogue (its observation has one entry per
-    trained model), so ``models`` must be a subset of it: the mix gives the others probability 0,
-    and the baselines run on the catalogue of ``models`` in the run's order, so both see the same
-    requests. ValueError says what the policy cannot accept and why.
+    ``cluster`` ((flops, bandwidth, latency) lists) when given, with the request mix restricted to
+    ``models`` when given, and with the environment parameters ``params`` (e.g. devices_min,
+    devices_max, churn, rejoin).
+
+    A policy of the "sets" observation (the generalist, alloc-any-v0) reads each device as an item
+    and each request by its model's work: it takes any cluster of up to the run's N devices and any
+    catalogue. Any other policy reads one entry per device and per trained model: the cluster must
+    have the run's N devices and ``models`` must be a subset of its catalogue (the mix gives the
+    others probability 0, and the baselines run on the catalogue of ``models`` in the run's order, so
+    both see the same requests). ValueError says what the policy cannot accept and why.
     """
     spec, _, _ = read_config(run_dir)
     if spec is None:
@@ -235,10 +241,16 @@ def evaluation_env(run_dir: str | Path, requests: int | None = None, cluster: Se
         trained, _ = spec.base()
     except ValueError as err:  # the saved spec is the run's: name its file
         raise ValueError(f"--checkpoint {run_dir}: {Path(run_dir) / 'config.json'}: {err}") from None
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = dict(params or {})
     if requests is not None:
         extra["requests"] = int(requests)
-    if cluster is not None:
+    general = getattr(trained, "layout", None) is not None
+    if cluster is not None and general:
+        if len(cluster[0]) > trained.num_devices:
+            raise ValueError(f"--checkpoint {run_dir}: the policy serves clusters of up to {trained.num_devices} "
+                             f"devices (the run's N), but the evaluation cluster has {len(cluster[0])}")
+        extra["cluster"] = cluster
+    elif cluster is not None:
         if len(cluster[0]) != trained.num_devices:
             raise ValueError(f"--checkpoint {run_dir}: the policy was trained for {trained.num_devices} devices "
                              f"(its network reads each device's features), but the evaluation cluster has "
@@ -246,7 +258,9 @@ def evaluation_env(run_dir: str | Path, requests: int | None = None, cluster: Se
         extra["cluster"] = cluster
     base_extra = dict(extra)
     policy_extra = dict(extra)
-    if models is not None:
+    if models is not None and general:
+        base_extra["models"] = policy_extra["models"] = tuple(models)
+    elif models is not None:
         outside = [m for m in models if m not in trained.models]
         if outside:
             raise ValueError(f"--checkpoint {run_dir}: model {outside[0]!r} is not in the policy's training "
@@ -260,9 +274,10 @@ def evaluation_env(run_dir: str | Path, requests: int | None = None, cluster: Se
 
 
 def load_policy(run_dir: str | Path, requests: int | None = None, cluster: Sequence | None = None,
-                models: Sequence[str] | None = None) -> tuple[Callable[[jax.Array, jax.Array], jax.Array], Any, Any]:
+                models: Sequence[str] | None = None,
+                params: dict[str, Any] | None = None) -> tuple[Callable[[jax.Array, jax.Array], jax.Array], Any, Any]:
     """The trained deterministic policy of a run folder, ready for :func:`jaxsplit.envs.evaluate`:
     ``(policy_fn(key, obs) -> action, env, params)`` with the environment of :func:`evaluation_env`."""
-    policy_env, policy_params, _, _ = evaluation_env(run_dir, requests, cluster, models)
+    policy_env, policy_params, _, _ = evaluation_env(run_dir, requests, cluster, models, params)
     trainer, runner = load_run(run_dir)
     return trainer.policy(runner), policy_env, policy_params

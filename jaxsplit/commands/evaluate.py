@@ -6,8 +6,10 @@ path. ``--checkpoint RUN_DIR`` adds the trained policy of a ``jaxsplit train`` r
 compares it with two baselines (the order of ``--policy`` is the order of the rows; without ``ppo`` in
 ``--policy`` its rows come last). With a checkpoint the environment is the (first) run's, with
 ``--requests`` per episode; ``--cluster`` and ``--models`` change the cluster and the request mix
-(the policy accepts a cluster of the device count it was trained for and any subset of its
-catalogue).
+(a policy of the "sets" observation, trained on alloc-any-v0, accepts any cluster of up to its N devices and
+any models; any other accepts a cluster of the device count it was trained for and a subset of its
+catalogue). ``--devices``, ``--churn`` and ``--rejoin`` set how many devices each episode has and how
+they come and go.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from jaxsplit import atomic
 from jaxsplit.agents.run import evaluation_env, load_policy
 from jaxsplit.envs import evaluate, load_cluster, make, policies
 from jaxsplit.envs.evaluation import markdown_table
-from jaxsplit.envs.spec import parse_models
+from jaxsplit.envs.spec import parse_devices, parse_models
 
 #: the policy name that stands for the ``--checkpoint`` runs in ``--policy``.
 CHECKPOINT_POLICY = "ppo"
@@ -45,6 +47,13 @@ class EvaluateArgs:
     """JSON file {"devices": [...]} in the instance format (shares ignored): fixes the cluster."""
     models: str | None = None
     """Comma-separated zoo models: the request mix (uniform). Default: the environment's (the run's) catalogue."""
+    devices: str | None = None
+    """Devices per episode LO,HI (or N), at most the environment's N (the others absent). Default: the
+    environment's (the run's)."""
+    churn: float | None = None
+    """Rate at which a device leaves, per device and per mean reference time (default: the environment's)."""
+    rejoin: float | None = None
+    """Rate at which a device that left comes back, same unit (default: the environment's)."""
     episodes: int = 8
     """Episodes per load (each an independent cluster draw unless the cluster is fixed)."""
     requests: int = 500
@@ -110,18 +119,24 @@ def run(args: EvaluateArgs) -> list[dict[str, Any]]:
         raise ValueError(f"field 'share': must be in [0, 1], got {args.share}")
     cluster = load_cluster(args.cluster) if args.cluster else None
     models = parse_models(args.models) if args.models else None
+    env_params: dict[str, Any] = {}
+    if args.devices is not None:
+        env_params["devices_min"], env_params["devices_max"] = parse_devices(args.devices)
+    for name in ("churn", "rejoin"):
+        if getattr(args, name) is not None:
+            env_params[name] = getattr(args, name)
     learned = []
     if args.checkpoint:  # load every run first, so that a bad one fails before any evaluation
         if args.env is not None:
             raise ValueError("field 'env': with --checkpoint the environment is the run's; change the cluster "
                              "with --cluster and the request mix with --models")
         for run_dir in args.checkpoint:
-            fn, p_env, p_params = load_policy(run_dir, args.requests, cluster, models)
+            fn, p_env, p_params = load_policy(run_dir, args.requests, cluster, models, env_params)
             label = CHECKPOINT_POLICY if len(args.checkpoint) == 1 else f"{CHECKPOINT_POLICY}:{run_dir}"
             learned.append((label, fn, p_env, p_params))
-        _, _, env, params = evaluation_env(args.checkpoint[0], args.requests, cluster, models)
+        _, _, env, params = evaluation_env(args.checkpoint[0], args.requests, cluster, models, env_params)
     else:
-        overrides: dict[str, Any] = {"requests": args.requests}
+        overrides: dict[str, Any] = {"requests": args.requests, **env_params}
         if cluster is not None:
             overrides["cluster"] = cluster
         if models is not None:
