@@ -44,7 +44,10 @@ class EvaluateArgs:
     cluster: str | None = None
     """JSON file {"devices": [...]} in the instance format (shares ignored): fixes the cluster."""
     models: str | None = None
-    """Comma-separated zoo models: the request mix (uniform). Default: the environment's (the run's) catalogue."""
+    """Comma-separated model specs: the request mix (uniform). Default: the environment's (the run's) catalogue.
+    A spec is NAME (zoo model at the input size), NAME@H or NAME@HxW (zoo model at that size), PATH.py:FACTORY[@HxW]
+    (the torch module FACTORY() returns) or torchvision:NAME[@HxW] (both read by the PyTorch bridge; torch extra).
+    With --checkpoint every spec must be in the run's catalogue."""
     episodes: int = 8
     """Episodes per load (each an independent cluster draw unless the cluster is fixed)."""
     requests: int = 500
