@@ -139,7 +139,7 @@ def resolve(spec: str, input_size: tuple[int, int]) -> list[Layer]:
 
     A zoo spec gives exactly ``zoo.get(NAME, size)``; a bridge spec gives
     ``from_torch(*load_model(...))`` (:mod:`jaxsplit.bridge`). Tables are cached by (spec, size) and,
-    for a file, the file's modification time and length, so a catalogue re-built with the same
+    for a file, its absolute path, modification time and length, so a catalogue re-built with the same
     models does not trace them again.
 
     Raises ValueError (one line naming the spec): malformed spec, unknown name, missing file or
@@ -149,16 +149,19 @@ def resolve(spec: str, input_size: tuple[int, int]) -> list[Layer]:
     """
     parsed = check(spec)
     size = parsed.size if parsed.size is not None else (int(input_size[0]), int(input_size[1]))
-    stamp: tuple[int, int] | None = None
-    if parsed.kind == "file":
-        st = os.stat(parsed.name.rpartition(":")[0])
-        stamp = (st.st_mtime_ns, st.st_size)
+    stamp: tuple[str, int, int] | None = None
+    if parsed.kind == "file":  # a relative path read from another folder, or an edited file, is another table
+        path = os.path.abspath(parsed.name.rpartition(":")[0])
+        st = os.stat(path)
+        stamp = (path, st.st_mtime_ns, st.st_size)
     return list(_resolve_cached(parsed, size, stamp))
 
 
 @lru_cache(maxsize=256)
-def _resolve_cached(parsed: ModelSpec, size: tuple[int, int], stamp: tuple[int, int] | None) -> tuple[Layer, ...]:
-    """The table of a checked spec at ``size``; ``stamp`` (file mtime, length) only keys the cache."""
+def _resolve_cached(parsed: ModelSpec, size: tuple[int, int],
+                    stamp: tuple[str, int, int] | None) -> tuple[Layer, ...]:
+    """The table of a checked spec at ``size``; ``stamp`` (a file's absolute path, modification time in
+    ns, length in bytes) only keys the cache."""
     del stamp
     if parsed.kind == "zoo":
         if parsed.size is None:
