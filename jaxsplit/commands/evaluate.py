@@ -112,7 +112,8 @@ def run(args: EvaluateArgs) -> list[dict[str, Any]]:
     if not 0.0 <= args.share <= 1.0:
         raise ValueError(f"field 'share': must be in [0, 1], got {args.share}")
     cluster = load_cluster(args.cluster) if args.cluster else None
-    models = parse_models(args.models) if args.models else None
+    # with a checkpoint, a spec outside the run's catalogue is refused by evaluation_env (which says why)
+    models = parse_models(args.models, check=not args.checkpoint) if args.models else None
     learned = []
     if args.checkpoint:  # load every run first, so that a bad one fails before any evaluation
         if args.env is not None:
