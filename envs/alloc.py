@@ -164,8 +164,9 @@ class AllocationEnv:
     Static settings:
       num_devices: N.
       slots: M, reservation table size.
-      models: catalogue (zoo names), K = len(models).
-      input_size: (H, W) of every request.
+      models: catalogue, K = len(models): model specs (:mod:`jaxsplit.models`: zoo names, ``NAME@HxW``,
+        ``PATH.py:FACTORY[@HxW]``, ``torchvision:NAME[@HxW]``), kept as given.
+      input_size: (H, W) of every request whose spec gives no size.
       requests: requests per episode (truncation; never terminated).
       split: split rule, "closed_form" (default) or "equal".
       bytes_per_element: q.

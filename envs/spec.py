@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from jaxsplit import settings
+from jaxsplit import models, settings
 
 from .actions import ShareAction, wrap_action
 from . import registry
@@ -48,11 +48,25 @@ def load_cluster(path: str | Path, field: str = "cluster") -> tuple[list[float],
     return [float(d.flops) for d in devices], bw, [float(d.latency) for d in devices]
 
 
-def parse_models(text: str, field: str = "models") -> tuple[str, ...]:
-    """A comma-separated list of model names; ValueError when empty."""
+def parse_models(text: str, field: str = "models", check: bool = True) -> tuple[str, ...]:
+    """A comma-separated list of model specs (:mod:`jaxsplit.models`), each checked unless ``check`` is
+    False; ValueError when empty or when a spec is malformed (one line naming the field and the spec).
+
+    A spec is ``NAME`` (a zoo model at the environment's input size), ``NAME@H`` / ``NAME@HxW`` (a
+    zoo model at H x H / H x W), ``PATH.py:FACTORY[@HxW]`` (the torch module ``FACTORY()`` returns)
+    or ``torchvision:NAME[@HxW]``; the last two are read by the PyTorch bridge (the ``torch`` extra).
+    Returns the specs as written, e.g. ``"resnet50,vgg16@160x192"`` -> ``("resnet50", "vgg16@160x192")``.
+    """
     names = tuple(m.strip() for m in text.split(",") if m.strip())
     if not names:
         raise ValueError(f"field {field!r}: empty list of models {text!r}")
+    for name in names if check else ():
+        try:
+            models.check(name)
+        except ValueError as err:  # check() names 'models'; this list may come from another option
+            msg = str(err)
+            raise ValueError(f"field {field!r}" + msg[len("field 'models'"):] if msg.startswith("field 'models'")
+                             else msg) from None
     return names
 
 
@@ -92,7 +106,9 @@ class EnvSpec:
     cluster: str | None = None
     """JSON file {"devices": [...]} in the instance format: train on this fixed cluster (its length sets N)"""
     models: str | None = None
-    """comma-separated catalogue of zoo models (unset: the environment's)"""
+    """comma-separated catalogue of model specs (unset: the environment's): NAME (zoo model at the input size),
+    NAME@H or NAME@HxW (zoo model at that size), PATH.py:FACTORY[@HxW] (the torch module FACTORY() returns) or
+    torchvision:NAME[@HxW]; the last two are read by the PyTorch bridge and need the torch extra"""
     loads: str | None = None
     """offered load range LO,HI drawn per episode (unset: the environment's; traced)"""
     split: Literal["closed_form", "equal"] | None = None

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxsplit import zoo
+from jaxsplit.models import resolve as resolve_model
 
 SHARE_TOLERANCE = 1e-5
 OBS_CLIP = 10.0
@@ -26,10 +26,10 @@ CORRECTION_ROUNDS = 3
 
 
 class ModelTable:
-    """Every layer of one model as float64 columns of shape (L,)."""
+    """Every layer of one model (a spec of :mod:`jaxsplit.models`) as float64 columns of shape (L,)."""
 
     def __init__(self, name: str, input_size: tuple[int, int], q: float):
-        layers = zoo.get(name, input_size)
+        layers = resolve_model(name, input_size)
         col = lambda f: np.array([float(f(l)) for l in layers])
         self.in_height = col(lambda l: l.in_height)
         self.out_height = col(lambda l: l.out_height)

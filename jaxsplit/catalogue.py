@@ -31,7 +31,8 @@ import numpy as np
 from flax import struct
 from jax.custom_batching import custom_vmap
 
-from jaxsplit import kernels, zoo
+from jaxsplit import kernels
+from jaxsplit import models as model_specs
 from jaxsplit.latency import (LAYER_FIELDS, TABLE_FIELDS, Cluster, LayerArrays, allocation_rates, device_times,
                               layer_arrays_numpy)
 from jaxsplit.solvers import DEVICE_MAJOR_BLOCK, closed_form_split, equal_split, solve_device_major_arrays
@@ -68,11 +69,13 @@ class Catalogue:
 
 
 def unique_layers(name: str, input_size: tuple[int, int], bytes_per_element: float) -> tuple[np.ndarray, np.ndarray]:
-    """Unique layer rows of a zoo model, in first-occurrence order, and their multiplicities.
+    """Unique layer rows of a model, in first-occurrence order, and their multiplicities.
 
+    ``name`` is a model spec (:mod:`jaxsplit.models`: a zoo name, ``NAME@HxW``, a PyTorch file or
+    torchvision model); ``input_size`` (H, W) is the size of a spec that gives none.
     Returns (rows (u, 8) float64 with columns :data:`LAYER_FIELDS`, counts (u,) float64).
     """
-    cols = layer_arrays_numpy(zoo.get(name, input_size), bytes_per_element, np.float64)
+    cols = layer_arrays_numpy(model_specs.resolve(name, input_size), bytes_per_element, np.float64)
     table = np.stack([cols[f] for f in LAYER_FIELDS], axis=1)
     uniq, first, inverse = np.unique(table, axis=0, return_index=True, return_inverse=True)
     order = np.argsort(first)
@@ -82,7 +85,8 @@ def unique_layers(name: str, input_size: tuple[int, int], bytes_per_element: flo
 
 def build_catalogue(models: Sequence[str], input_size: tuple[int, int], bytes_per_element: float,
                     dtype) -> Catalogue:
-    """Pad the unique-layer tables of ``models`` to one length; see :class:`Catalogue`."""
+    """Pad the unique-layer tables of ``models`` (specs, :mod:`jaxsplit.models`) to one length; see
+    :class:`Catalogue`."""
     tables = [unique_layers(m, input_size, bytes_per_element) for m in models]
     width = max(len(t[0]) for t in tables)
     fields = list(LAYER_FIELDS)
@@ -114,8 +118,10 @@ class RequestLatency:
     """Execution time E (s) of inference requests of a model catalogue on N devices.
 
     Static settings (they fix the shapes of the jitted code):
-      models: catalogue (zoo names), K = len(models).
-      input_size: (H, W) of every request.
+      models: catalogue, K = len(models): model specs (:mod:`jaxsplit.models`), zoo names such as
+        ``"vgg16"``, ``"vgg16@160x192"``, ``"net.py:make@224"`` or ``"torchvision:resnet18"``; kept as
+        given in ``models``.
+      input_size: (H, W) of every request whose spec gives no size.
       bytes_per_element: q.
       num_devices: N.
       split: split rule, "closed_form" (default) or "equal" (:data:`SPLIT_RULES`).
@@ -136,8 +142,7 @@ class RequestLatency:
         if not models:
             raise ValueError("field 'models': the catalogue is empty")
         for m in models:
-            if m not in zoo.ZOO_DEFAULT_SIZE:
-                raise ValueError(f"field 'models': unknown model {m!r}; known: {', '.join(zoo.ZOO_DEFAULT_SIZE)}")
+            model_specs.check(m)  # the form, before any input size or trace (one line naming the spec)
         try:
             height, width = input_size
             sized = all(int(s) == s and s >= 1 for s in (height, width))

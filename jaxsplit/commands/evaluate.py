@@ -46,7 +46,10 @@ class EvaluateArgs:
     cluster: str | None = None
     """JSON file {"devices": [...]} in the instance format (shares ignored): fixes the cluster."""
     models: str | None = None
-    """Comma-separated zoo models: the request mix (uniform). Default: the environment's (the run's) catalogue."""
+    """Comma-separated model specs: the request mix (uniform). Default: the environment's (the run's) catalogue.
+    A spec is NAME (zoo model at the input size), NAME@H or NAME@HxW (zoo model at that size), PATH.py:FACTORY[@HxW]
+    (the torch module FACTORY() returns) or torchvision:NAME[@HxW] (both read by the PyTorch bridge; torch extra).
+    With --checkpoint of a sets policy (alloc-any-v0) any specs; of another policy, specs of the run's catalogue."""
     devices: str | None = None
     """Devices per episode LO,HI (or N), at most the environment's N (the others absent). Default: the
     environment's (the run's)."""
@@ -118,7 +121,8 @@ def run(args: EvaluateArgs) -> list[dict[str, Any]]:
     if not 0.0 <= args.share <= 1.0:
         raise ValueError(f"field 'share': must be in [0, 1], got {args.share}")
     cluster = load_cluster(args.cluster) if args.cluster else None
-    models = parse_models(args.models) if args.models else None
+    # with a checkpoint, a spec outside the run's catalogue is refused by evaluation_env (which says why)
+    models = parse_models(args.models, check=not args.checkpoint) if args.models else None
     env_params: dict[str, Any] = {}
     if args.devices is not None:
         env_params["devices_min"], env_params["devices_max"] = parse_devices(args.devices)
