@@ -10,14 +10,20 @@ from .alloc import AllocationEnv, EnvParams
 STATIC_KEYS = ("num_devices", "slots", "models", "input_size", "requests", "split", "bytes_per_element",
                "reward_scale", "observation")
 
+#: the training catalogue of alloc-any-v0
+GENERALIST_MODELS = ("vgg16", "resnet18", "mobilenet_v2", "alexnet", "vgg16@160", "resnet18@320", "mobilenet_v2@320",
+                     "alexnet@160")
+
 _REGISTRY: dict[str, dict[str, Any]] = {
     "alloc-v0": dict(num_devices=4),
     "alloc-n8-v0": dict(num_devices=8),
     "alloc-n2-v0": dict(num_devices=2),
     "alloc-equal-v0": dict(num_devices=4, split="equal"),
     # the generalist's: up to 8 devices, 2 to 8 of them per episode, devices leaving and coming back,
-    # and the request described by its model's work (any catalogue)
-    "alloc-any-v0": dict(num_devices=8, observation="sets", devices_min=2, devices_max=8, churn=0.01, rejoin=0.1),
+    # and the request described by its model's work, over the default catalogue at three input sizes
+    # (resnet50 and yolov2_tiny stay out, to evaluate it on models it never saw)
+    "alloc-any-v0": dict(num_devices=8, observation="sets", devices_min=2, devices_max=8, churn=0.01, rejoin=0.1,
+                         models=GENERALIST_MODELS),
 }
 
 
