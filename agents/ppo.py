@@ -548,15 +548,24 @@ class Trainer:
         hp = self.default_hparams() if hp is None else hp
         return self.run(self.init(key, hp), hp, self.config.num_updates)
 
-    def policy(self, runner: Any, deterministic: bool = True) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    def policy(self, runner: Any, deterministic: bool = True,
+               layout: Any = None) -> Callable[[jax.Array, jax.Array], jax.Array]:
         """``policy_fn(key, obs (..., obs_dim)) -> action`` of a trained runner state, in the
         environment's action space.
 
         Observations are normalised with the run's final statistics; the action is the mode
         (``deterministic``: the most probable level, or the Beta mean) or a sample. ``runner`` needs
-        only ``params`` and ``obs_stats``.
+        only ``params`` and ``obs_stats``. ``layout``: the observation's
+        :class:`~jaxsplit.envs.spaces.SetLayout` when it has other item counts than the training one
+        (another number of devices or slots; the set network's parameters do not depend on them).
         """
         net, cfg, params, stats = self.network, self.config, runner.params, runner.obs_stats
+        if layout is not None and layout != self.layout:
+            if self.layout is None:
+                raise ValueError("this policy reads a plain observation vector; it has no set layout to change")
+            mean, var = spaces.transfer_stats(stats.mean, stats.var, self.layout, layout)
+            stats = stats.replace(mean=mean, var=var)
+            net = net.clone(layout=layout)
 
         def policy_fn(key: jax.Array, obs: jax.Array) -> jax.Array:
             obs = obs.astype(jnp.float32)

@@ -71,6 +71,21 @@ class SetLayout:
         return jnp.concatenate(means), jnp.concatenate(vars_)
 
 
+def transfer_stats(mean: jax.Array, var: jax.Array, source: SetLayout,
+                   target: SetLayout) -> tuple[jax.Array, jax.Array]:
+    """Tied statistics (:meth:`SetLayout.tie`) of ``source`` laid out for ``target``, a layout with the
+    same global entries and the same sets and widths but other item counts; (target.size,) each."""
+    if source.globals != target.globals or [(n, w) for n, _, w in source.sets] != [(n, w) for n, _, w in target.sets]:
+        raise ValueError(f"layouts differ in more than their item counts: {source} and {target}")
+    means, vars_ = [mean[: source.globals]], [var[: source.globals]]
+    at = source.globals
+    for (_, n, w), (_, k, _) in zip(source.sets, target.sets):
+        means.append(jnp.tile(mean[at: at + w], k))
+        vars_.append(jnp.tile(var[at: at + w], k))
+        at += n * w
+    return jnp.concatenate(means), jnp.concatenate(vars_)
+
+
 def set_layout(globals_: int, sets: Sequence[tuple[str, int, int]]) -> SetLayout:
     """A checked :class:`SetLayout` (positive sizes, distinct names)."""
     sets = tuple((str(n), int(k), int(w)) for n, k, w in sets)
