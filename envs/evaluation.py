@@ -243,7 +243,7 @@ def search_best_constant(env: AllocationEnv, params: EnvParams, loads: Sequence[
 #: (:func:`~jaxsplit.envs.actions.clip_pairs`), the rules of the default ``jaxsplit train`` action, so
 #: best_clip is the best fixed rule that PPO's action can express. A finer grid (the tenths with 1/4 and
 #: 1/3, 78 pairs) picked the same pair at loads 0.3, 0.6, 0.9 and 1.2 (alloc-v0, 16 episodes) for
-#: about 5x the search time once compiled.
+#: 3 to 5x the search time once compiled.
 CLIP_LEVELS = (0.1, 0.25, 1.0 / 3.0, 0.5, 1.0)
 
 
