@@ -7,7 +7,8 @@ What it does, in one run:
    compiled ``jit(train)``.
 2. Evaluates every agent (deterministic policy) and every baseline of ``jaxsplit.envs.policies`` at
    ``--loads`` on the default randomised clusters and on a fixed cluster (``--cluster``, the instance
-   format; the agents never saw it in training). Every policy runs on the same episodes.
+   format; the agents never saw it in training). Every policy runs on the same episodes; best_constant
+   and best_clip first search their per-load tables on episodes of their own (``jaxsplit.envs.evaluate``).
 3. The ablation: the same PPO trained and evaluated with the equal split in place of the closed form
    inside the environment (``--no-ablation`` skips it).
 

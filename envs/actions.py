@@ -54,6 +54,17 @@ def clip_pairs(levels: int | Sequence[float]) -> jax.Array:
     return jnp.asarray(pairs, jnp.float32)
 
 
+def clip_free(free: jax.Array, cap: jax.Array | float, floor: jax.Array | float) -> jax.Array:
+    """The free_clip rule: each device's free share ``free`` (..., N) clipped to [min(floor, cap), cap].
+
+    ``cap`` and ``floor`` are shares, scalars or (..., 1) so that they broadcast over the devices; a
+    floor above the cap counts as the cap (the request then takes cap everywhere). Shared by the
+    ``free_clip`` and ``clip_pairs`` wrappers and the ``best_clip`` baseline, so that the three give
+    the same shares for the same (cap, floor)."""
+    cap = jnp.asarray(cap, free.dtype)
+    return jnp.clip(free, jnp.minimum(jnp.asarray(floor, free.dtype), cap), cap)
+
+
 def snap_shares(action: jax.Array, levels: int) -> jax.Array:
     """Round every value of ``action`` (..., D) to the nearest level of :func:`share_grid` (identity
     when ``levels`` is 0)."""
@@ -164,8 +175,7 @@ class FreeClip(ShareAction):
     def decode(self, action, state, params):
         value = self._values(action)
         cap, floor = value[..., :1], value[..., 1:2]
-        free = self.unwrapped.free_shares(state).astype(value.dtype)
-        return jnp.clip(free, jnp.minimum(floor, cap), cap)
+        return clip_free(self.unwrapped.free_shares(state).astype(value.dtype), cap, floor)
 
 
 class ClipPairs(ShareAction):
@@ -192,8 +202,7 @@ class ClipPairs(ShareAction):
 
     def decode(self, action, state, params):
         pair = self.pairs[jnp.asarray(action).astype(jnp.int32)]
-        free = self.unwrapped.free_shares(state).astype(pair.dtype)
-        return jnp.clip(free, pair[..., 1:2], pair[..., :1])
+        return clip_free(self.unwrapped.free_shares(state).astype(pair.dtype), pair[..., :1], pair[..., 1:2])
 
     def __repr__(self) -> str:
         return f"ClipPairs({self.env!r}, levels={self.levels}, pair_levels={self.pair_levels})"

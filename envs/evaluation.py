@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import policies as policies_mod
-from .actions import ShareAction
+from .actions import ShareAction, clip_free, clip_pairs
 from .alloc import AllocationEnv, EnvParams
 
 PolicyLike = Union[str, policies_mod.Policy, Callable[[jax.Array, jax.Array], jax.Array]]
@@ -145,7 +145,9 @@ def evaluate(policy: PolicyLike, env: AllocationEnv, params: EnvParams, loads: S
     """Run ``policy`` on ``len(loads) x seeds x episodes`` independent episodes in one jitted call.
 
     Args:
-      policy: a registered baseline name (``best_constant`` first searches its share per load), a
+      policy: a registered baseline name (``best_constant`` first searches its share per load with
+        :func:`search_best_constant`, ``best_clip`` its (cap, floor) with :func:`search_best_clip`,
+        both on their own episodes unless the table is given in ``policy_options``), a
         :class:`~jaxsplit.envs.policies.Policy`, or any ``fn(key, obs) -> action`` closure (a trained
         policy: its action is the environment's, decoded by the action wrapper when ``env`` has one).
       env, params: the environment, with or without an action wrapper (a baseline runs on the
@@ -175,9 +177,13 @@ def evaluate(policy: PolicyLike, env: AllocationEnv, params: EnvParams, loads: S
     if isinstance(env, ShareAction) and (isinstance(policy, (str, policies_mod.Policy))):
         env = env.unwrapped  # a baseline gives the shares themselves
     if policy == "best_constant" and "shares" not in policy_options:
-        table = search_best_constant(env, params, loads, requests=env.requests)
+        table = search_best_constant(env, params, loads, requests=env.requests, seed=search_seed(seed))
         policy_options = dict(policy_options, loads=tuple(float(l) for l in loads),
                               shares=tuple(float(c) for c in table))
+    if policy == "best_clip" and "caps" not in policy_options:
+        table, _ = search_best_clip(env, params, loads, requests=env.requests, seed=search_seed(seed), warmup=warmup)
+        policy_options = dict(policy_options, loads=tuple(float(l) for l in loads),
+                              caps=tuple(float(c) for c in table[:, 0]), floors=tuple(float(f) for f in table[:, 1]))
     pol = as_policy(policy, env, **policy_options)
     if isinstance(policy, str):  # a stable object so that the jitted runner is cached across calls
         pol = _named_policy(env, policy, tuple(sorted((k, _hashable(v)) for k, v in policy_options.items())))
@@ -205,9 +211,20 @@ def _named_policy(env: AllocationEnv, name: str, options: tuple) -> policies_mod
     return policies_mod.get(name, env, **dict(options))
 
 
+#: seed of the episodes on which best_constant and best_clip search their tables
+SEARCH_SEED = 12345
+
+
+def search_seed(eval_seed: int) -> int:
+    """The seed of the search episodes for an evaluation with seed ``eval_seed``: :data:`SEARCH_SEED`,
+    or the next one when the evaluation itself uses it (the table is never picked on the episodes it
+    is then measured on)."""
+    return SEARCH_SEED if int(eval_seed) != SEARCH_SEED else SEARCH_SEED + 1
+
+
 def search_best_constant(env: AllocationEnv, params: EnvParams, loads: Sequence[float],
                          grid: Sequence[float] = tuple(np.round(np.arange(0.1, 1.01, 0.1), 2)),
-                         episodes: int = 16, seed: int = 12345, requests: int | None = None,
+                         episodes: int = 16, seed: int = SEARCH_SEED, requests: int | None = None,
                          warmup: float = 0.1) -> np.ndarray:
     """The share c of ``grid`` with the lowest mean latency at each load, on its own seeds (apart from
     the evaluation's).
@@ -220,6 +237,48 @@ def search_best_constant(env: AllocationEnv, params: EnvParams, loads: Sequence[
     recs = run_episodes(env, params, act, loads, episodes, seed, aux=grid_a)  # (G, loads, episodes, R)
     score = episode_metrics(recs, int(warmup * env.requests))["mean_latency_s"].mean(-1)  # (G, loads)
     return np.asarray(grid, np.float64)[np.argmin(score, axis=0)]
+
+
+#: share levels of the best_clip search: its grid is the 15 (cap, floor) pairs of these with floor <= cap
+#: (:func:`~jaxsplit.envs.actions.clip_pairs`), the rules of the default ``jaxsplit train`` action, so
+#: best_clip is the best fixed rule that PPO's action can express. A finer grid (the tenths with 1/4 and
+#: 1/3, 78 pairs) picked the same pair at loads 0.3, 0.6, 0.9 and 1.2 (alloc-v0, 16 episodes) for
+#: 3 to 5x the search time once compiled.
+CLIP_LEVELS = (0.1, 0.25, 1.0 / 3.0, 0.5, 1.0)
+
+
+def search_best_clip(env: AllocationEnv, params: EnvParams, loads: Sequence[float],
+                     levels: Sequence[float] = CLIP_LEVELS, episodes: int = 16, seed: int = SEARCH_SEED,
+                     requests: int | None = None, warmup: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """The (cap, floor) of the ``best_clip`` rule with the lowest mean latency at each load, on its own
+    seeds (apart from the evaluation's).
+
+    The grid is every pair of ``levels`` with floor <= cap (:func:`~jaxsplit.envs.actions.clip_pairs`,
+    G = L (L + 1) / 2 pairs for L levels; floor = cap is the constant share cap). One jitted call
+    vmapped over pairs x loads x episodes (the pair is traced).
+
+    Returns:
+      table: float (len(loads), 2), the (cap, floor) picked at each load.
+      scores: float (G, len(loads)), the mean latency (s) over the search episodes of each pair, in the
+        order of ``clip_pairs(levels)``.
+    """
+    levels = tuple(float(v) for v in levels)
+    if not levels or any(not 0.0 < v <= 1.0 for v in levels) or len(set(levels)) != len(levels):
+        raise ValueError(f"field 'levels': must be distinct shares in (0, 1], got {levels!r}")
+    env = with_requests(env, requests)
+    pairs = clip_pairs(levels)  # (G, 2): cap, floor
+    act = _clip_act(env)
+    recs = run_episodes(env, params, act, loads, episodes, seed, aux=pairs)  # (G, loads, episodes, R)
+    scores = episode_metrics(recs, int(warmup * env.requests))["mean_latency_s"].mean(-1)  # (G, loads)
+    return np.asarray(pairs, np.float64)[np.argmin(scores, axis=0)], scores
+
+
+@functools.lru_cache(maxsize=16)
+def _clip_act(env: AllocationEnv) -> Callable:
+    """``act(key, obs, state, params, pair (2,))``: the best_clip rule at (cap, floor) = pair; one
+    object per environment so that the jitted runner is cached across searches."""
+    return lambda key, obs, state, params, pair: clip_free(env.free_shares(state).astype(jnp.float32),
+                                                           pair[0], pair[1])
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], metric: str = "mean_latency_s") -> str:

@@ -11,7 +11,9 @@ A learned policy that needs only the observation is any ``fn(key, obs) -> action
 Registered names: ``random`` (uniform shares, the paper's starting point), ``whole_cluster`` (all 1),
 ``free_now`` (take what is free, or the whole cluster when nothing usable is free), ``constant`` (share
 ``c`` everywhere), ``best_constant`` (the c of a per-load table found by
-:func:`jaxsplit.envs.evaluation.search_best_constant`), ``fastest_k`` (share 1 on the ``k`` fastest devices) and ``myopic``
+:func:`jaxsplit.envs.evaluation.search_best_constant`), ``best_clip`` (every device's free share clipped
+to [floor, cap], the rule of the ``free_clip`` action, with (cap, floor) from a per-load table found by
+:func:`jaxsplit.envs.evaluation.search_best_clip`), ``fastest_k`` (share 1 on the ``k`` fastest devices) and ``myopic``
 (the candidate allocation that finishes this request first).
 """
 
@@ -23,6 +25,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from .actions import clip_free
 from .alloc import AllocationEnv, EnvParams, EnvState
 
 
@@ -95,6 +98,18 @@ def best_constant(key, obs, state, params, env: AllocationEnv, loads: Sequence[f
     return jnp.full((env.num_devices,), shares_a[i], jnp.float32)
 
 
+def best_clip(key, obs, state, params, env: AllocationEnv, loads: Sequence[float] = (1.0,),
+              caps: Sequence[float] = (1.0,), floors: Sequence[float] | None = None):
+    """Every device's free share clipped to [floor, cap] (:func:`~jaxsplit.envs.actions.clip_free`, the
+    rule of the ``free_clip`` action), (cap, floor) from the table (loads, caps, floors) at the load
+    nearest this episode's. Without ``floors`` each floor is its cap (a constant share)."""
+    loads_a = jnp.asarray(loads, jnp.float32)
+    caps_a = jnp.asarray(caps, jnp.float32)
+    floors_a = caps_a if floors is None else jnp.asarray(floors, jnp.float32)
+    i = jnp.argmin(jnp.abs(loads_a - state.load.astype(jnp.float32)))
+    return clip_free(env.free_shares(state).astype(jnp.float32), caps_a[i], floors_a[i])
+
+
 def myopic_candidates(obs, state, params, env: AllocationEnv) -> jax.Array:
     """Candidate allocations (2N + 3, N): whole cluster, free-now, constant 0.5, each fastest-k
     (k = 1..N) at share 1, and each single device at share 1."""
@@ -123,6 +138,7 @@ POLICIES: dict[str, Callable[..., jax.Array]] = {
     "free_now": free_now,
     "constant": constant,
     "best_constant": best_constant,
+    "best_clip": best_clip,
     "fastest_k": fastest_k,
     "myopic": myopic,
 }
@@ -135,12 +151,36 @@ def registered() -> list[str]:
 
 def get(name: str, env: AllocationEnv, **options: Any) -> Policy:
     """Bind baseline ``name`` to ``env`` with ``options`` (c for constant, k for fastest_k, loads and
-    shares for best_constant). ValueError names the field for an unknown name or bad option."""
+    shares for best_constant, loads, caps and floors for best_clip). ValueError names the field for an
+    unknown name or bad option."""
     if name not in POLICIES:
         raise ValueError(f"field 'policy': unknown policy {name!r}; known: {', '.join(POLICIES)}")
     if name == "constant" and "c" in options and not 0.0 <= float(options["c"]) <= 1.0:
         raise ValueError(f"field 'c': the constant share must be in [0, 1], got {options['c']!r}")
     if name == "fastest_k" and options.get("k") is not None and not 1 <= int(options["k"]) <= env.num_devices:
         raise ValueError(f"field 'k': must be between 1 and {env.num_devices}, got {options['k']!r}")
+    if name == "best_clip":
+        _check_clip_table(options)
     fn = POLICIES[name]
     return Policy(name, lambda key, obs, state, params: fn(key, obs, state, params, env, **options))
+
+
+def _check_clip_table(options: dict[str, Any]) -> None:
+    """ValueError naming the field of a bad best_clip table: empty, of unequal lengths, a cap or floor
+    outside (0, 1], or a given floor above its cap."""
+    loads = tuple(options.get("loads", (1.0,)))
+    columns = {"loads": loads, "caps": tuple(options.get("caps", (1.0,)))}
+    if options.get("floors") is not None:
+        columns["floors"] = tuple(options["floors"])
+    for field, values in columns.items():
+        if not values:
+            raise ValueError(f"field '{field}': the best_clip table is empty")
+        if len(values) != len(loads):
+            raise ValueError(f"field '{field}': needs one value per load ({len(loads)}), got {len(values)}")
+    for field in ("caps", "floors"):
+        for v in columns.get(field, ()):
+            if not 0.0 < float(v) <= 1.0:
+                raise ValueError(f"field '{field}': every share must be in (0, 1], got {v!r}")
+    for cap, floor in zip(columns["caps"], columns.get("floors", ())):
+        if float(floor) > float(cap):
+            raise ValueError(f"field 'floors': a floor above its cap ({floor!r} > {cap!r})")

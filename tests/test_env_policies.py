@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("compilation_cache")  # see tests/conftest.
 def test_every_policy_is_jittable_and_evaluates():
     env, params = ENV
     assert set(policies.registered()) == {"random", "whole_cluster", "free_now", "constant", "best_constant",
-                                          "fastest_k", "myopic"}
+                                          "best_clip", "fastest_k", "myopic"}
     obs, state = env.reset(jax.random.key(0), params)
     for name in policies.registered():
         act = jax.jit(policies.get(name, env))(jax.random.key(1), obs, state, params)

@@ -39,8 +39,10 @@ class EvaluateArgs:
     """Evaluate allocation policies on the allocation environment at several offered loads."""
 
     policy: str = "whole_cluster,free_now,myopic"
-    """Comma-separated policy names: random, whole_cluster, free_now, constant, best_constant, fastest_k, myopic,
-    and ppo (the trained policy of --checkpoint)."""
+    """Comma-separated policy names: random, whole_cluster, free_now, constant, best_constant (its share searched
+    per load), best_clip (each device's free share clipped to [floor, cap], the pair searched per load; both
+    searched on 16 episodes apart from the evaluated ones), fastest_k, myopic, and ppo (the trained policy of
+    --checkpoint)."""
     loads: str = "0.3,0.9,1.2"
     """Comma-separated offered loads rho (1 saturates the whole-cluster policy)."""
     cluster: str | None = None
