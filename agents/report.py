@@ -65,25 +65,36 @@ def _fmt(x: float) -> str:
     return "nan" if not math.isfinite(x) else f"{x:.4g}"
 
 
+def _comparison(results: Sequence[dict[str, Any]]) -> list[str]:
+    lines = ["| load | PPO (s) | best baseline | its latency (s) | PPO change |", "|---|---|---|---|---|"]
+    for c in comparison_rows(results):
+        lines.append(f"| {c['load']:g} | {_fmt(c['ppo'])} | {c['best']} | {_fmt(c['best_latency'])} | "
+                     f"{c['change_pct']:+.1f}% |")
+    return lines
+
+
 def write_report(run_dir: Path, spec: EnvSpec, config: PPOConfig, rows: Sequence[dict[str, float]],
-                 results: Sequence[dict[str, Any]], command: str) -> str:
+                 results: Sequence[dict[str, Any]], command: str,
+                 extra: Sequence[tuple[str, Sequence[dict[str, Any]], str]] = (), title: str | None = None) -> str:
     """Write ``RUN_DIR/report.md`` and return its text. ``command`` is the ``jaxsplit evaluate`` command
-    line that reproduces ``results``."""
+    line that reproduces ``results``; ``extra`` adds (title, results, command) sections (a generalist's
+    other device counts), ``title`` names the main one."""
     last = rows[-1] if rows else {}
     settings = {k: v for k, v in spec.to_json().items() if v is not None}
     lines = [f"# PPO run {run_dir.name}", "",
              f"Environment `{spec.env}` {settings}; {config.num_updates} updates, "
              f"{config.num_updates * config.batch_size:,} environment steps; wall time {last.get('wall_s', 0):.0f} s.",
              "", "![training curve](training_curve.png)", "",
-             "## Mean latency (s) by policy and load", "",
+             "## Mean latency (s) by policy and load" + (f", {title}" if title else ""), "",
              "![latency against load](latency_vs_load.png)", "",
              "Reproduce this table (mean over episodes ± 95% CI) with:", "", "```bash", command, "```", "",
              markdown_table(results), "",
-             "## PPO against the best baseline at each load", "",
-             "| load | PPO (s) | best baseline | its latency (s) | PPO change |", "|---|---|---|---|---|"]
-    for c in comparison_rows(results):
-        lines.append(f"| {c['load']:g} | {_fmt(c['ppo'])} | {c['best']} | {_fmt(c['best_latency'])} | "
-                     f"{c['change_pct']:+.1f}% |")
+             "## PPO against the best baseline at each load" + (f", {title}" if title else ""), ""]
+    lines += _comparison(results)
+    for name, recs, cmd in extra:
+        lines += ["", f"## Mean latency (s) by policy and load, {name}", "", "```bash", cmd, "```", "",
+                  markdown_table(recs), "", f"## PPO against the best baseline at each load, {name}", ""]
+        lines += _comparison(recs)
     text = "\n".join(lines) + "\n"
     atomic.write_text(run_dir / "report.md", text)
     return text

@@ -90,7 +90,7 @@ def train(run_dir: Path, env: str, seed: int, timesteps: int | None) -> None:
     cmd = ["jaxsplit", "train", "--env", env, "--seed", str(seed), "--out", str(run_dir), "--skip-eval",
            "--no-progress"]
     if timesteps is not None:
-        cmd += ["--ppo.total-timesteps", str(timesteps)]
+        cmd += ["--total-timesteps", str(timesteps)]
     if checkpoint.latest_step(run_dir) is not None:
         cmd.append("--resume")
     print("+", " ".join(cmd), flush=True)

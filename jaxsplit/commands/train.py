@@ -115,15 +115,30 @@ def validate(args: TrainArgs) -> None:
         raise ValueError("--resume and --overwrite exclude each other")
 
 
-def final_evaluation(args: TrainArgs) -> tuple[list[dict], str]:
-    """Every baseline and the run's policy through ``jaxsplit evaluate``; (records, its command line)."""
+def final_evaluation(args: TrainArgs, devices: int | None = None) -> tuple[list[dict], str]:
+    """Every baseline and the run's policy through ``jaxsplit evaluate``; (records, its command line).
+    ``devices``: evaluate on clusters of exactly that many devices (a generalist's report)."""
     names = list(args.eval_policies) + [evaluate_cmd.CHECKPOINT_POLICY]
+    text = None if devices is None else str(devices)
     eval_args = evaluate_cmd.EvaluateArgs(
         policy=",".join(names), loads=",".join(f"{x:g}" for x in args.eval_loads), episodes=args.eval_episodes,
-        requests=args.eval_requests, seed=args.seed, warmup=args.eval_warmup, checkpoint=(str(args.out),))
+        requests=args.eval_requests, seed=args.seed, warmup=args.eval_warmup, checkpoint=(str(args.out),),
+        devices=text)
     command = evaluate_cmd.command_line(str(args.out), names, args.eval_loads, args.eval_episodes,
                                         args.eval_requests, args.seed, args.eval_warmup)
+    if devices is not None:
+        command += f" --devices {devices}"
     return evaluate_cmd.run(eval_args), command
+
+
+def report_device_counts(spec: EnvSpec) -> list[int]:
+    """The device counts a run's report covers: for a policy trained on a range of device counts (the
+    "sets" observation), the smallest and the largest of the range; else none (the run's cluster)."""
+    env, params = spec.base()
+    if getattr(env, "layout", None) is None:
+        return []
+    lo, hi = int(params.devices_min), int(params.devices_max)
+    return sorted({lo, hi})
 
 
 def _empty_out(argv: Sequence[str]) -> bool:
@@ -163,10 +178,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.skip_eval:
         print(f"trained {config.num_updates} updates; run folder {out}")
         return 0
-    results, command = final_evaluation(args)
+    counts = report_device_counts(spec)
+    if not counts:
+        results, command = final_evaluation(args)
+        extra = []
+    else:  # a generalist: one evaluation per device count; the first is the report's main table
+        sections = []
+        for n in counts:
+            recs, cmd = final_evaluation(args, n)
+            sections.append((f"{n} devices", [dict(r, devices=n) for r in recs], cmd))
+        (_, results, command), extra = sections[0], sections[1:]
+    records = results + [r for _, recs, _ in extra for r in recs]
     atomic.write_text(out / "evaluation.json",
-                      json.dumps(json.loads(evaluate_cmd.json_records(results)), indent=2) + "\n")
+                      json.dumps(json.loads(evaluate_cmd.json_records(records)), indent=2) + "\n")
     evaluate_cmd.plot(results, str(out / "latency_vs_load.png"))
-    text = report.write_report(out, spec, config, rows, results, command)
+    text = report.write_report(out, spec, config, rows, results, command, extra=extra,
+                               title=f"{counts[0]} devices" if counts else None)
     print(text)
     return 0
