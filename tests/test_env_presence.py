@@ -35,17 +35,32 @@ def _actions(rng: np.random.Generator, steps: int, n: int) -> np.ndarray:
     return a
 
 
-def _scan(env, params):
-    """jit(states0, keys, actions) -> per-step records; the new state is kept whole so that any
-    observation kind can be computed from it afterwards (obs == env.observation(new) after auto-reset)."""
+def _run_fn(env):
+    """run(params, state0, keys, actions) -> per-step records (params traced). The new state is kept
+    whole so that any observation kind can be computed from it afterwards (obs ==
+    env.observation(new), auto-reset included)."""
 
-    def body(state, inp):
-        key, action = inp
-        obs, new, reward, _, trunc, info = env.step(key, state, action, params)
-        info = {k: v for k, v in info.items() if k != "final_observation"}
-        return new, dict(obs=obs, state=new, reward=reward, trunc=trunc, **info)
+    def run(params, state, keys, acts):
+        def body(state, inp):
+            key, action = inp
+            obs, new, reward, _, trunc, info = env.step(key, state, action, params)
+            return new, dict(obs=obs, state=new, reward=reward, trunc=trunc, **info)
 
-    return jax.jit(lambda s, keys, acts: jax.lax.scan(body, s, (keys, acts))[1])
+        return jax.lax.scan(body, state, (keys, acts))[1]
+
+    return run
+
+
+@functools.lru_cache(maxsize=None)
+def _scan(env):
+    """jit(_run_fn(env)), compiled once per environment and reused."""
+    return jax.jit(chex.assert_max_traces(_run_fn(env), n=1))
+
+
+@functools.lru_cache(maxsize=None)
+def _observe(env):
+    """jit(vmap(env.observation)), once per environment."""
+    return jax.jit(jax.vmap(env.observation))
 
 
 # ----------------------------------------------------------------------------- 1. the numpy twin
@@ -60,7 +75,7 @@ def test_twin_matches_under_presence_and_churn():
         assert env.dtype == jnp.float64 and env.num_devices == 8
         actions = _actions(rng, steps, env.num_devices)
         obs0, state0 = env.reset(jax.random.key(5), params)
-        recs = _scan(env, params)(state0, jax.random.split(jax.random.key(6), steps), jnp.asarray(actions))
+        recs = _scan(env)(params, state0, jax.random.split(jax.random.key(6), steps), jnp.asarray(actions))
         recs = jax.tree.map(np.asarray, recs)
         obs0 = np.asarray(obs0)
     st = recs["state"]
@@ -108,8 +123,8 @@ def test_churn_leave_and_return_follow_their_definition():
                             rejoin=rejoin)
     keys = jax.random.split(jax.random.key(0), num_envs)
     _, state0 = jax.vmap(env.reset, in_axes=(0, None))(keys, params)
-    run = _scan(env, params)
-    recs = jax.vmap(run)(state0, jax.vmap(lambda k: jax.random.split(k, steps))(keys),
+    run = jax.jit(jax.vmap(_run_fn(env), in_axes=(None, 0, 0, 0)))
+    recs = run(params, state0, jax.vmap(lambda k: jax.random.split(k, steps))(keys),
                          jnp.ones((num_envs, steps, env.num_devices)))
     st = jax.tree.map(np.asarray, recs["state"])
     assert not recs["trunc"].any()
@@ -180,6 +195,7 @@ def test_churn_long_run_availability_at_a_fixed_gap():
 
 
 # ----------------------------------------------------------------------------- 3. padding
+@functools.lru_cache(maxsize=None)
 def _padded_pair(observation: str, requests: int = 24):
     """The same 3-device fixed cluster in an environment of 3 devices and one of 6 (3 absent)."""
     kw = dict(cluster=CLUSTER3, slots=5, requests=requests, load=1.4, observation=observation)
@@ -213,8 +229,8 @@ def test_absent_padding_changes_nothing(fill):
     keys = jax.random.split(jax.random.key(9), steps)
     _, s0 = small.reset(jax.random.key(8), sp)
     _, b0 = big.reset(jax.random.key(8), bp)
-    a = jax.tree.map(np.asarray, _scan(small, sp)(s0, keys, jnp.asarray(acts, jnp.float32)))
-    b = jax.tree.map(np.asarray, _scan(big, bp)(b0, keys, jnp.asarray(padded, jnp.float32)))
+    a = jax.tree.map(np.asarray, _scan(small)(sp, s0, keys, jnp.asarray(acts, jnp.float32)))
+    b = jax.tree.map(np.asarray, _scan(big)(bp, b0, keys, jnp.asarray(padded, jnp.float32)))
     # the same key gives the same draws: presence keys are folded in, so loads, models and gaps coincide
     assert float(s0.load) == float(b0.load) and int(s0.model) == int(b0.model)
     np.testing.assert_array_equal(a["model"], b["model"])
@@ -231,8 +247,8 @@ def test_absent_padding_changes_nothing(fill):
     np.testing.assert_array_equal(b["devices"], 3)
     # every observation kind of the same states: present devices' features equal, absent ones zero
     for kind in envs.alloc.OBSERVATIONS:
-        ok_small = np.asarray(jax.vmap(_kind(small, kind).observation)(a["state"]))
-        ok_big = np.asarray(jax.vmap(_kind(big, kind).observation)(b["state"]))
+        ok_small = np.asarray(_observe(_kind(small, kind))(a["state"]))
+        ok_big = np.asarray(_observe(_kind(big, kind))(b["state"]))
         if kind == "summary":
             np.testing.assert_allclose(ok_small, a["obs"], rtol=1e-6)  # outside the scan: other fusion
         (ds, rs), (db, rb) = _device_blocks(ok_small, _kind(small, kind)), _device_blocks(ok_big, _kind(big, kind))
@@ -251,3 +267,187 @@ def _kind_env(n: int, slots: int, requests: int, kind: str):
 def _kind(env, kind):
     """``env`` (default catalogue) with another observation; the dynamics are the same."""
     return _kind_env(env.num_devices, env.slots, env.requests, kind)
+
+
+# ----------------------------------------------------------------------------- 4. no NaN
+def _finite(tree, where: str) -> None:
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        leaf = np.asarray(leaf)
+        if np.issubdtype(leaf.dtype, np.inexact):
+            assert np.all(np.isfinite(leaf)), f"{where}: {jax.tree_util.keystr(path)} not finite"
+
+
+@functools.lru_cache(maxsize=None)
+def _lone(n: int = 8, observation: str = "sets", models: tuple = envs.DEFAULT_MODELS, requests: int = 50):
+    """An environment with its two lone-coordinator settings: one device per episode, and every device
+    but the coordinator gone at the first arrival (churn at its bound, no return)."""
+    env, one = envs.make("alloc-any-v0", num_devices=n, observation=observation, models=models, requests=requests,
+                         slots=4, devices_min=1, devices_max=1)
+    gone = env.default_params(devices_min=n, devices_max=n, churn=1e6, rejoin=0.0)
+    return env, {"one": one, "gone": gone}
+
+
+def test_no_nan_with_the_coordinator_alone():
+    steps = 200
+    env, settings = _lone()
+    rng = np.random.default_rng(4)
+    acts = {"random": _actions(rng, steps, 8), "ones": np.ones((steps, 8)), "zeros": np.zeros((steps, 8))}
+    net = SetActorCritic(num_devices=8, layout=env.layout, per_item="devices", levels=4, hidden=(16, 16))
+    pairs = SetActorCritic(num_devices=1, layout=env.layout, levels=14, hidden=(16, 16))
+    beta = SetActorCritic(num_devices=8, layout=env.layout, per_item="devices", hidden=(16, 16))
+    nets = [(m, m.init(jax.random.key(i), jnp.zeros((env.obs_dim,)))) for i, m in enumerate((net, pairs, beta))]
+    for name, params in settings.items():
+        for kind, a in acts.items():
+            where = f"{name}/{kind}"
+            _, s0 = env.reset(jax.random.key(1), params)
+            recs = jax.tree.map(np.asarray, _scan(env)(params, s0, jax.random.split(jax.random.key(2), steps),
+                                                       jnp.asarray(a, jnp.float32)))
+            _finite(recs, where)  # observation, final observation, reward and every info entry
+            alone = recs["devices"] == 1
+            assert alone.mean() > (0.99 if name == "one" else 0.9), (where, alone.mean())
+            if kind == "zeros":
+                assert recs["invalid"].all()
+            for other in ("summary", "table"):
+                _finite(_observe(_kind(env, other))(recs["state"]), f"{where} {other}")
+            for module, p in nets:
+                _finite(jax.jit(module.apply)(p, jnp.asarray(recs["obs"])), f"{where} network")
+
+
+def test_every_baseline_runs_with_absent_devices():
+    steps = 30
+    env, settings = _lone(3, "summary", ("alexnet", "mobilenet_v2"), 20)
+    names = policies.registered()
+    fns = [policies.get(name, env) for name in names]
+
+    @jax.jit
+    def run(index, params, key):
+        _, state = env.reset(key, params)
+
+        def body(carry, k):
+            obs, state = carry
+            k_act, k_step = jax.random.split(k)
+            action = jax.lax.switch(index, [lambda *a, f=f: f(*a).astype(jnp.float32) for f in fns],
+                                    k_act, obs, state, params)
+            obs, state, reward, _, _, info = env.step(k_step, state, action, params)
+            return (obs, state), dict(latency=info["latency"], reward=reward, obs=obs, devices=info["devices"])
+
+        return jax.lax.scan(body, (env.observation(state), state), jax.random.split(key, steps))[1]
+
+    for name, params in settings.items():
+        for i, policy in enumerate(names):
+            recs = jax.tree.map(np.asarray, run(i, params, jax.random.key(3)))
+            _finite(recs, f"{policy} ({name})")
+            assert np.all(recs["latency"] > 0) and (recs["devices"] == 1).mean() > 0.9, policy
+
+
+# ----------------------------------------------------------------------------- 5. the set network
+SMALL = dict(total_timesteps=256, num_envs=8, num_steps=8, num_minibatches=2, update_epochs=1, hidden=(16, 16))
+
+
+@functools.lru_cache(maxsize=None)
+def _trained(action: str):
+    """A Trainer on alloc-any-v0 and its runner after two small updates (normalisation statistics
+    that are not the identity)."""
+    env, params = envs.EnvSpec(env="alloc-any-v0", action=action, requests=16).make()
+    trainer = Trainer(PPOConfig(**SMALL), env, params)
+    hp = trainer.default_hparams()
+    runner = trainer.init(jax.random.PRNGKey(0), hp)
+    runner, _ = jax.jit(trainer.run, static_argnums=2)(runner, hp, 2)
+    return trainer, runner
+
+
+def _permute(obs: np.ndarray, layout, name: str, perm: np.ndarray) -> np.ndarray:
+    """``obs`` (B, D) with the items of set ``name`` reordered by ``perm``."""
+    glob, sets = layout.split(obs)
+    sets = dict(sets, **{name: sets[name][:, perm]})
+    return np.concatenate([glob] + [np.asarray(sets[n]).reshape(obs.shape[0], -1) for n, _, _ in layout.sets], axis=1)
+
+
+@pytest.mark.parametrize("action", ["clip_pairs", "per_device"])
+def test_trainer_network_is_invariant_to_the_order_of_items(action):
+    trainer, runner = _trained(action)
+    layout, stats = trainer.layout, runner.obs_stats
+    assert layout is not None and layout.items("devices") == 8
+    assert float(jnp.abs(stats.mean).max()) > 0.05 and float(jnp.abs(stats.var - 1).max()) > 0.05  # not trivial
+    obs = np.asarray(runner.obs)
+    on = layout.split(obs)[1]["devices"][..., 0]
+    assert (on.sum(1) < 8).any() and (on.sum(1) > 2).any()  # absent items among the observations
+
+    @jax.jit
+    def forward(raw):
+        (logits,), value = trainer.network.apply(runner.params, stats.normalize(raw))
+        return logits, value
+
+    logits, value = forward(obs)
+    rng = np.random.default_rng(0)
+    for name in ("devices", "slots"):
+        perm = rng.permutation(layout.items(name))
+        assert not np.array_equal(perm, np.arange(perm.size))
+        p_logits, p_value = forward(_permute(obs, layout, name, perm))
+        np.testing.assert_allclose(p_value, value, atol=1e-5, err_msg=name)
+        if action == "per_device" and name == "devices":
+            assert logits.shape == (8, 8, 5)
+            np.testing.assert_allclose(p_logits, np.asarray(logits)[:, perm], atol=1e-5)
+        else:
+            np.testing.assert_allclose(p_logits, logits, atol=1e-5, err_msg=name)
+    # and the permuted logits differ from the unpermuted ones where the devices differ (the test can fail)
+    if action == "per_device":
+        assert np.abs(np.asarray(logits)[:, 1:] - np.asarray(logits)[:, :1]).max() > 1e-4
+
+
+@pytest.mark.parametrize("action", ["clip_pairs", "per_device"])
+def test_trainer_network_does_not_depend_on_padding(action):
+    trainer, runner = _trained(action)
+    steps = 6
+    env4, p4 = envs.make("alloc-any-v0", num_devices=4, cluster=CLUSTER4, requests=16, churn=0.0, load=1.5)
+    env8, p8 = envs.make("alloc-any-v0", cluster=CLUSTER4, requests=16, churn=0.0, load=1.5)
+    assert env8.num_devices == 8 and np.asarray(p8.cluster_present).sum() == 4
+    acts = np.random.default_rng(1).uniform(0, 1, (steps, 4))
+    keys = jax.random.split(jax.random.key(5), steps)
+    obs = []
+    for env, params, a in ((env4, p4, acts), (env8, p8, np.concatenate([acts, np.ones((steps, 4))], 1))):
+        _, s0 = env.reset(jax.random.key(4), params)
+        obs.append(np.asarray(_scan(env)(params, s0, keys, jnp.asarray(a, jnp.float32))["obs"]))
+    obs4, obs8 = obs
+    assert (obs8[:, env8.layout.globals + 8 * 9:] > 0).any()  # reservations held: slot items exercised
+    # the N=4 network: the same module and parameters over the 4-device layout; its statistics are the
+    # (tied) N=8 ones with 4 device items
+    net4 = trainer.network.clone(layout=env4.layout, num_devices=trainer.network.num_devices if action == "clip_pairs" else 4)
+    g, d = env8.layout.globals, 9
+    cut = lambda v: jnp.concatenate([v[:g + 4 * d], v[g + 8 * d:]])  # noqa: E731
+    stats4 = runner.obs_stats.replace(mean=cut(runner.obs_stats.mean), var=cut(runner.obs_stats.var))
+    (l8,), v8 = trainer.network.apply(runner.params, runner.obs_stats.normalize(obs8))
+    (l4,), v4 = net4.apply(runner.params, stats4.normalize(obs4))
+    np.testing.assert_allclose(v4, v8, atol=1e-5)
+    if action == "clip_pairs":
+        np.testing.assert_allclose(l4, l8, atol=1e-5)
+    else:  # per device: the present devices' logits alike, the absent ones pinned to share 0
+        np.testing.assert_allclose(l4, l8[:, :4], atol=1e-5)
+        assert np.all(np.argmax(l8[:, 4:], -1) == 0)
+
+
+# ----------------------------------------------------------------------------- 6. bad input
+@pytest.mark.parametrize("overrides, field", [
+    (dict(devices_min=0), "devices_min"), (dict(devices_max=9), "devices_max"), (dict(devices_min=2.5), "devices_min"),
+    (dict(devices_max=np.nan), "devices_max"), (dict(devices_min=True), "devices_min"),
+    (dict(devices_min=5, devices_max=3), "devices_min"), (dict(churn=-1.0), "churn"), (dict(churn=np.inf), "churn"),
+    (dict(rejoin=-0.5), "rejoin"), (dict(rejoin=np.inf), "rejoin"), (dict(rejoin=np.nan), "rejoin"),
+    (dict(cluster=tuple(c * 3 for c in CLUSTER3)), "cluster")])
+def test_bad_presence_settings_name_their_field(overrides, field):
+    with pytest.raises(ValueError, match=rf"^field '{field}'") as err:
+        envs.make("alloc-any-v0", **overrides)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("devices", ["0,3", "3,2", "a", "2.5", "1,2,3"])
+def test_bad_devices_option_names_it(devices):
+    with pytest.raises(ValueError, match=r"^field 'devices'") as err:
+        envs.EnvSpec(env="alloc-any-v0", devices=devices).make()
+    assert "\n" not in str(err.value)
+
+
+def test_devices_above_the_environments_count_name_the_bound():
+    with pytest.raises(ValueError, match=r"^field 'devices_max': must be an integer in \[1, 8\]"):
+        envs.EnvSpec(env="alloc-any-v0", devices="2,9").make()
+    with pytest.raises(ValueError, match=r"^field 'cluster': 3 devices, more than the environment's 2"):
+        envs.make("alloc-v0", num_devices=2, cluster=CLUSTER3)
