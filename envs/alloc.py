@@ -262,6 +262,9 @@ class AllocationEnv:
         if cluster is not None:
             flops, bandwidth, latency = (np.asarray(c, np.float64).reshape(-1) for c in cluster)
             present = np.ones(flops.shape, bool)
+            if len(flops) > n:  # else reported as the padding flags' length, not as the cluster's
+                raise ValueError(f"field 'cluster': {len(flops)} devices, more than the environment's {n} "
+                                 f"(num_devices)")
             if flops.shape == bandwidth.shape == latency.shape and 0 < len(flops) < n:
                 # a smaller cluster takes the first devices; the others are absent (placeholder
                 # capacities, never used: an absent device gets no share and no feature)

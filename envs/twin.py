@@ -9,6 +9,11 @@ The random draws are separate from the dynamics: :meth:`NumpyAllocationEnv.reset
 :meth:`NumpyAllocationEnv.step` take the cluster, load, gaps and models as arguments (so a test can
 feed it the JAX environment's draws), and :meth:`NumpyAllocationEnv.reset_random` /
 :meth:`NumpyAllocationEnv.step_random` draw them with a numpy Generator.
+
+Presence: ``reset`` takes the episode's pool (the devices taking part; default all) and ``step`` the
+devices present at the next arrival (default: those present now), both as drawn elsewhere. An absent
+device gets share 0, E_ref is the latency on the pool alone, and an absent device's observation
+features are 0.
 """
 
 from __future__ import annotations
@@ -180,12 +185,15 @@ class NumpyAllocationEnv:
         self.mix = mix / mix.sum()
 
     # -- episode
-    def reset(self, cluster, load: float, model: int) -> np.ndarray:
-        """Start an episode on ``cluster`` = (flops, bandwidth, latency) at load rho; returns obs."""
+    def reset(self, cluster, load: float, model: int, pool=None) -> np.ndarray:
+        """Start an episode on ``cluster`` = (flops, bandwidth, latency) at load rho with the devices
+        ``pool`` ((N,) bool, default all) taking part; returns obs."""
         self.cluster = tuple(np.asarray(c, float) for c in cluster)
         self.load = float(load)
-        ones = np.ones(self.num_devices)
-        self.e_ref = np.array([request_time(t, self.cluster, ones, self.split) for t in self.tables])
+        self.pool = np.ones(self.num_devices, bool) if pool is None else np.array(pool, bool).reshape(self.num_devices)
+        self.present = self.pool.copy()
+        # the reference: every device of the pool at share 1, the others left out
+        self.e_ref = np.array([request_time(t, self.cluster, self.pool.astype(float), self.split) for t in self.tables])
         self.e_mean = float(np.sum(self.mix * self.e_ref))
         self.rate = self.load / self.e_mean
         self.now = 0.0
@@ -216,8 +224,10 @@ class NumpyAllocationEnv:
         k = self.model
         onehot = np.zeros(len(self.models))
         onehot[k] = 1.0
-        feats = np.concatenate([
-            np.clip(1.0 - used, 0.0, 1.0), np.log1p(release / self.e_mean), f / 1e11, 10.0 * 1e6 / b, tau / 5e-3,
+        per_device = [np.clip(1.0 - used, 0.0, 1.0), np.log1p(release / self.e_mean), f / 1e11, 10.0 * 1e6 / b,
+                      tau / 5e-3]
+        per_device = [np.where(self.present, x, 0.0) for x in per_device]  # an absent device shows nothing
+        feats = np.concatenate(per_device + [
             [np.log1p((base - self.now) / self.e_mean)], onehot,
             [np.log1p(self.e_ref[k] / self.e_mean)], [np.log1p(self.tables[k].work / 1e9) / 4.0], [self.load]])
         if self.observation_kind == "table":
@@ -229,10 +239,12 @@ class NumpyAllocationEnv:
             feats = np.concatenate([feats, rows.reshape(-1)])
         return np.clip(feats, 0.0, OBS_CLIP)
 
-    def step(self, action, gap: float, next_model: int) -> tuple[np.ndarray, float, dict]:
-        """Serve the present request with ``action`` and move to the next arrival ``gap`` s later."""
+    def step(self, action, gap: float, next_model: int, next_present=None) -> tuple[np.ndarray, float, dict]:
+        """Serve the present request with ``action`` and move to the next arrival ``gap`` s later, where
+        the devices ``next_present`` ((N,) bool, default those present now) are there."""
         a = np.array(action, float).reshape(self.num_devices)
         a[~np.isfinite(a)] = 0.0
+        a[~self.present] = 0.0  # nothing new on an absent device
         a = np.clip(a, 0.0, 1.0)
         a[a < self.min_share] = 0.0
         invalid = not np.any(a > 0)
@@ -258,9 +270,12 @@ class NumpyAllocationEnv:
         scale = self.e_ref[self.model] if self.reward_scale == "model" else self.e_mean
         reward = -latency / scale + self.util_weight * util - self.invalid_penalty * invalid
         info = dict(latency=latency, wait=wait, exec_time=e, utilization=util, model=self.model,
-                    invalid=invalid, share=a)
+                    invalid=invalid, share=a, capacity=float(np.sum(self.cluster[0][self.present])),
+                    devices=int(self.present.sum()))
         self.now += gap
         self.model = int(next_model)
+        if next_present is not None:
+            self.present = np.array(next_present, bool).reshape(self.num_devices)
         self.count += 1
         return self.observation(), reward, info
 

@@ -96,6 +96,15 @@ def test_train_refuses_empty_paths_files_and_paths_under_files(tmp_path, capsys)
     _one_line_error(*_cli(capsys, *TRAIN, "--out", str(tmp_path / "r"), "--resume", "--overwrite"), "exclude")
 
 
+@pytest.mark.parametrize("option, value, field", [
+    ("--devices", "0,9", "field 'devices'"), ("--devices", "3,2", "field 'devices'"), ("--devices", "a", "field 'devices'"),
+    ("--devices", "2,9", "field 'devices_max'"), ("--churn", "-1", "field 'churn'"), ("--rejoin", "inf", "field 'rejoin'")])
+def test_train_refuses_bad_presence_settings(tmp_path, capsys, option, value, field):
+    out = tmp_path / "run"
+    _one_line_error(*_cli(capsys, *TRAIN, "--env", "alloc-any-v0", option, value, "--out", str(out)), field)
+    assert not out.exists()  # refused before the run folder is made
+
+
 def test_overwrite_removes_only_the_runs_own_files(tmp_path):
     for name in RUN_FILES:
         if name == "checkpoints":
