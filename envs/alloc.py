@@ -640,13 +640,18 @@ class AllocationEnv:
     def churn(self, key: jax.Array, state: EnvState, gap: jax.Array, params: EnvParams) -> jax.Array:
         """The devices present at the next arrival, ``gap`` seconds on; (N,) bool.
 
-        Each device of the pool but the coordinator leaves with probability 1 - exp(-churn gap /
-        e_mean) if present and comes back with 1 - exp(-rejoin gap / e_mean) if not (independent
-        draws). What a leaving device holds runs to its end; it gets nothing new while away."""
+        Each device of the pool but the coordinator is a two-state Markov chain in continuous time,
+        leaving at rate c = churn and coming back at rate r = rejoin (per e_mean of time), sampled at
+        the arrivals: over t = gap / e_mean a present device is away at the end with probability
+        c / (c + r) (1 - exp(-(c + r) t)), an absent one back with r / (c + r) (1 - exp(-(c + r) t))
+        (independent draws). A device is thus present a fraction r / (c + r) of the time, whatever
+        the arrivals. What a leaving device holds runs to its end; it gets nothing new while away."""
         u = jax.random.uniform(key, (self.num_devices,), self.dtype)
         t = gap / state.e_mean
-        leave = -jnp.expm1(-params.churn * t)
-        back = -jnp.expm1(-params.rejoin * t)
+        total = params.churn + params.rejoin
+        moved = -jnp.expm1(-total * t) / jnp.where(total > 0, total, 1.0)  # (1 - e^{-(c+r)t}) / (c + r)
+        leave = params.churn * moved
+        back = params.rejoin * moved
         flip = jnp.where(state.present, u < leave, u < back)
         present = state.pool & (state.present ^ flip)
         return present.at[0].set(True)
