@@ -3,7 +3,8 @@
 Not part of CI (minutes to hours on 2 cores). Needs ``pip install mutmut==2.5.1 whatthepatch`` in the
 virtual environment. The copy is the committed tree (``git archive HEAD``), so the working tree is never
 mutated; its tests/conftest.py keeps only the hypothesis profiles (the derandomised CI profile), so
-that a mutant's run does not import JAX for a fixture these tests do not use. ``--lines`` limits the
+that a mutant's run does not import JAX for a fixture these tests do not use, and every run uses that
+profile (``HYPOTHESIS_PROFILE=ci``), so every mutant meets the same examples. ``--lines`` limits the
 mutants to line ranges of the module (through a patch file that "adds" those lines).
 
     python benchmarks/mutation.py jaxsplit/layers.py --lines 27-69,193-244 \\
@@ -15,6 +16,7 @@ Prints mutmut's results (the ids of surviving mutants; ``mutmut show ID`` in the
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -51,11 +53,13 @@ def main() -> int:
         (copy / "selection.patch").write_text("\n".join(patch) + "\n")
         cmd += ["--use-patch-file", "selection.patch"]
     print(f"copy: {copy}", flush=True)
+    # the derandomised CI profile whatever the caller's shell says: every mutant meets the same examples
+    env = {**os.environ, "HYPOTHESIS_PROFILE": "ci"}
     try:
-        subprocess.run(cmd, cwd=copy, timeout=args.timeout)
+        subprocess.run(cmd, cwd=copy, timeout=args.timeout, env=env)
     except subprocess.TimeoutExpired:
         print(f"stopped after {args.timeout} s; the results so far:", flush=True)
-    subprocess.run(["mutmut", "results"], cwd=copy)
+    subprocess.run(["mutmut", "results"], cwd=copy, env=env)
     return 0
 
 
