@@ -289,3 +289,36 @@ def test_rebalance_is_edgeld_from_the_equal_split_to_its_fixed_point(layer, clus
             rows = cand
         got = np.asarray(_rebalance(la, cl, a))
     assert got.tolist() == rows.tolist()
+
+
+def test_fix_total_cuts_excess_from_the_end_and_gives_a_deficit_to_the_last_active_device():
+    # device-major (N, B): each column is one instance, worked out by hand
+    rows = jnp.asarray([[3, 3, 1, 0], [4, 4, 1, 2], [5, 5, 0, 0]], jnp.int32)
+    total = jnp.asarray([10, 2, 5, 2], jnp.int32)
+    active = jnp.asarray([[True, True, True, True], [True, True, True, True], [True, True, False, True]])
+    got = np.asarray(solvers._fix_total(rows, total, active))
+    assert got.T.tolist() == [[3, 4, 3], [2, 0, 0], [1, 4, 0], [0, 2, 0]]
+
+
+def test_water_fill_level_is_the_best_prefix_in_alpha():
+    """The water level is the smallest (H + sum alpha/beta) / sum 1/beta over the prefixes of the
+    active devices in increasing alpha, and n_i = max(0, T - alpha_i) / beta_i sums to H."""
+    rng = np.random.default_rng(4)
+    n, batch = 6, 400
+    alpha = rng.choice([0.0, 1e-4, 1e-3, 1e-2], (n, batch)) * rng.uniform(0.5, 2.0, (n, batch))
+    beta = 10.0 ** rng.uniform(-6, -2, (n, batch))
+    active = rng.random((n, batch)) < 0.7
+    active[rng.integers(0, n, batch), np.arange(batch)] = True
+    total = rng.integers(1, 300, batch).astype(np.float64)
+    with enable_x64():
+        level, rows = (np.asarray(x) for x in jax.jit(solvers.water_fill)(
+            jnp.asarray(alpha), jnp.asarray(beta), jnp.asarray(active), jnp.asarray(total)))
+    for b in range(batch):
+        on = np.flatnonzero(active[:, b])
+        order = on[np.argsort(alpha[on, b], kind="stable")]
+        a, w = alpha[order, b], 1.0 / beta[order, b]
+        want = np.min((total[b] + np.cumsum(a * w)) / np.cumsum(w))
+        assert level[b] == pytest.approx(want, rel=1e-9)
+        n_want = np.where(active[:, b], np.maximum(0.0, want - alpha[:, b]) / beta[:, b], 0.0)
+        np.testing.assert_allclose(rows[:, b], n_want, rtol=1e-9, atol=1e-9)
+        assert rows[:, b].sum() == pytest.approx(total[b], rel=1e-9)
