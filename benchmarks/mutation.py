@@ -11,6 +11,11 @@ mutants to line ranges of the module (through a patch file that "adds" those lin
         --tests tests/test_layers.py tests/test_zoo.py --timeout 2400
 
 Prints mutmut's results (the ids of surviving mutants; ``mutmut show ID`` in the copy shows one).
+Leave ``mutmut results`` and ``mutmut show`` alone while a run is going: they resynchronise the cache
+with the module on disk, which then holds a mutant, drop that line's mutants and stop the run. To
+watch one, read its cache read-only:
+
+    sqlite3 "file:COPY/.mutmut-cache?mode=ro" "select status, count(*) from Mutant group by status"
 """
 
 from __future__ import annotations
