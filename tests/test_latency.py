@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxsplit import reference, sampling
-from jaxsplit.latency import Cluster, layer_arrays, layer_arrays_numpy, request_latency
+from jaxsplit.latency import Cluster, allocation_rates, layer_arrays, layer_arrays_numpy, request_latency
 from jaxsplit.layers import Layer
 
 enable_x64 = lambda: jax.enable_x64(True)  # noqa: E731
@@ -42,6 +42,16 @@ def test_layer_arrays_keep_the_dtype_asked_for():
         assert layer_arrays(layers).row_work.dtype == jnp.float64
         # an explicit dtype wins over the default float (float32 tables under x64, e.g. the kernel's)
         assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(layer_arrays(layers, dtype=jnp.float32)))
+
+
+def test_allocation_rates_by_hand():
+    # a local device, a remote one with half its capacity, and one with no share (costs 0, never NaN)
+    with enable_x64():
+        cl = Cluster.create([2e9, 4e9, 1e9], [np.inf, 1e6, 1e6], [0.0, 1e-3, 2e-3], dtype=jnp.float64)
+        rates = allocation_rates(cl, jnp.asarray([1.0, 0.5, 0.0], jnp.float64))
+        got = {k: np.asarray(getattr(rates, k)).tolist() for k in ("active", "sec_per_flop", "sec_per_byte", "message")}
+    assert got == {"active": [True, True, False], "sec_per_flop": [1 / 2e9, 1 / 2e9, 0.0],
+                   "sec_per_byte": [0.0, 1 / 5e5, 0.0], "message": [0.0, 2e-3, 4e-3]}
 
 
 def test_request_latency_is_the_sum_of_unmasked_layer_latencies():
