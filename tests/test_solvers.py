@@ -307,6 +307,9 @@ def test_water_fill_level_is_the_best_prefix_in_alpha():
     n, batch = 6, 400
     alpha = rng.choice([0.0, 1e-4, 1e-3, 1e-2], (n, batch)) * rng.uniform(0.5, 2.0, (n, batch))
     beta = 10.0 ** rng.uniform(-6, -2, (n, batch))
+    # instances of slow devices only (10 s a row and more: tiny shares): sum 1/beta is below 1
+    slow = rng.random(batch) < 0.3
+    beta[:, slow] = 10.0 ** rng.uniform(1, 2, (n, slow.sum()))
     active = rng.random((n, batch)) < 0.7
     active[rng.integers(0, n, batch), np.arange(batch)] = True
     total = rng.integers(1, 300, batch).astype(np.float64)
