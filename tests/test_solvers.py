@@ -294,10 +294,12 @@ def test_rebalance_is_edgeld_from_the_equal_split_to_its_fixed_point(layer, clus
 def test_fix_total_cuts_excess_from_the_end_and_gives_a_deficit_to_the_last_active_device():
     # device-major (N, B): each column is one instance, worked out by hand
     rows = jnp.asarray([[3, 3, 1, 0], [4, 4, 1, 2], [5, 5, 0, 0]], jnp.int32)
-    total = jnp.asarray([10, 2, 5, 2], jnp.int32)
-    active = jnp.asarray([[True, True, True, True], [True, True, True, True], [True, True, False, True]])
+    rows = jnp.concatenate([rows, jnp.zeros((3, 1), jnp.int32)], axis=1)
+    total = jnp.asarray([10, 2, 5, 2, 3], jnp.int32)
+    active = jnp.asarray([[True, True, True, True, True], [True, True, True, True, False],
+                          [True, True, False, True, False]])
     got = np.asarray(solvers._fix_total(rows, total, active))
-    assert got.T.tolist() == [[3, 4, 3], [2, 0, 0], [1, 4, 0], [0, 2, 0]]
+    assert got.T.tolist() == [[3, 4, 3], [2, 0, 0], [1, 4, 0], [0, 2, 0], [3, 0, 0]]
 
 
 def test_water_fill_level_is_the_best_prefix_in_alpha():
@@ -325,3 +327,15 @@ def test_water_fill_level_is_the_best_prefix_in_alpha():
         n_want = np.where(active[:, b], np.maximum(0.0, want - alpha[:, b]) / beta[:, b], 0.0)
         np.testing.assert_allclose(rows[:, b], n_want, rtol=1e-9, atol=1e-9)
         assert rows[:, b].sum() == pytest.approx(total[b], rel=1e-9)
+
+
+def test_water_fill_keeps_the_smallest_alpha_when_the_level_rounds_onto_it():
+    # tau far above the row times: the level (1 + H beta) rounds to alpha = 1 in float64; the device
+    # stays in (a finite level, no NaN or inf rows) and the rounding gives it the row
+    with enable_x64():
+        alpha = jnp.asarray([1.0, 2.0])
+        beta, active, total = jnp.asarray([1e-20, 1e-20]), jnp.asarray([True, True]), jnp.asarray(1.0)
+        level, n = solvers.water_fill(alpha, beta, active, total)
+        rows = solvers.round_split(n, alpha, beta, active, total)
+    assert float(level) == 1.0 and np.isfinite(np.asarray(n)).all()
+    assert np.asarray(rows).tolist() == [1, 0]
