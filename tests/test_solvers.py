@@ -339,3 +339,26 @@ def test_water_fill_keeps_the_smallest_alpha_when_the_level_rounds_onto_it():
         rows = solvers.round_split(n, alpha, beta, active, total)
     assert float(level) == 1.0 and np.isfinite(np.asarray(n)).all()
     assert np.asarray(rows).tolist() == [1, 0]
+
+
+def test_round_split_of_a_device_major_batch_is_each_instances_rounding():
+    """Floor, then each remaining row to the active device with the smallest alpha + beta (n + 1)
+    (the first on ties), written per instance in numpy; the batch is solved in one device-major
+    call, where an instance that has given all its rows waits while the others go on."""
+    rng = np.random.default_rng(12)
+    n, batch = 5, 300
+    alpha = rng.choice([0.0, 1e-3], (n, batch)) * rng.uniform(0.5, 2.0, (n, batch))
+    beta = 10.0 ** rng.uniform(-5, -3, (n, batch))
+    active = rng.random((n, batch)) < 0.7
+    active[0] = True
+    total = rng.integers(1, 60, batch)
+    share = np.where(active, rng.random((n, batch)), 0.0)
+    cont = share / share.sum(0) * total  # continuous rows summing to H over the active devices
+    with enable_x64():
+        got = np.asarray(jax.jit(solvers.round_split)(jnp.asarray(cont), jnp.asarray(alpha), jnp.asarray(beta),
+                                                      jnp.asarray(active), jnp.asarray(total, jnp.float64)))
+    for b in range(batch):
+        want = np.where(active[:, b], np.floor(cont[:, b]), 0).astype(int)
+        while want.sum() < total[b]:
+            want[int(np.argmin(np.where(active[:, b], alpha[:, b] + beta[:, b] * (want + 1), np.inf)))] += 1
+        assert got[:, b].tolist() == want.tolist(), b
