@@ -43,6 +43,11 @@ def main() -> int:
     copy.mkdir(parents=True, exist_ok=True)
     archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(copy)], input=archive, check=True)
+    # envs/ and agents/ are installed as jaxsplit.envs and jaxsplit.agents (pyproject's package-dir):
+    # linked into the copy's package, so its tests import the copy's (mutated) files, not the
+    # editable install's
+    for part in ("envs", "agents"):
+        (copy / "jaxsplit" / part).symlink_to(Path("..") / part)
     conftest = copy / "tests" / "conftest.py"
     text = conftest.read_text()
     conftest.write_text(text[:text.index("@pytest.fixture")].replace("import jax\n", "").replace("import pytest\n", ""))
