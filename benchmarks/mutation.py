@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -65,9 +66,14 @@ def main() -> int:
     print(f"copy: {copy}", flush=True)
     # the derandomised CI profile whatever the caller's shell says: every mutant meets the same examples
     env = {**os.environ, "HYPOTHESIS_PROFILE": "ci"}
+    # its own process group: at the timeout mutmut's worker and the test run go with it (killing
+    # mutmut alone left them running)
+    proc = subprocess.Popen(cmd, cwd=copy, env=env, start_new_session=True)
     try:
-        subprocess.run(cmd, cwd=copy, timeout=args.timeout, env=env)
+        proc.wait(timeout=args.timeout)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
         print(f"stopped after {args.timeout} s; the results so far:", flush=True)
     subprocess.run(["mutmut", "results"], cwd=copy, env=env)
     return 0
