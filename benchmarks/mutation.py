@@ -3,18 +3,26 @@
 Not part of CI (minutes to hours on 2 cores). Needs ``pip install mutmut==2.5.1 whatthepatch`` in the
 virtual environment. The copy is the committed tree (``git archive HEAD``), so the working tree is never
 mutated; its tests/conftest.py keeps only the hypothesis profiles (the derandomised CI profile), so
-that a mutant's run does not import JAX for a fixture these tests do not use. ``--lines`` limits the
+that a mutant's run does not import JAX for a fixture these tests do not use, and every run uses that
+profile (``HYPOTHESIS_PROFILE=ci``), so every mutant meets the same examples. ``--lines`` limits the
 mutants to line ranges of the module (through a patch file that "adds" those lines).
 
     python benchmarks/mutation.py jaxsplit/layers.py --lines 27-69,193-244 \\
         --tests tests/test_layers.py tests/test_zoo.py --timeout 2400
 
 Prints mutmut's results (the ids of surviving mutants; ``mutmut show ID`` in the copy shows one).
+Leave ``mutmut results`` and ``mutmut show`` alone while a run is going: they resynchronise the cache
+with the module on disk, which then holds a mutant, drop that line's mutants and stop the run. To
+watch one, read its cache read-only:
+
+    sqlite3 "file:COPY/.mutmut-cache?mode=ro" "select status, count(*) from Mutant group by status"
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -36,6 +44,11 @@ def main() -> int:
     copy.mkdir(parents=True, exist_ok=True)
     archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(copy)], input=archive, check=True)
+    # envs/ and agents/ are installed as jaxsplit.envs and jaxsplit.agents (pyproject's package-dir):
+    # linked into the copy's package, so its tests import the copy's (mutated) files, not the
+    # editable install's
+    for part in ("envs", "agents"):
+        (copy / "jaxsplit" / part).symlink_to(Path("..") / part)
     conftest = copy / "tests" / "conftest.py"
     text = conftest.read_text()
     conftest.write_text(text[:text.index("@pytest.fixture")].replace("import jax\n", "").replace("import pytest\n", ""))
@@ -51,11 +64,18 @@ def main() -> int:
         (copy / "selection.patch").write_text("\n".join(patch) + "\n")
         cmd += ["--use-patch-file", "selection.patch"]
     print(f"copy: {copy}", flush=True)
+    # the derandomised CI profile whatever the caller's shell says: every mutant meets the same examples
+    env = {**os.environ, "HYPOTHESIS_PROFILE": "ci"}
+    # its own process group: at the timeout mutmut's worker and the test run go with it (killing
+    # mutmut alone left them running)
+    proc = subprocess.Popen(cmd, cwd=copy, env=env, start_new_session=True)
     try:
-        subprocess.run(cmd, cwd=copy, timeout=args.timeout)
+        proc.wait(timeout=args.timeout)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
         print(f"stopped after {args.timeout} s; the results so far:", flush=True)
-    subprocess.run(["mutmut", "results"], cwd=copy)
+    subprocess.run(["mutmut", "results"], cwd=copy, env=env)
     return 0
 
 

@@ -68,6 +68,10 @@ def test_gae_bootstraps_truncation_and_cuts_termination():
     # a truncated step keeps its bootstrap and cuts the trace: A = r + gamma * V(final obs) - V
     for t, b in np.argwhere(trunc):
         assert abs(float(adv[t, b]) - (r[t, b] + 0.9 * nv[t, b] - v[t, b])) < 1e-4
+    # a one-step rollout (num_steps = 1): the advantage is that step's delta
+    one, _ = gae(*(jnp.asarray(x[:1]) for x in (r, v, nv, term, trunc)), 0.9, 0.8)
+    want = _gae_reference(r[:1], v[:1], nv[:1], term[:1].astype(np.float32), trunc[:1].astype(np.float32), 0.9, 0.8)
+    np.testing.assert_allclose(np.asarray(one), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("field,value", [("num_envs", 0), ("num_minibatches", 7), ("total_timesteps", 10),

@@ -289,3 +289,76 @@ def test_rebalance_is_edgeld_from_the_equal_split_to_its_fixed_point(layer, clus
             rows = cand
         got = np.asarray(_rebalance(la, cl, a))
     assert got.tolist() == rows.tolist()
+
+
+def test_fix_total_cuts_excess_from_the_end_and_gives_a_deficit_to_the_last_active_device():
+    # device-major (N, B): each column is one instance, worked out by hand
+    rows = jnp.asarray([[3, 3, 1, 0], [4, 4, 1, 2], [5, 5, 0, 0]], jnp.int32)
+    rows = jnp.concatenate([rows, jnp.zeros((3, 1), jnp.int32)], axis=1)
+    total = jnp.asarray([10, 2, 5, 2, 3], jnp.int32)
+    active = jnp.asarray([[True, True, True, True, True], [True, True, True, True, False],
+                          [True, True, False, True, False]])
+    got = np.asarray(solvers._fix_total(rows, total, active))
+    assert got.T.tolist() == [[3, 4, 3], [2, 0, 0], [1, 4, 0], [0, 2, 0], [3, 0, 0]]
+
+
+def test_water_fill_level_is_the_best_prefix_in_alpha():
+    """The water level is the smallest (H + sum alpha/beta) / sum 1/beta over the prefixes of the
+    active devices in increasing alpha, and n_i = max(0, T - alpha_i) / beta_i sums to H."""
+    rng = np.random.default_rng(4)
+    n, batch = 6, 400
+    alpha = rng.choice([0.0, 1e-4, 1e-3, 1e-2], (n, batch)) * rng.uniform(0.5, 2.0, (n, batch))
+    beta = 10.0 ** rng.uniform(-6, -2, (n, batch))
+    # instances of slow devices only (10 s a row and more: tiny shares): sum 1/beta is below 1
+    slow = rng.random(batch) < 0.3
+    beta[:, slow] = 10.0 ** rng.uniform(1, 2, (n, slow.sum()))
+    active = rng.random((n, batch)) < 0.7
+    active[rng.integers(0, n, batch), np.arange(batch)] = True
+    total = rng.integers(1, 300, batch).astype(np.float64)
+    with enable_x64():
+        level, rows = (np.asarray(x) for x in jax.jit(solvers.water_fill)(
+            jnp.asarray(alpha), jnp.asarray(beta), jnp.asarray(active), jnp.asarray(total)))
+    for b in range(batch):
+        on = np.flatnonzero(active[:, b])
+        order = on[np.argsort(alpha[on, b], kind="stable")]
+        a, w = alpha[order, b], 1.0 / beta[order, b]
+        want = np.min((total[b] + np.cumsum(a * w)) / np.cumsum(w))
+        assert level[b] == pytest.approx(want, rel=1e-9)
+        n_want = np.where(active[:, b], np.maximum(0.0, want - alpha[:, b]) / beta[:, b], 0.0)
+        np.testing.assert_allclose(rows[:, b], n_want, rtol=1e-9, atol=1e-9)
+        assert rows[:, b].sum() == pytest.approx(total[b], rel=1e-9)
+
+
+def test_water_fill_keeps_the_smallest_alpha_when_the_level_rounds_onto_it():
+    # tau far above the row times: the level (1 + H beta) rounds to alpha = 1 in float64; the device
+    # stays in (a finite level, no NaN or inf rows) and the rounding gives it the row
+    with enable_x64():
+        alpha = jnp.asarray([1.0, 2.0])
+        beta, active, total = jnp.asarray([1e-20, 1e-20]), jnp.asarray([True, True]), jnp.asarray(1.0)
+        level, n = solvers.water_fill(alpha, beta, active, total)
+        rows = solvers.round_split(n, alpha, beta, active, total)
+    assert float(level) == 1.0 and np.isfinite(np.asarray(n)).all()
+    assert np.asarray(rows).tolist() == [1, 0]
+
+
+def test_round_split_of_a_device_major_batch_is_each_instances_rounding():
+    """Floor, then each remaining row to the active device with the smallest alpha + beta (n + 1)
+    (the first on ties), written per instance in numpy; the batch is solved in one device-major
+    call, where an instance that has given all its rows waits while the others go on."""
+    rng = np.random.default_rng(12)
+    n, batch = 5, 300
+    alpha = rng.choice([0.0, 1e-3], (n, batch)) * rng.uniform(0.5, 2.0, (n, batch))
+    beta = 10.0 ** rng.uniform(-5, -3, (n, batch))
+    active = rng.random((n, batch)) < 0.7
+    active[0] = True
+    total = rng.integers(1, 60, batch)
+    share = np.where(active, rng.random((n, batch)), 0.0)
+    cont = share / share.sum(0) * total  # continuous rows summing to H over the active devices
+    with enable_x64():
+        got = np.asarray(jax.jit(solvers.round_split)(jnp.asarray(cont), jnp.asarray(alpha), jnp.asarray(beta),
+                                                      jnp.asarray(active), jnp.asarray(total, jnp.float64)))
+    for b in range(batch):
+        want = np.where(active[:, b], np.floor(cont[:, b]), 0).astype(int)
+        while want.sum() < total[b]:
+            want[int(np.argmin(np.where(active[:, b], alpha[:, b] + beta[:, b] * (want + 1), np.inf)))] += 1
+        assert got[:, b].tolist() == want.tolist(), b
