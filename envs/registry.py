@@ -63,6 +63,11 @@ def make(name: str = "alloc-v0", **overrides: Any) -> tuple[AllocationEnv, EnvPa
     if (settings.get("cluster") is not None and "num_devices" not in overrides
             and settings.get("observation") != "sets"):
         settings["num_devices"] = len(settings["cluster"][0])
+    n = settings.get("num_devices")
+    if n is not None:  # a registered device range wider than a smaller N given here is cut to N
+        for key in ("devices_min", "devices_max"):
+            if key in settings and key not in overrides and settings[key] > n:
+                settings[key] = n
     static = {k: settings.pop(k) for k in STATIC_KEYS if k in settings}
     if "models" in static:
         static["models"] = tuple(static["models"])
