@@ -116,11 +116,19 @@ def t_interval(values: np.ndarray) -> float:
     return float(stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
 
 
+@functools.lru_cache(maxsize=None)
+def _environment(models: tuple[str, ...], requests: int) -> Any:
+    """alloc-any-v0 with this catalogue; one object per catalogue, so that every condition on it
+    reuses the compiled evaluations (the conditions differ only in traced parameters)."""
+    return EnvSpec(env="alloc-any-v0", requests=requests, models=",".join(models)).make()[0]
+
+
 def condition(label: str, runs: list[Path], loads: list[float], episodes: int, requests: int, seed: int,
-              baselines: list[str], **settings: Any) -> list[dict[str, Any]]:
-    """Every baseline and every generalist on one condition's episodes; one record per policy and load."""
-    spec = EnvSpec(env="alloc-any-v0", requests=requests)
-    env, params = spec.make(**settings)
+              baselines: list[str], models: tuple[str, ...], **settings: Any) -> list[dict[str, Any]]:
+    """Every baseline and every generalist on one condition's episodes; one record per policy and load.
+    ``settings``: the condition's environment parameters (devices_min, devices_max, churn, cluster, ...)."""
+    env = _environment(tuple(models), requests)
+    params = env.unwrapped.default_params(**settings)
     common = dict(loads=loads, episodes=episodes, seed=seed, warmup=0.1)
     rows = []
     t0 = time.perf_counter()
@@ -246,10 +254,14 @@ def main() -> None:
     main_models = tuple(DEFAULT_MODELS)
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
+    for n, run in sorted(specialists.items()):
+        rows += specialist_rows(n, run, runs, args.loads, args.episodes, args.requests, args.seed)
+        _partial(rows)
     for n in args.devices:
         rows += condition(f"random N={n}", devices_min=n, devices_max=n, churn=0.0, models=main_models, **common)
     for label, f, b, t in FIXED_CLUSTERS:
         rows += condition(f"fixed: {label}", cluster=(f, b, t), churn=0.0, models=main_models, **common)
+        _partial(rows)
     rows += condition("churn 0.05 / rejoin 0.2, N=8", devices_min=8, devices_max=8, churn=0.05,
                       rejoin=0.2, models=main_models, **common)
     for model in args.unseen:
@@ -258,8 +270,7 @@ def main() -> None:
             continue
         rows += condition(f"unseen model {model}, N=4", devices_min=4, devices_max=4, churn=0.0,
                           models=(model,), **common)
-    for n, run in sorted(specialists.items()):
-        rows += specialist_rows(n, run, runs, args.loads, args.episodes, args.requests, args.seed)
+        _partial(rows)
     summ = summary(rows)
     table = markdown(rows, summ, args.loads)
     print(table)
@@ -268,6 +279,7 @@ def main() -> None:
                   specialists={str(k): str(v) for k, v in specialists.items()}, command=command(),
                   machine=machine(), revision=git_revision(), wall_s=wall)
     (HERE / "generalist.json").write_text(json.dumps(result, indent=1) + "\n")
+    (HERE / "generalist.partial.json").unlink(missing_ok=True)
     if args.no_record:
         return
     met = sum(s["met"] for s in summ)
@@ -281,6 +293,11 @@ def main() -> None:
         table, "",
         f"Machine: {machine()}", "", f"Revision: {git_revision()}"])
     record("generalist", body)
+
+
+def _partial(rows: list[dict[str, Any]]) -> None:
+    """The records so far, in case a long run stops before its end."""
+    (HERE / "generalist.partial.json").write_text(json.dumps(rows, indent=1) + "\n")
 
 
 def _has_torch() -> bool:
