@@ -254,9 +254,6 @@ def main() -> None:
     main_models = tuple(DEFAULT_MODELS)
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
-    for n, run in sorted(specialists.items()):
-        rows += specialist_rows(n, run, runs, args.loads, args.episodes, args.requests, args.seed)
-        _partial(rows)
     for n in args.devices:
         rows += condition(f"random N={n}", devices_min=n, devices_max=n, churn=0.0, models=main_models, **common)
     for label, f, b, t in FIXED_CLUSTERS:
@@ -270,6 +267,12 @@ def main() -> None:
             continue
         rows += condition(f"unseen model {model}, N=4", devices_min=4, devices_max=4, churn=0.0,
                           models=(model,), **common)
+        _partial(rows)
+    for n, run in sorted(specialists.items()):
+        while not complete(run):  # a specialist still training elsewhere
+            print(f"waiting for {run} to finish training", flush=True)
+            time.sleep(30)
+        rows += specialist_rows(n, run, runs, args.loads, args.episodes, args.requests, args.seed)
         _partial(rows)
     summ = summary(rows)
     table = markdown(rows, summ, args.loads)
