@@ -128,7 +128,8 @@ def test_the_run_records_its_cluster_and_evaluates_on_it(run_dir, monkeypatch, c
 ENV_FLAGS = {"env": ("--env", "alloc-n8-v0"), "cluster": ("--cluster", CLUSTER_FILE), "models": ("--models", "vgg16"),
              "loads": ("--loads", "0.5,1.0"), "split": ("--split", "equal"), "reward_scale": ("--reward-scale", "model"),
              "observation": ("--observation", "summary"), "requests": ("--requests", "40"),
-             "util_weight": ("--util-weight", "0.25"), "action": ("--action", "common"),
+             "util_weight": ("--util-weight", "0.25"), "devices": ("--devices", "2,3"), "churn": ("--churn", "0.3"),
+             "rejoin": ("--rejoin", "0.6"), "action": ("--action", "common"),
              "distribution": ("--distribution", "beta"), "share_levels": ("--share-levels", "0"),
              "pair_levels": ("--pair-levels", "0.2", "1.0")}
 PPO_FLAGS = {"total_timesteps": ("--total-timesteps", "4096"), "num_envs": ("--num-envs", "16"),
@@ -141,7 +142,8 @@ PPO_FLAGS = {"total_timesteps": ("--total-timesteps", "4096"), "num_envs": ("--n
              "vf_coef": ("--vf-coef", "0.25"), "gamma": ("--gamma", "0.9"), "gae_lambda": ("--gae-lambda", "0.8"),
              "max_grad_norm": ("--max-grad-norm", "1.5")}
 ENV_WANT = dict(env="alloc-n8-v0", cluster=CLUSTER_FILE, models="vgg16", loads="0.5,1.0", split="equal",
-                reward_scale="model", observation="summary", requests=40, util_weight=0.25, action="common",
+                reward_scale="model", observation="summary", requests=40, util_weight=0.25, devices="2,3", churn=0.3,
+                rejoin=0.6, action="common",
                 distribution="beta", share_levels=0, pair_levels=[0.2, 1.0])
 PPO_WANT = dict(total_timesteps=4096, num_envs=16, num_steps=32, update_epochs=2, num_minibatches=4, hidden=[32, 8],
                 anneal_lr=False, normalize_obs=False, normalize_reward=False, reward_groups=3, init_concentration=4.0,
@@ -171,6 +173,8 @@ def test_every_train_flag_reaches_the_recorded_configuration(monkeypatch):
     assert env.num_devices == 4  # the cluster's length sets N
     assert env.reward_scale == "model" and env.observation_kind == "summary"
     assert (float(params.load_min), float(params.load_max), float(params.util_weight)) == (0.5, 1.0, 0.25)
+    assert (float(params.devices_min), float(params.devices_max)) == (2, 3)
+    assert (float(params.churn), float(params.rejoin)) == pytest.approx((0.3, 0.6))
     wrapped, _ = spec.make()
     assert wrapped.form == "common" and not wrapped.discrete and wrapped.levels == 0
     assert wrapped.action_space(params).shape == (1,)
@@ -221,4 +225,6 @@ def test_every_train_flag_reaches_config_json_through_the_command(tmp_path, monk
     assert env.split == "equal" and env.models == ("vgg16",) and env.requests == 40 and env.num_devices == 4
     assert env.reward_scale == "model" and env.observation_kind == "summary"
     assert (float(params.load_min), float(params.load_max), float(params.util_weight)) == (0.5, 1.0, 0.25)
+    assert (float(params.devices_min), float(params.devices_max)) == (2, 3)
+    assert (float(params.churn), float(params.rejoin)) == pytest.approx((0.3, 0.6))
     assert wrapped.form == "common" and not wrapped.discrete and wrapped.levels == 0
