@@ -135,23 +135,24 @@ def test_cli_checkpoint_loads_the_run_folder_explicitly(monkeypatch, capsys):
     assert evaluate_cmd.load_policy is run.load_policy and evaluate_cmd.evaluation_env is run.evaluation_env
     calls = []
 
-    def load_policy(run_dir, requests, cluster, models):
-        calls.append(("load_policy", run_dir, requests, cluster, models))
+    def load_policy(run_dir, requests, cluster, models, params):
+        calls.append(("load_policy", run_dir, requests, cluster, models, params))
         env, params = envs.make("alloc-n2-v0", models=models, requests=requests)  # the settings of the test above
         return lambda key, obs: jnp.ones(env.num_devices), env, params
 
-    def evaluation_env(run_dir, requests, cluster, models):
-        calls.append(("evaluation_env", run_dir, requests, cluster, models))
+    def evaluation_env(run_dir, requests, cluster, models, params):
+        calls.append(("evaluation_env", run_dir, requests, cluster, models, params))
         env, params = envs.make("alloc-n2-v0", models=models, requests=requests)
         return env, params, env, params
 
     monkeypatch.setattr(evaluate_cmd, "load_policy", load_policy)
     monkeypatch.setattr(evaluate_cmd, "evaluation_env", evaluation_env)
     argv = ["evaluate", "--policy", "", "--checkpoint", "runs/x", "--loads", "0.3,0.8", "--models", "alexnet",
-            "--episodes", "2", "--requests", "40", "--json"]
+            "--episodes", "2", "--requests", "40", "--churn", "0.5", "--json"]
     assert cli.main(argv) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert calls == [("load_policy", "runs/x", 40, None, ("alexnet",)), ("evaluation_env", "runs/x", 40, None, ("alexnet",))]
+    want = ("runs/x", 40, None, ("alexnet",), {"churn": 0.5})
+    assert calls == [("load_policy", *want), ("evaluation_env", *want)]
     assert [r["policy"] for r in rows] == ["ppo", "ppo"] and [r["load"] for r in rows] == [0.3, 0.8]
     assert all(r["invalid_rate"] == 0 and r["requests"] == 40 for r in rows)
     # with a checkpoint the environment is the run's: --env is refused before anything is loaded
