@@ -111,3 +111,23 @@ def test_the_report_covers_two_device_counts(tmp_path, compilation_cache):
     records = json.loads((out / "evaluation.json").read_text())
     assert sorted({r["devices"] for r in records}) == [2, 5]
     assert {r["policy"] for r in records} == {"whole_cluster", "ppo"}
+
+
+def test_a_learned_item_layer_keeps_the_network_invariant():
+    """SetActorCritic with a learned layer per item (item_hidden): permuting the devices permutes the
+    per-device logits alike, and the value does not change."""
+    from jaxsplit.agents.networks import SetActorCritic
+
+    env, params = envs.EnvSpec(env="alloc-any-v0", action="per_device").make(devices_min=6)
+    obs, _ = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(jax.random.key(5), 4), params)
+    layout = env.observation_space(params).layout
+    net = SetActorCritic(num_devices=8, layout=layout, per_item="devices", levels=4, item_hidden=(8,))
+    weights = net.init(jax.random.key(0), obs[0])
+    glob, sets = layout.split(obs)
+    perm = np.array([0, 5, 2, 7, 1, 3, 6, 4])
+    permuted = np.concatenate([glob, sets["devices"][:, perm].reshape(4, -1), sets["slots"].reshape(4, -1)], -1)
+    (logits,), value = net.apply(weights, obs)
+    (logits_p,), value_p = net.apply(weights, permuted)
+    np.testing.assert_allclose(np.asarray(logits)[:, perm], np.asarray(logits_p), atol=1e-5)
+    np.testing.assert_allclose(value, value_p, atol=1e-5)
+    assert not np.allclose(np.asarray(logits)[:, 1], np.asarray(logits)[:, 6])  # the devices differ: a real check
