@@ -316,7 +316,9 @@ def _loss_reference(alpha, beta_, value, action, old_log_prob, old_value, adv, t
     v_clip = old_value + np.clip(value - old_value, -clip, clip)
     value_loss = 0.5 * np.maximum((value - target) ** 2, (v_clip - target) ** 2).mean()
     entropy = stats.beta.entropy(alpha, beta_).sum(-1).mean()
-    return actor + vf * value_loss - ent * entropy, actor, value_loss, entropy, np.mean(np.abs(ratio - 1) > clip)
+    approx_kl = np.mean((ratio - 1) - np.log(ratio))  # the k3 estimator of KL(old || new)
+    return (actor + vf * value_loss - ent * entropy, actor, value_loss, entropy, np.mean(np.abs(ratio - 1) > clip),
+            approx_kl)
 
 
 def test_ppo_loss_matches_a_numpy_reference():
@@ -341,5 +343,5 @@ def test_ppo_loss_matches_a_numpy_reference():
     v_moved = np.abs(f64(value) - f64(flat.value)) > 0.15
     assert 0.1 < v_moved.mean() < 0.9
     np.testing.assert_allclose(float(total), want[0], rtol=1e-4, atol=1e-5)
-    for name, w in zip(("actor_loss", "value_loss", "entropy", "clip_frac"), want[1:]):
+    for name, w in zip(("actor_loss", "value_loss", "entropy", "clip_frac", "approx_kl"), want[1:]):
         np.testing.assert_allclose(float(diag[name]), w, rtol=1e-4, atol=1e-5, err_msg=name)
