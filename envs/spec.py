@@ -70,30 +70,29 @@ def parse_models(text: str, field: str = "models", check: bool = True) -> tuple[
     return names
 
 
-def parse_loads(text: str, field: str = "loads") -> tuple[float, float]:
-    """``LO,HI`` (or one value ``X`` for LO = HI = X): the range of offered load drawn per episode."""
+def _parse_range(text: str, field: str, cast: type, lowest: str, ok) -> tuple[Any, Any]:
+    """``LO,HI`` (or one value for LO = HI) of ``cast`` values with ``ok(LO)`` and LO <= HI; ValueError
+    naming ``field`` otherwise (``lowest`` says the bound, e.g. "0 <")."""
+    kind = " (integers)" if cast is int else ""
     try:
-        values = [float(v) for v in text.split(",") if v.strip()]
+        values = [cast(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"field {field!r}: expected LO,HI, got {text!r}") from None
+        raise ValueError(f"field {field!r}: expected LO,HI{kind}, got {text!r}") from None
     if len(values) == 1:
         values = values * 2
-    if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values) or values[0] > values[1]:
-        raise ValueError(f"field {field!r}: expected LO,HI with 0 < LO <= HI, got {text!r}")
+    if len(values) != 2 or not all(ok(v) for v in values) or values[0] > values[1]:
+        raise ValueError(f"field {field!r}: expected LO,HI with {lowest} LO <= HI, got {text!r}")
     return values[0], values[1]
+
+
+def parse_loads(text: str, field: str = "loads") -> tuple[float, float]:
+    """``LO,HI`` (or one value ``X`` for LO = HI = X): the range of offered load drawn per episode."""
+    return _parse_range(text, field, float, "0 <", lambda v: math.isfinite(v) and v > 0)
 
 
 def parse_devices(text: str, field: str = "devices") -> tuple[int, int]:
     """``LO,HI`` (or ``N`` for LO = HI = N): the range of the number of devices drawn per episode."""
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"field {field!r}: expected LO,HI (integers), got {text!r}") from None
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2 or values[0] < 1 or values[0] > values[1]:
-        raise ValueError(f"field {field!r}: expected LO,HI with 1 <= LO <= HI, got {text!r}")
-    return values[0], values[1]
+    return _parse_range(text, field, int, "1 <=", lambda v: v >= 1)
 
 
 @dataclasses.dataclass(frozen=True)
