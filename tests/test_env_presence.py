@@ -18,21 +18,12 @@ from jaxsplit.agents.ppo import PPOConfig, Trainer
 from jaxsplit.envs import policies
 from jaxsplit.envs.twin import NumpyAllocationEnv
 
+# random shares with exact 0 and 1, NaN, inf and some all-zero rows: the twin test's
+from test_env_twin import _actions  # noqa: E402
+
 #: a fixed cluster of three devices (coordinator first), padded in the larger environments
 CLUSTER3 = ([2e10, 5e9, 3e10], [np.inf, 5e7, 2e7], [0.0, 1e-3, 2e-3])
 CLUSTER4 = ([2e10, 5e9, 3e10, 1e10], [np.inf, 5e7, 2e7, 1e8], [0.0, 1e-3, 2e-3, 0.5e-3])
-
-
-def _actions(rng: np.random.Generator, steps: int, n: int) -> np.ndarray:
-    """Random shares with exact 0 and 1, NaN, inf and some all-zero rows (as test_env_twin)."""
-    a = rng.uniform(-0.2, 1.2, (steps, n))
-    pick = rng.random((steps, n))
-    a[pick < 0.1] = 0.0
-    a[(pick >= 0.1) & (pick < 0.2)] = 1.0
-    a[(pick >= 0.2) & (pick < 0.23)] = np.nan
-    a[(pick >= 0.23) & (pick < 0.25)] = np.inf
-    a[rng.random(steps) < 0.03] = 0.0
-    return a
 
 
 def _run_fn(env):
