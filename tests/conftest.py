@@ -2,6 +2,7 @@
 import path (tests/tiny_env.py is imported by name), and a compilation-cache fixture for the modules
 that compile the same evaluation programs more than once."""
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -43,3 +44,14 @@ def compilation_cache(tmp_path_factory):
     yield str(path)
     jax.config.update("jax_compilation_cache_dir", saved)
     cc.reset_cache()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+    """Drop every compiled program after each test module. Each executable holds a few memory
+    mappings, and a whole suite in one process compiles thousands: past the kernel's limit on
+    mappings per process (vm.max_map_count, 65,530 by default) XLA cannot map the next one and
+    aborts the process."""
+    yield
+    jax.clear_caches()
+    gc.collect()
