@@ -52,9 +52,8 @@ def main() -> int:
     conftest = copy / "tests" / "conftest.py"
     text = conftest.read_text()
     conftest.write_text(text[:text.index("@pytest.fixture")].replace("import jax\n", "").replace("import pytest\n", ""))
-    # -n 0: each mutant's tests in one process (the suite's addopts spread them over workers)
     cmd = ["mutmut", "run", "--paths-to-mutate", args.module, "--tests-dir", "tests", "--no-progress",
-           "--runner", "python -m pytest -n 0 -x -q -p no:cacheprovider " + " ".join(args.tests)
+           "--runner", "python -m pytest -x -q -p no:cacheprovider " + " ".join(args.tests)
            + (f" -k '{args.select}'" if args.select else "")]
     if args.lines:
         lines = (copy / args.module).read_text().splitlines()
