@@ -139,6 +139,9 @@ def test_actions_clipped_nan_counts_as_zero_and_invalid_penalised():
     assert not bool(inv)
     a, inv = env.clean_action(jnp.array([jnp.nan, jnp.inf, -jnp.inf, 0.0]), params)
     assert bool(inv) and float(a[0]) == pytest.approx(0.05) and float(a[1:].sum()) == 0
+    # a share of exactly min_share is kept ("below it become 0"), on a device other than the fallback's
+    a, inv = env.clean_action(jnp.zeros(4).at[2].set(params.min_share), params)
+    assert not bool(inv) and float(a[2]) == float(params.min_share) and float(a[0]) == 0.0
     _, state = jax.jit(env.reset)(jax.random.key(0), params)
     step = jax.jit(env.step)
     _, _, r_bad, _, _, info = step(jax.random.key(1), state, jnp.full(4, jnp.nan), params)
