@@ -1,6 +1,7 @@
 """Shared test settings: hypothesis profiles sized for a 2-core CI machine, the tests folder on the
-import path (tests/tiny_env.py is imported by name), and a compilation-cache fixture for the modules
-that compile the same evaluation programs more than once."""
+import path (tests/tiny_env.py is imported by name), a compilation-cache fixture for the modules
+that compile the same evaluation programs more than once, and the release of compiled programs after
+each module."""
 
 import gc
 import os

@@ -77,8 +77,8 @@ def test_device_count_of_a_point_range_and_of_a_fixed_cluster(env_params):
     env, _ = env_params
     point = env.default_params(devices_min=5, devices_max=5)
     assert np.all(_draw(env.sample_pool, point, 3).sum(axis=1) == 5)
-    _, fixed = envs.make("alloc-any-v0", cluster=([2e10, 5e10, 3e10], [np.inf, 1.25e8, 6e7], [0.0, 2e-3, 1e-3]))
-    env_any, _ = envs.make("alloc-any-v0")
+    # the sets observation keeps N devices with a fixed cluster and pads it with absent ones
+    env_any, fixed = envs.make("alloc-any-v0", cluster=([2e10, 5e10, 3e10], [np.inf, 1.25e8, 6e7], [0.0, 2e-3, 1e-3]))
     pool = _draw(env_any.sample_pool, fixed, 4)
     np.testing.assert_array_equal(pool, np.broadcast_to(np.arange(env_any.num_devices) < 3, pool.shape))
 
