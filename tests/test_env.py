@@ -151,6 +151,19 @@ def test_actions_clipped_nan_counts_as_zero_and_invalid_penalised():
     assert float(r_free) - float(r_bad) == pytest.approx(1.0, rel=1e-5)
 
 
+def test_allocate_reports_and_records_the_cleaned_share():
+    env, params = envs.make("alloc-v0", **SMALL)
+    _, state = jax.jit(env.reset)(jax.random.key(0), params)
+    action = jnp.array([0.3, jnp.nan, 0.01, 2.0])
+    served, out = jax.jit(env.allocate)(state, action, params)
+    share, invalid = env.clean_action(action, params, state.present)
+    np.testing.assert_array_equal(out["share"], share)
+    assert bool(out["invalid"]) == bool(invalid)
+    slot = int(jnp.argmin(state.res_end))
+    np.testing.assert_array_equal(served.res_share[slot], share)
+    assert float(served.res_end[slot]) == pytest.approx(float(out["latency"]), rel=1e-6)
+
+
 @pytest.mark.parametrize("bad,field", [
     (dict(load_min=2.0, load_max=1.0), "load_min"), (dict(load=0.0), "load_min"), (dict(load=-1.0), "load_min"),
     (dict(flops_min=0.0), "flops_min"), (dict(flops_min=2e11), "flops_min"),
