@@ -96,9 +96,10 @@ def _runner(env: AllocationEnv, act: Callable, batched_aux: bool):
 
 
 def run_episodes(env: AllocationEnv, params: EnvParams, act: Callable, loads: Sequence[float], episodes: int,
-                 seed: int, seeds: int = 1, aux: Any = None) -> dict[str, np.ndarray]:
+                 seed: int, seeds: int = 1, aux: Any = None, aux_batched: bool = True) -> dict[str, np.ndarray]:
     """Records (([G,] loads, seeds * episodes, R)) of ``act(key, obs, state, params, aux)`` run on
-    every load and episode; with ``aux`` given, also vmapped over its leading axis G."""
+    every load and episode; with ``aux`` given and ``aux_batched``, also vmapped over its leading
+    axis G (else ``aux`` is passed whole to every episode, traced)."""
     loads_a = jnp.asarray(loads, env.dtype)
     many = jax.tree.map(lambda a: jnp.broadcast_to(a, (len(loads),) + a.shape), params)
     many = many.replace(load_min=loads_a, load_max=loads_a)
@@ -106,7 +107,7 @@ def run_episodes(env: AllocationEnv, params: EnvParams, act: Callable, loads: Se
     keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(base, s), e) for s in range(seeds)
                       for e in range(episodes)])
     keys = jnp.broadcast_to(keys, (len(loads),) + keys.shape)
-    recs = _runner(env, act, aux is not None)(keys, many, aux)
+    recs = _runner(env, act, aux is not None and aux_batched)(keys, many, aux)
     return jax.tree.map(np.asarray, recs)
 
 
@@ -139,6 +140,54 @@ def episode_metrics(recs: dict[str, np.ndarray], warmup: int) -> dict[str, np.nd
     }
 
 
+def _check_evaluation(loads: Sequence[float], seeds: int, episodes: int, warmup: float) -> None:
+    if not loads:
+        raise ValueError("field 'loads': need at least one load")
+    for rho in loads:
+        if not (np.isfinite(rho) and rho > 0):
+            raise ValueError(f"field 'loads': every load must be positive, got {rho!r}")
+    if seeds < 1 or episodes < 1:
+        raise ValueError(f"field 'episodes': seeds and episodes must be positive, got {seeds}, {episodes}")
+    if not 0 <= warmup < 1:
+        raise ValueError(f"field 'warmup': must be in [0, 1), got {warmup!r}")
+
+
+def _bind(policy: PolicyLike, env: AllocationEnv, params: EnvParams, loads: Sequence[float], seed: int,
+          warmup: float, policy_options: dict[str, Any]) -> tuple[AllocationEnv, policies_mod.Policy]:
+    """The environment ``policy`` runs on and the policy bound to it (a named baseline's tables searched
+    first; a stable object per name and options, so that compiled runners are reused)."""
+    if isinstance(env, ShareAction) and (isinstance(policy, (str, policies_mod.Policy))):
+        env = env.unwrapped  # a baseline gives the shares themselves
+    if policy == "best_constant" and "shares" not in policy_options:
+        table = search_best_constant(env, params, loads, requests=env.requests, seed=search_seed(seed))
+        policy_options = dict(policy_options, loads=tuple(float(l) for l in loads),
+                              shares=tuple(float(c) for c in table))
+    if policy == "best_clip" and "caps" not in policy_options:
+        table, _ = search_best_clip(env, params, loads, requests=env.requests, seed=search_seed(seed), warmup=warmup)
+        policy_options = dict(policy_options, loads=tuple(float(l) for l in loads),
+                              caps=tuple(float(c) for c in table[:, 0]), floors=tuple(float(f) for f in table[:, 1]))
+    pol = as_policy(policy, env, **policy_options)
+    if isinstance(policy, str):
+        pol = _named_policy(env, policy, tuple(sorted((k, _hashable(v)) for k, v in policy_options.items())))
+    return env, pol
+
+
+def _records(label: str, recs: dict[str, np.ndarray], loads: Sequence[float], n: int, requests: int,
+             warmup: float, seed: int) -> list[dict[str, Any]]:
+    """One record per load from per-request records ((loads, n, R))."""
+    per_episode = episode_metrics(recs, int(warmup * requests))
+    rows = []
+    for i, rho in enumerate(loads):
+        row: dict[str, Any] = {"policy": label, "load": float(rho), "episodes": n, "requests": requests,
+                               "warmup": float(warmup), "seed": int(seed)}
+        for metric, values in per_episode.items():
+            v = values[i]
+            row[metric] = float(np.mean(v))
+            row[metric + "_ci"] = float(1.96 * np.std(v, ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+        rows.append(row)
+    return rows
+
+
 def evaluate(policy: PolicyLike, env: AllocationEnv, params: EnvParams, loads: Sequence[float], seeds: int = 1,
              episodes: int = 4, requests: int | None = None, seed: int = 0, warmup: float = 0.1,
              name: str | None = None, **policy_options: Any) -> list[dict[str, Any]]:
@@ -163,43 +212,50 @@ def evaluate(policy: PolicyLike, env: AllocationEnv, params: EnvParams, loads: S
       One record per load (see the module docstring). Latencies are in seconds, throughput in
       requests per second.
     """
-    if not loads:
-        raise ValueError("field 'loads': need at least one load")
-    for rho in loads:
-        if not (np.isfinite(rho) and rho > 0):
-            raise ValueError(f"field 'loads': every load must be positive, got {rho!r}")
-    if seeds < 1 or episodes < 1:
-        raise ValueError(f"field 'episodes': seeds and episodes must be positive, got {seeds}, {episodes}")
-    if not 0 <= warmup < 1:
-        raise ValueError(f"field 'warmup': must be in [0, 1), got {warmup!r}")
+    _check_evaluation(loads, seeds, episodes, warmup)
     env = with_requests(env, requests)
     label = name or (policy if isinstance(policy, str) else getattr(policy, "name", "policy"))
-    if isinstance(env, ShareAction) and (isinstance(policy, (str, policies_mod.Policy))):
-        env = env.unwrapped  # a baseline gives the shares themselves
-    if policy == "best_constant" and "shares" not in policy_options:
-        table = search_best_constant(env, params, loads, requests=env.requests, seed=search_seed(seed))
-        policy_options = dict(policy_options, loads=tuple(float(l) for l in loads),
-                              shares=tuple(float(c) for c in table))
-    if policy == "best_clip" and "caps" not in policy_options:
-        table, _ = search_best_clip(env, params, loads, requests=env.requests, seed=search_seed(seed), warmup=warmup)
-        policy_options = dict(policy_options, loads=tuple(float(l) for l in loads),
-                              caps=tuple(float(c) for c in table[:, 0]), floors=tuple(float(f) for f in table[:, 1]))
-    pol = as_policy(policy, env, **policy_options)
-    if isinstance(policy, str):  # a stable object so that the jitted runner is cached across calls
-        pol = _named_policy(env, policy, tuple(sorted((k, _hashable(v)) for k, v in policy_options.items())))
-    n = seeds * episodes
+    env, pol = _bind(policy, env, params, loads, seed, warmup, policy_options)
     recs = run_episodes(env, params, _policy_act(pol), loads, episodes, seed, seeds=seeds)
-    per_episode = episode_metrics(recs, int(warmup * env.requests))
-    rows = []
-    for i, rho in enumerate(loads):
-        row: dict[str, Any] = {"policy": label, "load": float(rho), "episodes": n, "requests": env.requests,
-                               "warmup": float(warmup), "seed": int(seed)}
-        for metric, values in per_episode.items():
-            v = values[i]
-            row[metric] = float(np.mean(v))
-            row[metric + "_ci"] = float(1.96 * np.std(v, ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
-        rows.append(row)
+    return _records(label, recs, loads, seeds * episodes, env.requests, warmup, seed)
+
+
+def evaluate_baselines(names: Sequence[str], env: AllocationEnv, params: EnvParams, loads: Sequence[float],
+                       seeds: int = 1, episodes: int = 4, requests: int | None = None, seed: int = 0,
+                       warmup: float = 0.1, options: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """:func:`evaluate` of several named baselines, the records in the order of ``names``, from one
+    compiled program.
+
+    The episode scan is compiled once with every policy a branch of a ``lax.switch`` whose index is a
+    traced, unbatched scalar, so each call runs its own policy's branch only; the records are those
+    :func:`evaluate` gives for each name alone (the same episodes). ``options``: name -> that
+    baseline's options (c, k, ...). ``best_constant`` and ``best_clip`` search their tables first, as
+    in :func:`evaluate`.
+    """
+    _check_evaluation(loads, seeds, episodes, warmup)
+    options = options or {}
+    for name in names:
+        if not isinstance(name, str) or name not in policies_mod.POLICIES:
+            raise ValueError(f"field 'policy': unknown policy {name!r}; known: {', '.join(policies_mod.POLICIES)}")
+    env = with_requests(env, requests)
+    bound = [_bind(name, env, params, loads, seed, warmup, dict(options.get(name, {}))) for name in names]
+    base = bound[0][0] if bound else env
+    acts = tuple(dict.fromkeys(_policy_act(pol) for _, pol in bound))
+    rows: list[dict[str, Any]] = []
+    for name, (_, pol) in zip(names, bound):
+        index = jnp.int32(acts.index(_policy_act(pol)))
+        recs = run_episodes(base, params, _switch_act(acts), loads, episodes, seed, seeds=seeds, aux=index,
+                            aux_batched=False)
+        rows += _records(name, recs, loads, seeds * episodes, base.requests, warmup, seed)
     return rows
+
+
+@functools.lru_cache(maxsize=16)
+def _switch_act(acts: tuple[Callable, ...]) -> Callable:
+    """``act(key, obs, state, params, index)``: the ``index``-th of ``acts`` (a conditional, not a
+    select, as long as ``index`` is not batched); one object per tuple, so its runner is cached."""
+    return lambda key, obs, state, params, index: jax.lax.switch(
+        index, [functools.partial(a, aux=None) for a in acts], key, obs, state, params)
 
 
 def _hashable(v: Any) -> Any:

@@ -89,6 +89,25 @@ def test_fastest_k_free_now_myopic_and_best_constant():
         policies.get("fastest_k", env, k=7)
 
 
+def test_evaluate_baselines_gives_each_baselines_own_records_from_one_program():
+    env, params = ENV
+    names = ["constant", "random"]
+    options = {"constant": {"c": 0.3}}
+    # random alone on these episodes is test_every_policy_is_jittable_and_evaluates' compiled program
+    common = dict(loads=[0.3, 0.9], seeds=2, episodes=2)
+    misses = evaluation._runner.cache_info().misses
+    together = envs.evaluate_baselines(names, env, params, options=options, **common)
+    assert evaluation._runner.cache_info().misses - misses == 1  # one compiled runner for both
+    alone = [r for name in names for r in envs.evaluate(name, env, params, **common, **options.get(name, {}))]
+    assert [(r["policy"], r["load"]) for r in together] == [(r["policy"], r["load"]) for r in alone]
+    for a, b in zip(together, alone):
+        assert a.keys() == b.keys()
+        for key, value in b.items():
+            assert a[key] == (pytest.approx(value, rel=1e-6) if isinstance(value, float) else value), key
+    with pytest.raises(ValueError, match="'policy'"):
+        envs.evaluate_baselines(["whole_cluster", "greedy"], env, params, **common)
+
+
 def test_evaluate_rejects_bad_input():
     env, params = ENV
     for kwargs, field in ((dict(loads=[]), "loads"), (dict(loads=[0.0]), "loads"),

@@ -27,6 +27,7 @@ import tyro
 from jaxsplit import atomic
 from jaxsplit.agents.run import evaluation_env, load_policy
 from jaxsplit.envs import evaluate, load_cluster, make, policies
+from jaxsplit.envs.evaluation import evaluate_baselines
 from jaxsplit.envs.evaluation import markdown_table
 from jaxsplit.envs.spec import parse_devices, parse_models
 
@@ -149,18 +150,19 @@ def run(args: EvaluateArgs) -> list[dict[str, Any]]:
             overrides["models"] = models
         env, params = make(args.env or "alloc-v0", **overrides)
     common = dict(loads=loads, episodes=args.episodes, seed=args.seed, warmup=args.warmup)
+    options: dict[str, dict[str, Any]] = {"constant": {"c": args.share}}
+    if args.k is not None:
+        options["fastest_k"] = {"k": args.k}
+    # every baseline from one compiled program (a branch each), the records in the order asked for
+    named = [name for name in dict.fromkeys(names) if name != CHECKPOINT_POLICY]
+    baseline_rows = evaluate_baselines(named, env, params, options=options, **common) if named else []
     rows = []
     for name in names:
         if name == CHECKPOINT_POLICY:
             for label, fn, p_env, p_params in learned:
                 rows += evaluate(fn, p_env, p_params, name=label, **common)
-            continue
-        options: dict[str, Any] = {}
-        if name == "constant":
-            options["c"] = args.share
-        if name == "fastest_k" and args.k is not None:
-            options["k"] = args.k
-        rows += evaluate(name, env, params, **common, **options)
+        else:
+            rows += [r for r in baseline_rows if r["policy"] == name]
     return rows
 
 
