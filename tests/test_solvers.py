@@ -82,6 +82,92 @@ def test_exact_equals_brute_force(layer, cluster):
     assert got == pytest.approx(best, rel=1e-9)
 
 
+def _most_rows(layer, device, share, start, budget, cap):
+    """The reference's most rows from ``start`` that fit ``budget`` (T_i grows with the rows)."""
+    if share <= 0:
+        return 0
+    n = 0
+    while n < cap and reference.device_time(layer, *device, share, start, n + 1) <= budget:
+        n += 1
+    return n
+
+
+_max_rows = jax.jit(solvers.max_rows)
+_greedy = jax.jit(solvers.greedy_split)
+
+
+@settings(max_examples=300)
+@given(layer=small_layers(max_out=30), cluster=clusters(), data=st.data())
+def test_max_rows_is_the_most_rows_that_fit_the_budget(layer, cluster, data):
+    """max_rows on its own (exact_split's fallback to the closed form would hide its errors)."""
+    flops, bandwidth, latency, share = cluster
+    n, total = len(flops), layer.out_height
+    start = [data.draw(st.integers(0, total)) for _ in range(n)]
+    cap = [total - s for s in start]
+    devices = list(zip(flops, bandwidth, latency))
+    # a budget anywhere up to 1.5x the time of the whole remainder on the first active device, or just
+    # above or below the time of some number of rows on it (the boundaries)
+    i = next(k for k, a in enumerate(share) if a > 0)
+    full = reference.device_time(layer, *devices[i], share[i], start[i], max(cap[i], 1))
+    m = data.draw(st.integers(1, max(cap[i], 1)))
+    edge = reference.device_time(layer, *devices[i], share[i], start[i], m)
+    budget = data.draw(st.floats(0.0, 1.5 * full) | st.sampled_from([edge * (1 + 1e-9), edge * (1 - 1e-9)]))
+    with enable_x64():
+        la, cl = as_arrays(layer, flops, bandwidth, latency, jnp.float64)
+        rates = allocation_rates(cl, jnp.asarray(share, jnp.float64))
+        got = np.asarray(_max_rows(la, rates, jnp.asarray(start), jnp.float64(budget), jnp.asarray(cap)))
+    want = [_most_rows(layer, d, a, s0, budget, c) for d, a, s0, c in zip(devices, share, start, cap)]
+    assert got.tolist() == want
+
+
+@settings(max_examples=200)
+@given(layer=small_layers(), cluster=clusters())
+def test_greedy_split_is_feasible_exactly_from_the_optimum_on(layer, cluster):
+    """The greedy pass on its own: a budget just above the brute-force optimum is met (with a split
+    that meets it), one just below is not."""
+    flops, bandwidth, latency, share = cluster
+    devices = list(zip(flops, bandwidth, latency))
+    best, _ = reference.brute_force(layer, devices, share)
+    with enable_x64():
+        la, cl = as_arrays(layer, flops, bandwidth, latency, jnp.float64)
+        rates = allocation_rates(cl, jnp.asarray(share, jnp.float64))
+        ok_above, rows = _greedy(la, rates, jnp.float64(best * (1 + 1e-9)))
+        ok_below, _ = _greedy(la, rates, jnp.float64(best * (1 - 1e-9)))
+    rows = np.asarray(rows)
+    assert bool(ok_above) and not bool(ok_below)
+    assert rows.sum() == layer.out_height
+    assert reference.layer_latency(layer, devices, share, rows) <= best * (1 + 1e-9)
+
+
+def test_exact_beats_the_closed_form_where_it_is_suboptimal_with_the_brute_force_optimum():
+    """Where the closed form is not optimal, exact_split's search (not its fallback to the closed form's
+    rows) must find the optimum: such instances must turn up, and exact must equal brute force there."""
+    rng = np.random.default_rng(13)
+    layers = []
+    while len(layers) < 5000:  # 3xk convolutions of at most 10 output rows, the brute force's size
+        k, s, pt, pb = int(rng.integers(1, 6)), int(rng.integers(1, 4)), int(rng.integers(0, 3)), int(rng.integers(0, 3))
+        h = int(rng.integers(max(1, k - pt - pb), 25))
+        if 1 <= output_size(h, k, s, pt, pb, 1, False) <= 10:
+            layers.append(Layer("conv", int(rng.integers(1, 9)), int(rng.integers(1, 9)), (k, 3), (s, 1),
+                                (pt, pb, 1, 1), in_height=h, in_width=int(rng.integers(k, 13))))
+    f, b = 10 ** rng.uniform(6, 9, (5000, 4)), 10 ** rng.uniform(5, 8, (5000, 4))
+    t = rng.uniform(0.0, 5e-3, (5000, 4))
+    a = rng.choice([0.3, 0.5, 1.0], (5000, 4)) * rng.uniform(0.2, 1.0, (5000, 4))
+    with enable_x64():
+        la, cl = layer_arrays(layers, dtype=jnp.float64), Cluster.create(f, b, t, dtype=jnp.float64)
+        lat = jax.jit(jax.vmap(layer_latency))
+        closed = np.asarray(lat(la, cl, a, jax.jit(jax.vmap(solvers.closed_form_split))(la, cl, a)))
+        rows = np.asarray(jax.jit(jax.vmap(solvers.exact_split))(la, cl, a))
+        exact = np.asarray(lat(la, cl, a, rows))
+    assert (exact <= closed * (1 + 1e-12)).all()
+    better = np.flatnonzero(exact < closed * (1 - 1e-9))
+    assert len(better) >= 10, len(better)  # a few dozen here
+    for i in better:
+        devices = list(zip(np.asarray(cl.flops[i]), np.asarray(cl.bandwidth[i]), np.asarray(cl.latency[i])))
+        best, _ = reference.brute_force(layers[i], devices, list(a[i]))
+        assert reference.layer_latency(layers[i], devices, list(a[i]), rows[i]) == pytest.approx(best, rel=1e-9)
+
+
 @settings(max_examples=300)
 @given(layer=small_layers(max_out=200), cluster=clusters(max_devices=8))
 def test_closed_form_float32_rows_are_valid(layer, cluster):
