@@ -164,6 +164,22 @@ def test_allocate_reports_and_records_the_cleaned_share():
     assert float(served.res_end[slot]) == pytest.approx(float(out["latency"]), rel=1e-6)
 
 
+def test_step_info_describes_the_request_it_served():
+    env, params = envs.make("alloc-v0", load_min=0.4, load_max=1.2, devices_min=2, **SMALL)
+    _, state = jax.jit(env.reset)(jax.random.key(3), params)
+    _, _, reward, _, _, info = jax.jit(env.step)(jax.random.key(4), state, jnp.full(4, 0.5), params)
+    _, out = env.allocate(state, jnp.full(4, 0.5), params)
+    assert int(info["model"]) == int(state.model) and float(info["arrival"]) == float(state.time)
+    assert float(info["load"]) == float(state.load) and 0.4 <= float(info["load"]) <= 1.2
+    assert float(info["group"]) == pytest.approx((float(state.load) - 0.4) / 0.8, rel=1e-5)
+    assert float(info["e_ref"]) == float(state.e_ref[state.model])
+    assert int(info["devices"]) == int(state.present.sum())
+    assert float(info["capacity"]) == pytest.approx(float(jnp.sum(state.cluster.flops * state.present)), rel=1e-6)
+    for name in ("latency", "wait", "exec_time", "utilization", "invalid", "flop"):
+        assert float(info[name]) == pytest.approx(float(out[name]), rel=1e-6), name
+    assert float(reward) == pytest.approx(float(out["reward"]), rel=1e-6)
+
+
 @pytest.mark.parametrize("bad,field", [
     (dict(load_min=2.0, load_max=1.0), "load_min"), (dict(load=0.0), "load_min"), (dict(load=-1.0), "load_min"),
     (dict(flops_min=0.0), "flops_min"), (dict(flops_min=2e11), "flops_min"),
