@@ -38,7 +38,8 @@ def main() -> int:
     ap.add_argument("--select", default="", help="pytest -k expression to run part of the test files")
     ap.add_argument("--lines", default="", help="line ranges to mutate, e.g. 27-69,193-244 (default: all)")
     ap.add_argument("--timeout", type=int, default=2400, help="seconds before the run is stopped")
-    ap.add_argument("--copy", default=None, help="folder for the copy (default: a new temporary one)")
+    ap.add_argument("--copy", default=None, help="folder for the copy (default: a new temporary one); an earlier "
+                    "run's copy resumes it: mutmut's cache keeps the mutants already killed")
     args = ap.parse_args()
     copy = Path(args.copy or tempfile.mkdtemp(prefix="mutation."))
     copy.mkdir(parents=True, exist_ok=True)
@@ -48,7 +49,9 @@ def main() -> int:
     # linked into the copy's package, so its tests import the copy's (mutated) files, not the
     # editable install's
     for part in ("envs", "agents"):
-        (copy / "jaxsplit" / part).symlink_to(Path("..") / part)
+        link = copy / "jaxsplit" / part
+        if not link.is_symlink():  # a reused copy (``--copy``) has it already
+            link.symlink_to(Path("..") / part)
     conftest = copy / "tests" / "conftest.py"
     text = conftest.read_text()
     conftest.write_text(text[:text.index("@pytest.fixture")].replace("import jax\n", "").replace("import pytest\n", ""))
