@@ -120,6 +120,36 @@ def test_max_rows_is_the_most_rows_that_fit_the_budget(layer, cluster, data):
     assert got.tolist() == want
 
 
+def test_max_rows_at_the_borders():
+    """max_rows where the segment starts in the top padding or reaches the bottom one (a segment from
+    the first rows, large paddings, kernels smaller than the stride): the input rows read are
+    clamped there, which random layers of the property test above rarely reach."""
+    rng = np.random.default_rng(1)
+    checked = 0
+    with enable_x64():
+        while checked < 1500:
+            k, s, d = int(rng.integers(1, 8)), int(rng.integers(1, 4)), int(rng.integers(1, 3))
+            pt, pb = int(rng.integers(0, 4)), int(rng.integers(0, 4))
+            h = int(rng.integers(max(1, d * (k - 1) + 1 - pt - pb), 30))
+            out = output_size(h, k, s, pt, pb, d, False)
+            if not 1 <= out <= 30:
+                continue
+            layer = Layer("conv", int(rng.integers(1, 9)), int(rng.integers(1, 9)), (k, 3), (s, 1), (pt, pb, 1, 1),
+                          (d, 1), in_height=h, in_width=8)
+            device = (10 ** rng.uniform(6, 9), 10 ** rng.uniform(5, 8), rng.uniform(0.0, 5e-3))
+            share = float(rng.uniform(0.05, 1.0))
+            start = int(rng.integers(0, min(out, 3))) if rng.random() < 0.5 else int(rng.integers(max(out - 3, 0), out))
+            cap = out - start
+            edge = reference.device_time(layer, *device, share, start, int(rng.integers(1, cap + 1)))
+            whole = reference.device_time(layer, *device, share, start, cap)
+            budget = edge * (1 + rng.choice([1e-9, -1e-9])) if rng.random() < 0.7 else rng.uniform(0, 1.5 * whole)
+            la, cl = as_arrays(layer, [device[0]], [device[1]], [device[2]], jnp.float64)
+            rates = allocation_rates(cl, jnp.asarray([share], jnp.float64))
+            got = int(_max_rows(la, rates, jnp.asarray([start]), jnp.float64(budget), jnp.asarray([cap]))[0])
+            assert got == _most_rows(layer, device, share, start, budget, cap), (layer, device, share, start, budget)
+            checked += 1
+
+
 @settings(max_examples=200)
 @given(layer=small_layers(), cluster=clusters())
 def test_greedy_split_is_feasible_exactly_from_the_optimum_on(layer, cluster):
