@@ -26,8 +26,7 @@ import tyro
 
 from jaxsplit import atomic
 from jaxsplit.agents.run import evaluation_env, load_policy
-from jaxsplit.envs import evaluate, load_cluster, make, policies
-from jaxsplit.envs.evaluation import evaluate_baselines
+from jaxsplit.envs import evaluate, evaluate_baselines, load_cluster, make, policies
 from jaxsplit.envs.evaluation import markdown_table
 from jaxsplit.envs.spec import parse_devices, parse_models
 
