@@ -26,9 +26,36 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Numbers the mutants of the selected lines in mutmut's cache as a full run would (``mutmut run ID``
+# then tests one): mutmut registers them only inside a run, after timing the unmutated tests.
+REGISTER = """
+import sys
+from types import SimpleNamespace
+from mutmut import Context, list_mutations, mutations_by_type
+from mutmut.__main__ import read_patch_data
+from mutmut.cache import register_mutants, update_line_numbers
+module, patch = sys.argv[1:]
+config = SimpleNamespace(covered_lines_by_filename=read_patch_data(patch) if patch else None,
+                         coverage_data=None, mutation_types_to_apply=set(mutations_by_type))
+update_line_numbers(module)
+with open(module) as f:
+    context = Context(source=f.read(), filename=module, config=config, dict_synonyms=[])
+register_mutants({module: list_mutations(context)})
+"""
+
+
+def _ids(text: str) -> list[int]:
+    """``"38,42,48-52"`` -> [38, 42, 48, 49, 50, 51, 52]."""
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out += range(int(lo), int(hi or lo) + 1)
+    return out
 
 
 def main() -> int:
@@ -38,6 +65,8 @@ def main() -> int:
     ap.add_argument("--select", default="", help="pytest -k expression to run part of the test files")
     ap.add_argument("--lines", default="", help="line ranges to mutate, e.g. 27-69,193-244 (default: all)")
     ap.add_argument("--timeout", type=int, default=2400, help="seconds before the run is stopped")
+    ap.add_argument("--only", default="", help="mutant ids to (re)test, e.g. 38,42,48-52: the ids of a run "
+                    "with the same --lines (mutmut numbers the selected mutants in order)")
     ap.add_argument("--copy", default=None, help="folder for the copy (default: a new temporary one); an earlier "
                     "run's copy resumes it: mutmut's cache keeps the mutants already killed")
     args = ap.parse_args()
@@ -69,15 +98,23 @@ def main() -> int:
     print(f"copy: {copy}", flush=True)
     # the derandomised CI profile whatever the caller's shell says: every mutant meets the same examples
     env = {**os.environ, "HYPOTHESIS_PROFILE": "ci"}
-    # its own process group: at the timeout mutmut's worker and the test run go with it (killing
-    # mutmut alone left them running)
-    proc = subprocess.Popen(cmd, cwd=copy, env=env, start_new_session=True)
-    try:
-        proc.wait(timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        print(f"stopped after {args.timeout} s; the results so far:", flush=True)
+    runs = [cmd]
+    if args.only:
+        subprocess.run([sys.executable, "-c", REGISTER, args.module, "selection.patch" if args.lines else ""],
+                       cwd=copy, env=env, check=True)
+        runs = [cmd[:2] + [str(i)] + cmd[2:] for i in _ids(args.only)]
+    deadline = time.monotonic() + args.timeout
+    for run in runs:
+        # its own process group: at the timeout mutmut's worker and the test run go with it (killing
+        # mutmut alone left them running)
+        proc = subprocess.Popen(run, cwd=copy, env=env, start_new_session=True)
+        try:
+            proc.wait(timeout=max(deadline - time.monotonic(), 1.0))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            print(f"stopped after {args.timeout} s; the results so far:", flush=True)
+            break
     subprocess.run(["mutmut", "results"], cwd=copy, env=env)
     return 0
 
