@@ -110,8 +110,10 @@ def _z(events: np.ndarray, prob: np.ndarray) -> float:
     return float((events.sum() - prob.sum()) / np.sqrt(np.sum(prob * (1 - prob))))
 
 
-def test_churn_leave_and_return_follow_their_definition():
-    churn, rejoin, load, num_envs, steps = 0.5, 1.0, 1.0, 256, 48
+# total rates c + r above and below 1 per E_ref-mean: (1 - e^{-(c+r)t}) / (c + r) divides by c + r
+@pytest.mark.parametrize("churn, rejoin", [(0.5, 1.0), (0.2, 0.4)])
+def test_churn_leave_and_return_follow_their_definition(churn, rejoin):
+    load, num_envs, steps = 1.0, 256, 48
     env, params = envs.make("alloc-any-v0", requests=10_000, slots=4, models=("alexnet",), load=load, churn=churn,
                             rejoin=rejoin)
     keys = jax.random.split(jax.random.key(0), num_envs)
