@@ -108,8 +108,13 @@ def test_two_workers_share_a_sqlite_study_and_survive_a_killed_one(tmp_path, com
 def test_interrupted_sweep_resumes_without_duplicates(tmp_path, compilation_cache):
     out = tmp_path / "sweep"
     storage = f"sqlite:///{out / 'study.db'}"
-    proc = subprocess.Popen(_command(out, 4), env=_env(compilation_cache), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    # Python's Ctrl-C handler in the worker whatever pytest was started from: a shell without job
+    # control starts a background job (and so this worker) with SIGINT ignored, and Python keeps that
+    cmd = _command(out, 4)
+    cmd[1:3] = ["-c", "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                      "from jaxsplit.cli import main; sys.exit(main())"]
+    proc = subprocess.Popen(cmd, env=_env(compilation_cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     try:
         _wait_for(lambda: bool(glob.glob(str(out / "populations" / "*" / "checkpoints" / "*"))), 300, [proc])
         proc.send_signal(signal.SIGINT)
