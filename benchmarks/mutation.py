@@ -10,6 +10,9 @@ mutants to line ranges of the module (through a patch file that "adds" those lin
     python benchmarks/mutation.py jaxsplit/layers.py --lines 27-69,193-244 \\
         --tests tests/test_layers.py tests/test_zoo.py --timeout 2400
 
+``--only 12,34,40-45`` retests the listed mutants of an earlier run with the same ``--lines`` (say, its
+survivors against the tests written since): mutmut numbers the selected mutants in the same order.
+
 Prints mutmut's results (the ids of surviving mutants; ``mutmut show ID`` in the copy shows one).
 Leave ``mutmut results`` and ``mutmut show`` alone while a run is going: they resynchronise the cache
 with the module on disk, which then holds a mutant, drop that line's mutants and stop the run. To
