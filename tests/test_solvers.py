@@ -388,6 +388,95 @@ def test_equal_and_proportional():
     assert np.asarray(solvers.proportional_split(la, cl, share)).tolist() == [1, 3, 0, 6]
 
 
+def test_proportional_split_is_the_largest_remainder_of_the_exact_shares():
+    """MoDNN's rule against exact rational arithmetic: n_i = floor(H f_i / sum f), then one more row to
+    each of the devices with the largest fractional parts (the first on equal parts), f_i = a_i F_i.
+    Capacities span 1e3 to 3e13 FLOP/s (so an inactive device's placeholder would show in the sum);
+    about half the instances repeat a device, whose fractional parts then tie exactly. Instances whose
+    parts come within float32 round-off of each other or of an integer are left out."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(11)
+    batch, n = 3000, 6
+    la, _, _, _ = sampling.random_batch(rng, batch, n, max_height=600)
+    scale = 10.0 ** rng.uniform(3, 12, (batch, 1))  # an instance's devices within 30x of each other
+    flops = (scale * 10.0 ** rng.uniform(0, 1.5, (batch, n))).astype(np.float32)
+    share = rng.choice([0.0, 1.0, 0.5, 0.25], (batch, n)) * rng.choice([1.0, rng.uniform(0.01, 1.0)], (batch, n))
+    share = share.astype(np.float32)
+    share[np.arange(batch), rng.integers(0, n, batch)] = 1.0
+    twin = rng.random(batch) < 0.5  # device j repeats device i: the same f, an exact tie
+    i, j = rng.integers(0, n, batch), rng.integers(0, n, batch)
+    flops[twin, j[twin]], share[twin, j[twin]] = flops[twin, i[twin]], share[twin, i[twin]]
+    cl = Cluster(jnp.asarray(flops), jnp.full((batch, n), np.inf, np.float32), jnp.zeros((batch, n), np.float32))
+    got = np.asarray(jax.jit(jax.vmap(solvers.proportional_split))(la, cl, jnp.asarray(share)))
+    heights = np.asarray(la.out_height)
+    f = share * flops  # float32 products, as the solver forms them
+    checked = ties = 0
+    for b in range(batch):
+        total, active = int(heights[b]), f[b] > 0
+        exact = [Fraction(float(v)) for v in f[b]]
+        whole = sum(v for v, on in zip(exact, active) if on)
+        ideal = [v * total / whole if on else Fraction(0) for v, on in zip(exact, active)]
+        frac = np.array([float(v - int(v)) for v in ideal])
+        margin = 4e-6 * total  # float32 round-off of f / sum(f) * H, with room
+        parts = sorted({(float(exact[k]), frac[k]) for k in np.flatnonzero(active)}, key=lambda p: p[1])
+        apart = all(b2[1] - a2[1] > 2 * margin for a2, b2 in zip(parts, parts[1:]))
+        if not apart or any(min(p[1], 1 - p[1]) < margin for p in parts if p[1] > 0) or total < 2:
+            continue
+        want = np.array([int(v) for v in ideal])
+        order = sorted(np.flatnonzero(active), key=lambda k: (-frac[k], k))
+        want[order[:total - want.sum()]] += 1
+        checked += 1
+        ties += len(parts) < active.sum()
+        assert got[b].tolist() == want.tolist(), (b, total, f[b].tolist())
+    assert checked > 2000 and ties > 600, (checked, ties)  # 2,450 and 792 here
+
+
+@pytest.mark.parametrize("name", sorted(solvers.SOLVERS))
+def test_every_solver_puts_every_row_on_a_lone_device(name):
+    """A cluster of one device (the coordinator alone, or one remote device) in the default float32."""
+    rng = np.random.default_rng(12)
+    la, cl, a, _ = sampling.random_batch(rng, 8, 1)
+    cl = Cluster(cl.flops, np.where(np.arange(8)[:, None] % 2, cl.bandwidth, np.inf).astype(np.float32),
+                 cl.latency)
+    a = np.maximum(a, np.float32(0.5))
+    rows = np.asarray(solvers.solve_batch(name, la, cl, jnp.asarray(a)))
+    assert rows[:, 0].tolist() == np.asarray(la.out_height).tolist()
+
+
+def test_rebalance_reaches_its_fixed_point_on_tall_layers():
+    """Tall layers (200 to 2,000 rows) on clusters whose devices differ up to 1,000x, where EdgeLD's
+    walk from the equal split takes hundreds of moves: no move of a row from the slowest device to
+    the fastest other active one lowers the latency of the split returned."""
+    rng = np.random.default_rng(13)
+    batch, n = 64, 5
+    with enable_x64():
+        layers = [Layer("conv", 8, 8, (3, 3), (1, 1), (1, 1, 1, 1), in_height=int(h), in_width=16)
+                  for h in rng.integers(200, 2001, batch)]
+        la = layer_arrays(layers, dtype=jnp.float64)
+        flops = 1e9 * 10.0 ** rng.uniform(0, 3, (batch, n))
+        bandwidth = np.full((batch, n), np.inf)
+        cl = Cluster(jnp.asarray(flops), jnp.asarray(bandwidth), jnp.zeros((batch, n)))
+        share = np.where(rng.random((batch, n)) < 0.8, 1.0, 0.0)
+        share[:, 0] = 1.0
+        a = jnp.asarray(share)
+        rows = np.asarray(jax.jit(jax.vmap(solvers.rebalance_split))(la, cl, a))
+        times = jax.jit(jax.vmap(lambda l, c, s, r: device_times(l, allocation_rates(c, s), r)))
+        t = np.asarray(times(la, cl, a, jnp.asarray(rows)))
+        slow = np.argmax(t, axis=1)
+        others = np.where((share > 0) & (np.arange(n) != slow[:, None]), t, np.inf)
+        fast = np.argmin(others, axis=1)
+        cand = rows.copy()
+        cand[np.arange(batch), slow] -= 1
+        cand[np.arange(batch), fast] += 1
+        cand_max = np.asarray(times(la, cl, a, jnp.asarray(cand))).max(axis=1)
+        movable = (rows[np.arange(batch), slow] > 0) & np.isfinite(others.min(axis=1))
+        equal = np.asarray(jax.vmap(solvers.equal_split)(la, cl, a))
+    assert (rows.sum(1) == np.asarray(la.out_height)).all()
+    assert np.abs(rows - equal).sum(1).max() > 2 * 300  # hundreds of moves were needed
+    assert not (movable & (cand_max < t.max(axis=1) * (1 - 1e-12))).any()
+
+
 def test_batch_equals_per_instance_and_no_retrace():
     rng = np.random.default_rng(2)
     la, cl, a, _ = sampling.random_batch(rng, 64, 4)
