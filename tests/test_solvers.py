@@ -391,7 +391,7 @@ def test_equal_and_proportional():
 def test_proportional_split_is_the_largest_remainder_of_the_exact_shares():
     """MoDNN's rule against exact rational arithmetic: n_i = floor(H f_i / sum f), then one more row to
     each of the devices with the largest fractional parts (the first on equal parts), f_i = a_i F_i.
-    Capacities span 1e3 to 3e13 FLOP/s (so an inactive device's placeholder would show in the sum);
+    Capacities span 1e3 to 3e13 FLOP/s;
     about half the instances repeat a device, whose fractional parts then tie exactly. Instances whose
     parts come within float32 round-off of each other or of an integer are left out."""
     from fractions import Fraction
