@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings, strategies as st
+from hypothesis import assume, example, given, settings, strategies as st
 enable_x64 = lambda: jax.enable_x64(True)  # noqa: E731
 
 from jaxsplit import reference, sampling, solvers
@@ -432,6 +432,22 @@ def test_proportional_split_is_the_largest_remainder_of_the_exact_shares():
     assert checked > 2000 and ties > 600, (checked, ties)  # 2,450 and 792 here
 
 
+@pytest.mark.parametrize("flops, share, height, want", [
+    ([3e9, 1e9, 2e9], [1.0, 1.0, 0.0], 6, [5, 1, 0]),  # ideal 4.5, 1.5: the tie goes to the first
+    ([2e9, 3e9, 1e9], [0.0, 1.0, 1.0], 2, [0, 2, 0]),  # ideal 1.5, 0.5
+    ([3e9, 5e9, 4e9, 1e9], [1.0, 0.0, 0.0, 1.0], 10, [8, 0, 0, 2]),  # ideal 7.5, 2.5
+])
+def test_proportional_split_gives_an_absent_device_no_weight(flops, share, height, want):
+    """Absent devices (share 0) take no part in the proportions, in float64 where a weight as small
+    as 1 FLOP/s beside 4e9 would move a fractional part by 1e-9 and turn a tie between devices of
+    different capacity (parts 0.5 and 0.5) the other way."""
+    layer = Layer("conv", 4, 4, (1, 1), (1, 1), (0, 0, 0, 0), in_height=height, in_width=8)
+    with enable_x64():
+        la, cl = as_arrays(layer, flops, [np.inf] * len(flops), [0.0] * len(flops), jnp.float64)
+        rows = solvers.proportional_split(la, cl, jnp.asarray(share, jnp.float64))
+    assert np.asarray(rows).tolist() == want
+
+
 @pytest.mark.parametrize("name", sorted(solvers.SOLVERS))
 def test_every_solver_puts_every_row_on_a_lone_device(name):
     """A cluster of one device (the coordinator alone, or one remote device) in the default float32."""
@@ -562,10 +578,14 @@ _rebalance = jax.jit(solvers.rebalance_split)
 
 @settings(max_examples=80)
 @given(layer=small_layers(max_out=40), cluster=clusters())
+# identical devices and a layer without halo: the move from the equal split 3, 2, 2 only swaps which
+# device holds 3 rows, the latency stays the same, and EdgeLD stops there
+@example(layer=Layer("conv", 4, 4, (1, 1), (1, 1), (0, 0, 0, 0), in_height=7, in_width=8),
+         cluster=([1e9] * 3, [np.inf] * 3, [0.0] * 3, [1.0] * 3))
 def test_rebalance_is_edgeld_from_the_equal_split_to_its_fixed_point(layer, cluster):
     """EdgeLD's rule written out: from the equal split, move one row from the slowest device to the
-    fastest other active one while that lowers the layer latency; the result is the first split
-    where the move does not help."""
+    fastest other active one while that strictly lowers the layer latency; the result is the first
+    split where the move does not help."""
     flops, bandwidth, latency, share = cluster
     with enable_x64():
         la, cl = as_arrays(layer, flops, bandwidth, latency, jnp.float64)
