@@ -394,7 +394,12 @@ def proportional_split(layer: LayerArrays, cluster: Cluster, share: jax.Array) -
 def rebalance_split(layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
     """EdgeLD-style rebalancing: from the equal split, move one row at a time from the slowest device
     to the fastest active one while the exact layer latency falls. Ends (a while loop) when a move
-    no longer helps; at most H_out * N moves."""
+    no longer helps; at most H_out * N moves. Rows (N,) int32."""
+    return rebalance_moves(layer, cluster, share)[0]
+
+
+def rebalance_moves(layer: LayerArrays, cluster: Cluster, share: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """:func:`rebalance_split`'s rows (N,) int32 and the number of moves it made (int32 scalar)."""
     rates = allocation_rates(cluster, share)
     rows0 = equal_split(layer, cluster, share)
     idx = jnp.arange(share.shape[-1])
@@ -416,8 +421,8 @@ def rebalance_split(layer: LayerArrays, cluster: Cluster, share: jax.Array) -> j
         return jnp.where(ok, cand, rows), jnp.where(ok, cand_best, best), ok, count + 1
 
     best0 = jnp.max(device_times(layer, rates, rows0))
-    rows, *_ = jax.lax.while_loop(cond, body, (rows0, best0, jnp.array(True), jnp.zeros((), jnp.int32)))
-    return rows
+    rows, _, moved, count = jax.lax.while_loop(cond, body, (rows0, best0, jnp.array(True), jnp.zeros((), jnp.int32)))
+    return rows, count - 1 + moved.astype(jnp.int32)  # every pass but a last one that did not move
 
 
 def lp_split(layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
