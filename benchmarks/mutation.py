@@ -87,8 +87,11 @@ def main() -> int:
     conftest = copy / "tests" / "conftest.py"
     text = conftest.read_text()
     conftest.write_text(text[:text.index("@pytest.fixture")].replace("import jax\n", "").replace("import pytest\n", ""))
+    # mutmut 2 counts only exit status 1 as killed; a mutant that breaks the import (pytest's status 2,
+    # a collection error) is caught by the tests as well, so every failing status is reported as 1
+    pytest = "python -c \"import sys, pytest; sys.exit(1 if pytest.main(sys.argv[1:]) else 0)\""
     cmd = ["mutmut", "run", "--paths-to-mutate", args.module, "--tests-dir", "tests", "--no-progress",
-           "--runner", "python -m pytest -x -q -p no:cacheprovider " + " ".join(args.tests)
+           "--runner", pytest + " -x -q -p no:cacheprovider " + " ".join(args.tests)
            + (f" -k '{args.select}'" if args.select else "")]
     if args.lines:
         lines = (copy / args.module).read_text().splitlines()
