@@ -54,6 +54,25 @@ def test_equal_split_exec_times_are_the_reference_sums():
     np.testing.assert_allclose(one, want[:2], rtol=1e-9)
 
 
+def test_exec_times_count_every_layer_once_whatever_the_chunk():
+    """The array path's chunking against the reference sums, for chunks that end exactly on the
+    batch's last layer-instance, one before it, one after it, or leave it alone in a chunk, with the
+    widest model last (its last layer is where a position past the batch is clamped to)."""
+    rng = np.random.default_rng(12)
+    with enable_x64():
+        engine = RequestLatency(MODELS, SIZE, Q, 3, split="equal", dtype=jnp.float64)
+        sizes = np.asarray(engine.catalogue.size)
+        model = np.array([0, 1, 2, int(np.argmax(sizes))])
+        f, b, t, a, _ = random_requests(rng, len(model), 3)
+        want = [reference_time(MODELS[m], list(zip(f[i], b[i], t[i])), a[i],
+                               lambda layer, i=i: equal_rows(layer.out_height, a[i])) for i, m in enumerate(model)]
+        total = int(sizes[model].sum())
+        args = (Cluster.create(f, b, t, dtype=jnp.float64), jnp.asarray(a), jnp.asarray(model, jnp.int32))
+        for chunk in (total, total - 1, total + 1, total // 2, (total - 1) // 2, 3):
+            engine.chunk = chunk
+            np.testing.assert_allclose(np.asarray(engine.exec_times(*args)), want, rtol=1e-9, err_msg=f"chunk {chunk}")
+
+
 def test_closed_form_exec_times_are_the_reference_sums_of_its_rows():
     rng = np.random.default_rng(8)
     f, b, t, a, model = random_requests(rng, 4, 3)
