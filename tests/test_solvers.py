@@ -557,6 +557,10 @@ def _affine_costs(layer, flops, bandwidth, latency, share):
 # 1.02 rows to 0.998
 @example(layer=Layer("conv", 2, 4, (1, 1), (2, 1), (0, 0, 0, 0), in_height=13, in_width=5),
          cluster=([1.31e6, 4.45e6, 2.72e7], [np.inf, 6.82e5, 4.44e7], [0.0, 2.91e-4, 3.24e-3], [1.0, 1.0, 1.0]))
+# two absent devices: given a row of room each, the LP would park rows there at no cost
+@example(layer=Layer("conv", 5, 4, (3, 1), (2, 1), (0, 0, 0, 0), in_height=22, in_width=11),
+         cluster=([3.899e8, 8.782e8, 7.441e8, 2.794e6], [8.277e7, 4.675e7, 2.932e7, 2.754e6],
+                  [1.162e-3, 4.009e-3, 4.618e-3, 1.331e-3], [0.0, 0.0, 0.4483, 1.0]))
 def test_lp_split_is_the_rounded_lp_optimum(layer, cluster):
     """The LP of min T s.t. T >= (alpha_i / H + beta_i) n_i, sum n_i = H has the optimum
     n_i = H / (c_i sum_j 1 / c_j) with c_i = alpha_i / H + beta_i (every active device finishes at
