@@ -581,6 +581,19 @@ def test_lp_split_is_the_rounded_lp_optimum(layer, cluster):
     assert rows.tolist() == want.tolist()
 
 
+def test_lp_split_keeps_an_lp_optimum_of_whole_rows():
+    """Where the LP optimum is a whole number of rows on every device it is the split, unchanged:
+    no row is floored away and handed out again, and none is added and taken back. Two devices with
+    infinite bandwidth: the local one at 1 ms a row, the other at 0.5 ms a row after 4.5 ms of
+    messages; on 3 rows c = (1 ms, 1.5 ms + 0.5 ms), so the optimum is n = (2, 1)."""
+    layer = Layer("conv", 4, 4, (1, 1), (1, 1), (0, 0, 0, 0), in_height=3, in_width=8)
+    work = layer.row_work  # FLOP per output row
+    with enable_x64():
+        la, cl = as_arrays(layer, [work / 1e-3, work / 0.5e-3], [np.inf, np.inf], [0.0, 2.25e-3], jnp.float64)
+        rows = solvers.lp_split(la, cl, jnp.asarray([1.0, 1.0], jnp.float64))
+    assert np.asarray(rows).tolist() == [2, 1]
+
+
 _rebalance_moves = jax.jit(solvers.rebalance_moves)
 
 
