@@ -305,6 +305,44 @@ def test_rollout_bootstraps_a_truncated_episode_from_its_final_observation():
     assert not np.allclose(np.asarray(v_reset)[truncated[:-1]], np.asarray(v_next)[:-1][truncated[:-1]])
 
 
+@pytest.mark.parametrize("groups", [1, 2])
+def test_rollout_scales_rewards_by_the_running_spread_of_discounted_returns(groups):
+    """With reward normalisation, each reward is divided by the running standard deviation of the
+    discounted returns (per hardness group with reward_groups > 1): numpy's running returns, reset
+    after an episode ends, and Chan's merge of each step's batch of returns, against the rollout."""
+    env = TinyEnv(episode_len=3)
+    config = PPOConfig(**{**SMALL, "num_envs": 4, "num_steps": 8, "num_minibatches": 1, "total_timesteps": 32,
+                          "normalize_obs": False, "normalize_reward": True, "reward_groups": groups, "gamma": 0.9})
+    trainer = Trainer(config, env, env.default_params())
+    hp = trainer.default_hparams()
+    runner = jax.jit(trainer.init)(jax.random.PRNGKey(5), hp)
+    runner, traj = jax.jit(trainer.rollout)(runner, hp)
+    raw, done = np.asarray(traj.raw_reward, np.float64), np.asarray(traj.truncated | traj.terminated)
+    params = env.default_params()
+    span = float(params.hardness_hi - params.hardness_lo)
+    hardness = np.asarray(traj.obs)[..., env.dim + 1]  # the episode's hardness, in each step's observation
+    group = np.clip(np.floor(np.clip((hardness - float(params.hardness_lo)) / span, 0, 1) * groups), 0, groups - 1)
+    group = group.astype(int) if groups > 1 else np.zeros(raw.shape, int)
+    mean, var, count = np.zeros(groups), np.ones(groups), np.full(groups, 1e-4)
+    returns, want = np.zeros(raw.shape[1]), np.zeros(raw.shape)
+    for t in range(raw.shape[0]):
+        returns = returns * 0.9 + raw[t]
+        for g in range(groups):
+            x = returns[group[t] == g]
+            if x.size:
+                total = count[g] + x.size
+                delta = x.mean() - mean[g]
+                var[g] = (var[g] * count[g] + x.var() * x.size + delta**2 * count[g] * x.size / total) / total
+                mean[g], count[g] = mean[g] + delta * x.size / total, total
+        want[t] = raw[t] / np.sqrt(var[group[t]] + 1e-8)
+        returns = np.where(done[t], 0.0, returns)
+    assert done.any() and (groups == 1 or len(np.unique(group)) > 1)
+    assert not np.allclose(want, raw, rtol=1e-2)  # the scaling is not the identity here
+    np.testing.assert_allclose(np.asarray(traj.reward), want, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(runner.returns), returns, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(runner.ret_stats.var).reshape(-1), var[:groups], rtol=1e-4)
+
+
 def _loss_reference(alpha, beta_, value, action, old_log_prob, old_value, adv, target, clip, vf, ent):
     """PPO's loss written out in numpy and scipy: the clipped surrogate on standardised advantages,
     the clipped value loss, the entropy bonus."""

@@ -355,6 +355,17 @@ def test_refinement_never_worse_than_plain_rounding():
     assert np.mean(np.asarray(refined)) < np.mean(np.asarray(plain))
 
 
+def test_every_solver_is_registered_under_the_name_the_command_line_takes():
+    """The solver registry is what ``--solver`` offers (``jaxsplit split``), and the solvers run on
+    the host are some of them."""
+    import typing
+
+    from jaxsplit.commands.split import SolverName
+
+    assert sorted(solvers.SOLVERS) == sorted(typing.get_args(SolverName))
+    assert solvers.HOST_SOLVERS == {"lp"} and solvers.get_solver("lp") is solvers.lp_split
+
+
 @pytest.mark.parametrize("name", sorted(solvers.SOLVERS))
 def test_every_solver_gives_valid_rows(name):
     rng = np.random.default_rng(5)
