@@ -190,6 +190,41 @@ def test_bad_flags_raise_value_error_naming_the_field(tmp_path, flag, value, fie
     assert not (tmp_path / "x").exists()  # nothing written
 
 
+@pytest.mark.parametrize("flags", [["--log-every", "1"], ["--checkpoint-every", "1"], ["--eval-episodes", "1"],
+                                   ["--eval-requests", "2"], ["--eval-warmup", "0"], ["--eval-warmup", "0.99"],
+                                   ["--eval-loads", "0.01", "1.5"], ["--resume"], ["--overwrite"]])
+def test_bad_flags_spare_the_values_at_their_bounds(flags):
+    """The smallest valid value of each run option passes the checks (one of a kind each)."""
+    train.validate(tyro.cli(train.TrainArgs, args=flags))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--log-every", "0"], "--log-every must be >= 1, got 0"),
+    (["--checkpoint-every", "0"], "--checkpoint-every must be >= 1, got 0"),
+    (["--eval-episodes", "0"], "--eval-episodes must be >= 1, got 0"),
+    (["--eval-requests", "1"], "--eval-requests must be >= 2, got 1"),
+    (["--eval-warmup", "1"], "--eval-warmup must be in [0, 1), got 1.0"),
+    (["--eval-warmup", "-0.1"], "--eval-warmup must be in [0, 1), got -0.1"),
+    (["--eval-loads", "0.5", "0"], "--eval-loads must be positive, got (0.5, 0.0)"),
+    (["--eval-loads", "nan"], "--eval-loads must be positive, got (nan,)"),
+    (["--eval-policies", "myopic", "greedy"], "--eval-policies: unknown baseline 'greedy'; known: " + ", ".join(policies.POLICIES)),
+    (["--resume", "--overwrite"], "--resume and --overwrite exclude each other")])
+def test_bad_flags_past_their_bounds_are_named_in_full(flags, message):
+    with pytest.raises(ValueError) as err:
+        train.validate(tyro.cli(train.TrainArgs, args=flags))
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize("argv, empty", [
+    (["--out", ""], True), (["--out", "  "], True), (["--out="], True), (["--seed", "1", "--out", ""], True),
+    (["--out", "x"], False), (["--out=x"], False), (["--out"], False), (["--seed", "", "--out", "x"], False),
+    (["", "--out", "x"], False), (["--out", "x", "--seed", ""], False)])
+def test_bad_flags_an_empty_out_is_told_from_a_missing_or_other_value(argv, empty):
+    """``--out ''`` is refused before tyro reads it as the current folder; an empty value of another
+    option, or ``--out`` with no value at all (tyro's own error), is not taken for one."""
+    assert train._empty_out(argv) is empty
+
+
 class _Stop(Exception):
     """Raised where the training loop would start: the run folder and its trainer exist by then."""
 
