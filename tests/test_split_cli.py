@@ -214,3 +214,15 @@ def test_vmapped_solver_on_a_batch_that_is_not_a_whole_number_of_blocks(name):
         sub = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[idx]), (la, cl))
         parts.append(np.asarray(one(*sub, jnp.asarray(share[idx])))[: min(piece, batch - at)])
     assert np.array_equal(whole, np.concatenate(parts))
+
+
+def test_a_batch_is_padded_to_the_next_power_of_two_rows():
+    """Batches of (instance, layer) rows are padded to a power of two, so that a stream of batches of
+    nearby sizes reuses a few compiled programs; the padding is dropped from the result."""
+    from jaxsplit import plan
+
+    assert [plan._bucket(n) for n in (1, 2, 3, 4, 5, 8, 9, 1000)] == [1, 2, 4, 4, 8, 8, 16, 1024]
+    inst = parse_instance(example_instance("resnet18"))
+    layers, cluster, share, real = plan.flatten([inst, inst, inst])
+    assert real == 3 * len(inst.layers) and share.shape[0] == plan._bucket(real) > real
+    assert cluster.flops.shape == share.shape and layers.out_height.shape == share.shape[:1]
