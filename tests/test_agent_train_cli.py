@@ -263,3 +263,35 @@ def test_every_train_flag_reaches_config_json_through_the_command(tmp_path, monk
     assert (float(params.devices_min), float(params.devices_max)) == (2, 3)
     assert (float(params.churn), float(params.rejoin)) == pytest.approx((0.3, 0.6))
     assert wrapped.form == "common" and not wrapped.discrete and wrapped.levels == 0
+
+
+def test_overwrite_removes_the_runs_files_through_the_command(tmp_path, monkeypatch):
+    """``jaxsplit train --overwrite`` over another run's folder: by the time training starts, the run's
+    own files are gone and the user's are kept."""
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("config.json", "metrics.jsonl", "report.md"):
+        (out / name).write_text("old")
+    (out / "notes.txt").write_text("mine")
+    seen = []
+
+    def stop(config, run_dir, *_args, **_kwargs):
+        seen.append(sorted(p.name for p in Path(run_dir).iterdir()))
+        raise _Stop
+
+    monkeypatch.setattr(train, "train_run", stop)
+    with pytest.raises(_Stop):
+        train.main(["--out", str(out), "--overwrite", *TINY])
+    assert seen == [["notes.txt"]]
+
+
+def test_bad_flags_an_empty_out_is_refused_in_full_by_the_command(tmp_path):
+    with pytest.raises(ValueError) as err:
+        train.main(["--out", "", *TINY])
+    assert str(err.value) == "--out: an empty path; name a run folder"
+
+
+def test_bad_flags_usage_names_the_command(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    assert "usage: jaxsplit train " in capsys.readouterr().out
