@@ -226,3 +226,21 @@ def test_a_batch_is_padded_to_the_next_power_of_two_rows():
     layers, cluster, share, real = plan.flatten([inst, inst, inst])
     assert real == 3 * len(inst.layers) and share.shape[0] == plan._bucket(real) > real
     assert cluster.flops.shape == share.shape and layers.out_height.shape == share.shape[:1]
+
+
+def test_solve_instances_defaults_to_the_closed_form_and_names_a_bad_instance_of_a_batch():
+    """The library call: the closed form unless told otherwise; an instance built in Python outside
+    the numeric contract is refused naming its field, with its place when it is one of several."""
+    import dataclasses
+
+    from jaxsplit.instance import Device
+
+    inst = parse_instance(example_instance("resnet18"))
+    assert np.array_equal(solve_instances([inst])[0].rows, solve_instances([inst], "closed_form")[0].rows)
+    bad = dataclasses.replace(inst, devices=(Device(flops=-1.0),) + inst.devices[1:])
+    with pytest.raises(ValueError) as err:
+        solve_instances([bad])
+    assert str(err.value).startswith("field 'devices[0].flops'")
+    with pytest.raises(ValueError) as err:
+        solve_instances([inst, bad])
+    assert str(err.value).startswith("instance 1: field 'devices[0].flops'")
