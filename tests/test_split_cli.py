@@ -244,3 +244,7 @@ def test_solve_instances_defaults_to_the_closed_form_and_names_a_bad_instance_of
     with pytest.raises(ValueError) as err:
         solve_instances([inst, bad])
     assert str(err.value).startswith("instance 1: field 'devices[0].flops'")
+    # a layer without a name is called by its kind and place
+    named = dataclasses.replace(inst, layers=(dataclasses.replace(inst.layers[0], name="stem"),)
+                                + tuple(dataclasses.replace(layer, name="") for layer in inst.layers[1:3]))
+    assert solve_instances([named])[0].names == ("stem", f"{inst.layers[1].kind}1", f"{inst.layers[2].kind}2")
