@@ -207,7 +207,8 @@ def test_bad_flags_spare_the_values_at_their_bounds(flags):
     (["--eval-warmup", "-0.1"], "--eval-warmup must be in [0, 1), got -0.1"),
     (["--eval-loads", "0.5", "0"], "--eval-loads must be positive, got (0.5, 0.0)"),
     (["--eval-loads", "nan"], "--eval-loads must be positive, got (nan,)"),
-    (["--eval-policies", "myopic", "greedy"], "--eval-policies: unknown baseline 'greedy'; known: " + ", ".join(policies.POLICIES)),
+    (["--eval-policies", "myopic", "greedy"],
+     "--eval-policies: unknown baseline 'greedy'; known: " + ", ".join(policies.POLICIES)),
     (["--resume", "--overwrite"], "--resume and --overwrite exclude each other")])
 def test_bad_flags_past_their_bounds_are_named_in_full(flags, message):
     with pytest.raises(ValueError) as err:
