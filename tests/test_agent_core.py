@@ -310,9 +310,9 @@ def test_rollout_scales_rewards_by_the_running_spread_of_discounted_returns(grou
     """With reward normalisation, each reward is divided by the running standard deviation of the
     discounted returns (per hardness group with reward_groups > 1): numpy's running returns, reset
     after an episode ends, and Chan's merge of each step's batch of returns, against the rollout."""
-    env = TinyEnv(episode_len=3)
+    env, gamma = TinyEnv(episode_len=3), 0.9
     config = PPOConfig(**{**SMALL, "num_envs": 4, "num_steps": 8, "num_minibatches": 1, "total_timesteps": 32,
-                          "normalize_obs": False, "normalize_reward": True, "reward_groups": groups, "gamma": 0.9})
+                          "normalize_obs": False, "normalize_reward": True, "reward_groups": groups, "gamma": gamma})
     trainer = Trainer(config, env, env.default_params())
     hp = trainer.default_hparams()
     runner = jax.jit(trainer.init)(jax.random.PRNGKey(5), hp)
@@ -322,11 +322,11 @@ def test_rollout_scales_rewards_by_the_running_spread_of_discounted_returns(grou
     span = float(params.hardness_hi - params.hardness_lo)
     hardness = np.asarray(traj.obs)[..., env.dim + 1]  # the episode's hardness, in each step's observation
     group = np.clip(np.floor(np.clip((hardness - float(params.hardness_lo)) / span, 0, 1) * groups), 0, groups - 1)
-    group = group.astype(int) if groups > 1 else np.zeros(raw.shape, int)
+    group = group.astype(int)
     mean, var, count = np.zeros(groups), np.ones(groups), np.full(groups, 1e-4)
     returns, want = np.zeros(raw.shape[1]), np.zeros(raw.shape)
     for t in range(raw.shape[0]):
-        returns = returns * 0.9 + raw[t]
+        returns = returns * gamma + raw[t]
         for g in range(groups):
             x = returns[group[t] == g]
             if x.size:
