@@ -114,6 +114,9 @@ class Layer:
       in_height: H, input rows.
       in_width: W, input columns.
       name: a label (a module path for models read from PyTorch).
+      inputs: the graph (MODEL.md section 7): the names of the earlier layers whose outputs this
+        layer reads, costless nodes (residual adds, concatenations, activations) folded; ``None``
+        reads the previous layer (the model input for the first), ``()`` the model input.
     """
 
     kind: str
@@ -128,6 +131,7 @@ class Layer:
     in_height: int = 1
     in_width: int = 1
     name: str = ""
+    inputs: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -138,6 +142,9 @@ class Layer:
         w = where
         if self.name:
             w = f"{where}layer '{self.name}': "
+        if self.inputs is not None and (not isinstance(self.inputs, tuple) or not all(
+                isinstance(v, str) and v for v in self.inputs)):
+            raise ValueError(f"{w}field 'inputs' must be a list of layer names, got {self.inputs!r}")
         if self.kind not in LAYER_KINDS:
             raise ValueError(f"{w}field 'type' must be one of {', '.join(LAYER_KINDS)}, got {self.kind!r}")
         for field in ("in_channels", "out_channels", "groups", "in_height", "in_width"):
@@ -273,31 +280,39 @@ class Layer:
                  "in_height": self.in_height, "in_width": self.in_width}
         if self.name:
             d["name"] = self.name
+        if self.inputs is not None:
+            d["inputs"] = list(self.inputs)
         return d
 
 
 def conv(in_channels: int, out_channels: int, kernel: int | Sequence[int], in_height: int, in_width: int,
          stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
-         dilation: int | Sequence[int] = 1, groups: int = 1, name: str = "") -> Layer:
+         dilation: int | Sequence[int] = 1, groups: int = 1, name: str = "",
+         inputs: Sequence[str] | None = None) -> Layer:
     """A ``conv`` layer; ``padding`` is p, (ph, pw) or (top, bottom, left, right)."""
     return Layer("conv", in_channels, out_channels, _pair(_listify(kernel), "kernel", ""),
                  _pair(_listify(stride), "stride", ""), _padding4(_listify(padding), ""),
-                 _pair(_listify(dilation), "dilation", ""), groups, False, in_height, in_width, name)
+                 _pair(_listify(dilation), "dilation", ""), groups, False, in_height, in_width, name,
+                 _inputs(inputs))
 
 
 def pool(kind: str, channels: int, kernel: int | Sequence[int], in_height: int, in_width: int,
          stride: int | Sequence[int] | None = None, padding: int | Sequence[int] = 0,
-         ceil_mode: bool = False, name: str = "") -> Layer:
+         ceil_mode: bool = False, name: str = "", inputs: Sequence[str] | None = None) -> Layer:
     """A ``maxpool`` or ``avgpool`` layer; ``stride`` defaults to the kernel, as in PyTorch."""
     k = _pair(_listify(kernel), "kernel", "")
     s = k if stride is None else _pair(_listify(stride), "stride", "")
     return Layer(kind, channels, channels, k, s, _padding4(_listify(padding), ""), (1, 1), 1,
-                 bool(ceil_mode), in_height, in_width, name)
+                 bool(ceil_mode), in_height, in_width, name, _inputs(inputs))
 
 
-def linear(in_features: int, out_features: int, name: str = "") -> Layer:
+def linear(in_features: int, out_features: int, name: str = "", inputs: Sequence[str] | None = None) -> Layer:
     """A ``linear`` layer: one output row, never split."""
-    return Layer("linear", in_features, out_features, name=name)
+    return Layer("linear", in_features, out_features, name=name, inputs=_inputs(inputs))
+
+
+def _inputs(inputs: Sequence[str] | None) -> tuple[str, ...] | None:
+    return None if inputs is None else tuple(inputs)
 
 
 def _listify(value: Any) -> Any:
@@ -327,6 +342,10 @@ def layer_from_dict(obj: Any, where: str = "") -> Layer:
             raise ValueError(f"{at}field '{field}' must be a positive integer, got {value!r}")
         return value
 
+    inputs = obj.get("inputs")
+    if inputs is not None and (not isinstance(inputs, list) or not all(isinstance(v, str) and v for v in inputs)):
+        raise ValueError(f"{at}field 'inputs' must be a list of layer names, got {inputs!r}")
+    inputs = None if inputs is None else tuple(inputs)
     known = {
         "conv": {"type", "name", "in_channels", "out_channels", "kernel", "stride", "padding", "dilation",
                  "groups", "in_height", "in_width"},
@@ -335,12 +354,14 @@ def layer_from_dict(obj: Any, where: str = "") -> Layer:
         "linear": {"type", "name", "in_features", "out_features"},
     }
     known["avgpool"] = known["maxpool"]
+    for fields_of_kind in known.values():
+        fields_of_kind.add("inputs")
     unknown = sorted(set(obj) - known[kind])
     if unknown:
         raise ValueError(f"{at}unknown field '{unknown[0]}' for a {kind} layer")
     if kind == "linear":
         fields: tuple = ("linear", integer("in_features"), integer("out_features"))
-        return _make(where, *fields, name=name)
+        return _make(where, *fields, name=name, inputs=inputs)
     kernel = _pair(req("kernel"), "kernel", at)
     stride = _pair(obj.get("stride", list(kernel) if kind != "conv" else 1), "stride", at)
     padding = _padding4(obj.get("padding", 0), at)
@@ -348,18 +369,18 @@ def layer_from_dict(obj: Any, where: str = "") -> Layer:
     if kind == "conv":
         return _make(where, "conv", integer("in_channels"), integer("out_channels"), kernel, stride, padding,
                      _pair(obj.get("dilation", 1), "dilation", at), integer("groups", 1), False, h, w,
-                     name=name)
+                     name=name, inputs=inputs)
     ceil_mode = obj.get("ceil_mode", False)
     if not isinstance(ceil_mode, bool):
         raise ValueError(f"{at}field 'ceil_mode' must be true or false, got {ceil_mode!r}")
     c = integer("channels")
-    return _make(where, kind, c, c, kernel, stride, padding, (1, 1), 1, ceil_mode, h, w, name=name)
+    return _make(where, kind, c, c, kernel, stride, padding, (1, 1), 1, ceil_mode, h, w, name=name, inputs=inputs)
 
 
-def _make(where: str, *fields: Any, name: str) -> Layer:
+def _make(where: str, *fields: Any, name: str, inputs: tuple[str, ...] | None = None) -> Layer:
     """Build a Layer, prefixing a validation error with the instance location."""
     try:
-        return Layer(*fields, name=name)
+        return Layer(*fields, name=name, inputs=inputs)
     except ValueError as err:
         raise ValueError(f"{where}{err}") from None
 

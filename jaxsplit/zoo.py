@@ -58,15 +58,22 @@ class _Builder:
         return layer
 
     def conv(self, name: str, out: int, k: int | tuple[int, int], s: int = 1,
-             p: int | tuple[int, ...] = 0, d: int = 1, g: int = 1) -> Layer:
-        return self.add(conv(self.c, out, k, self.h, self.w, s, p, d, g, name))
+             p: int | tuple[int, ...] = 0, d: int = 1, g: int = 1,
+             inputs: tuple[str, ...] | None = None) -> Layer:
+        return self.add(conv(self.c, out, k, self.h, self.w, s, p, d, g, name, self._reads(inputs)))
+
+    def _reads(self, inputs: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        """``inputs`` as a layer stores them: None when they are just the previous layer."""
+        if inputs is None or (self.layers and tuple(inputs) == (self.layers[-1].name,)):
+            return None
+        return tuple(inputs)
 
     def pool(self, name: str, kind: str, k: int, s: int | None = None, p: int | tuple[int, ...] = 0,
              ceil_mode: bool = False) -> Layer:
         return self.add(pool(kind, self.c, k, self.h, self.w, s, p, ceil_mode, name))
 
-    def linear(self, name: str, in_features: int, out: int) -> Layer:
-        layer = linear(in_features, out, name)
+    def linear(self, name: str, in_features: int, out: int, inputs: tuple[str, ...] | None = None) -> Layer:
+        layer = linear(in_features, out, name, self._reads(inputs))
         self.layers.append(layer)
         self.c, self.h, self.w = out, 1, 1
         return layer
@@ -112,25 +119,37 @@ def _resnet(blocks: tuple[int, ...], bottleneck: bool, height: int, width: int,
     b.conv("conv1", 64, 7, 2, 3)
     b.pool("maxpool", "maxpool", 3, 2, 1)
     expansion = 4 if bottleneck else 1
+    # The graph (MODEL.md section 7): a block's output is the sum of its last convolution and its
+    # shortcut, so the next block reads both (the sum folded); an identity shortcut is the block's
+    # own input, itself such a set.
+    block_input: tuple[str, ...] = ("maxpool",)
     for stage, (count, planes) in enumerate(zip(blocks, (64, 128, 256, 512)), start=1):
         for i in range(count):
             stride = 2 if (i == 0 and stage > 1) else 1
             name = f"layer{stage}.{i}"
             entry = b.shape()
             if bottleneck:
-                b.conv(f"{name}.conv1", planes, 1)
+                b.conv(f"{name}.conv1", planes, 1, inputs=block_input)
                 b.conv(f"{name}.conv2", planes, 3, stride, 1)
-                b.conv(f"{name}.conv3", planes * expansion, 1)
+                last = b.conv(f"{name}.conv3", planes * expansion, 1)
             else:
-                b.conv(f"{name}.conv1", planes, 3, stride, 1)
-                b.conv(f"{name}.conv2", planes, 3, 1, 1)
+                b.conv(f"{name}.conv1", planes, 3, stride, 1, inputs=block_input)
+                last = b.conv(f"{name}.conv2", planes, 3, 1, 1)
             if stride != 1 or entry[0] != planes * expansion:
                 out = b.shape()
                 b.set_shape(entry)
-                b.conv(f"{name}.downsample.0", planes * expansion, 1, stride)
+                shortcut = b.conv(f"{name}.downsample.0", planes * expansion, 1, stride, inputs=block_input)
                 assert b.shape() == out
-    b.linear("fc", 512 * expansion, num_classes)
+                block_input = _in_table_order(b.layers, (last.name, shortcut.name))
+            else:
+                block_input = _in_table_order(b.layers, (last.name,) + block_input)
+    b.linear("fc", 512 * expansion, num_classes, inputs=block_input)
     return b.layers
+
+
+def _in_table_order(layers: list[Layer], names: tuple[str, ...]) -> tuple[str, ...]:
+    order = {layer.name: i for i, layer in enumerate(layers)}
+    return tuple(sorted(set(names), key=order.__getitem__))
 
 
 def resnet18(height: int = 224, width: int = 224, num_classes: int = 1000) -> list[Layer]:
@@ -157,20 +176,26 @@ def mobilenet_v2(height: int = 224, width: int = 224, num_classes: int = 1000) -
     settings = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
                 (6, 160, 3, 2), (6, 320, 1, 1))
     idx = 1
+    block_input: tuple[str, ...] = ("features.0.0",)
     for t, c, n, s in settings:
         out = _make_divisible(c)
         for i in range(n):
             stride = s if i == 0 else 1
+            residual = stride == 1 and b.c == out
             hidden = int(round(b.c * t))
             name = f"features.{idx}.conv"
             j = 0
             if t != 1:
-                b.conv(f"{name}.0.0", hidden, 1)
+                b.conv(f"{name}.0.0", hidden, 1, inputs=block_input)
                 j = 1
-            b.conv(f"{name}.{j}.0", hidden, 3, stride, 1, 1, hidden)
-            b.conv(f"{name}.{j + 1}", out, 1)
+                b.conv(f"{name}.{j}.0", hidden, 3, stride, 1, 1, hidden)
+            else:
+                b.conv(f"{name}.{j}.0", hidden, 3, stride, 1, 1, hidden, inputs=block_input)
+            last = b.conv(f"{name}.{j + 1}", out, 1)
+            # an inverted residual block adds its input to its output (stride 1, same channels)
+            block_input = _in_table_order(b.layers, (last.name,) + block_input) if residual else (last.name,)
             idx += 1
-    b.conv(f"features.{idx}.0", 1280, 1)
+    b.conv(f"features.{idx}.0", 1280, 1, inputs=block_input)
     b.linear("classifier.1", 1280, num_classes)
     return b.layers
 

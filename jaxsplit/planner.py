@@ -1,0 +1,653 @@
+"""Plans: fused segments, channel splits and the best plan by dynamic programming (MODEL.md section 7).
+
+A *plan* cuts a layer table into contiguous segments and gives each one a partition and an integer
+split; its latency is the sum of the segments' latencies. The planner knows three kinds of
+*candidate* segment:
+
+* a single layer split by output rows: exactly section 3 (:func:`jaxsplit.latency.segment_time`,
+  split by :mod:`jaxsplit.solvers`), so the per-layer plan is one plan among the others;
+* a single conv (groups 1) or linear layer split by output channels;
+* a fused run of two or more row-local layers [a, b) between two cut points
+  (:mod:`jaxsplit.graph`), split by the rows of its output: each device's rows are projected back
+  through the run's graph (the hull where several consumers read a tensor).
+
+:class:`Planner` tables every candidate of one model on the host (numpy, once); its methods are pure
+JAX functions of one cluster and one allocation, written for one instance and batched with
+``jax.vmap`` (clusters and shares vmapped, the model fixed; shapes are static, so a jitted planner
+never recompiles for a new cluster or allocation). The best segmentation is a shortest path over the
+positions 0..L: ``best[b] = min over candidates [a, b) of best[a] + latency``.
+
+Split rules inside a segment (``rule``): ``closed_form`` (the affine model of section 7 extended
+from section 4, water-filled with border intercepts and rounded, then evaluated exactly),
+``exact`` (bisection on the latency with a greedy pass: exact for a fixed partition, since a
+device's time depends only on its own range and grows with it), and the peers' ``proportional``
+(rows proportional to compute, AOFL) and ``equal`` (DeepThings) rules, rows only.
+
+Units: seconds, bytes, FLOP, FLOP/s, bytes/s.
+
+>>> import jax.numpy as jnp
+>>> from jaxsplit import planner, zoo
+>>> from jaxsplit.latency import Cluster
+>>> p = planner.Planner(zoo.get("vgg16"))
+>>> cluster = Cluster.create(flops=[2e10, 5e10, 5e10], bandwidth=[jnp.inf, 1.25e8, 1.25e8],
+...                          latency=[0.0, 2e-3, 2e-3])
+>>> result = p.best_plan(cluster, jnp.ones(3))          # PlanResult: latency (s), covering, splits
+>>> bool(result.latency <= p.layer_plan(cluster, jnp.ones(3)).latency)
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from . import solvers
+from .graph import MODEL_INPUT, Graph, graph_of
+from .latency import LAYER_FIELDS, Cluster, LayerArrays, Rates, allocation_rates, layer_arrays_numpy, segment_time
+from .layers import Layer
+
+#: Plans that ``jaxsplit split --plan`` and the environment's ``planner`` know.
+PLANS = ("layer", "fused", "deepthings", "aofl")
+#: Split rules inside a segment of a fused plan.
+SEGMENT_RULES = ("closed_form", "exact", "proportional", "equal")
+#: The partitions of a segment.
+PARTITIONS = ("rows", "channels")
+
+#: Candidate kinds, in the order of the candidate axis: L rows singles, L channel singles, S runs.
+ROWS, CHANNELS, FUSED = 0, 1, 2
+
+
+@struct.dataclass
+class PlanResult:
+    """A plan of one instance (add leading batch axes under ``vmap``).
+
+    Attributes:
+      latency: the plan's request latency (s), scalar.
+      covering: (L,) int32, the candidate that covers each layer (:meth:`Planner.segments` turns
+        it into the list of segments).
+      splits: (C, N) int32, every candidate's split (rows or channels per device).
+      latencies: (C,) every candidate's latency (s); ``inf`` for a candidate the rule does not allow.
+    """
+
+    latency: jax.Array
+    covering: jax.Array
+    splits: jax.Array
+    latencies: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """A fused run [start, end) of two or more layers (host description)."""
+
+    start: int
+    end: int
+    input_set: tuple[int, ...]
+    output_set: tuple[int, ...]
+
+
+def _affine_run(layers: Sequence[Layer], graph: Graph, run: _Run) -> dict[str, float]:
+    """The affine model of a fused run (MODEL.md section 7): rows of every layer's output needed by
+    an output range [r, r + n) are ``[S r - e, S (r + n) + d)`` before clamping at the borders, with S
+    the product of strides down to the run's output; e and d accumulate the padding and halos (the
+    hull over several consumers takes the widest). Returns the run's input rows and its work as
+    ``n * S + h`` for an interior device, the first device (start 0) and the last (end at H_out)."""
+    s_of: dict[int, float] = {}
+    e_of: dict[int, float] = {}
+    d_of: dict[int, float] = {}
+    out_h = float(_set_shape(layers, run.output_set)[1])
+    members = range(run.start, run.end)
+
+    def merge(j: int, s: float, e: float, d: float) -> None:
+        s_of[j] = max(s_of.get(j, 0.0), s)
+        e_of[j] = max(e_of.get(j, -math.inf), e)
+        d_of[j] = max(d_of.get(j, -math.inf), d)
+
+    for j in run.output_set:
+        merge(j, 1.0, 0.0, 0.0)
+    work = {"interior": [0.0, 0.0], "first": [0.0, 0.0], "last": [0.0, 0.0]}
+    for layer_index in reversed(members):
+        if layer_index not in s_of:
+            continue
+        layer = layers[layer_index]
+        s, e, d = s_of[layer_index], e_of[layer_index], d_of[layer_index]
+        height = float(layer.out_height)
+        for key, h in (("interior", d + e), ("first", d), ("last", min(d + e, height - s * out_h + e))):
+            work[key][0] += layer.row_work * s
+            work[key][1] += layer.row_work * h
+        st, pad, keff = layer.stride[0], layer.padding[0], layer.kernel_extent[0]
+        for j in graph.preds[layer_index]:
+            merge(j, s * st, e * st + pad, (d - 1.0) * st - pad + keff)
+    # the run's input: every tensor read from before the run is part of the one live tensor
+    ins = [j for j in s_of if j < run.start]
+    s = max(s_of[j] for j in ins)
+    e = max(e_of[j] for j in ins)
+    d = max(d_of[j] for j in ins)
+    in_h = float(_set_shape(layers, run.input_set)[1])
+    return {"in_s": s, "in_h": d + e, "in_h_first": d, "in_h_last": min(d + e, in_h - s * out_h + e),
+            "w1": work["interior"][0], "w0": work["interior"][1], "w0_first": work["first"][1],
+            "w0_last": work["last"][1]}
+
+
+def _set_shape(layers: Sequence[Layer], tensors: tuple[int, ...]) -> tuple[int, int, int]:
+    """(C, H, W) of the tensor held at a cut: one layer's output or a costless combination (a sum
+    when all channels agree, else a concatenation)."""
+    if tensors == (MODEL_INPUT,):
+        first = layers[0]
+        return first.in_channels, first.in_height, first.in_width
+    shapes = [layers[j].output_shape if j != MODEL_INPUT else (layers[0].in_channels, layers[0].in_height,
+                                                                 layers[0].in_width) for j in tensors]
+    channels = {c for c, _, _ in shapes}
+    c = shapes[0][0] if len(channels) == 1 else sum(c for c, _, _ in shapes)
+    return c, shapes[0][1], shapes[0][2]
+
+
+def fused_runs(layers: Sequence[Layer], graph: Graph) -> list[_Run]:
+    """Every fused run of two or more row-local layers between two cut points, ordered by end then
+    start (the order of the planner's run candidates)."""
+    runs = []
+    for bi, b in enumerate(graph.cuts):
+        for ai, a in enumerate(graph.cuts[:bi]):
+            if b - a < 2 or any(layers[j].kind == "linear" for j in range(a, b)):
+                continue
+            runs.append(_Run(a, b, graph.live[ai], graph.live[bi]))
+    return runs
+
+
+def _channel_ok(layer: Layer) -> bool:
+    return layer.kind == "linear" or (layer.kind == "conv" and layer.groups == 1)
+
+
+class Planner:
+    """The candidate segments of one model's plans, tabled on the host; plans as pure JAX functions.
+
+    Args:
+      layers: the layer table (its graph from ``Layer.inputs``, :mod:`jaxsplit.graph`).
+      bytes_per_element: q, bytes per transferred element.
+      dtype: the float type of the tables (float32 by default, float64 under x64).
+
+    Every method takes ``cluster`` (fields (N,)) and ``share`` (N,) of one instance; vmap them for
+    a batch (``jax.vmap(planner.best_plan)``).
+    """
+
+    def __init__(self, layers: Sequence[Layer], bytes_per_element: float = 4.0, dtype: Any = None) -> None:
+        self.layers = tuple(layers)
+        self.graph = graph_of(self.layers)
+        self.q = float(bytes_per_element)
+        self.dtype = dtype or jnp.result_type(float)
+        count = len(self.layers)
+        self.num_layers = count
+        self.runs = fused_runs(self.layers, self.graph)
+        cols = layer_arrays_numpy(self.layers, self.q, np.float64)
+        self._np = cols
+        self.layer_arrays = LayerArrays(**{k: jnp.asarray(v, self.dtype) for k, v in cols.items()})
+        self.channel_ok = np.array([_channel_ok(layer) for layer in self.layers])
+        q = self.q
+        ch = {"in_bytes": [], "out_bytes": [], "work": [], "total": []}
+        for layer in self.layers:
+            ch["in_bytes"].append(layer.in_height * layer.in_width * layer.in_channels * q)
+            ch["out_bytes"].append(layer.out_height * layer.out_width * q)
+            ch["work"].append(2.0 * layer.out_height * layer.out_width * (layer.in_channels // layer.groups)
+                              * layer.kernel[0] * layer.kernel[1])
+            ch["total"].append(layer.out_channels)
+        self._ch = {k: np.asarray(v, np.float64) for k, v in ch.items()}
+        # fused runs: geometry of their input and output tensors and their affine models
+        runs = {k: [] for k in ("start", "end", "in_bytes", "out_bytes", "out_height", "in_s", "in_h", "in_h_first",
+                                "in_h_last", "w1", "w0", "w0_first", "w0_last")}
+        for run in self.runs:
+            c_in, _, w_in = _set_shape(self.layers, run.input_set)
+            c_out, h_out, w_out = _set_shape(self.layers, run.output_set)
+            runs["start"].append(run.start)
+            runs["end"].append(run.end)
+            runs["in_bytes"].append(w_in * c_in * q)
+            runs["out_bytes"].append(w_out * c_out * q)
+            runs["out_height"].append(h_out)
+            for k, v in _affine_run(self.layers, self.graph, run).items():
+                runs[k].append(v)
+        self._runs = {k: np.asarray(v, np.float64) for k, v in runs.items()}
+        self.num_runs = len(self.runs)
+        self.num_candidates = 2 * count + self.num_runs
+        starts = np.concatenate([np.arange(count), np.arange(count), self._runs["start"]]).astype(np.int32)
+        ends = np.concatenate([np.arange(1, count + 1), np.arange(1, count + 1), self._runs["end"]]).astype(np.int32)
+        self.candidate_start, self.candidate_end = starts, ends
+        self.candidate_kind = np.concatenate([np.full(count, ROWS), np.full(count, CHANNELS),
+                                              np.full(self.num_runs, FUSED)]).astype(np.int32)
+        # runs grouped by their end: (end, first column, columns) in the order of self.runs
+        groups: list[tuple[int, int, int]] = []
+        for k, run in enumerate(self.runs):
+            if groups and groups[-1][0] == run.end:
+                groups[-1] = (run.end, groups[-1][1], groups[-1][2] + 1)
+            else:
+                groups.append((run.end, k, 1))
+        self._groups = groups
+        self._table_runs_by_depth()
+
+    # ------------------------------------------------------------------ host helpers
+    def _const(self, a: np.ndarray) -> jax.Array:
+        return jnp.asarray(a, self.dtype)
+
+    def describe(self, candidate: int) -> tuple[int, int, str]:
+        """(first layer, end layer, partition) of candidate ``candidate`` (half-open range)."""
+        return (int(self.candidate_start[candidate]), int(self.candidate_end[candidate]),
+                "channels" if self.candidate_kind[candidate] == CHANNELS else "rows")
+
+    def segments(self, result: PlanResult, num_devices: int | None = None) -> list[dict[str, Any]]:
+        """The plan of one (unbatched) :class:`PlanResult` as MODEL.md section 7's JSON segments:
+        ``{"layers": [first, end], "partition": ..., "split": [...], "latency": s}``."""
+        covering = np.asarray(result.covering)
+        splits = np.asarray(result.splits)
+        lat = np.asarray(result.latencies, np.float64)
+        out, at = [], 0
+        while at < self.num_layers:
+            c = int(covering[at])
+            a, b, partition = self.describe(c)
+            split = splits[c] if num_devices is None else splits[c][:num_devices]
+            out.append({"layers": [a, b], "partition": partition, "split": [int(v) for v in split],
+                        "latency": float(lat[c])})
+            at = b
+        return out
+
+    # ------------------------------------------------------------------ exact times
+    def _table_runs_by_depth(self) -> None:
+        """Per (run, depth from the run's end) constants of the layer at that depth, for
+        :meth:`run_times`' scan: geometry, whether it is part of the run's output, which depths
+        consume it, and whether it reads the run's input."""
+        runs, count = self.runs, self.num_runs
+        depth = max((run.end - run.start for run in runs), default=1)
+        fan = 1
+        for run in runs:
+            for layer_index in range(run.start, run.end):
+                fan = max(fan, sum(1 for c in self.graph.consumers[layer_index] if c < run.end))
+        shape = (max(count, 1), depth)
+        geo = {k: np.zeros(shape) for k in ("row_work", "stride", "pad_top", "kernel_extent", "in_height")}
+        geo["stride"][:] = 1.0
+        valid = np.zeros(shape, bool)
+        out = np.zeros(shape, bool)
+        reads_in = np.zeros(shape, bool)
+        consumers = np.full(shape + (fan,), -1, np.int32)
+        before = np.zeros(max(count, 1), bool)
+        for s_index, run in enumerate(runs):
+            before[s_index] = min(run.output_set) < run.start
+            for k in range(run.end - run.start):
+                layer_index = run.end - 1 - k
+                valid[s_index, k] = True
+                for name in geo:
+                    geo[name][s_index, k] = self._np[name][layer_index]
+                out[s_index, k] = layer_index in run.output_set
+                reads_in[s_index, k] = min(self.graph.preds[layer_index]) < run.start
+                inside = [run.end - 1 - c for c in self.graph.consumers[layer_index] if c < run.end]
+                consumers[s_index, k, :len(inside)] = inside
+        self._depth = {"geo": geo, "valid": valid, "out": out, "reads_in": reads_in, "consumers": consumers,
+                       "before": before, "depth": depth}
+
+    def run_times(self, rates: Rates, start: jax.Array, rows: jax.Array) -> jax.Array:
+        """T_i of every device on every fused run (MODEL.md section 7), seconds, shape (N, S).
+
+        ``rates`` fields (N,) (or (N, 1)); ``start`` and ``rows`` (N, S): each device's first output
+        row of the run and its row count. The rows are projected back through each run's graph, from
+        its last layer to its first (a scan over the depth from the run's end, every run at once),
+        clamped to every tensor's height, the hull taken where several consumers read a tensor.
+        """
+        dt = self.dtype
+        num = start.shape[0]
+        if not self.num_runs:
+            return jnp.zeros((num, 0), dt)
+        tab = self._depth
+        rates = jax.tree.map(lambda x: jnp.reshape(x, (x.shape[0], 1)), rates)
+        r0 = start.astype(dt)
+        n = rows.astype(dt)
+        r1 = r0 + n
+        inf = jnp.asarray(jnp.inf, dt)
+        before = tab["before"][: self.num_runs]
+        lo_in = jnp.where(before, r0, inf)
+        hi_in = jnp.where(before, r1, -inf)
+        geo = {k: jnp.asarray(v[: self.num_runs].T, dt) for k, v in tab["geo"].items()}  # (D, S)
+        xs = (geo, jnp.asarray(tab["valid"][: self.num_runs].T), jnp.asarray(tab["out"][: self.num_runs].T),
+              jnp.asarray(tab["reads_in"][: self.num_runs].T),
+              jnp.asarray(np.moveaxis(tab["consumers"][: self.num_runs], 1, 0)), jnp.arange(tab["depth"]))
+        hist = jnp.full((tab["depth"], num, self.num_runs), inf)
+        cols = jnp.arange(self.num_runs)
+
+        def step(carry, x):
+            plo_h, phi_h, work, lo_in, hi_in = carry
+            g, valid, out, reads_in, consumers, k = x
+            lo = jnp.where(out, r0, inf)
+            hi = jnp.where(out, r1, -inf)
+            for f in range(consumers.shape[-1]):
+                d = consumers[:, f]
+                has = d >= 0
+                safe = jnp.where(has, d, 0)
+                lo = jnp.minimum(lo, jnp.where(has, plo_h[safe, :, cols].T, inf))
+                hi = jnp.maximum(hi, jnp.where(has, phi_h[safe, :, cols].T, -inf))
+            computed = jnp.where(valid, jnp.maximum(hi - lo, 0.0), 0.0)
+            work = work + computed * g["row_work"]
+            some = computed > 0
+            plo = jnp.where(some, jnp.minimum(jnp.maximum(0.0, lo * g["stride"] - g["pad_top"]), g["in_height"]), inf)
+            phi = jnp.where(some, jnp.minimum(g["in_height"], (hi - 1.0) * g["stride"] - g["pad_top"]
+                                              + g["kernel_extent"]), -inf)
+            lo_in = jnp.minimum(lo_in, jnp.where(reads_in, plo, inf))
+            hi_in = jnp.maximum(hi_in, jnp.where(reads_in, phi, -inf))
+            plo_h = plo_h.at[k].set(plo)
+            phi_h = phi_h.at[k].set(phi)
+            return (plo_h, phi_h, work, lo_in, hi_in), None
+
+        init = (hist, -hist, jnp.zeros_like(r0), lo_in, hi_in)
+        (_, _, work, lo_in, hi_in), _ = jax.lax.scan(step, init, xs)
+        read = jnp.maximum(hi_in - lo_in, 0.0)
+        in_bytes = self._const(self._runs["in_bytes"])
+        out_bytes = self._const(self._runs["out_bytes"])
+        t = rates.message + (read * in_bytes + n * out_bytes) * rates.sec_per_byte + work * rates.sec_per_flop
+        return jnp.where(n > 0, t, 0.0)
+
+    def channel_times(self, rates: Rates, channels: jax.Array) -> jax.Array:
+        """T_i of every device on every layer split by output channels (MODEL.md section 7), seconds,
+        shape (N, L); ``channels`` (N, L) int. ``2 tau + (H W C_in q + c H_out W_out q)/b + c phi_c/f``."""
+        rates = jax.tree.map(lambda x: jnp.reshape(x, (x.shape[0], 1)), rates)
+        c = channels.astype(self.dtype)
+        t = (rates.message + (self._const(self._ch["in_bytes"]) + c * self._const(self._ch["out_bytes"]))
+             * rates.sec_per_byte + c * self._const(self._ch["work"]) * rates.sec_per_flop)
+        return jnp.where(c > 0, t, 0.0)
+
+    def row_times(self, rates: Rates, rows: jax.Array) -> jax.Array:
+        """Section 3's T_i of every device on every layer split by rows, seconds, (N, L); ``rows`` (N, L)."""
+        rates = jax.tree.map(lambda x: jnp.reshape(x, (x.shape[0], 1)), rates)
+        start = jnp.cumsum(rows, axis=0) - rows
+        return segment_time(self.layer_arrays, rates, start, rows)
+
+    def candidate_latencies(self, cluster: Cluster, share: jax.Array, splits: jax.Array) -> jax.Array:
+        """Exact latency (s) of every candidate under its split ``splits`` (C, N); (C,)."""
+        rates = allocation_rates(cluster, share)
+        count = self.num_layers
+        rows = splits[:count].T
+        chans = splits[count:2 * count].T
+        runs = splits[2 * count:].T
+        start = jnp.cumsum(runs, axis=0) - runs
+        parts = [jnp.max(self.row_times(rates, rows), axis=0), jnp.max(self.channel_times(rates, chans), axis=0)]
+        if self.num_runs:
+            parts.append(jnp.max(self.run_times(rates, start, runs), axis=0))
+        return jnp.concatenate(parts)
+
+    # ------------------------------------------------------------------ splits
+    def _run_affine(self, rates: Rates, border: str) -> tuple[jax.Array, jax.Array]:
+        """alpha (N, S), beta (N, S) of the runs' affine model for an interior (or ``first``/``last``)
+        device."""
+        r = self._runs
+        rates = jax.tree.map(lambda x: jnp.reshape(x, (x.shape[0], 1)), rates)
+        in_bytes, out_bytes = self._const(r["in_bytes"]), self._const(r["out_bytes"])
+        h = {"interior": r["in_h"], "first": r["in_h_first"], "last": r["in_h_last"]}[border]
+        w0 = {"interior": r["w0"], "first": r["w0_first"], "last": r["w0_last"]}[border]
+        beta = (self._const(r["in_s"]) * in_bytes + out_bytes) * rates.sec_per_byte + self._const(r["w1"]) * rates.sec_per_flop
+        alpha = rates.message + self._const(h) * in_bytes * rates.sec_per_byte + self._const(w0) * rates.sec_per_flop
+        return alpha, beta
+
+    def _runs_closed_form(self, cluster: Cluster, share: jax.Array) -> jax.Array:
+        """Closed-form rows (N, S) of every fused run: water-fill the interior model, again with the
+        border intercepts of the first and last active devices, round, and keep whichever of the two
+        roundings is faster exactly."""
+        rates = allocation_rates(cluster, share)
+        active = jnp.broadcast_to(rates.active[:, None], (rates.active.shape[0], self.num_runs))
+        total = self._const(self._runs["out_height"])
+        alpha, beta = self._run_affine(rates, "interior")
+        _, n_plain = solvers.water_fill(alpha, beta, active, total)
+        first, last = solvers._border_flags(n_plain > 0)
+        a_first, _ = self._run_affine(rates, "first")
+        a_last, _ = self._run_affine(rates, "last")
+        alpha_b = jnp.where(first, a_first, jnp.where(last, a_last, alpha))
+        _, n = solvers.water_fill(alpha_b, beta, active, total)
+        rows = solvers.round_split(n, alpha_b, beta, active, total)
+        plain = solvers.round_split(n_plain, alpha, beta, active, total)
+
+        def latency(r):
+            return jnp.max(self.run_times(rates, jnp.cumsum(r, axis=0) - r, r), axis=0)
+
+        return jnp.where(latency(rows) <= latency(plain), rows, plain)
+
+    def _runs_exact(self, cluster: Cluster, share: jax.Array, upper_rows: jax.Array) -> jax.Array:
+        """Exact rows (N, S) of every fused run: bisection on the bit pattern of the latency bound
+        with a greedy pass (each device in order takes the most rows that fit, found by bisection on
+        the row count). ``upper_rows`` (N, S) is a feasible split (the closed form's)."""
+        rates = allocation_rates(cluster, share)
+        dt = self.dtype
+        ibits = jnp.int64 if dt == jnp.float64 else jnp.int32
+        steps = 63 if dt == jnp.float64 else 31
+        total = jnp.asarray(self._runs["out_height"], jnp.int32)
+        row_steps = max(1, int(np.ceil(np.log2(float(self._runs["out_height"].max()) + 1.0))) + 1)
+        num = share.shape[0]
+
+        def lat_of(rows):
+            return jnp.max(self.run_times(rates, jnp.cumsum(rows, axis=0) - rows, rows), axis=0)
+
+        def greedy(budget):
+            def take(start, one):
+                one_rates = jax.tree.map(lambda x: x[None], one)
+                cap = total - start
+
+                def probe(_, bounds):
+                    lo, hi = bounds  # lo fits, hi + 1 may not; find the most rows that fit
+                    mid = (lo + hi + 1) // 2
+                    fits = self.run_times(one_rates, start[None], mid[None])[0] <= budget
+                    fits = fits & one.active
+                    return jnp.where(fits, mid, lo), jnp.where(fits, hi, mid - 1)
+
+                lo, _ = jax.lax.fori_loop(0, row_steps, probe, (jnp.zeros_like(cap), cap))
+                return start + lo, lo
+
+            end, rows = jax.lax.scan(take, jnp.zeros_like(total), rates)
+            return end >= total, rows
+
+        upper = lat_of(upper_rows)
+        hi = jax.lax.bitcast_convert_type(upper, ibits) + 64
+        lo = jnp.zeros_like(hi)
+
+        def body(_, bounds):
+            lo, hi = bounds
+            mid = lo + (hi - lo) // 2
+            feasible, _ = greedy(jax.lax.bitcast_convert_type(mid, dt))
+            return jnp.where(feasible, lo, mid), jnp.where(feasible, mid, hi)
+
+        lo, hi = jax.lax.fori_loop(0, steps, body, (lo, hi))
+        feasible, rows = greedy(jax.lax.bitcast_convert_type(hi, dt))
+        better = feasible & (lat_of(rows) <= upper)
+        del num
+        return jnp.where(better, rows, upper_rows)
+
+    def _runs_simple(self, cluster: Cluster, share: jax.Array, rule: str) -> jax.Array:
+        """Equal or compute-proportional rows (N, S) of every fused run (the peers' rules)."""
+        total = jnp.asarray(self._runs["out_height"], self.dtype)
+
+        def one(h):
+            layer = jax.tree.map(lambda x: x[0], self.layer_arrays).replace(out_height=h)
+            fn = solvers.equal_split if rule == "equal" else solvers.proportional_split
+            return fn(layer, cluster, share)
+
+        return jax.vmap(one)(total).T
+
+    def _channels(self, cluster: Cluster, share: jax.Array, exact: bool) -> jax.Array:
+        """Channel splits (N, L): the affine closed form (water-filled and rounded), or the exact
+        integer optimum (bisection on the latency; each device's most channels within a bound is a
+        floor of an affine inequality)."""
+        rates = allocation_rates(cluster, share)
+        r = jax.tree.map(lambda x: x[:, None], rates)
+        in_b, out_b = self._const(self._ch["in_bytes"]), self._const(self._ch["out_bytes"])
+        work = self._const(self._ch["work"])
+        total = self._const(self._ch["total"])
+        alpha = r.message + in_b * r.sec_per_byte
+        beta = out_b * r.sec_per_byte + work * r.sec_per_flop
+        active = jnp.broadcast_to(rates.active[:, None], alpha.shape)
+        _, n = solvers.water_fill(alpha, beta, active, total)
+        chans = solvers.round_split(n, alpha, beta, active, total)
+        if not exact:
+            return chans
+        dt = self.dtype
+        ibits = jnp.int64 if dt == jnp.float64 else jnp.int32
+        steps = 63 if dt == jnp.float64 else 31
+        upper = jnp.max(self.channel_times(rates, chans), axis=0)
+        total_i = total.astype(jnp.int32)
+        safe_beta = jnp.where(active, beta, 1.0)
+
+        def most(budget):
+            c = jnp.floor((budget - alpha) / safe_beta)
+            c = jnp.clip(jnp.where(active, c, 0.0), 0.0, total)
+            # float round-off: one down if over the budget, one up if the next still fits
+            t = self.channel_times(rates, c.astype(jnp.int32))
+            c = jnp.where((t > budget) & (c > 0), c - 1.0, c)
+            t_next = self.channel_times(rates, (c + 1.0).astype(jnp.int32))
+            c = jnp.where((t_next <= budget) & (c + 1.0 <= total) & active, c + 1.0, c)
+            return c.astype(jnp.int32)
+
+        hi = jax.lax.bitcast_convert_type(upper, ibits) + 64
+        lo = jnp.zeros_like(hi)
+
+        def body(_, bounds):
+            lo, hi = bounds
+            mid = lo + (hi - lo) // 2
+            feasible = jnp.sum(most(jax.lax.bitcast_convert_type(mid, dt)), axis=0) >= total_i
+            return jnp.where(feasible, lo, mid), jnp.where(feasible, mid, hi)
+
+        lo, hi = jax.lax.fori_loop(0, steps, body, (lo, hi))
+        got = most(jax.lax.bitcast_convert_type(hi, dt))
+        # trim the surplus from the last devices: fewer channels never makes a device slower
+        ends = jnp.minimum(jnp.cumsum(got, axis=0), total_i)
+        got = ends - jnp.concatenate([jnp.zeros_like(ends[:1]), ends[:-1]])
+        ok = (jnp.sum(got, axis=0) == total_i) & (jnp.max(self.channel_times(rates, got), axis=0) <= upper)
+        return jnp.where(ok, got, chans)
+
+    def candidate_splits(self, cluster: Cluster, share: jax.Array, rule: str = "closed_form") -> jax.Array:
+        """Every candidate's split under ``rule`` (:data:`SEGMENT_RULES`); int32 (C, N)."""
+        if rule not in SEGMENT_RULES:
+            raise ValueError(f"field 'solver': {rule!r} does not split a fused segment; known: {', '.join(SEGMENT_RULES)}")
+        single = {"closed_form": solvers.closed_form_split, "exact": solvers.exact_split,
+                  "proportional": solvers.proportional_split, "equal": solvers.equal_split}[rule]
+        rows = jax.vmap(single, in_axes=(0, None, None))(self.layer_arrays, cluster, share)  # (L, N)
+        if rule in ("closed_form", "exact"):
+            chans = self._channels(cluster, share, rule == "exact").T
+        else:
+            chans = jnp.zeros_like(rows)
+        parts = [rows, chans]
+        if self.num_runs:
+            if rule in ("closed_form", "exact"):
+                runs = self._runs_closed_form(cluster, share)
+                if rule == "exact":
+                    runs = self._runs_exact(cluster, share, runs)
+            else:
+                runs = self._runs_simple(cluster, share, rule)
+            parts.append(runs.T)
+        return jnp.concatenate(parts).astype(jnp.int32)
+
+    def _allowed(self, rule: str) -> np.ndarray:
+        """(C,) the candidates a rule may use: channel splits only where a layer allows them and the
+        rule has a channel form."""
+        count = self.num_layers
+        chans = self.channel_ok if rule in ("closed_form", "exact") else np.zeros(count, bool)
+        return np.concatenate([np.ones(count, bool), chans, np.ones(self.num_runs, bool)])
+
+    # ------------------------------------------------------------------ segmentations
+    def _shortest_path(self, latencies: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Best segmentation over the candidates: (latency (s), covering (L,) int32)."""
+        count = self.num_layers
+        best = [jnp.zeros((), latencies.dtype)]
+        choice = [jnp.zeros((), jnp.int32)]
+        ends = self.candidate_end
+        for b in range(1, count + 1):
+            ids = np.nonzero(ends == b)[0]
+            totals = jnp.stack([best[int(self.candidate_start[c])] for c in ids]) + latencies[ids]
+            k = jnp.argmin(totals)
+            best.append(totals[k])
+            choice.append(jnp.asarray(ids, jnp.int32)[k])
+        choice_arr = jnp.stack(choice)
+        starts = jnp.asarray(self.candidate_start)
+
+        def back(_, state):
+            pos, covering = state
+            c = choice_arr[pos]
+            a = starts[c]
+            layer = jnp.arange(count)
+            covering = jnp.where((pos > 0) & (layer >= a) & (layer < pos), c, covering)
+            return jnp.where(pos > 0, a, pos), covering
+
+        _, covering = jax.lax.fori_loop(0, count, back, (jnp.asarray(count, jnp.int32),
+                                                          jnp.zeros(count, jnp.int32)))
+        return best[-1], covering
+
+    def best_plan(self, cluster: Cluster, share: jax.Array, rule: str = "closed_form") -> PlanResult:
+        """The best plan (MODEL.md section 7) with ``rule`` inside every segment: the shortest path
+        over the exact latencies of every candidate's split."""
+        splits = self.candidate_splits(cluster, share, rule)
+        lat = jnp.where(self._allowed(rule), self.candidate_latencies(cluster, share, splits), jnp.inf)
+        latency, covering = self._shortest_path(lat)
+        return PlanResult(latency, covering, splits, lat)
+
+    def layer_plan(self, cluster: Cluster, share: jax.Array, rule: str = "closed_form") -> PlanResult:
+        """The per-layer plan of section 3 with one of :mod:`jaxsplit.solvers`' rules."""
+        count = self.num_layers
+        single = solvers.get_solver(rule)
+        rows = jax.vmap(single, in_axes=(0, None, None))(self.layer_arrays, cluster, share).astype(jnp.int32)
+        splits = jnp.concatenate([rows, jnp.zeros((count + self.num_runs, rows.shape[1]), jnp.int32)])
+        rates = allocation_rates(cluster, share)
+        per_layer = jnp.max(self.row_times(rates, rows.T), axis=0)
+        lat = jnp.concatenate([per_layer, jnp.full(count + self.num_runs, jnp.inf, per_layer.dtype)])
+        return PlanResult(jnp.sum(per_layer), jnp.arange(count, dtype=jnp.int32), splits, lat)
+
+    def aofl_plan(self, cluster: Cluster, share: jax.Array) -> PlanResult:
+        """AOFL-style: fusion points by dynamic programming, rows proportional to compute capacity."""
+        return self.best_plan(cluster, share, "proportional")
+
+    def deepthings_plan(self, cluster: Cluster, share: jax.Array) -> PlanResult:
+        """DeepThings-style fused tile partitioning: the first layers up to a cut fused (the best
+        such cut), equal rows over the active devices, the rest per layer with equal rows."""
+        splits = self.candidate_splits(cluster, share, "equal")
+        lat = self.candidate_latencies(cluster, share, splits)
+        count = self.num_layers
+        singles = lat[:count]
+        tail = jnp.concatenate([jnp.cumsum(singles[::-1])[::-1], jnp.zeros(1, singles.dtype)])  # tail[p]: layers p..
+        prefix_ids = [c for c in range(2 * count, self.num_candidates) if self.candidate_start[c] == 0]
+        options = [tail[0]] + [lat[c] + tail[int(self.candidate_end[c])] for c in prefix_ids]
+        totals = jnp.stack(options)
+        k = jnp.argmin(totals)
+        layer = jnp.arange(count)
+        covering = layer.astype(jnp.int32)
+        if prefix_ids:
+            ids = jnp.asarray([0] + prefix_ids, jnp.int32)
+            ends = jnp.asarray([0] + [int(self.candidate_end[c]) for c in prefix_ids], jnp.int32)
+            covering = jnp.where((k > 0) & (layer < ends[k]), ids[k], covering)
+        allowed = np.zeros(self.num_candidates, bool)
+        allowed[:count] = True
+        allowed[prefix_ids] = True
+        return PlanResult(totals[k], covering, splits, jnp.where(allowed, lat, jnp.inf))
+
+    def plan(self, name: str, cluster: Cluster, share: jax.Array, rule: str = "closed_form") -> PlanResult:
+        """Plan ``name`` (:data:`PLANS`): ``layer`` and ``fused`` with ``rule``, the peers' with theirs."""
+        if name == "layer":
+            return self.layer_plan(cluster, share, rule)
+        if name == "fused":
+            return self.best_plan(cluster, share, rule)
+        if name == "aofl":
+            return self.aofl_plan(cluster, share)
+        if name == "deepthings":
+            return self.deepthings_plan(cluster, share)
+        raise ValueError(f"field 'plan': unknown plan {name!r}; known: {', '.join(PLANS)}")
+
+    def plan_latency(self, segments: Sequence[tuple[int, int, str, Sequence[int]]], cluster: Cluster,
+                     share: jax.Array) -> jax.Array:
+        """Latency (s) of a plan given as ``(first, end, partition, split)`` segments (MODEL.md section
+        7), evaluated by the same exact formulas; ValueError for a segment that is no candidate."""
+        index = {(int(a), int(b), int(k)): c for c, (a, b, k) in
+                 enumerate(zip(self.candidate_start, self.candidate_end, self.candidate_kind))}
+        num = share.shape[0]
+        splits = np.zeros((self.num_candidates, num), np.int32)
+        chosen = []
+        for a, b, partition, split in segments:
+            kind = CHANNELS if partition == "channels" else (ROWS if b - a == 1 else FUSED)
+            if (a, b, kind) not in index:
+                raise ValueError(f"field 'segments': [{a}, {b}] with partition {partition!r} is not a segment of "
+                                 f"this model's plans")
+            c = index[(a, b, kind)]
+            splits[c] = split
+            chosen.append(c)
+        lat = self.candidate_latencies(cluster, share, jnp.asarray(splits))
+        return jnp.sum(lat[np.asarray(chosen)])
