@@ -56,7 +56,7 @@ def test_functional_model_table():
     want = [
         conv(3, 8, (3, 5), 21, 17, (2, 1), (1, 2), name="a"),
         conv(8, 8, 4, 11, 17, 1, (3, 3, 3, 3), 2, 4, name="b"),
-        conv(8, 6, 3, 11, 17, 1, (2, 1, 1, 0), name="c"),
+        conv(8, 6, 3, 11, 17, 1, (2, 1, 1, 0), name="c", inputs=("a", "b")),  # the sums folded
         pool("maxpool", 6, 3, 12, 16, 2, 1, True, name="p"),
         pool("avgpool", 6, 2, 7, 9, 2, 0, True, name="q"),
         linear(6, 4, name="fc"),

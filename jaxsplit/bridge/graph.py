@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
+from ..graph import MODEL_INPUT, canonical_inputs
 from ..layers import Layer, conv as conv_layer, linear as linear_layer, pool as pool_layer
 
 
@@ -266,7 +267,36 @@ def trace(model: nn.Module, example_input: torch.Tensor | Sequence[int]) -> Trac
             raise UnsupportedModelError(f"{_describe(node, gm)} is not supported: it changes the image layout")
     if not ops:
         raise UnsupportedModelError("the model has no Conv2d, MaxPool2d, AvgPool2d or Linear layer")
-    return TracedModel(gm, ops, kinds, shapes, tuple(x.shape))
+    return TracedModel(gm, _with_graph(ops, kinds, {n.name: n for n in nodes}), kinds, shapes, tuple(x.shape))
+
+
+def _with_graph(ops: list[LayerOp], kinds: dict[str, str], nodes: dict[str, fx.Node]) -> list[LayerOp]:
+    """The ops with their layers' ``inputs`` filled in (MODEL.md section 7): the layers each one reads,
+    found by walking back from its input through the costless nodes (row-local, global, folded
+    padding), which are folded."""
+    index = {op.node: i for i, op in enumerate(ops)}
+    preds = []
+    for op in ops:
+        found: set[int] = set()
+        stack, seen = [op.input], set()
+        while stack:
+            name = stack.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            if name in index:
+                found.add(index[name])
+            elif kinds.get(name) == "input":
+                found.add(MODEL_INPUT)
+            elif kinds.get(name) in ("row_local", "global", "folded"):
+                stack.extend(a.name for a in nodes[name].all_input_nodes)
+        preds.append(tuple(sorted(found)) or (MODEL_INPUT,))
+    try:
+        inputs = canonical_inputs(preds, [op.layer.name for op in ops])
+    except ValueError as err:
+        raise UnsupportedModelError(str(err)) from None
+    return [dataclasses.replace(op, layer=dataclasses.replace(op.layer, inputs=given))
+            for op, given in zip(ops, inputs)]
 
 
 def _layer_op(node: fx.Node, m: nn.Module, gm: fx.GraphModule,
