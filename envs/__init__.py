@@ -10,11 +10,11 @@
 from . import actions, policies, spaces
 from .actions import ACTIONS, wrap_action
 from .alloc import DEFAULT_MODELS, SPLIT_RULES, AllocationEnv, EnvParams, EnvState
-from .evaluation import evaluate, evaluate_baselines, search_best_clip, search_best_constant
-from .registry import make, register, registered
-from .spec import EnvSpec, load_cluster
+from .evaluation import Protocol, evaluate, evaluate_baselines, search_best_clip, search_best_constant
+from .registry import register
+from .spec import MAIN, PLAIN, EnvSpec, load_cluster, make, named, registered
 from .wrappers import LogWrapper
 
-__all__ = ["AllocationEnv", "EnvParams", "EnvState", "DEFAULT_MODELS", "SPLIT_RULES", "ACTIONS", "EnvSpec", "make",
-           "register", "registered", "evaluate", "evaluate_baselines", "search_best_constant", "search_best_clip", "policies", "actions", "spaces",
+__all__ = ["AllocationEnv", "EnvParams", "EnvState", "DEFAULT_MODELS", "SPLIT_RULES", "ACTIONS", "EnvSpec", "MAIN", "PLAIN", "make", "named",
+           "register", "registered", "Protocol", "evaluate", "evaluate_baselines", "search_best_constant", "search_best_clip", "policies", "actions", "spaces",
            "wrap_action", "load_cluster", "LogWrapper"]

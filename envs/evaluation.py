@@ -7,21 +7,28 @@ fold_in(fold_in(key(seed), s), e), so every policy evaluated with the same argum
 episodes (the same clusters, arrivals and models). The first ``warmup`` fraction of each episode's
 requests is left out of the metrics (the queue starts empty).
 
+The episodes themselves are one declaration, :class:`Protocol` (loads, episodes per load, requests per
+episode, warm-up, seed): its defaults are those of ``jaxsplit train``'s report, ``jaxsplit sweep``'s
+objective, ``jaxsplit evaluate`` and :func:`evaluate` alike, and every report prints the protocol it
+used (:meth:`Protocol.describe`).
+
 One record per policy and load, with the same field names everywhere (``evaluate --json``, a run's
 evaluation.json, the benchmarks' JSON): ``policy``, ``load``, ``episodes``, ``requests``, ``warmup``,
 ``seed`` and every metric of :data:`METRICS` (and ``mean_reward``), each the mean over episodes, with
 ``<metric>_ci``, the 95% confidence half-width 1.96 sd / sqrt(n) over the n episodes.
 
 >>> from jaxsplit import envs
->>> env, params = envs.make("alloc-v0", requests=200)
->>> rows = envs.evaluate("whole_cluster", env, params, loads=[0.3, 0.9], seeds=2, episodes=2)
+>>> env, params = envs.make("alloc-v0")
+>>> rows = envs.evaluate("whole_cluster", env, params, loads=[0.3, 0.9], seeds=2, episodes=2, requests=64)
 >>> rows[0]["policy"], rows[0]["load"], rows[0]["episodes"]
 ('whole_cluster', 0.3, 4)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 from typing import Any, Callable, Sequence, Union
 
 import jax
@@ -37,6 +44,66 @@ PolicyLike = Union[str, policies_mod.Policy, Callable[[jax.Array, jax.Array], ja
 #: Metrics per policy and load (each also with a ``_ci`` 95% half-width over episodes).
 METRICS = ("mean_latency_s", "p95_latency_s", "p99_latency_s", "normalized_latency", "utilization",
            "request_utilization", "throughput_rps", "invalid_rate")
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """The evaluation protocol: the episodes on which a policy's figures are measured (defaults: the main
+    job's report, and every other evaluation's).
+
+    Each load gets ``episodes`` independent episodes of ``requests`` requests; episode e of seed group s
+    uses the key fold_in(fold_in(key(seed), s), e), so every policy evaluated with one protocol sees the
+    same clusters, arrivals and models. The defaults are those the main job's report has always used
+    (four loads from light to saturated, 16 episodes of 256 requests, seed 0).
+    """
+
+    loads: tuple[float, ...] = (0.3, 0.6, 0.9, 1.2)
+    """offered loads rho, one record per policy and load (1 saturates the whole-cluster policy)"""
+    episodes: int = 16
+    """independent episodes per load and policy"""
+    requests: int = 256
+    """requests per episode"""
+    warmup: float = 0.1
+    """fraction of each episode's first requests left out of the metrics (the queue starts empty)"""
+    seed: int = 0
+    """seed of the episodes (the same for every policy)"""
+
+    def check(self) -> "Protocol":
+        """The protocol itself; ValueError naming the first bad field."""
+        if not self.loads:
+            raise ValueError("field 'loads': need at least one load")
+        for rho in self.loads:
+            if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not (math.isfinite(rho) and rho > 0):
+                raise ValueError(f"field 'loads': every load must be positive, got {rho!r}")
+        for name, low in (("episodes", 1), ("requests", 2)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"field {name!r}: must be an integer >= {low}, got {value!r}")
+        if not (isinstance(self.warmup, (int, float)) and 0 <= self.warmup < 1):
+            raise ValueError(f"field 'warmup': must be in [0, 1), got {self.warmup!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"field 'seed': must be an integer, got {self.seed!r}")
+        return self
+
+    def describe(self) -> str:
+        """One line for a report, e.g. "loads 0.3, 0.6, 0.9, 1.2; 16 episodes x 256 requests per load
+        (first 10% left out), seed 0"."""
+        return (f"loads {', '.join(f'{x:g}' for x in self.loads)}; {self.episodes} episodes x {self.requests} "
+                f"requests per load (first {self.warmup:.0%} left out), seed {self.seed}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"loads": [float(x) for x in self.loads], "episodes": self.episodes, "requests": self.requests,
+                "warmup": float(self.warmup), "seed": self.seed}
+
+
+def protocol_of(protocol: Protocol | None = None, **given: Any) -> Protocol:
+    """``protocol`` (default: :class:`Protocol`'s defaults) with every value of ``given`` that is not None;
+    ``loads`` becomes a tuple of floats."""
+    out = Protocol() if protocol is None else protocol
+    values = {k: v for k, v in given.items() if v is not None}
+    if "loads" in values:
+        values["loads"] = tuple(float(x) for x in values["loads"])
+    return dataclasses.replace(out, **values) if values else out
 
 
 def as_policy(policy: PolicyLike, env: AllocationEnv, **options: Any) -> policies_mod.Policy:
@@ -188,9 +255,10 @@ def _records(label: str, recs: dict[str, np.ndarray], loads: Sequence[float], n:
     return rows
 
 
-def evaluate(policy: PolicyLike, env: AllocationEnv, params: EnvParams, loads: Sequence[float], seeds: int = 1,
-             episodes: int = 4, requests: int | None = None, seed: int = 0, warmup: float = 0.1,
-             name: str | None = None, **policy_options: Any) -> list[dict[str, Any]]:
+def evaluate(policy: PolicyLike, env: AllocationEnv, params: EnvParams, loads: Sequence[float] | None = None,
+             seeds: int = 1, episodes: int | None = None, requests: int | None = None, seed: int | None = None,
+             warmup: float | None = None, name: str | None = None, protocol: Protocol | None = None,
+             **policy_options: Any) -> list[dict[str, Any]]:
     """Run ``policy`` on ``len(loads) x seeds x episodes`` independent episodes in one jitted call.
 
     Args:
@@ -201,28 +269,34 @@ def evaluate(policy: PolicyLike, env: AllocationEnv, params: EnvParams, loads: S
         policy: its action is the environment's, decoded by the action wrapper when ``env`` has one).
       env, params: the environment, with or without an action wrapper (a baseline runs on the
         unwrapped one: it gives shares); ``params.load_min/max`` are replaced by each load in turn.
-      loads: offered loads rho.
-      seeds, episodes: independent episodes = seeds * episodes per load (seed s, episode e uses
-        key fold_in(fold_in(key(seed), s), e)).
-      requests: requests per episode (default env.requests).
-      warmup: fraction of each episode's first requests left out of the metrics.
+      loads, episodes, requests, seed, warmup: the protocol's values, each given here replacing the
+        one of ``protocol`` (default: :class:`Protocol`'s defaults, those of every report): offered
+        loads rho, episodes per load, requests per episode, seed of the episodes and the fraction of
+        each episode's first requests left out of the metrics.
+      seeds: seed groups; independent episodes = seeds * episodes per load (seed group s, episode e
+        uses key fold_in(fold_in(key(seed), s), e)).
       name: label of the policy in the rows.
+      protocol: the evaluation protocol (:class:`Protocol`).
       policy_options: options of a named baseline (c, k, ...).
     Returns:
       One record per load (see the module docstring). Latencies are in seconds, throughput in
       requests per second.
     """
+    p = protocol_of(protocol, loads=loads, episodes=episodes, requests=requests, seed=seed, warmup=warmup)
+    loads, episodes, seed, warmup = p.loads, p.episodes, p.seed, p.warmup
     _check_evaluation(loads, seeds, episodes, warmup)
-    env = with_requests(env, requests)
+    env = with_requests(env, p.requests)
     label = name or (policy if isinstance(policy, str) else getattr(policy, "name", "policy"))
     env, pol = _bind(policy, env, params, loads, seed, warmup, policy_options)
     recs = run_episodes(env, params, _policy_act(pol), loads, episodes, seed, seeds=seeds)
     return _records(label, recs, loads, seeds * episodes, env.requests, warmup, seed)
 
 
-def evaluate_baselines(names: Sequence[str], env: AllocationEnv, params: EnvParams, loads: Sequence[float],
-                       seeds: int = 1, episodes: int = 4, requests: int | None = None, seed: int = 0,
-                       warmup: float = 0.1, options: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def evaluate_baselines(names: Sequence[str], env: AllocationEnv, params: EnvParams,
+                       loads: Sequence[float] | None = None, seeds: int = 1, episodes: int | None = None,
+                       requests: int | None = None, seed: int | None = None, warmup: float | None = None,
+                       options: dict[str, dict[str, Any]] | None = None,
+                       protocol: Protocol | None = None) -> list[dict[str, Any]]:
     """:func:`evaluate` of several named baselines, the records in the order of ``names``, from one
     compiled program.
 
@@ -230,8 +304,10 @@ def evaluate_baselines(names: Sequence[str], env: AllocationEnv, params: EnvPara
     traced, unbatched scalar, so each call runs its own policy's branch only; the records are those
     :func:`evaluate` gives for each name alone (the same episodes). ``options``: name -> that
     baseline's options (c, k, ...). ``best_constant`` and ``best_clip`` search their tables first, as
-    in :func:`evaluate`.
+    in :func:`evaluate`; the protocol is :func:`evaluate`'s.
     """
+    p = protocol_of(protocol, loads=loads, episodes=episodes, requests=requests, seed=seed, warmup=warmup)
+    loads, episodes, requests, seed, warmup = p.loads, p.episodes, p.requests, p.seed, p.warmup
     _check_evaluation(loads, seeds, episodes, warmup)
     options = options or {}
     for name in names:

@@ -24,7 +24,7 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
 from .alloc import AllocationEnv, EnvParams
-from .registry import make
+from .spec import make
 
 _INFO_KEYS = ("latency", "wait", "exec_time", "utilization", "model", "invalid")
 

@@ -1,14 +1,23 @@
-"""Named environment configurations: ``make(name, **overrides) -> (env, params)``."""
+"""Registered problems: ``build(name, **overrides) -> (env, params)`` for the cluster sizes, catalogues and
+device dynamics of each name.
+
+A registered name fixes the problem (devices, catalogue, split rule, devices coming and going); what a
+policy sees, how its reward is scaled and what it outputs is the form, declared by
+:class:`jaxsplit.envs.EnvSpec`. :func:`jaxsplit.envs.make` builds a named environment, a problem in its
+form (:func:`jaxsplit.envs.spec.named`).
+"""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from .alloc import AllocationEnv, EnvParams
 
-#: Static (shape-fixing) settings accepted by :func:`make`; every other override is an EnvParams field.
-STATIC_KEYS = ("num_devices", "slots", "models", "input_size", "requests", "split", "bytes_per_element",
-               "reward_scale", "observation")
+#: Static (shape-fixing) settings accepted by :func:`build`: the parameters of AllocationEnv's constructor
+#: (num_devices, slots, models, input_size, requests, split, bytes_per_element, reward_scale, observation,
+#: and any it gains); every other override is an EnvParams field.
+STATIC_KEYS = tuple(name for name in inspect.signature(AllocationEnv.__init__).parameters if name != "self")
 
 #: the training catalogue of alloc-any-v0
 GENERALIST_MODELS = ("vgg16", "resnet18", "mobilenet_v2", "alexnet", "vgg16@160", "resnet18@320", "mobilenet_v2@320",
@@ -28,7 +37,7 @@ _REGISTRY: dict[str, dict[str, Any]] = {
 
 
 def registered() -> list[str]:
-    """Names accepted by :func:`make`."""
+    """Names of the registered problems (accepted by :func:`build`)."""
     return sorted(_REGISTRY)
 
 
@@ -44,8 +53,8 @@ def register(name: str, **settings: Any) -> None:
     _REGISTRY[name] = dict(settings)
 
 
-def make(name: str = "alloc-v0", **overrides: Any) -> tuple[AllocationEnv, EnvParams]:
-    """Build a registered environment and its default params.
+def build(name: str = "alloc-v0", **overrides: Any) -> tuple[AllocationEnv, EnvParams]:
+    """Build a registered problem as an AllocationEnv (no action wrapper) and its default params.
 
     ``overrides`` may set static settings (num_devices, slots, models, input_size, requests, split,
     bytes_per_element, reward_scale, observation), any :class:`EnvParams` field, ``load`` (fixes rho: load_min = load_max) and
@@ -54,7 +63,7 @@ def make(name: str = "alloc-v0", **overrides: Any) -> tuple[AllocationEnv, EnvPa
     observation, whose environment keeps its N and takes the cluster's devices as the first present
     ones (a cluster of at most N devices).
 
-    >>> env, params = make("alloc-n8-v0", models=("vgg16", "resnet18"), load=0.9)
+    >>> env, params = build("alloc-n8-v0", models=("vgg16", "resnet18"), load=0.9)
     >>> env.num_devices, env.obs_dim
     (8, 46)
     """
