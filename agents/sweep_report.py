@@ -28,9 +28,9 @@ def _params(params: dict[str, float]) -> str:
 
 
 def leaderboard(records: Sequence[dict[str, Any]], baselines: Sequence[dict[str, Any]], loads: Sequence[float],
-                study: str, top: int = 10, command: str | None = None) -> str:
+                study: str, top: int = 10, command: str | None = None, protocol: str | None = None) -> str:
     """Markdown: the ``top`` complete trials by objective, the best baseline at each load, and the gap
-    of the best trial to it."""
+    of the best trial to it; ``protocol`` describes the evaluation episodes (``Protocol.describe``)."""
     done = sorted((r for r in records if r["state"] == "complete"), key=lambda r: r["objective"])
     failed = sum(r["state"] == "fail" for r in records)
     best_base = best_baselines(baselines)
@@ -39,7 +39,7 @@ def leaderboard(records: Sequence[dict[str, Any]], baselines: Sequence[dict[str,
     lines = [f"# Sweep {study}: leaderboard", "",
              f"{len(done)} complete trials ({failed} failed or interrupted, queued again). Objective: the mean "
              f"latency over the loads, lower is better; each load's cell is the mean latency (s) with its 95% "
-             f"half-width.", "", head.rstrip("\n")]
+             f"half-width." + (f" Evaluation protocol: {protocol}." if protocol else ""), "", head.rstrip("\n")]
     for rank, r in enumerate(done[:top], 1):
         cells = [f"{p['mean_latency_s']:.4g} ± {p['mean_latency_s_ci']:.2g}" for p in r["per_load"]]
         lines.append(f"| {rank} | {r['number']} | {_params(r['params'])} | {r['objective']:.4g} | " + " | ".join(cells) + " |")
@@ -129,6 +129,7 @@ def write(out: Path, study: Any, records: Sequence[dict[str, Any]], baselines: S
         command = (f"jaxsplit evaluate --checkpoint {out / 'best'} --policy ppo --loads "
                    f"{','.join(f'{l:g}' for l in settings.eval_loads)} --episodes {settings.eval_episodes} --requests "
                    f"{settings.eval_requests} --seed {settings.eval_seed} --warmup {settings.eval_warmup:g} --markdown")
-    text = leaderboard(records, baselines, settings.eval_loads, name, command=command)
+    text = leaderboard(records, baselines, settings.eval_loads, name, command=command,
+                       protocol=settings.protocol().describe())
     atomic.write_text(out / "leaderboard.md", text)
     plots(out, study, records, dims)

@@ -22,6 +22,8 @@ from typing import Any, Sequence
 
 from jaxsplit import bench
 
+from . import options
+
 CHOICES = (*bench.SECTIONS, "all")
 
 
@@ -39,6 +41,11 @@ def _ints(field: str):
         return bench.check_positive(field, values)
 
     return parse
+
+
+#: the list options, each read as one comma-joined word (``--devices 2,4`` or ``--devices 2 4``)
+LISTS = {flag: options.ListOption(flag, str if flag == "--solvers" else int, None, True)
+         for flag in ("--solvers", "--devices", "--batches", "--envs", "--agents")}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -136,7 +143,7 @@ class _Bar:
 
 
 def main(argv: Sequence[str]) -> int:
-    args = parser().parse_args(list(argv))
+    args = parser().parse_args(options.spell_lists(argv, LISTS, positionals=True))
     plan = settings(args)
     show = args.progress if args.progress is not None else (sys.stderr.isatty() and not args.json)
     machine = bench.machine_info()

@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import tyro
 
 from jaxsplit import atomic
 from jaxsplit.agents.run import evaluation_env, load_policy
-from jaxsplit.envs import evaluate, evaluate_baselines, load_cluster, make, policies
+from jaxsplit.envs import MAIN, Protocol, evaluate, evaluate_baselines, load_cluster, make, policies
 from jaxsplit.envs.evaluation import markdown_table
 from jaxsplit.envs.spec import parse_devices, parse_models
+
+from . import options as cli_options
 
 #: the policy name that stands for the ``--checkpoint`` runs in ``--policy``.
 CHECKPOINT_POLICY = "ppo"
@@ -38,34 +39,34 @@ CHECKPOINT_POLICY = "ppo"
 class EvaluateArgs:
     """Evaluate allocation policies on the allocation environment at several offered loads."""
 
-    policy: str = "whole_cluster,free_now,myopic"
+    policy: str = dataclasses.field(default="whole_cluster,free_now,myopic", metadata=cli_options.LIST)
     """Comma-separated policy names: random, whole_cluster, free_now, constant, best_constant (its share searched
     per load), best_clip (each device's free share clipped to [floor, cap], the pair searched per load; both
     searched on 16 episodes apart from the evaluated ones), fastest_k, myopic, and ppo (the trained policy of
     --checkpoint)."""
-    loads: str = "0.3,0.9,1.2"
-    """Comma-separated offered loads rho (1 saturates the whole-cluster policy)."""
+    loads: tuple[float, ...] = dataclasses.field(default_factory=lambda: Protocol().loads)
+    """Offered loads rho (1 saturates the whole-cluster policy)."""
     cluster: str | None = None
     """JSON file {"devices": [...]} in the instance format (shares ignored): fixes the cluster."""
-    models: str | None = None
+    models: str | None = dataclasses.field(default=None, metadata=cli_options.LIST)
     """Comma-separated model specs: the request mix (uniform). Default: the environment's (the run's) catalogue.
     A spec is NAME (zoo model at the input size), NAME@H or NAME@HxW (zoo model at that size), PATH.py:FACTORY[@HxW]
     (the torch module FACTORY() returns) or torchvision:NAME[@HxW] (both read by the PyTorch bridge; torch extra).
     With --checkpoint of a sets policy (alloc-any-v0) any specs; of another policy, specs of the run's catalogue."""
-    devices: str | None = None
+    devices: str | None = dataclasses.field(default=None, metadata=cli_options.LIST)
     """Devices per episode LO,HI (or N), at most the environment's N (the others absent). Default: the
     environment's (the run's)."""
     churn: float | None = None
     """Rate at which a device leaves, per device and per mean reference time (default: the environment's)."""
     rejoin: float | None = None
     """Rate at which a device that left comes back, same unit (default: the environment's)."""
-    episodes: int = 8
+    episodes: int = dataclasses.field(default_factory=lambda: Protocol().episodes)
     """Episodes per load (each an independent cluster draw unless the cluster is fixed)."""
-    requests: int = 500
+    requests: int = dataclasses.field(default_factory=lambda: Protocol().requests)
     """Requests per episode."""
-    seed: int = 0
+    seed: int = dataclasses.field(default_factory=lambda: Protocol().seed)
     """Random seed of the episodes."""
-    warmup: float = 0.1
+    warmup: float = dataclasses.field(default_factory=lambda: Protocol().warmup)
     """Fraction of each episode's first requests left out of the metrics."""
     json: bool = False
     """Print a JSON list of records (one per policy and load) instead of a table."""
@@ -74,8 +75,8 @@ class EvaluateArgs:
     plot: str | None = None
     """Write a PNG of mean latency against load for every policy (95% CI bars) to this file."""
     env: str | None = None
-    """Registered environment name (alloc-v0: N=4 devices; alloc-n8-v0: N=8). Default: alloc-v0, or the run's
-    with --checkpoint."""
+    """Named environment (alloc-main-v0: the main job's, N=4 devices; alloc-v0: the paper's plain model, N=4;
+    alloc-n8-v0: N=8). Default: alloc-main-v0, or the run's with --checkpoint."""
     share: float = 0.5
     """The share c of the constant policy."""
     k: int | None = None
@@ -85,9 +86,9 @@ class EvaluateArgs:
     several), evaluated on the same episodes as the baselines."""
 
 
-def _floats(text: str, field: str) -> list[float]:
+def _floats(text: str | Sequence[float], field: str) -> list[float]:
     try:
-        values = [float(v) for v in text.split(",") if v.strip()]
+        values = [float(v) for v in (cli_options.split_values([text]) if isinstance(text, str) else text)]
     except ValueError:
         raise ValueError(f"field '{field}': expected comma-separated numbers, got {text!r}") from None
     if not values:
@@ -147,8 +148,8 @@ def run(args: EvaluateArgs) -> list[dict[str, Any]]:
             overrides["cluster"] = cluster
         if models is not None:
             overrides["models"] = models
-        env, params = make(args.env or "alloc-v0", **overrides)
-    common = dict(loads=loads, episodes=args.episodes, seed=args.seed, warmup=args.warmup)
+        env, params = make(args.env or MAIN, **overrides)
+    common = dict(protocol=protocol(args))
     options: dict[str, dict[str, Any]] = {"constant": {"c": args.share}}
     if args.k is not None:
         options["fastest_k"] = {"k": args.k}
@@ -165,6 +166,11 @@ def run(args: EvaluateArgs) -> list[dict[str, Any]]:
     return rows
 
 
+def protocol(args: EvaluateArgs) -> Protocol:
+    """The evaluation protocol of the options (checked)."""
+    return Protocol(tuple(_floats(args.loads, "loads")), args.episodes, args.requests, args.warmup, args.seed).check()
+
+
 def command_line(run_dir: str, policies_: Sequence[str], loads: Sequence[float], episodes: int, requests: int,
                  seed: int, warmup: float) -> str:
     """The ``jaxsplit evaluate`` command that evaluates ``policies_`` and a run's policy as given."""
@@ -173,11 +179,14 @@ def command_line(run_dir: str, policies_: Sequence[str], loads: Sequence[float],
             f"--seed {seed} --warmup {warmup:g} --markdown")
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
+def print_table(rows: list[dict[str, Any]], protocol: Protocol | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="allocation policies (mean over episodes, +- 95% CI)", title_justify="left")
+    title = "allocation policies (mean over episodes, +- 95% CI)"
+    if protocol is not None:
+        title += f"; {protocol.describe()}"
+    table = Table(title=title, title_justify="left")
     for col in ("policy", "load", "mean latency (s)", "p95 (s)", "p99 (s)", "norm. latency", "utilization",
                 "request U", "throughput (1/s)", "invalid"):
         table.add_column(col, justify="left" if col == "policy" else "right")
@@ -240,7 +249,7 @@ def json_records(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-    args = tyro.cli(EvaluateArgs, args=list(argv), prog="jaxsplit evaluate")
+    args = cli_options.parse(EvaluateArgs, list(argv), "jaxsplit evaluate")
     if args.plot:
         check_plot_path(args.plot)
     rows = run(args)
@@ -251,5 +260,5 @@ def main(argv: Sequence[str]) -> int:
     elif args.markdown:
         sys.stdout.write(markdown_table(rows) + "\n")
     else:
-        print_table(rows)
+        print_table(rows, protocol(args))
     return 0

@@ -18,7 +18,6 @@ import sys
 from typing import Any, Literal, Optional, Sequence
 
 import numpy as np
-import tyro
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -34,6 +33,8 @@ from jaxsplit.bridge.planning import default_devices, load_devices, load_model, 
 from jaxsplit.instance import Device
 from jaxsplit.layers import Layer
 from jaxsplit.reference import layer_latency
+
+from . import options
 
 SolverName = Literal["closed_form", "exact", "single", "equal", "proportional", "rebalance", "lp"]
 
@@ -103,7 +104,7 @@ def predict(layers: Sequence[Layer], rows: np.ndarray, flops: Sequence[float], b
 
 def main(argv: Sequence[str]) -> int:
     """Run the split of ``argv``'s options; 0 when the output matches the unsplit model, else 1."""
-    args = tyro.cli(RunArgs, args=list(argv), prog="jaxsplit run")
+    args = options.parse(RunArgs, list(argv), "jaxsplit run")
     spec, layers, devices, rows, predicted = _spec(args)
     try:
         if args.rank is not None:

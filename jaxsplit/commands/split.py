@@ -11,6 +11,7 @@ import tyro
 from ..console import make_console
 from ..instance import dumps_result, load
 from ..plan import solve_instances
+from . import options
 
 SolverName = Literal["closed_form", "exact", "single", "equal", "proportional", "rebalance", "lp"]
 
@@ -48,7 +49,7 @@ def print_table(plans, instances, solver: str) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    args = tyro.cli(SplitArgs, args=list(argv), prog="jaxsplit split")
+    args = options.parse(SplitArgs, list(argv), "jaxsplit split")
     instances = load(args.file)
     plans = solve_instances(instances, args.solver)
     if args.json:

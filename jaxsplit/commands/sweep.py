@@ -24,6 +24,8 @@ from jaxsplit.agents.ppo import PPOConfig, deferred_checks
 from jaxsplit.agents.sweep import NothingToDo, Sweep, SweepSettings
 from jaxsplit.envs import EnvSpec
 
+from . import options
+
 
 @dataclass
 class SweepArgs:
@@ -39,7 +41,7 @@ class SweepArgs:
     """a searched setting: NAME=LOW:HIGH, NAME=LOW:HIGH:log or NAME=v1,v2,... (repeatable)"""
     space_file: Path | None = None
     """a TOML file with a [space] table (NAME = "LOW:HIGH[:log]" or a list)"""
-    baselines: str | None = None
+    baselines: str | None = field(default=None, metadata=options.LIST)
     """comma-separated baselines of the leaderboard (default: every baseline)"""
     progress: bool = True
     """show a progress bar (otherwise one line per population)"""
@@ -94,7 +96,7 @@ def _terminate(signum, frame):  # a batch scheduler's SIGTERM ends the sweep as 
 
 def main(argv: Sequence[str] | None = None) -> int:
     with deferred_checks():  # Sweep checks the PPO settings, so that a bad value is one line naming the field
-        args = tyro.cli(SweepArgs, args=argv, prog="jaxsplit sweep")
+        args = options.parse(SweepArgs, sys.argv[1:] if argv is None else argv, "jaxsplit sweep")
     if str(args.out) in ("", "."):
         raise ValueError(f"--out: give the sweep its own folder, got {str(args.out)!r}")
     baselines = None if args.baselines is None else [b.strip() for b in args.baselines.split(",") if b.strip()]

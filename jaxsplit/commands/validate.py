@@ -16,13 +16,14 @@ import sys
 from typing import Literal, Optional, Sequence
 
 import torch
-import tyro
 from rich.console import Console
 from rich.table import Table
 
 from jaxsplit.bridge.graph import TracedModel, trace
 from jaxsplit.bridge.pieces import PieceReport, validate_plan
 from jaxsplit.bridge.planning import default_devices, load_devices, load_model, parse_range, plan_rows
+
+from . import options
 
 SolverName = Literal["closed_form", "exact", "single", "equal", "proportional", "rebalance", "lp"]
 
@@ -54,7 +55,7 @@ class ValidateArgs:
 
 def main(argv: Sequence[str]) -> int:
     """Validate the plan of ``argv``'s options; 0 when every piece matches the unsplit model, else 1."""
-    args = tyro.cli(ValidateArgs, args=list(argv), prog="jaxsplit validate")
+    args = options.parse(ValidateArgs, list(argv), "jaxsplit validate")
     devices = load_devices(args.cluster) if args.cluster else default_devices(args.devices)
     model, shape = load_model(args.model, args.input_size, args.seed)
     dtype = torch.float64 if args.dtype == "float64" else torch.float32

@@ -11,6 +11,7 @@ import tyro
 from .. import zoo
 from ..console import make_console
 from ..layers import total_macs, total_work
+from . import options
 
 
 @dataclasses.dataclass
@@ -28,7 +29,7 @@ class ZooArgs:
 def main(argv: Sequence[str]) -> int:
     from rich.table import Table
 
-    args = tyro.cli(ZooArgs, args=list(argv), prog="jaxsplit zoo")
+    args = options.parse(ZooArgs, list(argv), "jaxsplit zoo")
     console = make_console()
     if args.name is None:
         table = Table(title="model zoo", title_justify="left")
