@@ -55,7 +55,7 @@ import numpy as np
 
 from jaxsplit import atomic
 from jaxsplit.envs import EnvSpec, policies
-from jaxsplit.envs.evaluation import episode_metrics, evaluate, run_episodes, with_requests
+from jaxsplit.envs.evaluation import Protocol, episode_metrics, evaluate, run_episodes, with_requests
 
 from . import checkpoint
 from .pbt import exploit_explore, member_values
@@ -85,15 +85,15 @@ class SweepSettings:
     """how Optuna proposes trials (grid: every dimension a list)"""
     schedule: Literal["none", "pbt"] = "none"
     """none: each trial trains with its own settings; pbt: population-based training within each population"""
-    eval_loads: tuple[float, ...] = (0.3, 0.6, 0.9, 1.2)
+    eval_loads: tuple[float, ...] = dataclasses.field(default_factory=lambda: Protocol().loads)
     """offered loads of the objective (mean latency over them)"""
-    eval_episodes: int = 8
+    eval_episodes: int = dataclasses.field(default_factory=lambda: Protocol().episodes)
     """evaluation episodes per load and member"""
-    eval_requests: int = 256
+    eval_requests: int = dataclasses.field(default_factory=lambda: Protocol().requests)
     """requests per evaluation episode"""
-    eval_warmup: float = 0.1
+    eval_warmup: float = dataclasses.field(default_factory=lambda: Protocol().warmup)
     """fraction of each evaluation episode's first requests left out of the metrics"""
-    eval_seed: int = 1000
+    eval_seed: int = dataclasses.field(default_factory=lambda: Protocol().seed)
     """seed of the evaluation episodes (the same for every trial and baseline)"""
     seed: int = 0
     """seed of each trial's first member (the others: seed + 1, ...) and of the sampler"""
@@ -141,6 +141,11 @@ class SweepSettings:
     @property
     def trials_per_batch(self) -> int:
         return self.population // self.seeds
+    def protocol(self) -> Protocol:
+        """The evaluation protocol of the objective and of the baselines (the ``--eval-*`` options)."""
+        return Protocol(tuple(float(x) for x in self.eval_loads), self.eval_episodes, self.eval_requests,
+                        self.eval_warmup, self.eval_seed)
+
 
 
 def storage_url(out: Path, storage: str | None) -> str:
@@ -615,8 +620,7 @@ class Sweep:
         env, params = self.spec.base()
         rows = []
         for name in self.baseline_names:
-            rows += evaluate(name, env, params, self.settings.eval_loads, episodes=self.settings.eval_episodes,
-                             requests=self.settings.eval_requests, seed=self.settings.eval_seed, warmup=self.settings.eval_warmup)
+            rows += evaluate(name, env, params, protocol=self.settings.protocol())
         atomic.write_text(path, json.dumps({"key": key, "rows": rows}, indent=1) + "\n")
         return rows
 
