@@ -79,7 +79,7 @@ def test_evaluate_checkpoint_end_to_end_equals_direct_evaluation(run_dir, cluste
     fn, env, params = load_policy(run_dir, 32, envs.load_cluster(cluster_file))
     assert env.num_devices == 4 and bool(params.fixed_cluster)
     np.testing.assert_allclose(params.cluster_flops, [d["flops"] for d in CLUSTER["devices"]])
-    direct = envs.evaluate(fn, env, params, [0.9], episodes=2, seed=3, warmup=0.1, name="ppo")[0]
+    direct = envs.evaluate(fn, env, params, [0.9], episodes=2, requests=32, seed=3, warmup=0.1, name="ppo")[0]
     for metric in METRICS:
         assert ppo[metric] == pytest.approx(direct[metric], rel=1e-6, abs=1e-9), metric
     # the trained policy is not the whole-cluster one: the rows differ

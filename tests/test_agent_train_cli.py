@@ -119,7 +119,7 @@ def test_the_run_records_its_cluster_and_evaluates_on_it(run_dir, monkeypatch, c
     np.testing.assert_allclose(p_params.cluster_flops, cluster[0], rtol=1e-6)
     # the baseline ran on exactly the episodes of that cluster
     env, params = envs.make("alloc-v0", cluster=cluster, requests=32, reward_scale="mean", observation="table")
-    direct = envs.evaluate("whole_cluster", env, params, [0.9], episodes=2)[0]
+    direct = envs.evaluate("whole_cluster", env, params, [0.9], episodes=2, requests=32)[0]
     for metric in METRICS:
         assert rows[1][metric] == pytest.approx(direct[metric], rel=1e-6, abs=1e-12), metric
 

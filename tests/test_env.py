@@ -51,6 +51,7 @@ def test_registered_names_jit_and_step():
     assert {"alloc-v0", "alloc-n8-v0"} <= set(envs.registered())
     for name in envs.registered():
         env, params = envs.make(name, requests=3, models=("alexnet",))
+        env = getattr(env, "unwrapped", env)  # alloc-main-v0 acts through its wrapper; step its shares here
         assert isinstance(env.obs_dim, int) and isinstance(env.num_devices, int)
         acts = jnp.full((4, env.num_devices), 0.5)
         obs, r, term, trunc, info, states = jax.jit(lambda k: rollout(env, params, k, acts))(jax.random.key(0))

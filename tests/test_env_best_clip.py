@@ -76,7 +76,8 @@ def test_search_picks_the_pair_with_the_lowest_search_latency():
     pairs = np.asarray(actions.clip_pairs(levels))
     assert table.shape == (2, 2) and scores.shape == (len(pairs), 2)
     direct = np.array([[r["mean_latency_s"] for r in envs.evaluate(
-        "best_clip", env, params, loads, episodes=3, seed=7, caps=(float(cap),), floors=(float(floor),))]
+        "best_clip", env, params, loads, episodes=3, requests=env.requests, seed=7, caps=(float(cap),),
+        floors=(float(floor),))]
         for cap, floor in pairs])  # (pairs, loads)
     np.testing.assert_allclose(scores, direct, rtol=1e-5)
     for j in range(len(loads)):
