@@ -7,8 +7,11 @@ kept). A missing or unreadable checkpoint raises ``ValueError`` with the path an
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import orbax.checkpoint as ocp
@@ -52,14 +55,49 @@ def restore(run_dir: str | Path, target: Any, step: int | None = None) -> tuple[
         raise ValueError(f"no checkpoint to resume from in {path}")
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), target)
     try:
-        with ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False,
-                                                                               enable_async_checkpointing=False)) as mgr:
+        with _quiet_orbax(), ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(
+                create=False, enable_async_checkpointing=False)) as mgr:
             state = mgr.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as err:  # orbax raises many kinds; all mean the checkpoint is unusable
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        text = reason(err)
+        if _MISMATCH.search(text):
+            raise ValueError(f"checkpoint {path / str(step)} does not match the run's config.json (the network or "
+                             f"environment it describes has other shapes: {_clip(text, 160)})") from None
         raise ValueError(f"checkpoint {path / str(step)} is unreadable or corrupt ({type(err).__name__}: "
-                         f"{reason[:200]})") from err
+                         f"{_clip(text, 200)})") from None
     bad = [a.shape for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(abstract)) if a.shape != b.shape]
     if bad:
-        raise ValueError(f"checkpoint {path / str(step)} does not match this configuration")
+        raise ValueError(f"checkpoint {path / str(step)} does not match the run's config.json")
     return state, step
+
+
+#: orbax's words for a checkpoint whose structure or shapes differ from the requested ones
+_MISMATCH = re.compile(r"structure mismatch|not compatible with the stored shape|not found in metadata|"
+                       r"shape mismatch|incompatible shape", re.I)
+#: Python object reprs (``<bound method ... at 0x...>``) that some library errors embed
+_REPR = re.compile(r"<[^<>]*(?: at 0x[0-9a-f]+|bound method|function |object )[^<>]*>", re.I)
+
+
+def reason(err: BaseException) -> str:
+    """The first line of an error, without object reprs, at most 400 characters."""
+    text = _REPR.sub("", str(err)).strip()
+    text = text.splitlines()[0].strip() if text else ""
+    text = re.sub(r"\s+", " ", text).rstrip(" :;,(")
+    return text[:400] or type(err).__name__
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[:n - 3].rstrip() + "..."
+
+
+@contextlib.contextmanager
+def _quiet_orbax() -> Iterator[None]:
+    """orbax's absl log lines (a missing or unparsable metadata file) stay off standard error: the
+    ValueError that follows says what is wrong."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

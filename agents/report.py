@@ -75,13 +75,14 @@ def _comparison(results: Sequence[dict[str, Any]]) -> list[str]:
 
 def write_report(run_dir: Path, spec: EnvSpec, config: PPOConfig, rows: Sequence[dict[str, float]],
                  results: Sequence[dict[str, Any]], command: str,
-                 extra: Sequence[tuple[str, Sequence[dict[str, Any]], str]] = (), title: str | None = None) -> str:
+                 extra: Sequence[tuple[str, Sequence[dict[str, Any]], str]] = (), title: str | None = None,
+                 name: str | None = None) -> str:
     """Write ``RUN_DIR/report.md`` and return its text. ``command`` is the ``jaxsplit evaluate`` command
     line that reproduces ``results``; ``extra`` adds (title, results, command) sections (a generalist's
-    other device counts), ``title`` names the main one."""
+    other device counts), ``title`` names the main one, ``name`` the run (default: the folder's name)."""
     last = rows[-1] if rows else {}
     settings = {k: v for k, v in spec.to_json().items() if v is not None}
-    lines = [f"# PPO run {run_dir.name}", "",
+    lines = [f"# PPO run {name or run_dir.name}", "",
              f"Environment `{spec.env}` {settings}; {config.num_updates} updates, "
              f"{config.num_updates * config.batch_size:,} environment steps; wall time {last.get('wall_s', 0):.0f} s.",
              "", "![training curve](training_curve.png)", "",

@@ -11,11 +11,14 @@ keys and arithmetic as an uninterrupted one and ends with the same parameters.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import socket
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -51,6 +54,94 @@ def _environment(spec: EnvSpec | None, env: Any, env_params: Any) -> tuple[Any, 
 #: Everything a run writes into its folder (``jaxsplit train``); a fresh run refuses a folder holding any.
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", "evaluation.json", "report.md", "training_curve.png",
              "latency_vs_load.png")
+
+
+#: The lock file of a run folder: held (``flock``) by the one process that writes the run; it holds
+#: that process's pid, host and start time (Unix seconds) as JSON, to name the owner when refused.
+LOCK_FILE = ".lock"
+#: Folders a run writes beside the old run's files (``--overwrite``) and then swaps in; a leftover one
+#: (its process was interrupted) is removed by the next process that holds the lock.
+STAGE_PREFIX, REPLACED_PREFIX = ".overwrite-", ".replaced-"
+#: run folders (resolved) whose lock this process holds -> [fd, depth] (the lock is reentrant)
+_HELD: dict[str, list[int]] = {}
+
+
+def _lock_owner(path: Path) -> str:
+    try:
+        owner = json.loads(path.read_text() or "{}")
+        return f"pid {owner['pid']} on {owner['host']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "owner unknown"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path, option: str = "--out") -> Iterator[Path]:
+    """Hold the run folder's lock file while the body runs; the folder is made when missing.
+
+    One process at a time writes a run: a second one (another ``train``, a ``--resume``) is refused
+    with ValueError naming the owner's pid and host. The lock is an ``flock`` on
+    ``RUN_DIR/.lock``, released by the kernel when its process ends however it ends, so the lock of
+    a process that died (killed, crashed, Ctrl-C) is free and taken over by the next one. Reentrant
+    within a process."""
+    path = Path(run_dir)
+    key = str(path.resolve())
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield path
+        finally:
+            _HELD[key][1] -= 1
+        return
+    import fcntl
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise ValueError(f"{option} {str(run_dir)!r}: cannot write there ({err.strerror or type(err).__name__})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ValueError(f"{option} {str(run_dir)!r} is in use by another jaxsplit process "
+                         f"({_lock_owner(path / LOCK_FILE)}); wait for it to end or choose another {option}") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                  "started": round(time.time(), 3)}).encode() + b"\n", 0)
+        for stale in path.iterdir():  # what an interrupted --overwrite left (no process holds it now)
+            if stale.name.startswith((STAGE_PREFIX, REPLACED_PREFIX)) and stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+        _HELD[key] = [fd, 1]
+        yield path
+    finally:
+        _HELD.pop(key, None)
+        os.close(fd)  # releases the flock; the file stays (removing it would race a waiting process)
+
+
+def replace_run(stage: str | Path, run_dir: str | Path) -> None:
+    """Swap a run written in ``stage`` in for the run files of ``run_dir`` (:data:`RUN_FILES` only;
+    the user's other files stay), then remove ``stage``. Each move is a rename; Ctrl-C waits until
+    the swap is done (:func:`jaxsplit.atomic.uninterrupted`)."""
+    stage, run_dir = Path(stage), Path(run_dir)
+    trash = run_dir / f"{REPLACED_PREFIX}{os.getpid()}"
+    with atomic.uninterrupted():
+        shutil.rmtree(trash, ignore_errors=True)
+        trash.mkdir()
+        for name in RUN_FILES:
+            if (run_dir / name).exists() or (run_dir / name).is_symlink():
+                os.replace(run_dir / name, trash / name)
+        for name in RUN_FILES:
+            if (stage / name).exists():
+                os.replace(stage / name, run_dir / name)
+    shutil.rmtree(trash, ignore_errors=True)
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+def holds_run(run_dir: str | Path) -> list[str]:
+    """The run files (:data:`RUN_FILES`) present in ``run_dir``."""
+    path = Path(run_dir)
+    return [name for name in RUN_FILES if (path / name).exists()] if path.is_dir() else []
 
 
 def check_run_dir(run_dir: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
@@ -89,15 +180,25 @@ def train_run(config: PPOConfig, run_dir: str | Path, spec: EnvSpec | None = Non
     The environment is ``spec.make()`` (recorded in config.json, so that the run folder alone can be
     evaluated later), or ``env`` and ``env_params`` as given (then config.json records no spec).
     Raises ValueError when ``run_dir`` is refused by :func:`check_run_dir` (a fresh run into a folder
-    holding a run's files without ``overwrite``: nothing is overwritten), when ``resume`` finds no
-    readable checkpoint, or when its configuration differs. Every file is written atomically.
+    holding a run's files without ``overwrite``: nothing is overwritten), when another process holds
+    the folder (:func:`run_lock`), when ``resume`` finds a checkpoint it cannot read, or when its
+    configuration differs; a run stopped before its first checkpoint resumes from the start. Every
+    file is written atomically.
     ``on_chunk`` receives the last metrics row of each chunk (for progress display).
     """
     for name, value in (("log_every", log_every), ("checkpoint_every", checkpoint_every)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    run_dir = check_run_dir(run_dir, resume, overwrite=False)
-    env, env_params = _environment(spec, env, env_params)
+    check_run_dir(run_dir, resume=True)  # the path alone: empty, a file, under a file
+    env, env_params = _environment(spec, env, env_params)  # a bad setting fails before anything is touched
+    with run_lock(run_dir):
+        return _train_run(config, check_run_dir(run_dir, resume, overwrite=overwrite), spec, seed, resume, log_every,
+                          checkpoint_every, env, env_params, on_chunk)
+
+
+def _train_run(config: PPOConfig, run_dir: Path, spec: EnvSpec | None, seed: int, resume: bool, log_every: int,
+               checkpoint_every: int, env: Any, env_params: Any,
+               on_chunk: Callable[[dict[str, Any]], None] | None) -> tuple[Trainer, RunnerState]:
     trainer = Trainer(config, env, env_params)
     hp = trainer.default_hparams()
     init = jax.jit(trainer.init)
@@ -106,7 +207,8 @@ def train_run(config: PPOConfig, run_dir: str | Path, spec: EnvSpec | None = Non
     saved = run_config_json(config, spec, seed)
     if resume:
         if not config_path.exists():
-            raise ValueError(f"--resume: {config_path} does not exist")
+            raise ValueError(f"--resume: {run_dir} holds no run to continue (no config.json); start it without "
+                             f"--resume")
         old = json.loads(config_path.read_text())
         for part in ("env", "ppo"):
             new_part, old_part = saved[part] or {}, old.get(part) or {}
@@ -116,7 +218,10 @@ def train_run(config: PPOConfig, run_dir: str | Path, spec: EnvSpec | None = Non
                                      f"{old_part.get(name)!r}")
         if old.get("seed") != seed:
             raise ValueError(f"--resume: seed={seed} differs from the run's {old.get('seed')!r}")
-        runner, start = checkpoint.restore(run_dir, jax.eval_shape(init, key, hp))
+        if checkpoint.latest_step(run_dir) is None:  # stopped before its first checkpoint: start it again
+            runner, start = init(key, hp), 0
+        else:
+            runner, start = checkpoint.restore(run_dir, jax.eval_shape(init, key, hp))
         kept = [json.dumps(r) for r in read_metrics(run_dir) if r["update"] <= start]
         atomic.write_text(metrics_path, "".join(r + "\n" for r in kept))
     else:

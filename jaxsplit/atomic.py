@@ -9,8 +9,37 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+
+#: Held while a group of renames must complete together; the Ctrl-C thread of the command line
+#: (:func:`jaxsplit.cli._exit_on_ctrl_c`) takes it before the process exits.
+CRITICAL = threading.RLock()
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Ctrl-C (on the command line) waits until the body is done: for a few renames that only make
+    sense together (a run swapped in for another)."""
+    with CRITICAL:
+        yield
+
+
+#: Called (in order, from the Ctrl-C thread) when the command line is interrupted, before it exits.
+ON_INTERRUPT: list[Callable[[], None]] = []
+
+
+@contextlib.contextmanager
+def on_interrupt(hook: Callable[[], None]) -> Iterator[None]:
+    """While the body runs, Ctrl-C on the command line calls ``hook()`` before the process exits (a
+    sweep queues its running trials again). The hook runs on another thread than the body's."""
+    ON_INTERRUPT.append(hook)
+    try:
+        yield
+    finally:
+        ON_INTERRUPT.remove(hook)
 
 
 @contextlib.contextmanager

@@ -74,6 +74,22 @@ def run_command(name: str, body: Callable[[], int]) -> int:
         return EXIT_BROKEN_PIPE
 
 
+def _silence_stderr() -> None:
+    """Send whatever the process writes to standard error from now on nowhere."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+    except OSError:
+        pass
+
+
+def atomic_critical() -> None:
+    """Wait until renames that belong together are done (:func:`jaxsplit.atomic.uninterrupted`)."""
+    atomic = sys.modules.get("jaxsplit.atomic")
+    if atomic is not None:
+        atomic.CRITICAL.acquire()
+
+
 def _exit_on_ctrl_c(name: str) -> None:
     """Ctrl-C ends the process at once, whatever it is doing, with one line and status 130.
 
@@ -91,7 +107,16 @@ def _exit_on_ctrl_c(name: str) -> None:
 
     def wait() -> None:
         signal.sigwait({signal.SIGINT})
+        from jaxsplit import atomic
+
         os.write(2, f"jaxsplit {name}: interrupted\n".encode())
+        for hook in list(atomic.ON_INTERRUPT):  # e.g. a sweep queues its running trials again
+            try:
+                hook()
+            except Exception:  # the exit must not wait on a hook that fails
+                pass
+        _silence_stderr()
+        atomic.CRITICAL.acquire()  # renames that belong together finish first
         os._exit(EXIT_INTERRUPTED)
 
     threading.Thread(target=wait, name="ctrl-c", daemon=True).start()
@@ -133,12 +158,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The process is ours (the console script) and failed or was stopped: leave without the
         # interpreter's teardown, which can crash or print thread tracebacks while XLA compiler,
         # checkpoint or rendezvous threads still run. Every run file is already complete on disk
-        # (written atomically).
+        # (written atomically). After the one line, standard error is closed to those threads (a
+        # failed checkpoint read leaves tensorstore callbacks that print "Event loop is closed").
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
             except (OSError, ValueError):
                 pass
+        _silence_stderr()
+        atomic_critical()
         os._exit(code)
     return code
 

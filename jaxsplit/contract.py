@@ -36,6 +36,8 @@ MAX_LAYER_WORK = 1e36
 #: Largest time (s) any device may take for a whole layer, and the largest request latency bound
 #: (the sum over layers of those times): far below float32's 3.4e38, so sums stay finite.
 MAX_TIME = 1e30
+#: Random seeds: 64-bit signed integers (what ``jax.random.key`` takes).
+MIN_SEED, MAX_SEED = -(2**63), 2**63 - 1
 
 
 def check_number(value: Any, field: str, low: float, high: float, *, where: str = "",
@@ -54,6 +56,14 @@ def check_number(value: Any, field: str, low: float, high: float, *, where: str 
         extra = (" or 0" if zero else "") + (" or infinite" if infinite else "")
         raise ValueError(f"{where}field '{field}' must be in [{low:g}, {high:g}]{extra}, got {value!r}")
     return v
+
+
+def check_seed(value: Any, field: str = "seed", low: int = MIN_SEED, high: int = MAX_SEED) -> int:
+    """An integer random seed in [low, high] (default: a 64-bit signed integer); ValueError
+    ``field '{field}' must be an integer in [low, high], got {value!r}``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+        raise ValueError(f"field '{field}' must be an integer in [{low}, {high}], got {value!r}")
+    return int(value)
 
 
 def check_size(value: Any, field: str, *, where: str = "", low: int = 1) -> int:

@@ -187,6 +187,8 @@ def _from_bridge(parsed: ModelSpec, size: tuple[int, int]) -> list[Layer]:
     except ValueError as err:  # load_model's errors and UnsupportedModelError
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise _error(parsed.text, _FIELD_PREFIX.sub("", first)) from None
+    except SystemExit as err:  # a factory that calls sys.exit() must not end the command silently
+        raise _error(parsed.text, f"reading the model failed: the factory exited (SystemExit({err.code!r}))") from None
     except Exception as err:  # a module whose forward fails outside the trace, for instance
         first = str(err).splitlines()[0] if str(err) else ""
         raise _error(parsed.text, f"reading the model failed: {type(err).__name__}: {first}") from None

@@ -267,8 +267,8 @@ def test_every_train_flag_reaches_config_json_through_the_command(tmp_path, monk
 
 
 def test_overwrite_removes_the_runs_files_through_the_command(tmp_path, monkeypatch):
-    """``jaxsplit train --overwrite`` over another run's folder: by the time training starts, the run's
-    own files are gone and the user's are kept."""
+    """``jaxsplit train --overwrite`` over another run's folder: the new run trains in a folder beside
+    the old run's files, which stay whole until it is done (the user's files are never touched)."""
     out = tmp_path / "run"
     out.mkdir()
     for name in ("config.json", "metrics.jsonl", "report.md"):
@@ -277,13 +277,14 @@ def test_overwrite_removes_the_runs_files_through_the_command(tmp_path, monkeypa
     seen = []
 
     def stop(config, run_dir, *_args, **_kwargs):
-        seen.append(sorted(p.name for p in Path(run_dir).iterdir()))
+        seen.append((Path(run_dir).parent, sorted(p.name for p in out.iterdir() if not p.name.startswith("."))))
         raise _Stop
 
     monkeypatch.setattr(train, "train_run", stop)
     with pytest.raises(_Stop):
         train.main(["--out", str(out), "--overwrite", *TINY])
-    assert seen == [["notes.txt"]]
+    assert seen == [(out, ["config.json", "metrics.jsonl", "notes.txt", "report.md"])]
+    assert all((out / name).read_text() == "old" for name in ("config.json", "metrics.jsonl", "report.md"))
 
 
 def test_bad_flags_an_empty_out_is_refused_in_full_by_the_command(tmp_path):

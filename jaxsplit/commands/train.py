@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,9 @@ import tyro
 
 from jaxsplit.agents import checkpoint, report
 from jaxsplit.agents.ppo import PPOConfig, deferred_checks
-from jaxsplit import atomic
-from jaxsplit.agents.run import check_run_dir, read_metrics, train_run
+from jaxsplit import atomic, contract
+from jaxsplit.agents.run import (STAGE_PREFIX, check_run_dir, holds_run, read_metrics, replace_run, run_lock,
+                                 train_run)
 from jaxsplit.envs import EnvSpec, policies
 
 from . import evaluate as evaluate_cmd
@@ -110,20 +112,22 @@ def validate(args: TrainArgs) -> None:
     for name in args.eval_policies:
         if name not in policies.POLICIES:
             raise ValueError(f"--eval-policies: unknown baseline {name!r}; known: {', '.join(policies.POLICIES)}")
+    contract.check_seed(args.seed)
     args.ppo.validate()
     if args.resume and args.overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
 
 
-def final_evaluation(args: TrainArgs, devices: int | None = None) -> tuple[list[dict], str]:
+def final_evaluation(args: TrainArgs, devices: int | None = None, run_dir: Path | None = None) -> tuple[list[dict], str]:
     """Every baseline and the run's policy through ``jaxsplit evaluate``; (records, its command line).
-    ``devices``: evaluate on clusters of exactly that many devices (a generalist's report)."""
+    ``devices``: evaluate on clusters of exactly that many devices (a generalist's report);
+    ``run_dir``: where the run is read from now (default ``--out``; the command names ``--out``)."""
     names = list(args.eval_policies) + [evaluate_cmd.CHECKPOINT_POLICY]
     text = None if devices is None else str(devices)
     eval_args = evaluate_cmd.EvaluateArgs(
         policy=",".join(names), loads=",".join(f"{x:g}" for x in args.eval_loads), episodes=args.eval_episodes,
-        requests=args.eval_requests, seed=args.seed, warmup=args.eval_warmup, checkpoint=(str(args.out),),
-        devices=text)
+        requests=args.eval_requests, seed=args.seed, warmup=args.eval_warmup,
+        checkpoint=(str(args.out if run_dir is None else run_dir),), devices=text)
     command = evaluate_cmd.command_line(str(args.out), names, args.eval_loads, args.eval_episodes,
                                         args.eval_requests, args.seed, args.eval_warmup)
     if devices is not None:
@@ -160,39 +164,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     if spec.cluster is not None:  # the run folder must rebuild the environment wherever it is evaluated from
         spec = dataclasses.replace(spec, cluster=str(Path(spec.cluster).resolve()))
     spec.overrides()  # a bad environment option fails before anything is written
-    # an empty path, a file or a path under one is refused before --overwrite removes anything
-    out = check_run_dir(args.out, resume=args.resume or args.overwrite)
-    if args.overwrite:
-        check_run_dir(args.out, False, overwrite=True)
+    # an empty path, a file or a path under one is refused before anything is touched
+    out = check_run_dir(args.out, resume=True)
+    env, env_params = spec.make()  # the environment, models and cluster: accepted before anything is touched
+    with run_lock(out):
+        stage = None
+        if args.overwrite and holds_run(out):  # the new run is written beside the old one and swapped in at the end
+            stage = out / f"{STAGE_PREFIX}{os.getpid()}"
+        elif not args.resume:
+            check_run_dir(out)
+        text = _train_and_report(args, spec, config, out, stage or out, env, env_params)
+        if stage is not None:
+            replace_run(stage, out)
+    print(text)
+    return 0
+
+
+def _train_and_report(args: TrainArgs, spec: EnvSpec, config: PPOConfig, out: Path, where: Path, env, env_params) -> str:
+    """Train into ``where`` (``out``, or the folder beside it that replaces its run at the end), then
+    evaluate and report; returns what to print."""
     start = 0
     if args.resume:
         start = (checkpoint.latest_step(out) or 0) * config.batch_size
     progress = _Progress(config.num_updates * config.batch_size, start, args.progress)
     try:
-        train_run(config, out, spec, seed=args.seed, resume=args.resume, log_every=args.log_every,
-                  checkpoint_every=args.checkpoint_every, on_chunk=progress)
+        train_run(config, where, spec, seed=args.seed, resume=args.resume, log_every=args.log_every,
+                  checkpoint_every=args.checkpoint_every, on_chunk=progress, env=env, env_params=env_params)
     finally:
         progress.close()
-    rows = read_metrics(out)
-    report.plot_training(rows, out / "training_curve.png")
+    rows = read_metrics(where)
+    report.plot_training(rows, where / "training_curve.png")
     if args.skip_eval:
-        print(f"trained {config.num_updates} updates; run folder {out}")
-        return 0
+        return f"trained {config.num_updates} updates; run folder {out}"
     counts = report_device_counts(spec)
     if not counts:
-        results, command = final_evaluation(args)
+        results, command = final_evaluation(args, run_dir=where)
         extra = []
     else:  # a generalist: one evaluation per device count; the first is the report's main table
         sections = []
         for n in counts:
-            recs, cmd = final_evaluation(args, n)
+            recs, cmd = final_evaluation(args, n, run_dir=where)
             sections.append((f"{n} devices", [dict(r, devices=n) for r in recs], cmd))
         (_, results, command), extra = sections[0], sections[1:]
     records = results + [r for _, recs, _ in extra for r in recs]
-    atomic.write_text(out / "evaluation.json",
-                      json.dumps(json.loads(evaluate_cmd.json_records(records)), indent=2) + "\n")
-    evaluate_cmd.plot(results, str(out / "latency_vs_load.png"))
-    text = report.write_report(out, spec, config, rows, results, command, extra=extra,
-                               title=f"{counts[0]} devices" if counts else None)
-    print(text)
-    return 0
+    atomic.write_text(where / "evaluation.json",
+                      json.dumps(json.loads(evaluate_cmd.json_records(records)), indent=2, allow_nan=False) + "\n")
+    evaluate_cmd.plot(results, str(where / "latency_vs_load.png"))
+    return report.write_report(where, spec, config, rows, results, command, extra=extra,
+                               title=f"{counts[0]} devices" if counts else None, name=out.name)
