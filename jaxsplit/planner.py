@@ -38,6 +38,7 @@ True
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from typing import Any, Sequence
@@ -79,6 +80,30 @@ class PlanResult:
     covering: jax.Array
     splits: jax.Array
     latencies: jax.Array
+
+
+@struct.dataclass
+class PlanArrays:
+    """The numbers of a :class:`Planner`'s tables (a pytree): two models of one graph and one set of
+    layer kinds differ only here, so one compiled planner serves both (pass them to
+    :meth:`Planner.with_arrays` inside ``jit``).
+
+    Attributes:
+      layers: :class:`~jaxsplit.latency.LayerArrays` (L,), section 3's constants.
+      ch: channel splits, (L,) each: ``in_bytes`` H W C_in q, ``out_bytes`` H_out W_out q (one
+        channel), ``work`` phi_c (FLOP per channel), ``total`` C_out.
+      channel_ok: (L,) bool, layers that may be split by channels (conv with groups 1, linear).
+      runs: fused runs, (S,) each: ``in_bytes`` and ``out_bytes`` (one row of the run's input and
+        output tensors), ``out_height``, and the affine model (:func:`_affine_run`).
+      geo: (D, S) the geometry of the layer at each depth from each run's end: ``row_work``,
+        ``stride``, ``pad_top``, ``kernel_extent``, ``in_height``.
+    """
+
+    layers: LayerArrays
+    ch: dict
+    channel_ok: jax.Array
+    runs: dict
+    geo: dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,8 +210,8 @@ class Planner:
         self.runs = fused_runs(self.layers, self.graph)
         cols = layer_arrays_numpy(self.layers, self.q, np.float64)
         self._np = cols
-        self.layer_arrays = LayerArrays(**{k: jnp.asarray(v, self.dtype) for k, v in cols.items()})
-        self.channel_ok = np.array([_channel_ok(layer) for layer in self.layers])
+        layer_arrays = LayerArrays(**{k: jnp.asarray(v, self.dtype) for k, v in cols.items()})
+        channel_ok = np.array([_channel_ok(layer) for layer in self.layers])
         q = self.q
         ch = {"in_bytes": [], "out_bytes": [], "work": [], "total": []}
         for layer in self.layers:
@@ -226,6 +251,30 @@ class Planner:
                 groups.append((run.end, k, 1))
         self._groups = groups
         self._table_runs_by_depth()
+        numeric = ("in_bytes", "out_bytes", "out_height", "in_s", "in_h", "in_h_first", "in_h_last", "w1", "w0",
+                   "w0_first", "w0_last")
+        self.arrays = PlanArrays(
+            layers=layer_arrays, ch={k: self._const(v) for k, v in self._ch.items()},
+            channel_ok=jnp.asarray(channel_ok),
+            runs={k: self._const(self._runs[k]) for k in numeric},
+            geo={k: self._const(v[: self.num_runs].T) for k, v in self._depth["geo"].items()})
+        # Bisection steps on a run's row count: at least 8 so that tables of any height up to 255 share
+        # one program (with_arrays).
+        self._row_steps = max(8, int(np.ceil(np.log2(float(self._runs["out_height"].max(initial=1)) + 1.0))) + 1)
+        self.structure = (self.graph.preds, tuple(layer.kind == "linear" for layer in self.layers), self._row_steps,
+                          str(jnp.dtype(self.dtype)))
+
+    @property
+    def layer_arrays(self) -> LayerArrays:
+        """Section 3's constants of the layers, (L,)."""
+        return self.arrays.layers
+
+    def with_arrays(self, arrays: PlanArrays) -> "Planner":
+        """This planner reading ``arrays`` (another model's :attr:`arrays` of the same
+        :attr:`structure`, or traced ones inside ``jit``) instead of its own."""
+        other = copy.copy(self)
+        other.arrays = arrays
+        return other
 
     # ------------------------------------------------------------------ host helpers
     def _const(self, a: np.ndarray) -> jax.Array:
@@ -306,7 +355,7 @@ class Planner:
         before = tab["before"][: self.num_runs]
         lo_in = jnp.where(before, r0, inf)
         hi_in = jnp.where(before, r1, -inf)
-        geo = {k: jnp.asarray(v[: self.num_runs].T, dt) for k, v in tab["geo"].items()}  # (D, S)
+        geo = self.arrays.geo  # (D, S)
         xs = (geo, jnp.asarray(tab["valid"][: self.num_runs].T), jnp.asarray(tab["out"][: self.num_runs].T),
               jnp.asarray(tab["reads_in"][: self.num_runs].T),
               jnp.asarray(np.moveaxis(tab["consumers"][: self.num_runs], 1, 0)), jnp.arange(tab["depth"]))
@@ -339,8 +388,8 @@ class Planner:
         init = (hist, -hist, jnp.zeros_like(r0), lo_in, hi_in)
         (_, _, work, lo_in, hi_in), _ = jax.lax.scan(step, init, xs)
         read = jnp.maximum(hi_in - lo_in, 0.0)
-        in_bytes = self._const(self._runs["in_bytes"])
-        out_bytes = self._const(self._runs["out_bytes"])
+        in_bytes = self.arrays.runs["in_bytes"]
+        out_bytes = self.arrays.runs["out_bytes"]
         t = rates.message + (read * in_bytes + n * out_bytes) * rates.sec_per_byte + work * rates.sec_per_flop
         return jnp.where(n > 0, t, 0.0)
 
@@ -349,8 +398,9 @@ class Planner:
         shape (N, L); ``channels`` (N, L) int. ``2 tau + (H W C_in q + c H_out W_out q)/b + c phi_c/f``."""
         rates = jax.tree.map(lambda x: jnp.reshape(x, (x.shape[0], 1)), rates)
         c = channels.astype(self.dtype)
-        t = (rates.message + (self._const(self._ch["in_bytes"]) + c * self._const(self._ch["out_bytes"]))
-             * rates.sec_per_byte + c * self._const(self._ch["work"]) * rates.sec_per_flop)
+        ch = self.arrays.ch
+        t = (rates.message + (ch["in_bytes"] + c * ch["out_bytes"]) * rates.sec_per_byte
+             + c * ch["work"] * rates.sec_per_flop)
         return jnp.where(c > 0, t, 0.0)
 
     def row_times(self, rates: Rates, rows: jax.Array) -> jax.Array:
@@ -376,13 +426,13 @@ class Planner:
     def _run_affine(self, rates: Rates, border: str) -> tuple[jax.Array, jax.Array]:
         """alpha (N, S), beta (N, S) of the runs' affine model for an interior (or ``first``/``last``)
         device."""
-        r = self._runs
+        r = self.arrays.runs
         rates = jax.tree.map(lambda x: jnp.reshape(x, (x.shape[0], 1)), rates)
-        in_bytes, out_bytes = self._const(r["in_bytes"]), self._const(r["out_bytes"])
+        in_bytes, out_bytes = r["in_bytes"], r["out_bytes"]
         h = {"interior": r["in_h"], "first": r["in_h_first"], "last": r["in_h_last"]}[border]
         w0 = {"interior": r["w0"], "first": r["w0_first"], "last": r["w0_last"]}[border]
-        beta = (self._const(r["in_s"]) * in_bytes + out_bytes) * rates.sec_per_byte + self._const(r["w1"]) * rates.sec_per_flop
-        alpha = rates.message + self._const(h) * in_bytes * rates.sec_per_byte + self._const(w0) * rates.sec_per_flop
+        beta = (r["in_s"] * in_bytes + out_bytes) * rates.sec_per_byte + r["w1"] * rates.sec_per_flop
+        alpha = rates.message + h * in_bytes * rates.sec_per_byte + w0 * rates.sec_per_flop
         return alpha, beta
 
     def _runs_closed_form(self, cluster: Cluster, share: jax.Array) -> jax.Array:
@@ -391,7 +441,7 @@ class Planner:
         roundings is faster exactly."""
         rates = allocation_rates(cluster, share)
         active = jnp.broadcast_to(rates.active[:, None], (rates.active.shape[0], self.num_runs))
-        total = self._const(self._runs["out_height"])
+        total = self.arrays.runs["out_height"]
         alpha, beta = self._run_affine(rates, "interior")
         _, n_plain = solvers.water_fill(alpha, beta, active, total)
         first, last = solvers._border_flags(n_plain > 0)
@@ -415,8 +465,8 @@ class Planner:
         dt = self.dtype
         ibits = jnp.int64 if dt == jnp.float64 else jnp.int32
         steps = 63 if dt == jnp.float64 else 31
-        total = jnp.asarray(self._runs["out_height"], jnp.int32)
-        row_steps = max(1, int(np.ceil(np.log2(float(self._runs["out_height"].max()) + 1.0))) + 1)
+        total = self.arrays.runs["out_height"].astype(jnp.int32)
+        row_steps = self._row_steps
         num = share.shape[0]
 
         def lat_of(rows):
@@ -458,7 +508,7 @@ class Planner:
 
     def _runs_simple(self, cluster: Cluster, share: jax.Array, rule: str) -> jax.Array:
         """Equal or compute-proportional rows (N, S) of every fused run (the peers' rules)."""
-        total = jnp.asarray(self._runs["out_height"], self.dtype)
+        total = self.arrays.runs["out_height"]
 
         def one(h):
             layer = jax.tree.map(lambda x: x[0], self.layer_arrays).replace(out_height=h)
@@ -473,9 +523,8 @@ class Planner:
         floor of an affine inequality)."""
         rates = allocation_rates(cluster, share)
         r = jax.tree.map(lambda x: x[:, None], rates)
-        in_b, out_b = self._const(self._ch["in_bytes"]), self._const(self._ch["out_bytes"])
-        work = self._const(self._ch["work"])
-        total = self._const(self._ch["total"])
+        ch = self.arrays.ch
+        in_b, out_b, work, total = ch["in_bytes"], ch["out_bytes"], ch["work"], ch["total"]
         alpha = r.message + in_b * r.sec_per_byte
         beta = out_b * r.sec_per_byte + work * r.sec_per_flop
         active = jnp.broadcast_to(rates.active[:, None], alpha.shape)
@@ -539,12 +588,12 @@ class Planner:
             parts.append(runs.T)
         return jnp.concatenate(parts).astype(jnp.int32)
 
-    def _allowed(self, rule: str) -> np.ndarray:
+    def _allowed(self, rule: str) -> jax.Array:
         """(C,) the candidates a rule may use: channel splits only where a layer allows them and the
         rule has a channel form."""
         count = self.num_layers
-        chans = self.channel_ok if rule in ("closed_form", "exact") else np.zeros(count, bool)
-        return np.concatenate([np.ones(count, bool), chans, np.ones(self.num_runs, bool)])
+        chans = self.arrays.channel_ok & (rule in ("closed_form", "exact"))
+        return jnp.concatenate([jnp.ones(count, bool), chans, jnp.ones(self.num_runs, bool)])
 
     # ------------------------------------------------------------------ segmentations
     def _shortest_path(self, latencies: jax.Array) -> tuple[jax.Array, jax.Array]:
