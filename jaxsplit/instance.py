@@ -130,6 +130,13 @@ def parse_instance(obj: Any, line: int | None = None) -> Instance:
         if not isinstance(raw, list) or not raw:
             raise ValueError(f"{where}field 'layers' must be a non-empty list, got {raw!r}")
         layers = tuple(layer_from_dict(layer, f"{where}layers[{i}]: ") for i, layer in enumerate(raw))
+        if any(layer.inputs is not None for layer in layers):
+            from .graph import graph_of  # the graph of MODEL.md section 7: inputs earlier, shapes agreeing
+
+            try:
+                graph_of(layers)
+            except ValueError as err:
+                raise ValueError(f"{where}{err}") from None
     devices = parse_devices(obj.get("devices"), where)
     q = _number(obj.get("bytes_per_element", 4), "bytes_per_element", where, positive=True)
     q = contract.check_number(q, "bytes_per_element", contract.MIN_BYTES_PER_ELEMENT,

@@ -8,6 +8,7 @@ of two so that repeated calls with similar sizes reuse one compiled program.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -87,3 +88,74 @@ def solve_instances(instances: list[Instance], solver: str = "closed_form") -> l
                           rows[at:at + n_layers, :inst.num_devices], lat[at:at + n_layers]))
         at += n_layers
     return plans
+
+
+# --------------------------------------------------------------------------- plans of MODEL.md section 7
+@dataclasses.dataclass(frozen=True)
+class SegmentPlan:
+    """The plan of one instance (MODEL.md section 7): ``segments`` as printed (``layers`` a half-open
+    range of layer indices, ``partition``, ``split`` per device, ``latency`` s) and the request
+    ``latency`` (s)."""
+
+    names: tuple[str, ...]
+    segments: tuple[dict, ...]
+    latency: float
+
+    def to_json(self) -> str:
+        """The instance's result as one line of strict JSON: ``{"latency": s, "segments": [...]}``."""
+        try:
+            return json.dumps({"latency": self.latency, "segments": list(self.segments)}, allow_nan=False)
+        except ValueError:
+            raise RuntimeError(f"non-finite latency in a plan: {self.latency!r}") from None
+
+
+_PLANNERS: dict = {}
+
+
+def _planned(structure: tuple, planner_obj, plan: str, rule: str):
+    """One jitted, vmapped planner per graph structure, plan and rule: (arrays, cluster, share) -> result."""
+    key = (structure, plan, rule)
+    if key not in _PLANNERS:
+        def one(arrays, cluster, share):
+            return planner_obj.with_arrays(arrays).plan(plan, cluster, share, rule)
+
+        _PLANNERS[key] = jax.jit(jax.vmap(one))
+    return _PLANNERS[key]
+
+
+def plan_instances(instances: list[Instance], plan: str = "fused", solver: str = "closed_form") -> list[SegmentPlan]:
+    """The ``plan`` (:data:`jaxsplit.planner.PLANS` but ``layer``) of every instance, ``solver`` inside each
+    segment where the plan takes a rule. Instances of one graph structure and device count run as one
+    vmapped call (padded to a power of two), so a batch of one model compiles once."""
+    from . import planner as planner_mod
+
+    if plan not in planner_mod.PLANS or plan == "layer":
+        raise ValueError(f"field 'plan': unknown plan {plan!r}; known: {', '.join(planner_mod.PLANS)}")
+    if plan == "fused" and solver not in planner_mod.SEGMENT_RULES:
+        raise ValueError(f"field 'solver': {solver!r} does not split a fused segment; with --plan fused use one of "
+                         f"{', '.join(planner_mod.SEGMENT_RULES)}")
+    if plan in ("aofl", "deepthings") and solver != "closed_form":
+        raise ValueError(f"field 'solver': the {plan} plan has its own split rule; leave --solver out")
+    for k, inst in enumerate(instances):
+        check_instance(inst, f"instance {k}: " if len(instances) > 1 else "")
+    groups: dict = {}
+    planners = []
+    for k, inst in enumerate(instances):
+        p = planner_mod.Planner(inst.layers, inst.bytes_per_element, jnp.float32)
+        planners.append(p)
+        groups.setdefault((p.structure, inst.num_devices), []).append(k)
+    out: list[SegmentPlan | None] = [None] * len(instances)
+    for (structure, num), members in groups.items():
+        first = planners[members[0]]
+        size = _bucket(len(members))
+        chosen = members + [members[0]] * (size - len(members))
+        arrays = jax.tree.map(lambda *xs: jnp.stack(xs), *(planners[k].arrays for k in chosen))
+        cols = [instances[k].cluster_arrays() for k in chosen]
+        f, b, t, a = (np.stack([c[i] for c in cols]) for i in range(4))
+        cluster = Cluster(jnp.asarray(f, jnp.float32), jnp.asarray(b, jnp.float32), jnp.asarray(t, jnp.float32))
+        result = jax.device_get(_planned(structure, first, plan, solver)(arrays, cluster, jnp.asarray(a, jnp.float32)))
+        for row, k in enumerate(members):
+            one = jax.tree.map(lambda x: x[row], result)
+            names = tuple(l.name or f"{l.kind}{i}" for i, l in enumerate(instances[k].layers))
+            out[k] = SegmentPlan(names, tuple(planners[k].segments(one)), float(one.latency))
+    return out  # type: ignore[return-value]
