@@ -132,8 +132,8 @@ def spell_lists(argv: Sequence[str], options: dict[str, ListOption], positionals
             _check_item(option, value)
         if option.count is not None and values and len(values) != option.count:
             raise ValueError(f"{option.flag}: expected {option.count} values, got {','.join(values)!r}")
-        if not values:  # no value at all: the parser says what it expected
-            out.append(flag)
+        if not values:  # no value (or an empty one): as given, and the parser or the command says what it expected
+            out += [flag, *given]
         elif option.joined:
             out += [flag, ",".join(values)]
         elif positionals and option.count is not None:
