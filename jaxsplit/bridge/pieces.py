@@ -176,6 +176,56 @@ class FusedRun:
             if kind == "global" or (kind == "layer" and self.op_by_node[n.name].kind == "linear"):
                 raise UnsupportedModelError(f"fused run {first}:{last + 1} holds node '{n.name}', which is not "
                                             f"row-local ({kind} {getattr(n.target, '__name__', n.target)})")
+        self.outputs = [self.out_op.node]
+
+    @classmethod
+    def segment(cls, traced: TracedModel, first: int, end: int) -> "FusedRun":
+        """A plan's rows segment: layers ``[first, end)`` and the costless row-local nodes after them
+        up to the next layer, whose outputs are every tensor the rest of the model reads from it (the
+        tensor held at the cut ``end``, e.g. a ResNet block's activated residual sum).
+
+        Raises:
+          UnsupportedModelError: a layer of the range is not row-local, or its outputs differ in height.
+        """
+        n_ops = len(traced.ops)
+        if not (0 <= first < end <= n_ops):
+            raise ValueError(f"field 'layers' = [{first}, {end}] must be a non-empty layer range within [0, {n_ops}]")
+        run = cls(traced, first, end - 1)
+        nodes = list(traced.gm.graph.nodes)
+        order = {n.name: i for i, n in enumerate(nodes)}
+        begin = order[traced.ops[first].folded or traced.ops[first].node]
+        after = traced.ops[end] if end < n_ops else None
+        stop = order[after.folded or after.node] if after is not None else len(nodes)
+        inside: set[str] = set()
+        members = []
+        for n in nodes[begin:stop]:
+            kind = traced.kinds[n.name]
+            if kind not in ("layer", "row_local", "folded"):
+                continue
+            srcs = [a.name for a in n.all_input_nodes if traced.kinds[a.name] != "constant"]
+            if kind == "layer":
+                srcs = [run.op_by_node[n.name].input]
+            if any(order[a] >= begin and a not in inside for a in srcs):
+                continue  # downstream of a global node of the range: executed after the segment
+            inside.add(n.name)
+            members.append(n)
+        missing = [op.node for op in traced.ops[first:end] if op.node not in inside]
+        if missing:
+            raise UnsupportedModelError(f"segment [{first}, {end}]: layer node '{missing[0]}' does not read the "
+                                        f"segment's input")
+        outputs = [n.name for n in members if traced.kinds[n.name] != "folded"
+                   and any(u.name not in inside for u in n.users)]
+        heights = {traced.shapes[o][2] if len(traced.shapes.get(o, ())) == 4 else -1 for o in outputs}
+        if not outputs or len(heights) != 1 or -1 in heights:
+            raise UnsupportedModelError(f"segment [{first}, {end}]: its outputs {outputs} are not image tensors of "
+                                        f"one height")
+        run.nodes, run.names, run.outputs = members, inside, outputs
+        return run
+
+    @property
+    def out_height(self) -> int:
+        """Height of the run's output tensors (rows a split divides)."""
+        return int(self.traced.shapes[self.outputs[0]][2])
 
     def _inputs(self, node: fx.Node) -> list[str]:
         if node.name in self.op_by_node:
@@ -185,7 +235,7 @@ class FusedRun:
     def plan(self, start: int, rows: int) -> RunPlan:
         """Back-project output rows ``[start, start + rows)`` of the last layer through the run."""
         shapes = self.traced.shapes
-        need: dict[str, tuple[int, int]] = {self.out_op.node: (start, start + rows)}
+        need: dict[str, tuple[int, int]] = {o: (start, start + rows) for o in self.outputs}
         externals: list[str] = []
         for node in reversed(self.nodes):
             if node.name not in need or self.traced.kinds[node.name] == "folded":
@@ -207,7 +257,12 @@ class FusedRun:
         return RunPlan(need, externals)
 
     def execute(self, plan: RunPlan, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Compute the piece: ``inputs`` maps each external node to its rows ``plan.need[name]``."""
+        """Compute the piece: ``inputs`` maps each external node to its rows ``plan.need[name]``;
+        returns the rows of the (first) output."""
+        return self.execute_outputs(plan, inputs)[self.outputs[0]]
+
+    def execute_outputs(self, plan: RunPlan, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Compute the piece; returns every output's rows ``plan.need[output]`` (node name -> tensor)."""
         gm = self.traced.gm
         have: dict[str, tuple[torch.Tensor, int]] = {k: (v, plan.need[k][0]) for k, v in inputs.items()}
 
@@ -229,6 +284,8 @@ class FusedRun:
 
             def sub(a: Any) -> Any:
                 if isinstance(a, fx.Node):
+                    if a.name not in have and self.traced.kinds[a.name] == "constant":
+                        return fx.Interpreter(gm).fetch_attr(a.target)
                     if a.name not in have:
                         raise UnsupportedModelError(f"fused run: node '{node.name}' reads '{a.name}', "
                                                     f"which is not an image tensor of the run")
@@ -241,8 +298,7 @@ class FusedRun:
             args = fx.node.map_aggregate(node.args, sub)
             kwargs = fx.node.map_aggregate(node.kwargs, sub)
             have[node.name] = (_call(node, gm, args, kwargs), lo)
-        t, off = have[self.out_op.node]
-        return t
+        return {o: have[o][0] for o in self.outputs}
 
     def computed_rows(self, plan: RunPlan) -> dict[str, int]:
         """Rows each layer op of the run computes for this piece (fx node name -> rows)."""

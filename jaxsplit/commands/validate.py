@@ -1,8 +1,10 @@
 """``jaxsplit validate``: prove a split numerically against the unsplit PyTorch model.
 
 Every layer is executed as one piece per device (its input rows with halo, padding only at true
-image borders), the pieces are stitched, and the result is compared with the unsplit layer. Exit
-status 1 when any layer (or the fused run) fails.
+image borders), the pieces are stitched, and the result is compared with the unsplit layer. With
+``--plan`` every segment of that plan (MODEL.md section 7) is proven instead: fused rows segments as
+one piece per device, channel splits from the whole input. Exit status 1 when any layer, segment (or
+the fused run) fails.
 
 Importing this module imports torch; the dispatcher imports it only for ``jaxsplit validate``, and
 reports a missing torch as a one-line error.
@@ -22,6 +24,7 @@ from rich.table import Table
 from jaxsplit.bridge.graph import TracedModel, trace
 from jaxsplit.bridge.pieces import PieceReport, validate_plan
 from jaxsplit.bridge.planning import default_devices, load_devices, load_model, parse_range, plan_rows
+from jaxsplit.bridge.segments import SegmentReport, plan_segments, validate_segments
 
 from . import options
 
@@ -42,7 +45,13 @@ class ValidateArgs:
     cluster: Optional[str] = None
     """JSON file with the devices: a list of device objects, or an object with a 'devices' list."""
     solver: SolverName = "closed_form"
-    """Split rule that produces the plan."""
+    """Split rule that produces the plan (inside every segment of a fused plan: closed_form, exact,
+    proportional or equal)."""
+    plan: Optional[Literal["layer", "fused", "deepthings", "aofl"]] = None
+    """Prove every segment of this plan (docs/MODEL.md section 7) for the cluster: 'layer' (every layer
+    split on its own by --solver), 'fused' (the best plan of fused segments and channel splits),
+    'deepthings' or 'aofl' (the peers' plans). Without it, every layer of the per-layer plan as a
+    table of layers."""
     fused: Optional[str] = None
     """Also prove layers A:B (half-open layer indices) fused into one piece per device."""
     dtype: Literal["float32", "float64"] = "float64"
@@ -62,6 +71,11 @@ def main(argv: Sequence[str]) -> int:
     model = model.to(dtype)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed), dtype=dtype)
     traced = trace(model, x)
+    if args.plan is not None:
+        if args.fused:
+            raise ValueError(f"field 'fused' = {args.fused!r}: give either --fused or --plan (a plan proves its own "
+                             f"fused segments)")
+        return _main_plan(args, traced, x, shape, devices)
     fused = parse_range(args.fused, len(traced.ops)) if args.fused else None
     rows, _ = plan_rows(traced.layers, devices, args.solver)
     reports = validate_plan(traced, x, rows, fused)
@@ -97,3 +111,41 @@ def _print(reports: list[PieceReport], traced: TracedModel, args: ValidateArgs, 
                       f"MFLOP, max rel. error {r.max_error:.2e}: {'pass' if r.passed else 'FAIL'}")
     n_bad = sum(not r.passed for r in reports)
     console.print("all layers pass" if not n_bad else f"[red]{n_bad} failed[/]")
+
+
+def _main_plan(args: ValidateArgs, traced: TracedModel, x: torch.Tensor, shape: Sequence[int],
+               devices: Sequence) -> int:
+    """Prove every segment of ``args.plan`` for ``devices``; 0 when all pass, else 1."""
+    segments, latency = plan_segments(traced.layers, devices, args.plan, args.solver)
+    reports = validate_segments(traced, x, segments)
+    ok = all(r.passed for r in reports)
+    if args.json:
+        out = {"model": args.model, "input_shape": list(shape), "dtype": args.dtype, "plan": args.plan,
+               "solver": args.solver, "devices": len(devices), "latency": latency,
+               "segments": [r.to_dict() for r in reports], "passed": ok}
+        sys.stdout.write(json.dumps(out) + "\n")
+        return 0 if ok else 1
+    title = (f"{args.model} {shape[2]}x{shape[3]}, {len(devices)} devices, plan {args.plan}"
+             + ("" if args.plan in ("deepthings", "aofl") else f", solver {args.solver}")
+             + f", {args.dtype} (tolerance {reports[0].tolerance:g})")
+    _print_segments(reports, title, latency)
+    return 0 if ok else 1
+
+
+def _print_segments(reports: list[SegmentReport], title: str, latency: float) -> None:
+    """One row per segment: layers, partition, split, input rows, predicted latency, error, verdict."""
+    table = Table(title=title, title_justify="left")
+    for col in ("layers", "name", "partition", "split per device", "input rows read", "predicted (ms)",
+                "max rel. error", ""):
+        table.add_column(col, justify="left" if col in ("layers", "name", "partition", "") else "right")
+    for r in reports:
+        table.add_row(f"{r.layers[0]}:{r.layers[1]}", r.name, r.partition, "/".join(map(str, r.split)),
+                      "/".join(map(str, r.input_rows)), f"{r.latency * 1e3:.3f}", f"{r.max_error:.2e}",
+                      "[green]pass[/]" if r.passed else "[red]FAIL[/]")
+    console = Console()
+    console.print(table)
+    n_bad = sum(not r.passed for r in reports)
+    fused = sum(r.layers[1] - r.layers[0] > 1 for r in reports)
+    channels = sum(r.partition == "channels" for r in reports)
+    console.print(f"{len(reports)} segments ({fused} fused, {channels} split by channels), predicted request "
+                  f"latency {latency * 1e3:.3f} ms: " + ("all segments pass" if not n_bad else f"[red]{n_bad} failed[/]"))
