@@ -37,6 +37,7 @@ and perturb their settings; a trial's recorded ``final_params`` and ``lineage`` 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -54,6 +55,7 @@ import jax
 import numpy as np
 
 from jaxsplit import atomic
+from jaxsplit.contract import check_seed
 from jaxsplit.envs import EnvSpec, policies
 from jaxsplit.envs.evaluation import Protocol, episode_metrics, evaluate, run_episodes, with_requests
 
@@ -113,6 +115,8 @@ class SweepSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"--{name.replace('_', '-')}: must be a positive integer, got {value!r}")
+        check_seed(self.seed, "seed", 0, 2**32 - 1 - self.trials)  # Optuna's samplers take seed + trial count
+        check_seed(self.eval_seed, "eval_seed")
         if self.eval_requests < 2:
             raise ValueError(f"--eval-requests: must be >= 2, got {self.eval_requests}")
         if self.sampler not in SAMPLERS:
@@ -138,14 +142,14 @@ class SweepSettings:
                 raise ValueError(f"--pbt-resample: must be in [0, 1], got {self.pbt_resample}")
         return self
 
-    @property
-    def trials_per_batch(self) -> int:
-        return self.population // self.seeds
     def protocol(self) -> Protocol:
         """The evaluation protocol of the objective and of the baselines (the ``--eval-*`` options)."""
         return Protocol(tuple(float(x) for x in self.eval_loads), self.eval_episodes, self.eval_requests,
                         self.eval_warmup, self.eval_seed)
 
+    @property
+    def trials_per_batch(self) -> int:
+        return self.population // self.seeds
 
 
 def storage_url(out: Path, storage: str | None) -> str:
@@ -155,8 +159,25 @@ def storage_url(out: Path, storage: str | None) -> str:
     return f"sqlite:///{(out / 'study.db').resolve()}"
 
 
-def open_storage(url: str, heartbeat: int) -> Any:
-    """An Optuna RDB storage with heartbeats; ValueError (naming the URL) when it cannot be opened."""
+def _retry_race(make: Callable[[], Any], tries: int = 8) -> Any:
+    """``make()``, tried again (up to ``tries`` times, 0.25 s to 2 s apart) when it loses a race with
+    another worker creating the same tables, study or attribute (the database says it exists)."""
+    import sqlalchemy.exc
+
+    for attempt in range(tries):
+        try:
+            return make()
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as err:
+            text = str(err).lower()
+            racing = any(w in text for w in ("already exists", "duplicate", "unique constraint", "locked"))
+            if not racing or attempt == tries - 1:
+                raise
+            time.sleep(min(0.25 * 2 ** attempt, 2.0))
+
+
+def open_storage(url: str, heartbeat: int, option: str = "--storage") -> Any:
+    """An Optuna RDB storage with heartbeats; ValueError (naming ``option`` and the URL, never its
+    password) when it cannot be opened."""
     import optuna
     import sqlalchemy.exc
 
@@ -168,22 +189,27 @@ def open_storage(url: str, heartbeat: int) -> Any:
 
     shown = url.split("@")[-1] if "@" in url else url  # never print a password
     if "://" not in url:
-        raise ValueError(f"--storage {shown!r}: expected a database URL (sqlite:///FILE, postgresql://...)")
+        raise ValueError(f"{option} {shown!r}: expected a database URL (sqlite:///FILE, postgresql://...)")
     try:
-        for attempt in range(5):
-            try:
-                return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                                                  heartbeat_stale_trial_callback=requeue,
-                                                  engine_kwargs={"pool_pre_ping": True})
-            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
-                # workers that start together on a new database race to create its tables: the loser
-                # finds them made once the winner commits
-                if attempt == 4:
-                    raise
-                time.sleep(0.5 * (attempt + 1))
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ModuleNotFoundError, ValueError, OSError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"--storage {shown!r}: cannot open it ({type(err).__name__}: {reason[:200]})") from None
+        # workers that start together on a new database race to create its tables: the loser finds
+        # them made once the winner commits
+        return _retry_race(lambda: optuna.storages.RDBStorage(
+            url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat, heartbeat_stale_trial_callback=requeue,
+            engine_kwargs={"pool_pre_ping": True}))
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError, ModuleNotFoundError,
+            ValueError, OSError) as err:
+        raise ValueError(f"{option} {shown!r}: cannot open the study database ({storage_reason(err)})") from None
+
+
+def storage_reason(err: BaseException) -> str:
+    """A database error in a few words: what a user can act on (unwritable, damaged, unreachable)."""
+    text = " ".join(str(getattr(err, "orig", None) or err).split())
+    low = text.lower()
+    if "readonly" in low or "read-only" in low or "permission denied" in low or "unable to open" in low:
+        return f"cannot write it or its folder: {text[:160]}"
+    if "malformed" in low or "not a database" in low or "file is encrypted" in low or "disk image" in low:
+        return f"the file is damaged or not an SQLite database: {text[:160]}"
+    return f"{type(err).__name__}: {text[:200]}"
 
 
 def make_sampler(name: str, dims: Sequence[Dimension], seed: int) -> Any:
@@ -252,6 +278,7 @@ class Sweep:
                              f"{len(self.devices)} local devices")
         self.study_name = study
         self.url = storage_url(self.out, storage)
+        self.default_storage = not storage
         self.on_progress = on_progress
         self.env, self.env_params = env, env_params
         self._runner: PopulationRunner | None = None
@@ -273,18 +300,38 @@ class Sweep:
         return {"env": self.spec.to_json(), "ppo": ppo, "space": [d.to_json() for d in self.dims], "sweep": sweep}
 
     def open_study(self) -> Any:
+        """Open (or create) the study. Workers started at the same moment on a new database all get
+        it: on an SQLite file the schema and the study are made under a file lock beside it; on any
+        database a worker that loses the race to create them retries (bounded: 8 tries, 0.25 s to 2 s
+        apart). ValueError names the option (``--storage``, or ``--out`` for the default file) when the
+        database cannot be opened, written or read."""
+        import filelock
         import optuna
 
+        option = "--out" if self.default_storage else "--storage"
+        lock: Any = contextlib.nullcontext()
         if self.url.startswith("sqlite:///") and not self.url.startswith("sqlite:///:memory:"):
-            Path(self.url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        storage = self.storage = open_storage(self.url, self.settings.heartbeat)
+            db = Path(self.url[len("sqlite:///"):])
+            try:
+                db.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise ValueError(f"{option} {str(self.out if self.default_storage else db)!r}: cannot make the "
+                                 f"folder {str(db.parent)!r} ({err.strerror or type(err).__name__})") from None
+            lock = filelock.FileLock(str(db) + ".lock", timeout=120)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            with lock:
+                study = _retry_race(lambda: self._create_study(option))
+        except filelock.Timeout:
+            raise ValueError(f"{option}: another worker holds {lock.lock_file} for more than 120 s") from None
+        except OSError as err:  # the lock file in a folder the user may not write
+            shown = str(self.out) if self.default_storage else self.url.split("@")[-1]
+            raise ValueError(f"{option} {shown!r}: cannot write beside the study database "
+                             f"({err.strerror or type(err).__name__})") from None
         fixed = self.fixed()
-        study = optuna.create_study(study_name=self.study_name, storage=storage, direction="minimize",
-                                    load_if_exists=True)
         saved = study.user_attrs.get("jaxsplit")
         if saved is None:
-            study.set_user_attr("jaxsplit", fixed)
+            _retry_race(lambda: study.set_user_attr("jaxsplit", fixed))
         else:
             for part in ("env", "ppo", "sweep"):
                 for name in sorted(set(saved.get(part, {})) | set(fixed[part])):
@@ -298,6 +345,16 @@ class Sweep:
                 raise ValueError(f"study {self.study_name!r}: the space ({', '.join(d.text() for d in self.dims)}) "
                                  f"differs from the study's ({theirs}); use another --study or the same space")
         return study
+
+    def _create_study(self, option: str) -> Any:
+        import optuna
+
+        storage = self.storage = open_storage(self.url, self.settings.heartbeat, option)
+        try:
+            return optuna.create_study(study_name=self.study_name, storage=storage, direction="minimize",
+                                       load_if_exists=True)
+        except optuna.exceptions.DuplicatedStudyError:  # made by another worker meanwhile
+            return optuna.load_study(study_name=self.study_name, storage=storage)
 
     def _distributions(self) -> dict[str, Any]:
         return {d.name: d.distribution() for d in self.dims}

@@ -72,6 +72,19 @@ def run_command(name: str, body: Callable[[], int]) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+    except OSError as err:  # a path the user may not write (PermissionError), a full or read-only disk, ...
+        print(f"jaxsplit {name}: error: {os_error(err)}", file=sys.stderr)
+        return 2
+
+
+def os_error(err: OSError) -> str:
+    """An OSError in one line: what failed on which path, e.g. ``cannot write 'runs/x': Permission denied``."""
+    what = err.strerror or type(err).__name__
+    path = err.filename
+    if path is None:
+        return f"{what} ({type(err).__name__})"
+    verb = "cannot write" if isinstance(err, PermissionError) or err.errno in (30, 28) else "cannot use"
+    return f"{verb} {str(path)!r}: {what}"
 
 
 def _silence_stderr() -> None:

@@ -90,6 +90,14 @@ class _Progress:
             self.bar.stop()
 
 
+def _database_error(err: BaseException) -> bool:
+    """An error of the study's database (Optuna's storage or SQLAlchemy), not of the sweep itself."""
+    import optuna
+    import sqlalchemy.exc
+
+    return isinstance(err, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.DatabaseError))
+
+
 def _terminate(signum, frame):  # a batch scheduler's SIGTERM ends the sweep as Ctrl-C does
     raise KeyboardInterrupt
 
@@ -114,6 +122,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NothingToDo as done:
         print(str(done))
         return 0
+    except Exception as err:  # a database damaged or gone while the sweep reads it
+        if not _database_error(err):
+            raise
+        from jaxsplit.agents.sweep import storage_reason
+
+        option = "--storage" if args.storage else "--out"
+        shown = args.storage.split("@")[-1] if args.storage else str(args.out / "study.db")
+        raise ValueError(f"{option} {shown!r}: the study database failed ({storage_reason(err)})") from None
     finally:
         progress.close()
         signal.signal(signal.SIGTERM, previous)
