@@ -14,6 +14,9 @@ Sections:
 * :func:`split_rows`: layer-solves per second of the batched jitted split solvers per solver, N and
   batch, with each solver's gap to the exact optimum (request-free: latency of one layer) over random
   instances (:mod:`jaxsplit.sampling`);
+* :func:`plan_rows`: best plans per second (MODEL.md section 7: fused segments and channel splits,
+  the closed form inside each segment) of zoo models on clusters drawn like the environment's, with
+  the gap to the exact best plan and the speed-up over the per-layer closed form;
 * :func:`env_rows`: steps per second of the allocation environment, ``jit(scan(vmap(step)))`` under a
   random policy, against the number of parallel environments;
 * :func:`train_rows`: environment steps per second of PPO training (the ``jaxsplit train`` defaults of
@@ -35,7 +38,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-SECTIONS = ("split", "env", "train")
+SECTIONS = ("split", "plan", "env", "train")
 
 
 # ------------------------------------------------------------------------------------------ timing
@@ -203,6 +206,65 @@ def split_rows(solver_names: Sequence[str] = ("closed_form", "exact"), devices: 
             row.update(gap_median=float(np.median(gap)), gap_p99=float(np.quantile(gap, 0.99)),
                        gap_max=float(gap.max()))
         rows += found
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ plans
+def env_like_clusters(rng: np.random.Generator, batch: int, num_devices: int) -> tuple[np.ndarray, ...]:
+    """Clusters and shares drawn like the environment's (MODEL.md section 6 defaults): F log-uniform
+    in 5-100 GFLOP/s, B log-uniform in 100 Mbit/s-2 Gbit/s (device 0 local), tau uniform in 0.2-5 ms
+    (device 0: 0), shares uniform in [0.2, 1]. Returns (flops, bandwidth, latency, share), (batch, N)."""
+    def loguniform(lo, hi):
+        return np.exp(rng.uniform(np.log(lo), np.log(hi), (batch, num_devices)))
+
+    flops = loguniform(5e9, 1e11)
+    bandwidth = loguniform(100e6 / 8, 2e9 / 8)
+    bandwidth[:, 0] = np.inf
+    tau = rng.uniform(2e-4, 5e-3, (batch, num_devices))
+    tau[:, 0] = 0.0
+    share = rng.uniform(0.2, 1.0, (batch, num_devices))
+    return flops, bandwidth, tau, share
+
+
+def plan_rows(models: Sequence[str] = ("vgg16",), devices: Sequence[int] = (8,), batches: Sequence[int] = (4096,),
+              gap_instances: int = 64, repeats: int = 3, seed: int = 0,
+              progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Best plans per second of ``jit(vmap(Planner.best_plan))`` per (model, N, batch), with the gap
+    of the closed-form best plan to the exact best plan (the exact rule in every segment) and its
+    speed-up over the per-layer closed form, on ``gap_instances`` instances of the first batch.
+
+    Returns one dict per row: model, devices, batch, compile_s, best_s, spread, plans_per_s,
+    gap_median, gap_p99, gap_max, speedup_median (per-layer closed-form latency / best plan's).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from jaxsplit import planner, zoo
+    from jaxsplit.latency import Cluster
+
+    devices, batches = check_positive("devices", devices), check_positive("batches", batches)
+    step = _Steps(progress)
+    rows = []
+    for name in models:
+        p = planner.Planner(zoo.get(name))
+        best = jax.jit(jax.vmap(lambda c, a: p.best_plan(c, a).latency))
+        exact = jax.jit(jax.vmap(lambda c, a: p.best_plan(c, a, "exact").latency))
+        layer = jax.jit(jax.vmap(lambda c, a: p.layer_plan(c, a).latency))
+        for n in devices:
+            gap = None
+            for b in batches:
+                f, bw, tau, share = env_like_clusters(np.random.default_rng(seed + 1000 * n + b), b, n)
+                args = (Cluster(*(jnp.asarray(x, jnp.float32) for x in (f, bw, tau))), jnp.asarray(share, jnp.float32))
+                timing, out = time_compiled(best, *args, repeats=repeats)
+                if gap is None:
+                    few = jax.tree.map(lambda x: x[:gap_instances], args)
+                    got = np.asarray(out[:gap_instances], np.float64)
+                    gap = got / np.asarray(exact(*few), np.float64) - 1.0
+                    speedup = np.asarray(layer(*few), np.float64) / got
+                rows.append(dict(model=name, devices=n, batch=b, **timing.fields(b, "plans_per_s"),
+                                 gap_median=float(np.median(gap)), gap_p99=float(np.quantile(gap, 0.99)),
+                                 gap_max=float(gap.max()), speedup_median=float(np.median(speedup))))
+                step(f"plan {name} N={n} B={b}")
     return rows
 
 
@@ -417,6 +479,7 @@ def quick_settings() -> dict[str, dict[str, Any]]:
     """``--quick``: small settings, a smoke run under a minute on a 2-core CPU (one training agent;
     ``--agents 1,8`` adds a population, whose program takes about half a minute more to compile)."""
     return dict(split=dict(solver_names=("closed_form", "exact"), devices=(4, 8), batches=(1 << 12,), repeats=3),
+                plan=dict(models=("vgg16",), devices=(8,), batches=(1024,), gap_instances=16, repeats=2),
                 env=dict(devices=(4,), num_envs=(1024,), repeats=3, steps_per_call=8192),
                 # one agent only: a population's program compiles for half a minute on 2 cores (--agents)
                 train=dict(updates=1, agents=(1,), repeats=1, num_envs=64, num_steps=32, num_minibatches=4))
@@ -426,6 +489,8 @@ def full_settings() -> dict[str, dict[str, Any]]:
     """The default (full) run: the figures recorded in benchmarks/RESULTS.md."""
     return dict(split=dict(solver_names=("closed_form", "exact", "rebalance"), devices=(4, 8, 16),
                            batches=(1 << 14, 1 << 17, 1 << 20), repeats=5),
+                plan=dict(models=("vgg16", "resnet18", "yolov2_tiny"), devices=(4, 8), batches=(4096,),
+                          gap_instances=128, repeats=3),
                 env=dict(devices=(4, 8), num_envs=(1, 256, 4096, 65536), repeats=5, steps_per_call=65536),
                 train=dict(updates=8, agents=(1, 8, 64), repeats=2, pop_updates=3))
 
@@ -436,7 +501,10 @@ def row_count(section: str, settings: dict[str, Any]) -> int:
         return len(settings["solver_names"]) * len(settings["devices"]) * len(settings["batches"])
     if section == "env":
         return len(settings["devices"]) * len(settings["num_envs"])
+    if section == "plan":
+        return len(settings["models"]) * len(settings["devices"]) * len(settings["batches"])
     return len(settings["agents"])
 
 
-RUNNERS: dict[str, Callable[..., list[dict[str, Any]]]] = {"split": split_rows, "env": env_rows, "train": train_rows}
+RUNNERS: dict[str, Callable[..., list[dict[str, Any]]]] = {"split": split_rows, "plan": plan_rows, "env": env_rows,
+                                                          "train": train_rows}

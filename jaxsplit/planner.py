@@ -95,15 +95,15 @@ class PlanArrays:
       channel_ok: (L,) bool, layers that may be split by channels (conv with groups 1, linear).
       runs: fused runs, (S,) each: ``in_bytes`` and ``out_bytes`` (one row of the run's input and
         output tensors), ``out_height``, and the affine model (:func:`_affine_run`).
-      geo: (D, S) the geometry of the layer at each depth from each run's end: ``row_work``,
-        ``stride``, ``pad_top``, ``kernel_extent``, ``in_height``.
+      geo: per bucket of runs of similar length, (D, S_bucket) the geometry of the layer at each depth
+        from each run's end: ``row_work``, ``stride``, ``pad_top``, ``kernel_extent``, ``in_height``.
     """
 
     layers: LayerArrays
     ch: dict
     channel_ok: jax.Array
     runs: dict
-    geo: dict
+    geo: list
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,15 +173,16 @@ def _set_shape(layers: Sequence[Layer], tensors: tuple[int, ...]) -> tuple[int, 
 
 
 def fused_runs(layers: Sequence[Layer], graph: Graph) -> list[_Run]:
-    """Every fused run of two or more row-local layers between two cut points, ordered by end then
-    start (the order of the planner's run candidates)."""
+    """Every fused run of two or more row-local layers between two cut points, ordered by length,
+    then end, then start (the order of the planner's run candidates: runs of similar length are
+    evaluated together)."""
     runs = []
     for bi, b in enumerate(graph.cuts):
         for ai, a in enumerate(graph.cuts[:bi]):
             if b - a < 2 or any(layers[j].kind == "linear" for j in range(a, b)):
                 continue
             runs.append(_Run(a, b, graph.live[ai], graph.live[bi]))
-    return runs
+    return sorted(runs, key=lambda run: (run.end - run.start, run.end, run.start))
 
 
 def _channel_ok(layer: Layer) -> bool:
@@ -242,14 +243,6 @@ class Planner:
         self.candidate_start, self.candidate_end = starts, ends
         self.candidate_kind = np.concatenate([np.full(count, ROWS), np.full(count, CHANNELS),
                                               np.full(self.num_runs, FUSED)]).astype(np.int32)
-        # runs grouped by their end: (end, first column, columns) in the order of self.runs
-        groups: list[tuple[int, int, int]] = []
-        for k, run in enumerate(self.runs):
-            if groups and groups[-1][0] == run.end:
-                groups[-1] = (run.end, groups[-1][1], groups[-1][2] + 1)
-            else:
-                groups.append((run.end, k, 1))
-        self._groups = groups
         self._table_runs_by_depth()
         numeric = ("in_bytes", "out_bytes", "out_height", "in_s", "in_h", "in_h_first", "in_h_last", "w1", "w0",
                    "w0_first", "w0_last")
@@ -257,7 +250,7 @@ class Planner:
             layers=layer_arrays, ch={k: self._const(v) for k, v in self._ch.items()},
             channel_ok=jnp.asarray(channel_ok),
             runs={k: self._const(self._runs[k]) for k in numeric},
-            geo={k: self._const(v[: self.num_runs].T) for k, v in self._depth["geo"].items()})
+            geo=[{k: self._const(v) for k, v in tab["geo"].items()} for tab in self._buckets])
         # Bisection steps on a run's row count: at least 8 so that tables of any height up to 255 share
         # one program (with_arrays).
         self._row_steps = max(8, int(np.ceil(np.log2(float(self._runs["out_height"].max(initial=1)) + 1.0))) + 1)
@@ -303,95 +296,145 @@ class Planner:
 
     # ------------------------------------------------------------------ exact times
     def _table_runs_by_depth(self) -> None:
-        """Per (run, depth from the run's end) constants of the layer at that depth, for
-        :meth:`run_times`' scan: geometry, whether it is part of the run's output, which depths
-        consume it, and whether it reads the run's input."""
-        runs, count = self.runs, self.num_runs
-        depth = max((run.end - run.start for run in runs), default=1)
-        fan = 1
+        """Per (run, depth from the run's end) constants for :meth:`run_times`' scans.
+
+        Runs are evaluated in buckets of similar length (each a scan over the depth, so a short run
+        costs few steps). The needs of the tensors inside a run are kept in a few *slots*: a
+        tensor's slot collects the hull of its consumers' needs and is read (and freed) when the
+        scan reaches the layer that produces it; slots are assigned on the host like registers,
+        so the scan body selects among W slots with masks, never gathering."""
+        runs = self.runs
+        lengths = [run.end - run.start for run in runs]
+        buckets: list[tuple[int, int]] = []  # (first run, end run) of each bucket, cut where length grows 1.5x
+        first = 0
+        for k in range(1, len(runs) + 1):
+            if k == len(runs) or lengths[k] > max(lengths[first] * 1.5, lengths[first] + 1):
+                buckets.append((first, k))
+                first = k
+        slot_of_all, width, fan = [], 1, 1
         for run in runs:
-            for layer_index in range(run.start, run.end):
-                fan = max(fan, sum(1 for c in self.graph.consumers[layer_index] if c < run.end))
-        shape = (max(count, 1), depth)
-        geo = {k: np.zeros(shape) for k in ("row_work", "stride", "pad_top", "kernel_extent", "in_height")}
-        geo["stride"][:] = 1.0
-        valid = np.zeros(shape, bool)
-        out = np.zeros(shape, bool)
-        reads_in = np.zeros(shape, bool)
-        consumers = np.full(shape + (fan,), -1, np.int32)
-        before = np.zeros(max(count, 1), bool)
-        for s_index, run in enumerate(runs):
-            before[s_index] = min(run.output_set) < run.start
-            for k in range(run.end - run.start):
-                layer_index = run.end - 1 - k
-                valid[s_index, k] = True
-                for name in geo:
-                    geo[name][s_index, k] = self._np[name][layer_index]
-                out[s_index, k] = layer_index in run.output_set
-                reads_in[s_index, k] = min(self.graph.preds[layer_index]) < run.start
-                inside = [run.end - 1 - c for c in self.graph.consumers[layer_index] if c < run.end]
-                consumers[s_index, k, :len(inside)] = inside
-        self._depth = {"geo": geo, "valid": valid, "out": out, "reads_in": reads_in, "consumers": consumers,
-                       "before": before, "depth": depth}
+            slot: dict[int, int] = {}
+            free: list[int] = []
+            used = 0
+
+            def take() -> int:
+                nonlocal used
+                if free:
+                    return free.pop()
+                used += 1
+                return used - 1
+
+            plan_steps = []
+            for j in sorted(run.output_set):
+                if j >= run.start:
+                    slot[j] = take()
+            init = dict(slot)
+            for layer_index in range(run.end - 1, run.start - 1, -1):
+                read = slot.pop(layer_index)
+                free.append(read)
+                writes = []
+                for j in self.graph.preds[layer_index]:
+                    if j >= run.start:
+                        if j not in slot:
+                            slot[j] = take()
+                        writes.append(slot[j])
+                fan = max(fan, len(writes))
+                plan_steps.append((layer_index, read, writes, min(self.graph.preds[layer_index]) < run.start))
+            width = max(width, used)
+            slot_of_all.append((init, plan_steps))
+        tables = []
+        for first, end in buckets:
+            depth = max(lengths[first:end])
+            cols = end - first
+            geo = {k: np.zeros((depth, cols)) for k in ("row_work", "stride", "pad_top", "kernel_extent", "in_height")}
+            geo["stride"][:] = 1.0
+            valid = np.zeros((depth, cols), bool)
+            read = np.zeros((depth, cols), np.int32)
+            writes = np.full((depth, fan, cols), -1, np.int32)
+            reads_in = np.zeros((depth, cols), bool)
+            init = np.zeros((width, cols), bool)
+            before = np.zeros(cols, bool)
+            for c, k_run in enumerate(range(first, end)):
+                run = runs[k_run]
+                slots, steps = slot_of_all[k_run]
+                before[c] = min(run.output_set) < run.start
+                for j, w in slots.items():
+                    init[w, c] = True
+                for k, (layer_index, r, ws, from_input) in enumerate(steps):
+                    valid[k, c] = True
+                    for name in geo:
+                        geo[name][k, c] = self._np[name][layer_index]
+                    read[k, c] = r
+                    writes[k, :len(ws), c] = ws
+                    reads_in[k, c] = from_input
+            tables.append({"first": first, "end": end, "geo": geo, "valid": valid, "read": read, "writes": writes,
+                           "reads_in": reads_in, "init": init, "before": before})
+        self._buckets = tables
+        self._slots = width
 
     def run_times(self, rates: Rates, start: jax.Array, rows: jax.Array) -> jax.Array:
         """T_i of every device on every fused run (MODEL.md section 7), seconds, shape (N, S).
 
         ``rates`` fields (N,) (or (N, 1)); ``start`` and ``rows`` (N, S): each device's first output
         row of the run and its row count. The rows are projected back through each run's graph, from
-        its last layer to its first (a scan over the depth from the run's end, every run at once),
-        clamped to every tensor's height, the hull taken where several consumers read a tensor.
+        its last layer to its first (a scan over the depth from the run's end), clamped to every
+        tensor's height, the hull taken where several consumers read a tensor.
         """
         dt = self.dtype
         num = start.shape[0]
         if not self.num_runs:
             return jnp.zeros((num, 0), dt)
-        tab = self._depth
         rates = jax.tree.map(lambda x: jnp.reshape(x, (x.shape[0], 1)), rates)
-        r0 = start.astype(dt)
-        n = rows.astype(dt)
-        r1 = r0 + n
         inf = jnp.asarray(jnp.inf, dt)
-        before = tab["before"][: self.num_runs]
-        lo_in = jnp.where(before, r0, inf)
-        hi_in = jnp.where(before, r1, -inf)
-        geo = self.arrays.geo  # (D, S)
-        xs = (geo, jnp.asarray(tab["valid"][: self.num_runs].T), jnp.asarray(tab["out"][: self.num_runs].T),
-              jnp.asarray(tab["reads_in"][: self.num_runs].T),
-              jnp.asarray(np.moveaxis(tab["consumers"][: self.num_runs], 1, 0)), jnp.arange(tab["depth"]))
-        hist = jnp.full((tab["depth"], num, self.num_runs), inf)
-        cols = jnp.arange(self.num_runs)
+        slot_ids = np.arange(self._slots)[:, None]
+        times = []
+        for tab, geo in zip(self._buckets, self.arrays.geo):
+            cols = slice(tab["first"], tab["end"])
+            r0 = start[:, cols].astype(dt)
+            n = rows[:, cols].astype(dt)
+            r1 = r0 + n
+            lo_in = jnp.where(tab["before"], r0, inf)
+            hi_in = jnp.where(tab["before"], r1, -inf)
+            init = tab["init"][:, None, :]
+            slots_lo = jnp.where(init, r0[None], inf)
+            slots_hi = jnp.where(init, r1[None], -inf)
+            writes = [jnp.asarray(tab["writes"][:, f, :][:, None, :] == slot_ids[None]) for f in
+                      range(tab["writes"].shape[1])]  # each (D, W, S)
+            xs = (geo, jnp.asarray(tab["valid"]), jnp.asarray(tab["read"][:, None, :] == slot_ids[None]), writes,
+                  jnp.asarray(tab["reads_in"]))
 
-        def step(carry, x):
-            plo_h, phi_h, work, lo_in, hi_in = carry
-            g, valid, out, reads_in, consumers, k = x
-            lo = jnp.where(out, r0, inf)
-            hi = jnp.where(out, r1, -inf)
-            for f in range(consumers.shape[-1]):
-                d = consumers[:, f]
-                has = d >= 0
-                safe = jnp.where(has, d, 0)
-                lo = jnp.minimum(lo, jnp.where(has, plo_h[safe, :, cols].T, inf))
-                hi = jnp.maximum(hi, jnp.where(has, phi_h[safe, :, cols].T, -inf))
-            computed = jnp.where(valid, jnp.maximum(hi - lo, 0.0), 0.0)
-            work = work + computed * g["row_work"]
-            some = computed > 0
-            plo = jnp.where(some, jnp.minimum(jnp.maximum(0.0, lo * g["stride"] - g["pad_top"]), g["in_height"]), inf)
-            phi = jnp.where(some, jnp.minimum(g["in_height"], (hi - 1.0) * g["stride"] - g["pad_top"]
-                                              + g["kernel_extent"]), -inf)
-            lo_in = jnp.minimum(lo_in, jnp.where(reads_in, plo, inf))
-            hi_in = jnp.maximum(hi_in, jnp.where(reads_in, phi, -inf))
-            plo_h = plo_h.at[k].set(plo)
-            phi_h = phi_h.at[k].set(phi)
-            return (plo_h, phi_h, work, lo_in, hi_in), None
+            def step(carry, x):
+                slots_lo, slots_hi, work, lo_in, hi_in = carry
+                g, valid, read, writes, reads_in = x
+                mask = read[:, None, :]  # (W, 1, S)
+                lo = jnp.min(jnp.where(mask, slots_lo, inf), axis=0)
+                hi = jnp.max(jnp.where(mask, slots_hi, -inf), axis=0)
+                slots_lo = jnp.where(mask, inf, slots_lo)
+                slots_hi = jnp.where(mask, -inf, slots_hi)
+                computed = jnp.where(valid, jnp.maximum(hi - lo, 0.0), 0.0)
+                work = work + computed * g["row_work"]
+                some = computed > 0
+                plo = jnp.where(some, jnp.minimum(jnp.maximum(0.0, lo * g["stride"] - g["pad_top"]), g["in_height"]),
+                                inf)
+                phi = jnp.where(some, jnp.minimum(g["in_height"], (hi - 1.0) * g["stride"] - g["pad_top"]
+                                                  + g["kernel_extent"]), -inf)
+                for w in writes:
+                    w = w[:, None, :]
+                    slots_lo = jnp.where(w, jnp.minimum(slots_lo, plo[None]), slots_lo)
+                    slots_hi = jnp.where(w, jnp.maximum(slots_hi, phi[None]), slots_hi)
+                lo_in = jnp.where(reads_in, jnp.minimum(lo_in, plo), lo_in)
+                hi_in = jnp.where(reads_in, jnp.maximum(hi_in, phi), hi_in)
+                return (slots_lo, slots_hi, work, lo_in, hi_in), None
 
-        init = (hist, -hist, jnp.zeros_like(r0), lo_in, hi_in)
-        (_, _, work, lo_in, hi_in), _ = jax.lax.scan(step, init, xs)
-        read = jnp.maximum(hi_in - lo_in, 0.0)
-        in_bytes = self.arrays.runs["in_bytes"]
-        out_bytes = self.arrays.runs["out_bytes"]
-        t = rates.message + (read * in_bytes + n * out_bytes) * rates.sec_per_byte + work * rates.sec_per_flop
-        return jnp.where(n > 0, t, 0.0)
+            init_carry = (slots_lo, slots_hi, jnp.zeros_like(r0), lo_in, hi_in)
+            (_, _, work, lo_in, hi_in), _ = jax.lax.scan(step, init_carry, xs)
+            read_rows = jnp.maximum(hi_in - lo_in, 0.0)
+            in_bytes = self.arrays.runs["in_bytes"][cols]
+            out_bytes = self.arrays.runs["out_bytes"][cols]
+            t = (rates.message + (read_rows * in_bytes + n * out_bytes) * rates.sec_per_byte
+                 + work * rates.sec_per_flop)
+            times.append(jnp.where(n > 0, t, 0.0))
+        return jnp.concatenate(times, axis=1)
 
     def channel_times(self, rates: Rates, channels: jax.Array) -> jax.Array:
         """T_i of every device on every layer split by output channels (MODEL.md section 7), seconds,
@@ -409,8 +452,10 @@ class Planner:
         start = jnp.cumsum(rows, axis=0) - rows
         return segment_time(self.layer_arrays, rates, start, rows)
 
-    def candidate_latencies(self, cluster: Cluster, share: jax.Array, splits: jax.Array) -> jax.Array:
-        """Exact latency (s) of every candidate under its split ``splits`` (C, N); (C,)."""
+    def candidate_latencies(self, cluster: Cluster, share: jax.Array, splits: jax.Array,
+                            run_latency: jax.Array | None = None) -> jax.Array:
+        """Exact latency (s) of every candidate under its split ``splits`` (C, N); (C,).
+        ``run_latency`` (S,), when given, is the runs' latencies already computed for these splits."""
         rates = allocation_rates(cluster, share)
         count = self.num_layers
         rows = splits[:count].T
@@ -419,7 +464,7 @@ class Planner:
         start = jnp.cumsum(runs, axis=0) - runs
         parts = [jnp.max(self.row_times(rates, rows), axis=0), jnp.max(self.channel_times(rates, chans), axis=0)]
         if self.num_runs:
-            parts.append(jnp.max(self.run_times(rates, start, runs), axis=0))
+            parts.append(run_latency if run_latency is not None else jnp.max(self.run_times(rates, start, runs), axis=0))
         return jnp.concatenate(parts)
 
     # ------------------------------------------------------------------ splits
@@ -455,7 +500,10 @@ class Planner:
         def latency(r):
             return jnp.max(self.run_times(rates, jnp.cumsum(r, axis=0) - r, r), axis=0)
 
-        return jnp.where(latency(rows) <= latency(plain), rows, plain)
+        lat_rows, lat_plain = latency(rows), latency(plain)
+        better = lat_rows <= lat_plain
+        self._last_run_latency = jnp.where(better, lat_rows, lat_plain)
+        return jnp.where(better, rows, plain)
 
     def _runs_exact(self, cluster: Cluster, share: jax.Array, upper_rows: jax.Array) -> jax.Array:
         """Exact rows (N, S) of every fused run: bisection on the bit pattern of the latency bound
@@ -578,10 +626,12 @@ class Planner:
         else:
             chans = jnp.zeros_like(rows)
         parts = [rows, chans]
+        self._last_run_latency = None  # the runs' exact latencies where the rule already computed them
         if self.num_runs:
             if rule in ("closed_form", "exact"):
                 runs = self._runs_closed_form(cluster, share)
                 if rule == "exact":
+                    self._last_run_latency = None
                     runs = self._runs_exact(cluster, share, runs)
             else:
                 runs = self._runs_simple(cluster, share, rule)
@@ -627,7 +677,8 @@ class Planner:
         """The best plan (MODEL.md section 7) with ``rule`` inside every segment: the shortest path
         over the exact latencies of every candidate's split."""
         splits = self.candidate_splits(cluster, share, rule)
-        lat = jnp.where(self._allowed(rule), self.candidate_latencies(cluster, share, splits), jnp.inf)
+        lat = self.candidate_latencies(cluster, share, splits, self._last_run_latency)
+        lat = jnp.where(self._allowed(rule), lat, jnp.inf)
         latency, covering = self._shortest_path(lat)
         return PlanResult(latency, covering, splits, lat)
 

@@ -76,9 +76,9 @@ def settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     if args.solvers is not None:
         chosen["split"]["solver_names"] = bench.check_solvers(s.strip() for s in args.solvers.split(",") if s.strip())
     if args.devices is not None:
-        chosen["split"]["devices"] = chosen["env"]["devices"] = _ints("devices")(args.devices)
+        chosen["split"]["devices"] = chosen["env"]["devices"] = chosen["plan"]["devices"] = _ints("devices")(args.devices)
     if args.batches is not None:
-        chosen["split"]["batches"] = _ints("batches")(args.batches)
+        chosen["split"]["batches"] = chosen["plan"]["batches"] = _ints("batches")(args.batches)
     if args.envs is not None:
         chosen["env"]["num_envs"] = _ints("envs")(args.envs)
     if args.steps_per_call is not None:
@@ -112,12 +112,16 @@ COLUMNS = {
     "split": [("solver", "solver", ""), ("devices", "N", "d"), ("batch", "batch", ",d"), *TIMING,
               ("solves_per_s", "layer-solves/s", ",.0f"), ("gap_median", "gap median", ".3%"),
               ("gap_p99", "gap p99", ".3%"), ("gap_max", "gap max", ".3%")],
+    "plan": [("model", "model", ""), ("devices", "N", "d"), ("batch", "batch", ",d"), *TIMING,
+             ("plans_per_s", "best plans/s", ",.0f"), ("gap_median", "gap median", ".3%"), ("gap_p99", "gap p99", ".3%"),
+             ("gap_max", "gap max", ".3%"), ("speedup_median", "x per-layer", ".3f")],
     "env": [("devices", "N", "d"), ("envs", "envs", ",d"), ("length", "steps per call", "d"), *TIMING,
             ("steps_per_s", "env steps/s", ",.0f")],
     "train": [("agents", "agents", "d"), ("updates", "updates", "d"), ("steps", "env steps", ",d"), *TIMING,
               ("steps_per_s", "env steps/s", ",.0f")],
 }
-TITLES = {"split": "split solvers (batched, jitted)", "env": "allocation environment, random policy",
+TITLES = {"split": "split solvers (batched, jitted)",
+          "plan": "best plans (fused segments and channel splits, closed form; gap to the exact best plan)", "env": "allocation environment, random policy",
           "train": "PPO training (jaxsplit train defaults)"}
 
 
