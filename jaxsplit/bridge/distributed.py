@@ -4,7 +4,10 @@ Rank 0 is the coordinator (device 0 of MODEL.md): it holds the input and execute
 For every layer it scatters each device's input rows (halo included) to that device, computes its
 own piece, and gathers the output rows back (MODEL.md section 3's scatter-gather); everything that
 costs nothing (BatchNorm, activations, residual adds, global pooling) runs at the coordinator.
-Ranks 1..N-1 are workers that execute the pieces they receive. Every process builds the model from
+Ranks 1..N-1 are workers that execute the pieces they receive. A run may also execute plans of
+MODEL.md section 7 (:attr:`RunSpec.plans`): a fused rows segment is one piece per device (its input
+rows scattered once, the tensor held at the segment's end gathered once), a channels segment sends
+every device the whole input and gathers its output channels. Every process builds the model from
 the same :class:`RunSpec`, and rank 0 broadcasts its weights so that all ranks hold the same model.
 
 Every wait has a timeout: a worker that dies or stops answering makes the run fail with
@@ -35,10 +38,14 @@ import torch.fx as fx
 
 from . import calibration
 from .graph import LayerOp, TracedModel, trace
-from .pieces import TOLERANCE, _call, relative_error, run_piece
+from .pieces import TOLERANCE, FusedRun, _call, relative_error, run_piece
+from .segments import check_segments, run_channels
 from .planning import load_model
 
-_PIECE, _STOP, _PING, _FLOPS, _BENCH, _SHARE = 1, 2, 3, 4, 5, 6
+_PIECE, _STOP, _PING, _FLOPS, _BENCH, _SHARE, _SEGMENT, _CHANNELS = 1, 2, 3, 4, 5, 6, 7, 8
+
+#: A segment of a plan as a run carries it: (first, end, partition, split per device).
+Segment = tuple[int, int, str, tuple[int, ...]]
 _TAG_HEADER, _TAG_DATA, _TAG_OUT, _TAG_TIME = 10, 11, 12, 13
 
 
@@ -61,6 +68,9 @@ class RunSpec:
       threads: torch intra-op threads per process.
       calibrate: also run the calibration microbenchmarks (MODEL.md's one FLOP/s per device, link
         bandwidth and latency, and the per-class cost model of :mod:`jaxsplit.bridge.calibration`).
+      plans: further plans (MODEL.md section 7) timed in the same requests as the per-layer plan
+        ``rows``, each a tuple of segments ``(first, end, "rows" | "channels", split per device)``
+        covering the layers in order.
     """
 
     model: str
@@ -72,6 +82,7 @@ class RunSpec:
     repeats: int = 1
     threads: int = 1
     calibrate: bool = False
+    plans: tuple[tuple[Segment, ...], ...] = ()
 
     @property
     def world_size(self) -> int:
@@ -117,7 +128,46 @@ def _build(spec: RunSpec) -> tuple[TracedModel, torch.Tensor]:
     traced = trace(model.to(dtype), x)
     if len(spec.rows) != len(traced.ops):
         raise ValueError(f"field 'rows' has {len(spec.rows)} layers, the model has {len(traced.ops)}")
+    for k, plan in enumerate(spec.plans):
+        if any(len(seg[3]) != spec.world_size for seg in plan):
+            raise ValueError(f"field 'plans[{k}]': every split must have {spec.world_size} entries (one per rank)")
+        check_segments(traced, [{"layers": [a, b], "partition": part, "split": split} for a, b, part, split in plan])
     return traced, x
+
+
+def _flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One contiguous 1-D tensor of several (one message)."""
+    return torch.cat([t.reshape(-1) for t in tensors]) if tensors else torch.zeros(0)
+
+
+def _unflat(flat: torch.Tensor, shapes: Sequence[tuple[int, ...]]) -> list[torch.Tensor]:
+    """The tensors of :func:`_flat` back in their shapes."""
+    out, at = [], 0
+    for shape in shapes:
+        size = int(np.prod(shape))
+        out.append(flat[at:at + size].reshape(shape))
+        at += size
+    return out
+
+
+def _segment_shapes(traced: TracedModel, run: FusedRun, plan: Any, batch: int
+                    ) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+    """Shapes of a fused piece's external inputs (in ``plan.externals`` order) and of its outputs."""
+    def rows_shape(name: str) -> tuple[int, ...]:
+        _, c, _, w = traced.shapes[name]
+        lo, hi = plan.need[name]
+        return (batch, c, hi - lo, w)
+
+    return [rows_shape(k) for k in plan.externals], [rows_shape(o) for o in run.outputs]
+
+
+def _channels_shapes(traced: TracedModel, op: LayerOp, batch: int, count: int
+                     ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shapes of a channels piece's input (the whole tensor) and of its ``count`` output channels."""
+    if op.kind == "linear":
+        return (batch, op.layer.in_channels), (batch, count)
+    _, c, h, w = traced.shapes[op.input]
+    return (batch, c, h, w), (batch, count, op.layer.out_height, op.layer.out_width)
 
 
 def _piece_shapes(op: LayerOp, batch: int, lo: int, hi: int, rows: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -131,6 +181,7 @@ def _piece_shapes(op: LayerOp, batch: int, lo: int, hi: int, rows: int) -> tuple
 def _worker_loop(traced: TracedModel, spec: RunSpec, rank: int) -> None:
     dtype = _dtype(spec.dtype)
     header = torch.zeros(8, dtype=torch.int64)
+    runs: dict[tuple[int, int], FusedRun] = {}
     while True:
         # Between two layers the coordinator may compute for a while: wait up to the run timeout.
         _wait(dist.irecv(header, 0, tag=_TAG_HEADER), spec.timeout, f"rank {rank}: waiting for the coordinator")
@@ -161,7 +212,34 @@ def _worker_loop(traced: TracedModel, spec: RunSpec, rank: int) -> None:
             _wait(dist.isend(buf[:1].clone(), 0, tag=_TAG_OUT), spec.timeout, f"rank {rank}: pong")
             _wait(dist.isend(took, 0, tag=_TAG_TIME), spec.timeout, f"rank {rank}: pong")
             continue
+        if cmd == _SEGMENT:  # a fused rows segment [i, lo): one piece, rows [start, start + rows) of its output
+            if (i, lo) not in runs:
+                runs[i, lo] = FusedRun.segment(traced, i, lo)
+            run = runs[i, lo]
+            plan = run.plan(start, rows)
+            in_shapes, _ = _segment_shapes(traced, run, plan, batch)
+            flat = torch.empty(sum(int(np.prod(s)) for s in in_shapes), dtype=dtype)
+            _wait(dist.irecv(flat, 0, tag=_TAG_DATA), spec.timeout, f"rank {rank}: receiving segment {i}:{lo}")
+            c0, t0 = time.thread_time(), time.perf_counter()
+            with torch.no_grad():
+                got = run.execute_outputs(plan, dict(zip(plan.externals, _unflat(flat, in_shapes))))
+                out = _flat([got[o] for o in run.outputs])
+            took = torch.tensor([time.perf_counter() - t0, time.thread_time() - c0], dtype=torch.float64)
+            _wait(dist.isend(out, 0, tag=_TAG_OUT), spec.timeout, f"rank {rank}: sending segment {i}:{lo}")
+            _wait(dist.isend(took, 0, tag=_TAG_TIME), spec.timeout, f"rank {rank}: sending its time")
+            continue
         op = traced.ops[i]
+        if cmd == _CHANNELS:  # output channels [start, start + rows) of layer i from its whole input
+            in_shape, _ = _channels_shapes(traced, op, batch, rows)
+            x = torch.empty(in_shape, dtype=dtype)
+            _wait(dist.irecv(x, 0, tag=_TAG_DATA), spec.timeout, f"rank {rank}: receiving layer {op.layer.name}")
+            c0, t0 = time.thread_time(), time.perf_counter()
+            with torch.no_grad():
+                out = run_channels(op, traced.module(op), x, start, rows).contiguous()
+            took = torch.tensor([time.perf_counter() - t0, time.thread_time() - c0], dtype=torch.float64)
+            _wait(dist.isend(out, 0, tag=_TAG_OUT), spec.timeout, f"rank {rank}: sending layer {op.layer.name}")
+            _wait(dist.isend(took, 0, tag=_TAG_TIME), spec.timeout, f"rank {rank}: sending its time")
+            continue
         in_shape, _ = _piece_shapes(op, batch, lo, hi, rows)
         x = torch.empty(in_shape, dtype=dtype)
         _wait(dist.irecv(x, 0, tag=_TAG_DATA), spec.timeout, f"rank {rank}: receiving layer {op.layer.name}")
@@ -175,7 +253,8 @@ def _worker_loop(traced: TracedModel, spec: RunSpec, rank: int) -> None:
 
 # ------------------------------------------------------------------------------------- coordinator
 class Coordinator:
-    """Rank 0: executes the model graph, scattering every layer by its plan rows."""
+    """Rank 0: executes the model graph, scattering every layer by its plan rows (or every segment
+    of one of :attr:`RunSpec.plans`)."""
 
     def __init__(self, traced: TracedModel, spec: RunSpec) -> None:
         self.traced, self.spec = traced, spec
@@ -184,9 +263,14 @@ class Coordinator:
         self.times = np.zeros(len(traced.ops))          # measured layer latency (s)
         self.compute = np.zeros((len(traced.ops), spec.world_size))  # compute time per device (s)
         self.compute_cpu = np.zeros((len(traced.ops), spec.world_size))  # its CPU time (s)
+        self.runs = {(a, b): FusedRun.segment(traced, a, b) for plan in spec.plans for a, b, part, _ in plan
+                     if part == "rows" and b - a > 1}
+        self.segment_times = [np.zeros(len(plan)) for plan in spec.plans]  # measured segment latency (s)
+        self.segment_compute = [np.zeros((len(plan), spec.world_size)) for plan in spec.plans]
 
-    def _layer(self, i: int, op: LayerOp, x: torch.Tensor) -> torch.Tensor:
-        rows, timeout = self.rows[i], self.spec.timeout
+    def _layer(self, i: int, op: LayerOp, x: torch.Tensor, rows: np.ndarray | None = None) -> torch.Tensor:
+        rows = self.rows[i] if rows is None else np.asarray(rows, np.int64)
+        timeout = self.spec.timeout
         batch = x.shape[0]
         t0 = time.perf_counter()
         sends, recvs, outs, starts = [], [], {}, np.concatenate([[0], np.cumsum(rows)[:-1]])
@@ -223,13 +307,124 @@ class Coordinator:
             return outs[int(np.argmax(rows))]
         return torch.cat([outs[j] for j in sorted(outs)], dim=2)
 
-    def forward(self, x: torch.Tensor, progress: Callable[[int], None] | None = None) -> torch.Tensor:
-        """Execute the whole model on ``x`` with the plan; ``progress(i)`` after layer i."""
+    def _gather(self, recvs: list, compute: np.ndarray, what: str) -> None:
+        """Wait for every piece ``(out work, time work, rank, time tensor)``; each rank's compute time into
+        ``compute`` (N,)."""
+        for out_work, time_work, j, took in recvs:
+            _wait(out_work, self.spec.timeout, f"coordinator: receiving {what} from rank {j}")
+            _wait(time_work, self.spec.timeout, f"coordinator: receiving the time of rank {j}")
+            compute[j] = float(took[0])
+
+    def _segment(self, first: int, end: int, split: Sequence[int], env: dict[str, Any],
+                 compute: np.ndarray) -> None:
+        """Rows segment [first, end) as one piece per device (``split`` rows of its output); puts every
+        output of the segment into ``env``."""
+        run, timeout = self.runs[first, end], self.spec.timeout
+        what = f"segment {first}:{end}"
+        sends, recvs, outs, start = [], [], {}, 0
+        pieces = []
+        for j, n in enumerate(split):
+            if n:
+                pieces.append((j, start, int(n), run.plan(start, int(n))))
+            start += int(n)
+        own = None
+        for j, start, n, plan in pieces:
+            ext = [env[k][:, :, plan.need[k][0]:plan.need[k][1]] for k in plan.externals]
+            if j == 0:
+                own = (plan, ext)
+                continue
+            b = ext[0].shape[0]
+            header = torch.tensor([_SEGMENT, first, start, n, end, 0, b, 0], dtype=torch.int64)
+            sends += [(dist.isend(header, j, tag=_TAG_HEADER), j), (dist.isend(_flat(ext).contiguous(), j, tag=_TAG_DATA), j)]
+            _, out_shapes = _segment_shapes(self.traced, run, plan, b)
+            flat = torch.empty(sum(int(np.prod(s)) for s in out_shapes), dtype=ext[0].dtype)
+            took = torch.zeros(2, dtype=torch.float64)
+            recvs.append((dist.irecv(flat, j, tag=_TAG_OUT), dist.irecv(took, j, tag=_TAG_TIME), j, took))
+            outs[j] = (flat, out_shapes)
+        if own is not None:
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                got = run.execute_outputs(own[0], dict(zip(own[0].externals, own[1])))
+            outs[0] = [got[o] for o in run.outputs]
+            compute[0] = time.perf_counter() - t0
+        for work, j in sends:
+            _wait(work, timeout, f"coordinator: sending {what} to rank {j}")
+        self._gather(recvs, compute, what)
+        parts = {j: (v if j == 0 else _unflat(v[0], v[1])) for j, v in outs.items()}
+        for k, o in enumerate(run.outputs):
+            env[o] = torch.cat([parts[j][k] for j in sorted(parts)], dim=2)
+
+    def _channels(self, i: int, op: LayerOp, x: torch.Tensor, split: Sequence[int], compute: np.ndarray
+                  ) -> torch.Tensor:
+        """Layer i split by output channels ``split``: every device gets the whole input ``x``."""
+        batch, timeout = x.shape[0], self.spec.timeout
+        sends, recvs, outs, start = [], [], {}, 0
+        data = x.contiguous()
+        for j, c in enumerate(split):
+            c = int(c)
+            if c and j:
+                header = torch.tensor([_CHANNELS, i, start, c, 0, 0, batch, 0], dtype=torch.int64)
+                sends += [(dist.isend(header, j, tag=_TAG_HEADER), j), (dist.isend(data, j, tag=_TAG_DATA), j)]
+                out = torch.empty(_channels_shapes(self.traced, op, batch, c)[1], dtype=x.dtype)
+                took = torch.zeros(2, dtype=torch.float64)
+                recvs.append((dist.irecv(out, j, tag=_TAG_OUT), dist.irecv(took, j, tag=_TAG_TIME), j, took))
+                outs[j] = out
+            start += c
+        if int(split[0]):
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                outs[0] = run_channels(op, self.traced.module(op), x, 0, int(split[0]))
+            compute[0] = time.perf_counter() - t0
+        for work, j in sends:
+            _wait(work, timeout, f"coordinator: sending layer {op.layer.name} to rank {j}")
+        self._gather(recvs, compute, f"layer {op.layer.name}")
+        return torch.cat([outs[j] for j in sorted(outs)], dim=1)
+
+    def forward(self, x: torch.Tensor, progress: Callable[[int], None] | None = None,
+                plan: int | None = None) -> torch.Tensor:
+        """Execute the whole model on ``x`` with the per-layer plan, or with ``spec.plans[plan]``;
+        ``progress(i)`` after layer i (after a segment's last layer)."""
         env: dict[str, Any] = {}
         gm = self.traced.gm
         interp = fx.Interpreter(gm)
+        segments = self.spec.plans[plan] if plan is not None else ()
+        of_layer = {i: k for k, (a, b, _, _) in enumerate(segments) for i in range(a, b)}
+        begins, inside = {}, set()
+        for k, (a, b, part, _) in enumerate(segments):
+            if part == "rows" and b - a > 1:
+                run = self.runs[a, b]
+                begins[run.nodes[0].name] = k
+                inside |= run.names
         for node in gm.graph.nodes:
             kind = self.traced.kinds[node.name]
+            if node.name in begins:
+                k = begins[node.name]
+                a, b, _, split = segments[k]
+                t0 = time.perf_counter()
+                self.segment_compute[plan][k][:] = 0.0
+                self._segment(a, b, split, env, self.segment_compute[plan][k])
+                self.segment_times[plan][k] = time.perf_counter() - t0
+                if progress is not None:
+                    progress(b - 1)
+                continue
+            if node.name in inside:
+                continue
+            if kind == "layer" and segments:
+                i, op = self.op_by_node[node.name]
+                k = of_layer[i]
+                _, _, part, split = segments[k]
+                t0 = time.perf_counter()
+                self.segment_compute[plan][k][:] = 0.0
+                if part == "channels":
+                    env[node.name] = self._channels(i, op, env[op.input], split, self.segment_compute[plan][k])
+                else:
+                    self.compute[i] = 0.0
+                    env[node.name] = self._layer(i, op, env[op.input], split)
+                    self.segment_compute[plan][k][:] = self.compute[i]
+                self.segment_times[plan][k] = time.perf_counter() - t0
+                if progress is not None:
+                    progress(i)
+                continue
             if kind == "input":
                 env[node.name] = x
             elif kind == "folded":
@@ -409,7 +604,7 @@ def _rendezvous(spec: RunSpec, rank: int, master_addr: str, master_port: int) ->
 
 
 #: RunSpec fields every rank must share (threads and repeats are per process or rank 0's alone).
-SHARED_FIELDS = ("model", "input_size", "rows", "dtype", "seed", "calibrate")
+SHARED_FIELDS = ("model", "input_size", "rows", "dtype", "seed", "calibrate", "plans")
 
 
 def _check_same_configuration(spec: RunSpec, rank: int) -> None:
@@ -466,17 +661,27 @@ def run_rank(spec: RunSpec, rank: int, master_addr: str, master_port: int,
         with torch.no_grad():
             want = traced.gm(x)
         coord.forward(x)  # warm-up
-        times, compute, compute_cpu = [], [], []
+        for p in range(len(spec.plans)):
+            coord.forward(x, plan=p)
+        times, compute, compute_cpu, layer_times = [], [], [], []
+        n_plans = 1 + len(spec.plans)
+        plan_runs: list[dict[str, list]] = [{"times": [], "segment_times": [], "compute": []} for _ in spec.plans]
+        plan_got: list[torch.Tensor] = [want] * len(spec.plans)
         for k in range(max(1, spec.repeats)):
+            # the plans take turns within each repeat, so that a change of the machine's load hits all alike
             t0 = time.perf_counter()
-            got = coord.forward(x, (lambda i, k=k: report(("progress", k, i))) if report else None)
+            got = coord.forward(x, (lambda i, k=k: report(("progress", k * n_plans, i))) if report else None)
             times.append(time.perf_counter() - t0)
             compute.append(coord.compute.copy())
             compute_cpu.append(coord.compute_cpu.copy())
-            if k == 0:
-                layer_times = [coord.times.copy()]
-            else:
-                layer_times.append(coord.times.copy())
+            layer_times.append(coord.times.copy())
+            for p, rec in enumerate(plan_runs):
+                t0 = time.perf_counter()
+                plan_got[p] = coord.forward(x, (lambda i, k=k, p=p: report(("progress", k * n_plans + p + 1, i)))
+                                            if report else None, plan=p)
+                rec["times"].append(time.perf_counter() - t0)
+                rec["segment_times"].append(coord.segment_times[p].copy())
+                rec["compute"].append(coord.segment_compute[p].copy())
         if spec.calibrate:  # the same again, to see how much the machine changed during the requests
             result["after"] = _calibrate_sharing(coord)
         coord.stop()
@@ -490,6 +695,13 @@ def run_rank(spec: RunSpec, rank: int, master_addr: str, master_port: int,
             "max_error": relative_error(got, want),
             "tolerance": TOLERANCE[dtype],
             "output_shape": list(got.shape),
+            "plans": [{"segments": [[a, b, part, list(split)] for a, b, part, split in spec.plans[p]],
+                       "segment_times": np.median(np.stack(rec["segment_times"]), axis=0).tolist(),
+                       "segment_times_all": np.stack(rec["segment_times"]).tolist(),
+                       "compute_times": np.median(np.stack(rec["compute"]), axis=0).tolist(),
+                       "request_time": float(np.median(rec["times"])),
+                       "max_error": relative_error(plan_got[p], want)}
+                      for p, rec in enumerate(plan_runs)],
         })
         return result
     finally:
@@ -518,7 +730,10 @@ def launch_local(spec: RunSpec, master_addr: str = "127.0.0.1", master_port: int
     ``bandwidth`` (N,), ``bench`` (N packed sample arrays, :func:`calibration.unpack`),
     ``core_share_alone`` (N pairs) every rank's (core share, time slice) computing alone and
     ``core_share`` (N lists: entry k-1 holds those pairs of ranks 0..k-1 computing at once), and in
-    ``after`` the links and core shares measured again after the timed requests.
+    ``after`` the links and core shares measured again after the timed requests. ``plans`` holds one
+    dict per plan of ``spec.plans``: its ``segments`` ([first, end, partition, split]),
+    ``segment_times`` (S,) s (median; every repeat in ``segment_times_all`` (R, S)),
+    ``compute_times`` (S, N) wall-clock s of every piece, ``request_time`` s and ``max_error``.
     Raises:
       ValueError: the port is taken.
       RunError: a rank failed or died, or the whole run exceeded ``deadline`` seconds.

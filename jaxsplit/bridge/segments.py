@@ -219,3 +219,31 @@ def validate_segments(traced: TracedModel, x: torch.Tensor, segments: Sequence[d
         reports.append(SegmentReport([a, b], seg["partition"], split, name, float(seg.get("latency", np.nan)),
                                      [int(v) for v in read], float(error), tol))
     return reports
+
+
+def segment_latencies(layers: Sequence[Any], segments: Sequence[dict[str, Any]], flops: Sequence[float],
+                      bandwidth: Sequence[float], latency: Sequence[float], bytes_per_element: float = 4.0
+                      ) -> list[float]:
+    """Every segment's latency (s) under MODEL.md section 7 for given device parameters (N,) each
+    (FLOP/s, bytes/s, s; whole shares), e.g. the ones a run fitted."""
+    import jax.numpy as jnp
+
+    from ..latency import Cluster
+    from ..planner import CHANNELS, FUSED, ROWS, Planner
+
+    planner = Planner(layers, bytes_per_element)
+    index = {(int(a), int(b), int(k)): c for c, (a, b, k) in
+             enumerate(zip(planner.candidate_start, planner.candidate_end, planner.candidate_kind))}
+    splits = np.zeros((planner.num_candidates, len(flops)), np.int32)
+    chosen = []
+    for k, seg in enumerate(segments):
+        a, b = (int(v) for v in seg["layers"])
+        kind = CHANNELS if seg["partition"] == "channels" else (ROWS if b - a == 1 else FUSED)
+        if (a, b, kind) not in index:
+            raise ValueError(f"field 'segments[{k}]': [{a}, {b}] with partition {seg['partition']!r} is not a "
+                             f"segment of this model's plans")
+        splits[index[a, b, kind]] = [int(v) for v in seg["split"]]
+        chosen.append(index[a, b, kind])
+    cluster = Cluster.create(flops=list(flops), bandwidth=list(bandwidth), latency=list(latency))
+    lat = planner.candidate_latencies(cluster, jnp.ones(len(flops)), jnp.asarray(splits))
+    return [float(v) for v in np.asarray(lat, np.float64)[chosen]]
