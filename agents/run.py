@@ -222,11 +222,11 @@ def _train_run(config: PPOConfig, run_dir: Path, spec: EnvSpec | None, seed: int
             runner, start = init(key, hp), 0
         else:
             runner, start = checkpoint.restore(run_dir, jax.eval_shape(init, key, hp))
-        kept = [json.dumps(r) for r in read_metrics(run_dir) if r["update"] <= start]
+        kept = [atomic.dumps(r) for r in read_metrics(run_dir) if r["update"] <= start]
         atomic.write_text(metrics_path, "".join(r + "\n" for r in kept))
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(config_path, json.dumps(saved, indent=2) + "\n")
+        atomic.write_text(config_path, atomic.dumps(saved, indent=2) + "\n")
         atomic.write_text(metrics_path, "")
         runner, start = init(key, hp), 0
 
@@ -243,7 +243,7 @@ def _train_run(config: PPOConfig, run_dir: Path, spec: EnvSpec | None, seed: int
             for i in range(end - done):
                 row = {"update": done + i + 1, "env_steps": (done + i + 1) * config.batch_size,
                        "wall_s": round(wall, 3), **{k: float(v[i]) for k, v in metrics.items()}}
-                lines.append(json.dumps(row))
+                lines.append(atomic.dumps(row))
             atomic.append_lines(metrics_path, lines)
             if on_chunk is not None:
                 on_chunk(row)

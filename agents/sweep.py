@@ -496,7 +496,7 @@ class Sweep:
                     with atomic.replacing(pop_dir / "metrics.npz") as tmp:
                         np.savez(tmp, **metrics)
                     atomic.write_text(pop_dir / "population.json",
-                                  json.dumps({"rows": rows, "lineage": lineage, "update": done}) + "\n")
+                                  atomic.dumps({"rows": rows, "lineage": lineage, "update": done}) + "\n")
                 if self.on_progress is not None:
                     rate = (done - start) * self.config.batch_size * len(rows) / max(time.perf_counter() - t0, 1e-9)
                     self.on_progress({"event": "chunk", "update": done, "updates": total, "steps_per_s": rate, "trials": real})
@@ -576,13 +576,13 @@ class Sweep:
         tmp = self.out / "runs" / f".trial-{trial.number}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        (tmp / "config.json").write_text(json.dumps(run_config_json(config, spec, row["seed"]), indent=2) + "\n")
+        (tmp / "config.json").write_text(atomic.dumps(run_config_json(config, spec, row["seed"]), indent=2) + "\n")
         lines = []
         for u in range(self.config.num_updates):
-            lines.append(json.dumps({"update": u + 1, "env_steps": (u + 1) * self.config.batch_size,
+            lines.append(atomic.dumps({"update": u + 1, "env_steps": (u + 1) * self.config.batch_size,
                                      **{name: float(v[member, u]) for name, v in metrics.items()}}))
         (tmp / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
-        (tmp / "trial.json").write_text(json.dumps({"number": trial.number, "objective": trial.value,
+        (tmp / "trial.json").write_text(atomic.dumps({"number": trial.number, "objective": trial.value,
                                                     "params": trial.params, "final_params": values,
                                                     "seed": row["seed"]}, indent=2) + "\n")
         one = jax.tree.map(lambda x: np.asarray(x)[member], jax.device_get(runners))
@@ -678,14 +678,14 @@ class Sweep:
         rows = []
         for name in self.baseline_names:
             rows += evaluate(name, env, params, protocol=self.settings.protocol())
-        atomic.write_text(path, json.dumps({"key": key, "rows": rows}, indent=1) + "\n")
+        atomic.write_text(path, atomic.dumps({"key": key, "rows": rows}, indent=1) + "\n")
         return rows
 
     def write_files(self, study: Any, baselines: list[dict[str, Any]]) -> None:
         from . import sweep_report
 
         records = trial_records(study)
-        atomic.write_text(self.out / "trials.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+        atomic.write_text(self.out / "trials.jsonl", "".join(atomic.dumps(r) + "\n" for r in records))
         sweep_report.write(self.out, study, records, baselines, self.dims, self.settings, self.study_name)
 
 

@@ -3,6 +3,7 @@ them; each file is replaced atomically)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -41,7 +42,9 @@ def leaderboard(records: Sequence[dict[str, Any]], baselines: Sequence[dict[str,
              f"latency over the loads, lower is better; each load's cell is the mean latency (s) with its 95% "
              f"half-width." + (f" Evaluation protocol: {protocol}." if protocol else ""), "", head.rstrip("\n")]
     for rank, r in enumerate(done[:top], 1):
-        cells = [f"{p['mean_latency_s']:.4g} ± {p['mean_latency_s_ci']:.2g}" for p in r["per_load"]]
+        cells = [f"{p['mean_latency_s']:.4g} ± " + ("-" if p["mean_latency_s_ci"] is None or
+                                                     not math.isfinite(p["mean_latency_s_ci"]) else
+                                                     f"{p['mean_latency_s_ci']:.2g}") for p in r["per_load"]]
         lines.append(f"| {rank} | {r['number']} | {_params(r['params'])} | {r['objective']:.4g} | " + " | ".join(cells) + " |")
     if best_base:
         cells = [f"{best_base[float(l)]['mean_latency_s']:.4g} ({best_base[float(l)]['policy']})" for l in loads]

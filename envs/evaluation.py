@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, Callable, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxsplit import contract
 
 from . import policies as policies_mod
 from .actions import ShareAction, clip_free, clip_pairs
@@ -70,19 +71,14 @@ class Protocol:
 
     def check(self) -> "Protocol":
         """The protocol itself; ValueError naming the first bad field."""
-        if not self.loads:
-            raise ValueError("field 'loads': need at least one load")
-        for rho in self.loads:
-            if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not (math.isfinite(rho) and rho > 0):
-                raise ValueError(f"field 'loads': every load must be positive, got {rho!r}")
+        contract.check_loads(self.loads)  # each in [1e-6, 1e6] (docs/MODEL.md, section 8)
         for name, low in (("episodes", 1), ("requests", 2)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"field {name!r}: must be an integer >= {low}, got {value!r}")
         if not (isinstance(self.warmup, (int, float)) and 0 <= self.warmup < 1):
             raise ValueError(f"field 'warmup': must be in [0, 1), got {self.warmup!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"field 'seed': must be an integer, got {self.seed!r}")
+        contract.check_seed(self.seed)
         return self
 
     def describe(self) -> str:
@@ -102,7 +98,7 @@ def protocol_of(protocol: Protocol | None = None, **given: Any) -> Protocol:
     out = Protocol() if protocol is None else protocol
     values = {k: v for k, v in given.items() if v is not None}
     if "loads" in values:
-        values["loads"] = tuple(float(x) for x in values["loads"])
+        values["loads"] = contract.check_loads(values["loads"])
     return dataclasses.replace(out, **values) if values else out
 
 
@@ -208,11 +204,7 @@ def episode_metrics(recs: dict[str, np.ndarray], warmup: int) -> dict[str, np.nd
 
 
 def _check_evaluation(loads: Sequence[float], seeds: int, episodes: int, warmup: float) -> None:
-    if not loads:
-        raise ValueError("field 'loads': need at least one load")
-    for rho in loads:
-        if not (np.isfinite(rho) and rho > 0):
-            raise ValueError(f"field 'loads': every load must be positive, got {rho!r}")
+    contract.check_loads(loads)
     if seeds < 1 or episodes < 1:
         raise ValueError(f"field 'episodes': seeds and episodes must be positive, got {seeds}, {episodes}")
     if not 0 <= warmup < 1:
@@ -416,7 +408,7 @@ def _clip_act(env: AllocationEnv) -> Callable:
 def markdown_table(rows: Sequence[dict[str, Any]], metric: str = "mean_latency_s") -> str:
     """The records as a Markdown table: one line per policy, one column per load, ``metric`` ± its
     95% half-width (4 significant digits)."""
-    fmt = lambda x: "nan" if not np.isfinite(x) else f"{x:.4g}"
+    fmt = lambda x: "nan" if x is None or not np.isfinite(x) else f"{x:.4g}"  # None: a value read back from JSON
     loads = sorted({r["load"] for r in rows})
     lines = ["| policy | " + " | ".join(f"rho={load:g}" for load in loads) + " |", "|---|" + "---|" * len(loads)]
     for policy in dict.fromkeys(r["policy"] for r in rows):

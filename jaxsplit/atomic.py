@@ -7,6 +7,8 @@ flushed to disk, and replaces the target with ``os.replace`` (atomic on POSIX an
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import tempfile
 import threading
@@ -81,3 +83,22 @@ def append_lines(path: str | Path, lines: list[str]) -> None:
         fh.write("".join(line + "\n" for line in lines))
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, +-Infinity, numpy's too) replaced by None, so that it
+    is strict JSON (RFC 8259 has no NaN or Infinity); tuples become lists."""
+    if isinstance(obj, float) or (hasattr(obj, "dtype") and getattr(obj, "shape", None) == () and
+                                  getattr(obj.dtype, "kind", "") == "f"):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, **kwargs: Any) -> str:
+    """``json.dumps`` of :func:`strict_json` ``(obj)``: strict JSON, non-finite numbers as null."""
+    return json.dumps(strict_json(obj), allow_nan=False, **kwargs)

@@ -36,6 +36,8 @@ MAX_LAYER_WORK = 1e36
 #: Largest time (s) any device may take for a whole layer, and the largest request latency bound
 #: (the sum over layers of those times): far below float32's 3.4e38, so sums stay finite.
 MAX_TIME = 1e30
+#: Offered load rho of the environment and of every evaluation.
+MIN_LOAD, MAX_LOAD = 1e-6, 1e6
 #: Random seeds: 64-bit signed integers (what ``jax.random.key`` takes).
 MIN_SEED, MAX_SEED = -(2**63), 2**63 - 1
 
@@ -56,6 +58,16 @@ def check_number(value: Any, field: str, low: float, high: float, *, where: str 
         extra = (" or 0" if zero else "") + (" or infinite" if infinite else "")
         raise ValueError(f"{where}field '{field}' must be in [{low:g}, {high:g}]{extra}, got {value!r}")
     return v
+
+
+def check_loads(loads: Any, field: str = "loads") -> tuple[float, ...]:
+    """A non-empty sequence of offered loads, each a number in [MIN_LOAD, MAX_LOAD], as floats;
+    ValueError naming ``field`` (a single number, a string or an empty list is refused)."""
+    if isinstance(loads, (str, bytes)) or not hasattr(loads, "__len__") or not hasattr(loads, "__iter__"):
+        raise ValueError(f"field '{field}': expected a sequence of numbers (e.g. [0.3, 0.9]), got {loads!r}")
+    if len(loads) == 0:
+        raise ValueError(f"field '{field}': need at least one load")
+    return tuple(check_number(rho, f"{field}[{i}]", MIN_LOAD, MAX_LOAD) for i, rho in enumerate(loads))
 
 
 def check_seed(value: Any, field: str = "seed", low: int = MIN_SEED, high: int = MAX_SEED) -> int:

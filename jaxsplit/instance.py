@@ -49,8 +49,8 @@ class Instance:
 
 def _number(value: Any, field: str, where: str, *, positive: bool = False, allow_none: bool = False,
             low: float | None = None, high: float | None = None) -> float:
-    if value is None and allow_none:
-        return math.inf
+    if allow_none and (value is None or (isinstance(value, float) and value == math.inf)):
+        return math.inf  # null or Infinity (docs/MODEL.md section 8: "null / infinity")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{where}field '{field}' must be a finite number, got {value!r}")
     v = float(value)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from . import contract
 from .layers import Layer
 
 
@@ -64,8 +65,10 @@ TABLE_FIELDS: tuple[str, ...] = LAYER_FIELDS + ("count",)
 
 def layer_arrays_numpy(layers: Sequence[Layer], bytes_per_element: float = 4.0,
                        dtype: type = np.float32) -> dict[str, np.ndarray]:
-    """The fields of :class:`LayerArrays` for a table, as numpy arrays of shape (L,)."""
-    q = float(bytes_per_element)
+    """The fields of :class:`LayerArrays` for a table, as numpy arrays of shape (L,); ``bytes_per_element``
+    q (bytes) must be in [1e-3, 1e3] (docs/MODEL.md, section 8)."""
+    q = contract.check_number(bytes_per_element, "bytes_per_element", contract.MIN_BYTES_PER_ELEMENT,
+                              contract.MAX_BYTES_PER_ELEMENT)
     cols: dict[str, list[float]] = {name: [] for name in LAYER_FIELDS}
     for layer in layers:
         cols["in_height"].append(layer.in_height)

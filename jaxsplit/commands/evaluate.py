@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from jaxsplit import atomic
+from jaxsplit import atomic, contract
 from jaxsplit.agents.run import evaluation_env, load_policy
 from jaxsplit.envs import MAIN, Protocol, evaluate, evaluate_baselines, load_cluster, make, policies
 from jaxsplit.envs.evaluation import markdown_table
@@ -96,7 +96,7 @@ def _floats(text: str | Sequence[float], field: str) -> list[float]:
     for v in values:
         if not (math.isfinite(v) and v > 0):
             raise ValueError(f"field '{field}': every value must be positive, got {v!r}")
-    return values
+    return list(contract.check_loads(values, field))  # each in [1e-6, 1e6] (docs/MODEL.md, section 8)
 
 
 def run(args: EvaluateArgs) -> list[dict[str, Any]]:
