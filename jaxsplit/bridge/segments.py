@@ -136,6 +136,9 @@ def run_channels(op: LayerOp, module: torch.nn.Module, x: torch.Tensor, start: i
     if not _channel_ok(op):
         raise ValueError(f"layer '{op.layer.name}': field 'partition' = 'channels' needs a conv with groups 1 or a "
                          f"linear layer, got {op.kind} with groups {op.layer.groups}")
+    if count <= 0:
+        shape = (x.shape[0], 0) if op.kind == "linear" else (x.shape[0], 0, op.layer.out_height, op.layer.out_width)
+        return x.new_zeros(shape)
     weight = module.weight[start:start + count]
     bias = module.bias[start:start + count] if module.bias is not None else None
     if op.kind == "linear":
