@@ -189,6 +189,125 @@ def _channel_ok(layer: Layer) -> bool:
     return layer.kind == "linear" or (layer.kind == "conv" and layer.groups == 1)
 
 
+def fused_run_times(table: dict, slots: int, rates: Rates, start: jax.Array, rows: jax.Array) -> jax.Array:
+    """T_i of every device on fused runs (MODEL.md section 7), seconds, shape (N, S).
+
+    ``table`` (from :meth:`Planner.run_table` or a bucket of one) describes each run column by
+    column: per depth d from the run's end (D steps) the geometry of the layer there (``geo``:
+    ``row_work``, ``stride``, ``pad_top``, ``kernel_extent``, ``in_height``, (D, S)), ``valid``, the
+    slot it reads its need from (``read``), the slots its projected need is merged into
+    (``writes`` (D, F, S), -1 none), whether it reads the run's input (``reads_in``); the slots that
+    start with the output rows (``init`` (W, S)); whether the output holds the run's input itself
+    (``before``, an identity shortcut); and the bytes of one row of the run's input and output.
+    ``start``, ``rows`` (N, S): each device's first output row and row count; ``rates`` (N,).
+
+    The rows are projected back from the run's last layer to its first, clamped to every tensor's
+    height; a tensor read by several layers needs the hull of their needs (its slot collects them)."""
+    dt = rates.sec_per_flop.dtype
+    rates = jax.tree.map(lambda x: jnp.reshape(x, (x.shape[0], 1)), rates)
+    inf = jnp.asarray(jnp.inf, dt)
+    slot_ids = jnp.arange(slots)[:, None]
+    r0 = start.astype(dt)
+    n = rows.astype(dt)
+    r1 = r0 + n
+    lo_in = jnp.where(table["before"], r0, inf)
+    hi_in = jnp.where(table["before"], r1, -inf)
+    init = jnp.asarray(table["init"])[:, None, :]
+    slots_lo = jnp.where(init, r0[None], inf)
+    slots_hi = jnp.where(init, r1[None], -inf)
+    writes = jnp.asarray(table["writes"])
+    xs = (table["geo"], jnp.asarray(table["valid"]), jnp.asarray(table["read"])[:, None, :] == slot_ids[None],
+          [writes[:, f, :][:, None, :] == slot_ids[None] for f in range(writes.shape[1])],
+          jnp.asarray(table["reads_in"]))
+
+    def step(carry, x):
+        slots_lo, slots_hi, work, lo_in, hi_in = carry
+        g, valid, read, writes, reads_in = x
+        mask = read[:, None, :]  # (W, 1, S)
+        lo = jnp.min(jnp.where(mask, slots_lo, inf), axis=0)
+        hi = jnp.max(jnp.where(mask, slots_hi, -inf), axis=0)
+        slots_lo = jnp.where(mask, inf, slots_lo)
+        slots_hi = jnp.where(mask, -inf, slots_hi)
+        computed = jnp.where(valid, jnp.maximum(hi - lo, 0.0), 0.0)
+        work = work + computed * g["row_work"]
+        some = computed > 0
+        plo = jnp.where(some, jnp.minimum(jnp.maximum(0.0, lo * g["stride"] - g["pad_top"]), g["in_height"]), inf)
+        phi = jnp.where(some, jnp.minimum(g["in_height"], (hi - 1.0) * g["stride"] - g["pad_top"]
+                                          + g["kernel_extent"]), -inf)
+        for w in writes:
+            w = w[:, None, :]
+            slots_lo = jnp.where(w, jnp.minimum(slots_lo, plo[None]), slots_lo)
+            slots_hi = jnp.where(w, jnp.maximum(slots_hi, phi[None]), slots_hi)
+        lo_in = jnp.where(reads_in, jnp.minimum(lo_in, plo), lo_in)
+        hi_in = jnp.where(reads_in, jnp.maximum(hi_in, phi), hi_in)
+        return (slots_lo, slots_hi, work, lo_in, hi_in), None
+
+    init_carry = (slots_lo, slots_hi, jnp.zeros_like(r0), lo_in, hi_in)
+    (_, _, work, lo_in, hi_in), _ = jax.lax.scan(step, init_carry, xs)
+    read_rows = jnp.maximum(hi_in - lo_in, 0.0)
+    t = (rates.message + (read_rows * table["in_bytes"] + n * table["out_bytes"]) * rates.sec_per_byte
+         + work * rates.sec_per_flop)
+    return jnp.where(n > 0, t, 0.0)
+
+
+def run_affine(runs: dict, rates: Rates, border: str) -> tuple[jax.Array, jax.Array]:
+    """alpha (N, S) s and beta (N, S) s/row of fused runs' affine model for an interior device, or
+    the ``first`` or ``last`` one (MODEL.md section 7); ``runs`` fields (S,), ``rates`` (N,)."""
+    rates = jax.tree.map(lambda x: jnp.reshape(x, (x.shape[0], 1)), rates)
+    in_bytes, out_bytes = runs["in_bytes"], runs["out_bytes"]
+    h = {"interior": runs["in_h"], "first": runs["in_h_first"], "last": runs["in_h_last"]}[border]
+    w0 = {"interior": runs["w0"], "first": runs["w0_first"], "last": runs["w0_last"]}[border]
+    beta = (runs["in_s"] * in_bytes + out_bytes) * rates.sec_per_byte + runs["w1"] * rates.sec_per_flop
+    alpha = rates.message + h * in_bytes * rates.sec_per_byte + w0 * rates.sec_per_flop
+    return alpha, beta
+
+
+def runs_closed_form(runs: dict, times, rates: Rates) -> tuple[jax.Array, jax.Array]:
+    """Closed-form rows (N, S) of fused runs and their exact latencies (S,): water-fill the interior
+    model, again with the border intercepts of the first and last active devices, round, and keep
+    whichever of the two roundings is faster exactly. ``times(rates, start, rows) -> (N, S)``."""
+    count = runs["out_height"].shape[-1]
+    active = jnp.broadcast_to(rates.active[:, None], (rates.active.shape[0], count))
+    total = runs["out_height"]
+    alpha, beta = run_affine(runs, rates, "interior")
+    _, n_plain = solvers.water_fill(alpha, beta, active, total)
+    first, last = solvers._border_flags(n_plain > 0)
+    a_first, _ = run_affine(runs, rates, "first")
+    a_last, _ = run_affine(runs, rates, "last")
+    alpha_b = jnp.where(first, a_first, jnp.where(last, a_last, alpha))
+    _, n = solvers.water_fill(alpha_b, beta, active, total)
+    rows = solvers.round_split(n, alpha_b, beta, active, total)
+    plain = solvers.round_split(n_plain, alpha, beta, active, total)
+
+    def latency(r):
+        return jnp.max(times(rates, jnp.cumsum(r, axis=0) - r, r), axis=0)
+
+    lat_rows, lat_plain = latency(rows), latency(plain)
+    better = lat_rows <= lat_plain
+    return jnp.where(better, rows, plain), jnp.where(better, lat_rows, lat_plain)
+
+
+def channels_closed_form(ch: dict, rates: Rates) -> tuple[jax.Array, jax.Array]:
+    """Closed-form channel splits (N, L) (water-filled and rounded) and the affine model's alpha,
+    beta (N, L); ``ch`` fields (L,), ``rates`` (N,)."""
+    r = jax.tree.map(lambda x: x[:, None], rates)
+    alpha = r.message + ch["in_bytes"] * r.sec_per_byte
+    beta = ch["out_bytes"] * r.sec_per_byte + ch["work"] * r.sec_per_flop
+    active = jnp.broadcast_to(rates.active[:, None], alpha.shape)
+    _, n = solvers.water_fill(alpha, beta, active, ch["total"])
+    return solvers.round_split(n, alpha, beta, active, ch["total"]), (alpha, beta, active)
+
+
+def channel_times(ch: dict, rates: Rates, channels: jax.Array) -> jax.Array:
+    """T_i of every device on layers split by output channels (MODEL.md section 7), seconds, (N, L);
+    ``2 tau + (H W C_in q + c H_out W_out q)/b + c phi_c/f``; ``channels`` (N, L) int."""
+    rates = jax.tree.map(lambda x: jnp.reshape(x, (x.shape[0], 1)), rates)
+    c = channels.astype(rates.sec_per_flop.dtype)
+    t = (rates.message + (ch["in_bytes"] + c * ch["out_bytes"]) * rates.sec_per_byte
+         + c * ch["work"] * rates.sec_per_flop)
+    return jnp.where(c > 0, t, 0.0)
+
+
 class Planner:
     """The candidate segments of one model's plans, tabled on the host; plans as pure JAX functions.
 
@@ -371,80 +490,50 @@ class Planner:
                            "reads_in": reads_in, "init": init, "before": before})
         self._buckets = tables
         self._slots = width
+        self._fan = fan
+        self._depth_max = max(lengths, default=1)
 
     def run_times(self, rates: Rates, start: jax.Array, rows: jax.Array) -> jax.Array:
         """T_i of every device on every fused run (MODEL.md section 7), seconds, shape (N, S).
 
         ``rates`` fields (N,) (or (N, 1)); ``start`` and ``rows`` (N, S): each device's first output
-        row of the run and its row count. The rows are projected back through each run's graph, from
-        its last layer to its first (a scan over the depth from the run's end), clamped to every
-        tensor's height, the hull taken where several consumers read a tensor.
-        """
-        dt = self.dtype
-        num = start.shape[0]
+        row of the run and its row count (:func:`fused_run_times`, one bucket of runs at a time)."""
         if not self.num_runs:
-            return jnp.zeros((num, 0), dt)
-        rates = jax.tree.map(lambda x: jnp.reshape(x, (x.shape[0], 1)), rates)
-        inf = jnp.asarray(jnp.inf, dt)
-        slot_ids = np.arange(self._slots)[:, None]
+            return jnp.zeros((start.shape[0], 0), self.dtype)
         times = []
         for tab, geo in zip(self._buckets, self.arrays.geo):
             cols = slice(tab["first"], tab["end"])
-            r0 = start[:, cols].astype(dt)
-            n = rows[:, cols].astype(dt)
-            r1 = r0 + n
-            lo_in = jnp.where(tab["before"], r0, inf)
-            hi_in = jnp.where(tab["before"], r1, -inf)
-            init = tab["init"][:, None, :]
-            slots_lo = jnp.where(init, r0[None], inf)
-            slots_hi = jnp.where(init, r1[None], -inf)
-            writes = [jnp.asarray(tab["writes"][:, f, :][:, None, :] == slot_ids[None]) for f in
-                      range(tab["writes"].shape[1])]  # each (D, W, S)
-            xs = (geo, jnp.asarray(tab["valid"]), jnp.asarray(tab["read"][:, None, :] == slot_ids[None]), writes,
-                  jnp.asarray(tab["reads_in"]))
-
-            def step(carry, x):
-                slots_lo, slots_hi, work, lo_in, hi_in = carry
-                g, valid, read, writes, reads_in = x
-                mask = read[:, None, :]  # (W, 1, S)
-                lo = jnp.min(jnp.where(mask, slots_lo, inf), axis=0)
-                hi = jnp.max(jnp.where(mask, slots_hi, -inf), axis=0)
-                slots_lo = jnp.where(mask, inf, slots_lo)
-                slots_hi = jnp.where(mask, -inf, slots_hi)
-                computed = jnp.where(valid, jnp.maximum(hi - lo, 0.0), 0.0)
-                work = work + computed * g["row_work"]
-                some = computed > 0
-                plo = jnp.where(some, jnp.minimum(jnp.maximum(0.0, lo * g["stride"] - g["pad_top"]), g["in_height"]),
-                                inf)
-                phi = jnp.where(some, jnp.minimum(g["in_height"], (hi - 1.0) * g["stride"] - g["pad_top"]
-                                                  + g["kernel_extent"]), -inf)
-                for w in writes:
-                    w = w[:, None, :]
-                    slots_lo = jnp.where(w, jnp.minimum(slots_lo, plo[None]), slots_lo)
-                    slots_hi = jnp.where(w, jnp.maximum(slots_hi, phi[None]), slots_hi)
-                lo_in = jnp.where(reads_in, jnp.minimum(lo_in, plo), lo_in)
-                hi_in = jnp.where(reads_in, jnp.maximum(hi_in, phi), hi_in)
-                return (slots_lo, slots_hi, work, lo_in, hi_in), None
-
-            init_carry = (slots_lo, slots_hi, jnp.zeros_like(r0), lo_in, hi_in)
-            (_, _, work, lo_in, hi_in), _ = jax.lax.scan(step, init_carry, xs)
-            read_rows = jnp.maximum(hi_in - lo_in, 0.0)
-            in_bytes = self.arrays.runs["in_bytes"][cols]
-            out_bytes = self.arrays.runs["out_bytes"][cols]
-            t = (rates.message + (read_rows * in_bytes + n * out_bytes) * rates.sec_per_byte
-                 + work * rates.sec_per_flop)
-            times.append(jnp.where(n > 0, t, 0.0))
+            table = dict(tab, geo=geo, in_bytes=self.arrays.runs["in_bytes"][cols],
+                         out_bytes=self.arrays.runs["out_bytes"][cols])
+            times.append(fused_run_times(table, self._slots, rates, start[:, cols], rows[:, cols]))
         return jnp.concatenate(times, axis=1)
 
+    def run_table(self, depth: int, slots: int, fan: int) -> dict[str, np.ndarray]:
+        """Every run's scan table padded to ``depth`` steps, ``slots`` slots and ``fan`` writes (at
+        least this planner's), as :func:`fused_run_times` reads it, columns in run order (S,)."""
+        width = self.num_runs
+        out = {"geo": {k: np.zeros((depth, width)) for k in ("row_work", "stride", "pad_top", "kernel_extent",
+                                                              "in_height")},
+               "valid": np.zeros((depth, width), bool), "read": np.zeros((depth, width), np.int32),
+               "writes": np.full((depth, fan, width), -1, np.int32), "reads_in": np.zeros((depth, width), bool),
+               "init": np.zeros((slots, width), bool), "before": np.zeros(width, bool)}
+        out["geo"]["stride"][:] = 1.0
+        for tab in self._buckets:
+            cols = slice(tab["first"], tab["end"])
+            d, f, w = tab["valid"].shape[0], tab["writes"].shape[1], tab["init"].shape[0]
+            for k in out["geo"]:
+                out["geo"][k][:d, cols] = tab["geo"][k]
+            for k in ("valid", "read", "reads_in"):
+                out[k][:d, cols] = tab[k]
+            out["writes"][:d, :f, cols] = tab["writes"]
+            out["init"][:w, cols] = tab["init"]
+            out["before"][cols] = tab["before"]
+        return out
+
     def channel_times(self, rates: Rates, channels: jax.Array) -> jax.Array:
-        """T_i of every device on every layer split by output channels (MODEL.md section 7), seconds,
-        shape (N, L); ``channels`` (N, L) int. ``2 tau + (H W C_in q + c H_out W_out q)/b + c phi_c/f``."""
-        rates = jax.tree.map(lambda x: jnp.reshape(x, (x.shape[0], 1)), rates)
-        c = channels.astype(self.dtype)
-        ch = self.arrays.ch
-        t = (rates.message + (ch["in_bytes"] + c * ch["out_bytes"]) * rates.sec_per_byte
-             + c * ch["work"] * rates.sec_per_flop)
-        return jnp.where(c > 0, t, 0.0)
+        """T_i of every device on every layer split by output channels, seconds, (N, L)
+        (:func:`channel_times`); ``channels`` (N, L) int."""
+        return channel_times(self.arrays.ch, rates, channels)
 
     def row_times(self, rates: Rates, rows: jax.Array) -> jax.Array:
         """Section 3's T_i of every device on every layer split by rows, seconds, (N, L); ``rows`` (N, L)."""
@@ -468,42 +557,11 @@ class Planner:
         return jnp.concatenate(parts)
 
     # ------------------------------------------------------------------ splits
-    def _run_affine(self, rates: Rates, border: str) -> tuple[jax.Array, jax.Array]:
-        """alpha (N, S), beta (N, S) of the runs' affine model for an interior (or ``first``/``last``)
-        device."""
-        r = self.arrays.runs
-        rates = jax.tree.map(lambda x: jnp.reshape(x, (x.shape[0], 1)), rates)
-        in_bytes, out_bytes = r["in_bytes"], r["out_bytes"]
-        h = {"interior": r["in_h"], "first": r["in_h_first"], "last": r["in_h_last"]}[border]
-        w0 = {"interior": r["w0"], "first": r["w0_first"], "last": r["w0_last"]}[border]
-        beta = (r["in_s"] * in_bytes + out_bytes) * rates.sec_per_byte + r["w1"] * rates.sec_per_flop
-        alpha = rates.message + h * in_bytes * rates.sec_per_byte + w0 * rates.sec_per_flop
-        return alpha, beta
-
     def _runs_closed_form(self, cluster: Cluster, share: jax.Array) -> jax.Array:
-        """Closed-form rows (N, S) of every fused run: water-fill the interior model, again with the
-        border intercepts of the first and last active devices, round, and keep whichever of the two
-        roundings is faster exactly."""
-        rates = allocation_rates(cluster, share)
-        active = jnp.broadcast_to(rates.active[:, None], (rates.active.shape[0], self.num_runs))
-        total = self.arrays.runs["out_height"]
-        alpha, beta = self._run_affine(rates, "interior")
-        _, n_plain = solvers.water_fill(alpha, beta, active, total)
-        first, last = solvers._border_flags(n_plain > 0)
-        a_first, _ = self._run_affine(rates, "first")
-        a_last, _ = self._run_affine(rates, "last")
-        alpha_b = jnp.where(first, a_first, jnp.where(last, a_last, alpha))
-        _, n = solvers.water_fill(alpha_b, beta, active, total)
-        rows = solvers.round_split(n, alpha_b, beta, active, total)
-        plain = solvers.round_split(n_plain, alpha, beta, active, total)
-
-        def latency(r):
-            return jnp.max(self.run_times(rates, jnp.cumsum(r, axis=0) - r, r), axis=0)
-
-        lat_rows, lat_plain = latency(rows), latency(plain)
-        better = lat_rows <= lat_plain
-        self._last_run_latency = jnp.where(better, lat_rows, lat_plain)
-        return jnp.where(better, rows, plain)
+        """Closed-form rows (N, S) of every fused run (:func:`runs_closed_form`)."""
+        rows, self._last_run_latency = runs_closed_form(self.arrays.runs, self.run_times,
+                                                        allocation_rates(cluster, share))
+        return rows
 
     def _runs_exact(self, cluster: Cluster, share: jax.Array, upper_rows: jax.Array) -> jax.Array:
         """Exact rows (N, S) of every fused run: bisection on the bit pattern of the latency bound
@@ -570,14 +628,8 @@ class Planner:
         integer optimum (bisection on the latency; each device's most channels within a bound is a
         floor of an affine inequality)."""
         rates = allocation_rates(cluster, share)
-        r = jax.tree.map(lambda x: x[:, None], rates)
-        ch = self.arrays.ch
-        in_b, out_b, work, total = ch["in_bytes"], ch["out_bytes"], ch["work"], ch["total"]
-        alpha = r.message + in_b * r.sec_per_byte
-        beta = out_b * r.sec_per_byte + work * r.sec_per_flop
-        active = jnp.broadcast_to(rates.active[:, None], alpha.shape)
-        _, n = solvers.water_fill(alpha, beta, active, total)
-        chans = solvers.round_split(n, alpha, beta, active, total)
+        chans, (alpha, beta, active) = channels_closed_form(self.arrays.ch, rates)
+        total = self.arrays.ch["total"]
         if not exact:
             return chans
         dt = self.dtype
