@@ -135,7 +135,8 @@ def plan_instances(instances: list[Instance], plan: str = "fused", solver: str =
         raise ValueError(f"field 'solver': {solver!r} does not split a fused segment; with --plan fused use one of "
                          f"{', '.join(planner_mod.SEGMENT_RULES)}")
     if plan in ("aofl", "deepthings") and solver != "closed_form":
-        raise ValueError(f"field 'solver': the {plan} plan has its own split rule; leave --solver out")
+        raise ValueError(f"field 'solver': {solver!r} with the {plan} plan, which has its own split rule; leave "
+                         f"--solver out")
     for k, inst in enumerate(instances):
         check_instance(inst, f"instance {k}: " if len(instances) > 1 else "")
     groups: dict = {}
