@@ -1,10 +1,12 @@
-"""``jaxsplit bench split|env|train|all``: the headline throughput figures on this machine (:mod:`jaxsplit.bench`).
+"""``jaxsplit bench split|plan|env|train|all``: the headline throughput figures on this machine (:mod:`jaxsplit.bench`).
 
 * ``split``: layer-solves/s of the batched jitted split solvers per solver, N and batch, with each
   solver's gap to the exact optimum;
+* ``plan``: best plans/s (MODEL.md section 7, the closed form in every segment) per model, N and
+  batch, with the gap to the exact best plan;
 * ``env``: allocation-environment steps/s (random policy) against the number of environments;
 * ``train``: PPO training env-steps/s, one agent and populations (the ``jaxsplit train`` defaults);
-* ``all``: the three.
+* ``all``: the four.
 
 Compile time is reported apart from the run time; the rate is the best of ``--repeats`` runs and the
 spread says how far the slowest was from it. The machine (devices, versions, CPU, load) is printed
@@ -55,8 +57,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small settings (a smoke run: under a minute on a 2-core CPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object (machine, settings, rows)")
     p.add_argument("--solvers", help=f"split: comma-separated solvers ({', '.join(bench.bench_solvers())})")
-    p.add_argument("--devices", help="split and env: comma-separated device counts N")
-    p.add_argument("--batches", help="split: comma-separated batch sizes (layer instances per call)")
+    p.add_argument("--devices", help="split, plan and env: comma-separated device counts N")
+    p.add_argument("--batches", help="split and plan: comma-separated batch sizes (layer instances, or clusters, per call)")
     p.add_argument("--envs", help="env: comma-separated numbers of parallel environments")
     p.add_argument("--steps-per-call", help="env: environment steps per timed call, all environments together "
                                              "(each runs steps-per-call / envs steps, 1 to 200)")
