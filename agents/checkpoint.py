@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -80,7 +81,10 @@ _REPR = re.compile(r"<[^<>]*(?: at 0x[0-9a-f]+|bound method|function |object )[^
 
 def reason(err: BaseException) -> str:
     """The first line of an error, without object reprs, at most 400 characters."""
-    text = _REPR.sub("", str(err)).strip()
+    text, before = str(err), None
+    while text != before:  # reprs nest: <bound method ... of <object at 0x...>>
+        before, text = text, _REPR.sub("", text)
+    text = text.strip()
     text = text.splitlines()[0].strip() if text else ""
     text = re.sub(r"\s+", " ", text).rstrip(" :;,(")
     return text[:400] or type(err).__name__
@@ -90,10 +94,31 @@ def _clip(text: str, n: int) -> str:
     return text if len(text) <= n else text[:n - 3].rstrip() + "..."
 
 
+def _drop_closed_loop_callbacks() -> None:
+    """After a failed read, tensorstore still completes its pending futures and calls back into the
+    asyncio loop that orbax already closed: each call ends in an unraisable "Event loop is closed"
+    RuntimeError that Python prints with its traceback. Those are dropped (process-wide, once); every
+    other unraisable exception goes to the previous hook."""
+    if getattr(sys.unraisablehook, "_jaxsplit", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        if isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc):
+            return
+        previous(unraisable)
+
+    hook._jaxsplit = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 @contextlib.contextmanager
 def _quiet_orbax() -> Iterator[None]:
-    """orbax's absl log lines (a missing or unparsable metadata file) stay off standard error: the
-    ValueError that follows says what is wrong."""
+    """orbax's absl log lines (a missing or unparsable metadata file) stay off standard error, and so
+    do tensorstore's late callbacks into a closed event loop: the ValueError that follows says what
+    is wrong."""
+    _drop_closed_loop_callbacks()
     logger = logging.getLogger("absl")
     level = logger.level
     logger.setLevel(logging.CRITICAL)

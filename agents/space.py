@@ -120,6 +120,11 @@ def load_space_file(path: str | Path) -> list[Dimension]:
         raise ValueError(f"--space-file {str(path)!r}: cannot read it ({err.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"--space-file {str(path)!r}: not TOML ({err})") from None
+    tables = [k for k, v in data.items() if isinstance(v, dict)]
+    if "space" not in data and tables:  # (a file of top-level NAME = ... lines alone is its own space)
+        found = ", ".join(f"[{k}]" for k in tables)
+        raise ValueError(f"--space-file {str(path)!r}: no [space] table (found {found}); put the searched "
+                         f"settings under [space], e.g. lr = \"1e-4:3e-3:log\"")
     table = data.get("space", data)
     if not isinstance(table, dict) or not table:
         raise ValueError(f"--space-file {str(path)!r}: needs a [space] table of NAME = range or list")

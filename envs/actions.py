@@ -134,6 +134,10 @@ class ShareAction:
         return self.env.reset(key, params)
 
     def step(self, key: jax.Array, state: Any, action: jax.Array, params: Any):
+        want = tuple(self.action_space(params).shape)
+        if tuple(jnp.shape(action)) != want:  # shapes are static: checked when traced, never inside the program
+            raise ValueError(f"field 'action': expected shape {want} for {type(self).__name__} on "
+                             f"{self.unwrapped.num_devices} devices, got shape {tuple(jnp.shape(action))}")
         return self.env.step(key, state, self.decode(action, state, params), params)
 
     def __repr__(self) -> str:

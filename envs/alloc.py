@@ -425,6 +425,9 @@ class AllocationEnv:
                      present: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """Shares actually reserved and the invalid flag (MODEL.md section 6, step 1); an absent device
         (``present`` (N,) bool False) gets share 0."""
+        if jnp.size(action) != self.num_devices:  # static: checked when traced
+            raise ValueError(f"field 'action': expected {self.num_devices} shares (shape ({self.num_devices},)), "
+                             f"got shape {tuple(jnp.shape(action))}")
         a = jnp.asarray(action, self.dtype).reshape(self.num_devices)
         a = jnp.where(jnp.isfinite(a), a, 0.0)
         if present is not None:

@@ -155,7 +155,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"jaxsplit: error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        import difflib
+
+        near = difflib.get_close_matches(name, list(COMMANDS), n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        print(f"jaxsplit: error: unknown command {name!r}; {hint}commands: {', '.join(COMMANDS)} "
+              f"(jaxsplit --help)", file=sys.stderr)
         return 2
     try:
         rest, cache_dir, no_cache = compile_cache.split_options(rest)

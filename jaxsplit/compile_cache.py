@@ -25,6 +25,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -71,6 +72,24 @@ def writable(path: Path) -> str | None:
     return None
 
 
+def drop_empty_entries(path: Path) -> int:
+    """Remove zero-byte entries of the cache folder (left by a process killed while writing one); they
+    would be read, fail to decompress and be compiled again on every run. Returns how many went."""
+    gone = 0
+    try:
+        entries = list(path.iterdir())
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            if entry.name.endswith("-cache") and entry.is_file() and entry.stat().st_size == 0:
+                entry.unlink()
+                gone += 1
+        except OSError:
+            pass
+    return gone
+
+
 @contextlib.contextmanager
 def enabled(path: Path | None, command: str = "jaxsplit") -> Iterator[Path | None]:
     """Turn JAX's persistent compilation cache on in ``path`` while the block runs; yields the folder
@@ -99,8 +118,13 @@ def enabled(path: Path | None, command: str = "jaxsplit") -> Iterator[Path | Non
         jax.config.update(name, value)
         os.environ[name.upper()] = str(value)
     cc.reset_cache()  # JAX opens the cache once per process; open it again on the new folder
+    drop_empty_entries(path)
     try:
-        yield path
+        with warnings.catch_warnings():
+            # an entry that cannot be read (damaged, half written by a killed process) is compiled
+            # again: that is the cache's job, not the user's concern
+            warnings.filterwarnings("ignore", message=".*persistent compilation cache entry", category=UserWarning)
+            yield path
     finally:
         for name, value in saved.items():
             jax.config.update(name, value)

@@ -617,6 +617,13 @@ def solve_batch(name: str, layer: LayerArrays, cluster: Cluster, share: jax.Arra
         batch); ``False`` skips it for inputs already checked.
     """
     get_solver(name)
+    for arg, value, kind, shape in (("layer", layer, LayerArrays, "fields of shape (B,)"),
+                                    ("cluster", cluster, Cluster, "fields of shape (B, N)")):
+        if not isinstance(value, kind):
+            raise ValueError(f"field '{arg}': expected a {kind.__name__} with {shape}, got {type(value).__name__}")
+    if not hasattr(share, "shape") or not hasattr(share, "dtype"):
+        raise ValueError(f"field 'share': expected an array of shape (B, N) (jax.numpy or numpy), got "
+                         f"{type(share).__name__}; wrap it in jnp.asarray")
     if check:
         check_batch(layer, cluster, share)
     return batched_solver(name)(layer, cluster, share)

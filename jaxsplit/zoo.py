@@ -250,6 +250,9 @@ def get(name: str, input_size: tuple[int, int] | None = None) -> list[Layer]:
     """
     if name not in MODELS:
         raise ValueError(f"field 'model': unknown zoo model {name!r}; known: {', '.join(MODELS)}")
+    if input_size is not None and (isinstance(input_size, (str, bytes)) or not hasattr(input_size, "__len__")
+                                   or len(input_size) != 2):
+        raise ValueError(f"field 'input_size': expected (H, W), two positive integers, got {input_size!r}")
     h, w = input_size if input_size is not None else ZOO_DEFAULT_SIZE[name]
     for field, v in (("input_size[0]", h), ("input_size[1]", w)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
