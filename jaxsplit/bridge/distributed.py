@@ -335,7 +335,8 @@ class Coordinator:
                 continue
             b = ext[0].shape[0]
             header = torch.tensor([_SEGMENT, first, start, n, end, 0, b, 0], dtype=torch.int64)
-            sends += [(dist.isend(header, j, tag=_TAG_HEADER), j), (dist.isend(_flat(ext).contiguous(), j, tag=_TAG_DATA), j)]
+            sends += [(dist.isend(header, j, tag=_TAG_HEADER), j),
+                      (dist.isend(_flat(ext).contiguous(), j, tag=_TAG_DATA), j)]
             _, out_shapes = _segment_shapes(self.traced, run, plan, b)
             flat = torch.empty(sum(int(np.prod(s)) for s in out_shapes), dtype=ext[0].dtype)
             took = torch.zeros(2, dtype=torch.float64)

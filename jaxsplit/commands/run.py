@@ -239,8 +239,8 @@ def _print_plan(plan: dict[str, Any], result: dict[str, Any], predicted: np.ndar
     console.print(table)
     seg_sum = sum(s["measured"] for s in plan["segments"])
     cal = f", calibrated {sum(s['calibrated'] for s in plan['segments']) * 1e3:.2f} ms" if with_cal else ""
-    console.print(f"plan {args.plan}: request measured {plan['request_time'] * 1e3:.2f} ms (segments {seg_sum * 1e3:.2f} "
-                  f"ms), predicted {plan['latency'] * 1e3:.2f} ms{cal}")
+    console.print(f"plan {args.plan}: request measured {plan['request_time'] * 1e3:.2f} ms (segments "
+                  f"{seg_sum * 1e3:.2f} ms), predicted {plan['latency'] * 1e3:.2f} ms{cal}")
     layer_cal = f", calibrated {sum(calibrated) * 1e3:.2f} ms" if calibrated is not None else ""
     console.print(f"plan layer: request measured {result['request_time'] * 1e3:.2f} ms (layers "
                   f"{sum(result['layer_times']) * 1e3:.2f} ms), predicted {sum(predicted) * 1e3:.2f} ms{layer_cal}")

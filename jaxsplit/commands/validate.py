@@ -147,5 +147,6 @@ def _print_segments(reports: list[SegmentReport], title: str, latency: float) ->
     n_bad = sum(not r.passed for r in reports)
     fused = sum(r.layers[1] - r.layers[0] > 1 for r in reports)
     channels = sum(r.partition == "channels" for r in reports)
+    verdict = "all segments pass" if not n_bad else f"[red]{n_bad} failed[/]"
     console.print(f"{len(reports)} segments ({fused} fused, {channels} split by channels), predicted request "
-                  f"latency {latency * 1e3:.3f} ms: " + ("all segments pass" if not n_bad else f"[red]{n_bad} failed[/]"))
+                  f"latency {latency * 1e3:.3f} ms: {verdict}")
