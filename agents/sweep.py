@@ -406,35 +406,45 @@ class Sweep:
 
     def train_batch(self, study: Any, batch: Sequence[Any]) -> None:
         """Train, evaluate and tell one batch; on an interruption the batch's trials are queued again."""
-        import optuna
-
         rows = self.member_rows(batch)
         pop_dir = self.out / "populations" / f"trials-{batch[0].number}-{batch[-1].number}"
         resumed = self._resumable(batch)
         stop = threading.Event()
         beats = threading.Thread(target=self._beat_loop, args=(study, batch, stop), daemon=True)
         beats.start()
+        folder = pop_dir if resumed is None else resumed
+        requeue = lambda: self._requeue(study, batch, folder, stop)
         try:
-            t0 = time.perf_counter()
-            runners, hparams, metrics, lineage = self._train(rows, pop_dir if resumed is None else resumed,
-                                                             resumed is not None, len(batch))
-            results = self._evaluate(runners)
-            wall = time.perf_counter() - t0
-            self._tell(study, batch, rows, runners, hparams, metrics, lineage, results, wall)
+            # Ctrl-C on the command line exits from its own thread, at any moment: it queues the batch first
+            with atomic.on_interrupt(requeue):
+                t0 = time.perf_counter()
+                runners, hparams, metrics, lineage = self._train(rows, folder, resumed is not None, len(batch))
+                results = self._evaluate(runners)
+                wall = time.perf_counter() - t0
+                self._tell(study, batch, rows, runners, hparams, metrics, lineage, results, wall)
         except BaseException:
-            stop.set()
-            for t in batch:
-                state = self.storage.get_trial(t._trial_id).state
-                if state == optuna.trial.TrialState.RUNNING:
-                    t.set_user_attr("interrupted", True)
-                    study.tell(t, state=optuna.trial.TrialState.FAIL)
-                    attrs = {"retry_of": t.number, "resume": str(pop_dir if resumed is None else resumed),
-                             "member": batch.index(t)}
-                    study.enqueue_trial(t.params, user_attrs=attrs)
+            requeue()
             raise
         finally:
             stop.set()
         shutil.rmtree(pop_dir if resumed is None else resumed, ignore_errors=True)
+
+    def _requeue(self, study: Any, batch: Sequence[Any], folder: Path, stop: threading.Event) -> None:
+        """Mark the batch's running trials failed (interrupted) and queue each again, to resume from the
+        population's newest checkpoint in ``folder``."""
+        import optuna
+
+        stop.set()
+        for t in batch:
+            try:
+                if self.storage.get_trial(t._trial_id).state != optuna.trial.TrialState.RUNNING:
+                    continue
+                t.set_user_attr("interrupted", True)
+                study.tell(t, state=optuna.trial.TrialState.FAIL)
+            except Exception:  # told meanwhile (the batch was ending), or the database is gone
+                continue
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "resume": str(folder),
+                                                      "member": batch.index(t)})
 
     def _beat_loop(self, study: Any, batch: Sequence[Any], stop: threading.Event) -> None:
         while not stop.wait(self.settings.heartbeat):

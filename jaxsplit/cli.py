@@ -103,7 +103,7 @@ def atomic_critical() -> None:
         atomic.CRITICAL.acquire()
 
 
-def _exit_on_ctrl_c(name: str) -> None:
+def _exit_on_ctrl_c(name: str, signals: frozenset = frozenset({signal.SIGINT})) -> None:
     """Ctrl-C ends the process at once, whatever it is doing, with one line and status 130.
 
     SIGINT is blocked in every thread (threads started later inherit the mask) and received by a
@@ -112,14 +112,17 @@ def _exit_on_ctrl_c(name: str) -> None:
     it. The process leaves with ``os._exit``: the interpreter's teardown can crash while compiler or
     checkpoint threads still run. That loses nothing: every run file is written atomically (a
     temporary file renamed into place; orbax renames a finished checkpoint folder), and a metrics
-    line torn by the exit is skipped when the run is resumed.
+    line torn by the exit is skipped when the run is resumed. Hooks registered with
+    :func:`jaxsplit.atomic.on_interrupt` run first (a sweep queues its running trials again), and
+    renames that belong together (:func:`jaxsplit.atomic.uninterrupted`) finish. ``signals``: the
+    signals so answered (a sweep's include SIGTERM, a batch scheduler's stop).
     """
     if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
         return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    signal.pthread_sigmask(signal.SIG_BLOCK, set(signals))
 
     def wait() -> None:
-        signal.sigwait({signal.SIGINT})
+        signal.sigwait(set(signals))
         from jaxsplit import atomic
 
         os.write(2, f"jaxsplit {name}: interrupted\n".encode())
@@ -135,9 +138,12 @@ def _exit_on_ctrl_c(name: str) -> None:
     threading.Thread(target=wait, name="ctrl-c", daemon=True).start()
 
 
-#: Commands that end on Ctrl-C through KeyboardInterrupt instead (``run`` stops its worker processes;
-#: ``sweep`` marks its running trials failed and queues them again in the study before it exits).
-KEYBOARD_INTERRUPT_COMMANDS = frozenset({"run", "sweep"})
+#: Commands that end on Ctrl-C through KeyboardInterrupt instead (``run`` stops its worker processes).
+#: ``sweep`` is answered by the Ctrl-C thread like the others, SIGTERM too; its hook marks the running
+#: trials failed and queues them again in the study before the process exits.
+KEYBOARD_INTERRUPT_COMMANDS = frozenset({"run"})
+#: Signals answered like Ctrl-C, per command (default: SIGINT alone).
+STOP_SIGNALS = {"sweep": frozenset({signal.SIGINT, signal.SIGTERM})}
 
 
 def _import_command(name: str):
@@ -168,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"jaxsplit {name}: error: {err}", file=sys.stderr)
         return 2
     if argv_given is None and name not in KEYBOARD_INTERRUPT_COMMANDS:
-        _exit_on_ctrl_c(name)
+        _exit_on_ctrl_c(name, STOP_SIGNALS.get(name, frozenset({signal.SIGINT})))
     folder = None if name in UNCACHED else compile_cache.resolve(cache_dir, no_cache)
     with compile_cache.enabled(folder, f"jaxsplit {name}"):
         code = run_command(name, lambda: _import_command(name).main(rest))
