@@ -81,3 +81,40 @@ def test_every_command_stopped_exits_130_in_one_line(tmp_path, argv, after_s):
 def test_split_of_a_large_batch_stopped_exits_130(tmp_path, big_batch, json_out):
     code, err = _stop(_start(["split", str(big_batch), *(["--json"] if json_out else [])], tmp_path / "cache"), 3.0)
     _assert_clean(code, err, "split")
+
+
+# ----------------------------------------------------------------------------- large batches in chunks
+
+def test_split_in_chunks_prints_what_one_batch_prints(tmp_path, monkeypatch, capsys):
+    from jaxsplit import cli
+    from jaxsplit.commands import split
+
+    lines = [json.dumps({"model": m, "input_size": [64, 64], "devices": [{"flops": 1e10 * (k + 1)},
+                         {"flops": 3e10, "bandwidth": 1e8 * (k + 1)}]})
+             for k, m in enumerate(["alexnet", "resnet18", "alexnet", "mobilenet_v2", "vgg16"] * 2)]
+    path = tmp_path / "b.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    outputs = {}
+    for chunk in (3, 4096):
+        monkeypatch.setattr(split, "CHUNK", chunk)
+        for mode in ([], ["--json"]):
+            assert cli.main(["split", str(path), *mode]) == 0
+            outputs[chunk, bool(mode)] = capsys.readouterr().out
+    assert outputs[3, True] == outputs[4096, True] and len(outputs[3, True].splitlines()) == 10
+    assert outputs[3, False] == outputs[4096, False] and "instance 10:" in outputs[3, False]
+    path.write_text("\n".join(lines[:7] + ['{"model": "alexnet", "devices": [{"flops": -1}]}'] + lines[7:]) + "\n")
+    monkeypatch.setattr(split, "CHUNK", 3)
+    assert cli.main(["split", str(path), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "line 8" in err and "flops" in err, err
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_split_progress_only_on_a_terminal(monkeypatch, tty):
+    from jaxsplit.commands import split
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
+    progress = split._Progress()
+    progress(10, 100, 5)
+    assert (progress.bar is not None) == tty
+    progress.close()

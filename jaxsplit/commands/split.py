@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
+import os
 import sys
-from typing import Annotated, Literal, Sequence
+from typing import Annotated, Iterator, Literal, Sequence
 
 import tyro
 
 from ..console import make_console
-from ..instance import dumps_result, load
+from ..instance import dumps_result, load, parse_instance
+from ..instance import loads as instance_loads
 from ..plan import plan_instances, solve_instances
 from . import options
 
@@ -34,12 +38,13 @@ class SplitArgs:
     """Print one JSON object per instance (one line each) instead of a table."""
 
 
-def print_table(plans, instances, solver: str) -> None:
-    """Readable tables: rows per device per layer, layer latency, request latency."""
+def print_table(plans, instances, solver: str, start: int = 0) -> None:
+    """Readable tables: rows per device per layer, layer latency, request latency (``start``: the
+    number of instances printed before these)."""
     from rich.table import Table
 
     console = make_console()
-    for k, (plan, inst) in enumerate(zip(plans, instances)):
+    for k, (plan, inst) in enumerate(zip(plans, instances), start=start):
         title = f"instance {k + 1}: {len(inst.layers)} layers on {inst.num_devices} devices, solver {solver}"
         table = Table(title=title, title_justify="left")
         table.add_column("layer")
@@ -77,8 +82,108 @@ def print_segments(plans, instances, plan: str, solver: str) -> None:
         console.print(table)
 
 
+#: JSON Lines instances solved per batched call: bounds the memory of a large file (one chunk's
+#: arrays and results at a time) and keeps each call large enough to stay fast.
+CHUNK = 4096
+
+
+def _chunks(path: str, chunk: int = CHUNK) -> Iterator[tuple[list, int, int | None]]:
+    """The instances of ``path`` (``-``: standard input) in chunks: ``(instances, bytes read so far,
+    total bytes or None)``. An input of one chunk or less is parsed whole, as :func:`load` does (one
+    JSON object over several lines, or JSON Lines); a longer one is JSON Lines read line by line, so
+    that memory stays bounded. A bad line raises the ValueError of :func:`load`, naming its number,
+    once the chunks before it are given."""
+    try:
+        fh = sys.stdin if path == "-" else open(path, encoding="utf-8")
+    except OSError as err:
+        raise ValueError(f"cannot read {path!r}: {err.strerror}") from None
+    source = "<stdin>" if path == "-" else path
+    total = None if path == "-" else os.fstat(fh.fileno()).st_size
+    try:
+        head, done, number = [], 0, 0  # done: characters read (bytes for ASCII JSON)
+        try:
+            for line in fh:
+                head.append(line)
+                done += len(line)
+                if len(head) > chunk:
+                    break
+            else:  # small: exactly what load() does
+                yield instance_loads("".join(head), source), done, total
+                return
+            batch = []
+            for line in itertools.chain(head, fh):
+                number += 1
+                if number > len(head):
+                    done += len(line)
+                if line.strip():
+                    batch.append(_parse_line(line, number, source))
+                if len(batch) == chunk:
+                    yield batch, done, total
+                    batch = []
+            if batch:
+                yield batch, done, total
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{'<stdin>' if path == '-' else repr(path)} is not UTF-8 text (byte {err.start}: "
+                             f"{err.object[err.start:err.start + 1]!r}); an instance file is JSON") from None
+    finally:
+        if fh is not sys.stdin:
+            fh.close()
+
+
+def _parse_line(line: str, number: int, source: str):
+    """One JSON Lines instance, with :func:`load`'s messages."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{source}: line {number}: malformed JSON: {err.msg} at column {err.colno}") from None
+    except RecursionError:
+        raise ValueError(f"{source}: line {number}: JSON nested too deeply") from None
+    return parse_instance(obj, number)
+
+
+class _Progress:
+    """A rich progress bar on standard error, over the input's bytes, only when standard error is a
+    terminal (and the input more than one chunk)."""
+
+    def __init__(self) -> None:
+        self.bar = self.task = None
+
+    def __call__(self, done: int, total: int | None, instances: int) -> None:
+        if self.bar is None:
+            if not sys.stderr.isatty():
+                return
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+            from ..console import make_console
+
+            self.bar = Progress(TextColumn("split"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+                                TextColumn("{task.fields[info]}"), console=make_console(stderr=True), transient=True)
+            self.task = self.bar.add_task("split", total=total, info="")
+            self.bar.start()
+        self.bar.update(self.task, completed=done, info=f"{instances:,} instances")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
 def main(argv: Sequence[str]) -> int:
     args = options.parse(SplitArgs, list(argv), "jaxsplit split")
+    if args.plan == "layer":  # JSON Lines of any length in chunks: bounded memory, progress on a terminal
+        progress, count = _Progress(), 0
+        try:
+            for instances, done, total in _chunks(args.file):
+                plans = solve_instances(instances, args.solver)
+                if args.json:
+                    sys.stdout.write("".join(dumps_result(p.names, p.rows, p.latencies) + "\n" for p in plans))
+                else:
+                    print_table(plans, instances, args.solver, start=count)
+                count += len(instances)
+                if count > len(instances):  # a second chunk: the input is large
+                    progress(done, total, count)
+        finally:
+            progress.close()
+        return 0
     instances = load(args.file)
     if args.plan != "layer":
         results = plan_instances(instances, args.plan, args.solver)
