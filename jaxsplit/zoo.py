@@ -15,6 +15,7 @@ fixed size in front of a classifier (VGG, AlexNet) is treated the same way, so t
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 from .contract import MAX_SIZE
@@ -260,6 +261,13 @@ def get(name: str, input_size: tuple[int, int] | None = None) -> list[Layer]:
         if v > MAX_SIZE:
             raise ValueError(f"field '{field}' must be at most {MAX_SIZE} (2^24 - 1), got {v!r}")
     try:
-        return MODELS[name](h, w)
+        return list(_table(name, h, w))
     except ValueError as err:
         raise ValueError(f"field 'input_size': {list((h, w))} is too small for {name}: {err}") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _table(name: str, h: int, w: int) -> tuple[Layer, ...]:
+    """A model's layer table, built once per size (layers are frozen; a batch of instances of one model
+    shares it)."""
+    return tuple(MODELS[name](h, w))
