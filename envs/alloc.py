@@ -37,6 +37,7 @@ from flax import struct
 from jaxsplit import contract
 from jaxsplit.catalogue import SPLIT_RULES, Catalogue, RequestLatency  # noqa: F401  (SPLIT_RULES: re-exported)
 from jaxsplit.latency import LAYER_FIELDS, Cluster, LayerArrays
+from jaxsplit.plan_engine import CataloguePlans
 
 from . import spaces
 
@@ -50,6 +51,9 @@ REWARD_SCALES = ("model", "mean")
 OBSERVATIONS = ("summary", "table", "sets")
 #: Widths of the "sets" observation: global entries, columns of a device item, columns of a slot item.
 SETS_GLOBALS, SETS_DEVICE, SETS_SLOT = 10, 9, 5
+#: How a request's execution time E is planned: "layer" (MODEL.md section 3, every layer split on
+#: its own) or "fused" (section 7: fused segments and channel splits, :mod:`jaxsplit.plan_engine`).
+PLANNERS = ("layer", "fused")
 #: Default catalogue (MODEL.md section 6 defaults): four CNNs spanning 0.3 to 15.5 GMAC.
 DEFAULT_MODELS = ("vgg16", "resnet18", "mobilenet_v2", "alexnet")
 
@@ -132,6 +136,10 @@ class EnvState:
       next_cluster, next_load, next_pool: the next episode's cluster, load and devices (drawn one
         episode ahead).
       next_e_ref: (K,) E_ref of the next cluster, accumulated a few layers per step.
+      plan: (K, W) int32, with the "fused" planner the episode's plan of each model (the candidate
+        covering each layer, :mod:`jaxsplit.plan_engine`); (K, 1) zeros with "layer".
+      next_cand: (G,) with "fused" the latencies (s) of the next cluster's candidates, accumulated a
+        chunk per step; (1,) with "layer".
     """
 
     cluster: Cluster
@@ -151,6 +159,8 @@ class EnvState:
     next_load: jax.Array
     next_pool: jax.Array
     next_e_ref: jax.Array
+    plan: jax.Array
+    next_cand: jax.Array
 
 
 def _positive(name: str, value: float) -> None:
@@ -195,7 +205,7 @@ class AllocationEnv:
     def __init__(self, num_devices: int = 4, slots: int = 16, models: tuple[str, ...] = DEFAULT_MODELS,
                  input_size: tuple[int, int] = (224, 224), requests: int = 256, split: str = "closed_form",
                  bytes_per_element: float = 4.0, reward_scale: str = "model",
-                 observation: str = "summary"):
+                 observation: str = "summary", planner: str = "layer"):
         if int(slots) != slots or slots < 1:
             raise ValueError(f"field 'slots': must be a positive integer, got {slots!r}")
         if int(requests) != requests or requests < 1:
@@ -204,6 +214,8 @@ class AllocationEnv:
             raise ValueError(f"field 'reward_scale': unknown {reward_scale!r}; known: {', '.join(REWARD_SCALES)}")
         if observation not in OBSERVATIONS:
             raise ValueError(f"field 'observation': unknown {observation!r}; known: {', '.join(OBSERVATIONS)}")
+        if planner not in PLANNERS:
+            raise ValueError(f"field 'planner': unknown {planner!r}; known: {', '.join(PLANNERS)}")
         self.dtype = jnp.result_type(float)
         # validates num_devices, models, input_size, bytes_per_element and split (ValueError names the field)
         self.engine = RequestLatency(models, input_size, bytes_per_element, num_devices, split, self.dtype)
@@ -215,6 +227,17 @@ class AllocationEnv:
         self.split = split
         self.reward_scale = reward_scale
         self.observation_kind = observation
+        self.planner = planner
+        #: the catalogue's fused plans (planner "fused", :mod:`jaxsplit.plan_engine`), else None
+        self.plans: CataloguePlans | None = None
+        if planner == "fused":
+            if split != "closed_form":
+                raise ValueError(f"field 'planner': the fused planner splits by the closed form; split {split!r} "
+                                 f"goes with planner 'layer'")
+            self.plans = CataloguePlans(self.engine.models, self.engine.input_size, self.engine.bytes_per_element,
+                                        self.dtype)
+            #: candidates of the next episode's plans solved per step
+            self.plan_chunk = int(math.ceil(self.plans.num_candidates / self.requests))
         self.bytes_per_element = self.engine.bytes_per_element
         # the engine's, read by the policies, benchmarks and tests
         self.catalogue: Catalogue = self.engine.catalogue
@@ -559,7 +582,7 @@ class AllocationEnv:
         return jnp.clip(obs, 0.0, OBS_CLIP).astype(dt)
 
     def _episode_state(self, key: jax.Array, cluster: Cluster, load: jax.Array, e_ref: jax.Array,
-                       pool: jax.Array, params: EnvParams) -> EnvState:
+                       pool: jax.Array, params: EnvParams, plan: jax.Array | None = None) -> EnvState:
         km, kc, kl = jax.random.split(key, 3)
         e_mean = jnp.sum(params.mix * e_ref)
         n, m = self.num_devices, self.slots
@@ -571,16 +594,31 @@ class AllocationEnv:
             next_cluster=self.sample_cluster(kc, params), next_load=self.sample_load(kl, params),
             # folded in, not split off, so that the other draws are those of an environment without presence
             next_pool=self.sample_pool(jax.random.fold_in(kc, 1), params),
-            next_e_ref=jnp.zeros((self.num_models,), self.dtype))
+            next_e_ref=jnp.zeros((self.num_models,), self.dtype),
+            plan=jnp.zeros((self.num_models, 1), jnp.int32) if plan is None else plan,
+            next_cand=jnp.zeros((self.plans.num_candidates if self.plans else 1,), self.dtype))
 
     def reset(self, key: jax.Array, params: EnvParams) -> tuple[jax.Array, EnvState]:
         """Start an episode: draw cluster, devices, load and the first request; ``(obs, state)``."""
         kc, kl, ks = jax.random.split(key, 3)
         cluster = self.sample_cluster(kc, params)
         pool = self.sample_pool(jax.random.fold_in(kc, 1), params)
-        state = self._episode_state(ks, cluster, self.sample_load(kl, params), self.reference_times(cluster, pool),
-                                    pool, params)
+        if self.plans is not None:
+            lat = self.plans.latencies(jnp.arange(self.plans.num_candidates), cluster, pool.astype(self.dtype))
+            plan, e_ref = self.plans.tabulate(lat)
+            state = self._episode_state(ks, cluster, self.sample_load(kl, params), e_ref, pool, params, plan)
+        else:
+            state = self._episode_state(ks, cluster, self.sample_load(kl, params),
+                                        self.reference_times(cluster, pool), pool, params)
         return self.observation(state), state
+
+    def request_time(self, state: EnvState, share: jax.Array) -> jax.Array:
+        """E (s) of the present request under ``share`` (N,): its model's per-layer closed form, or
+        with the "fused" planner the better of that and the episode's plan split under ``share``."""
+        e = self.exec_time(state.cluster, share, state.model)
+        if self.plans is not None:
+            e = jnp.minimum(e, self.plans.plan_time(state.plan[state.model], state.cluster, share))
+        return e
 
     def allocate(self, state: EnvState, action: jax.Array, params: EnvParams) -> tuple[EnvState, dict[str, jax.Array]]:
         """Serve the present request with ``action`` (steps 1-6 of MODEL.md section 6), no arrival.
@@ -590,7 +628,7 @@ class AllocationEnv:
         ``reward``, ``flop`` (FLOP of the request).
         """
         share, invalid = self.clean_action(action, params, state.present)
-        e = self.exec_time(state.cluster, share, state.model)
+        e = self.request_time(state, share)
         start = self.start_time(state, share)
         slot = jnp.argmin(state.res_end)
         res_end = state.res_end.at[slot].set(start + e)
@@ -620,15 +658,24 @@ class AllocationEnv:
         """
         k_gap, k_model, k_reset = jax.random.split(key, 3)
         served, out = self.allocate(state, action, params)
-        next_e_ref = state.next_e_ref + self.engine.reference_chunk(state.next_cluster, state.count, self.ref_chunk,
-                                                                    state.next_pool.astype(self.dtype))
+        if self.plans is None:
+            next_e_ref = state.next_e_ref + self.engine.reference_chunk(state.next_cluster, state.count,
+                                                                        self.ref_chunk, state.next_pool.astype(self.dtype))
+            next_cand = state.next_cand
+        else:
+            ids, lat = self.plans.candidate_chunk(state.next_cluster, state.next_pool.astype(self.dtype), state.count,
+                                                  self.plan_chunk)
+            next_cand = state.next_cand.at[ids].set(lat)
+            next_plan, next_e_ref = self.plans.tabulate(next_cand)
         gap = jax.random.exponential(k_gap, (), self.dtype) / state.rate
         cont = served.replace(
             model=self.sample_model(k_model, params), res_end=served.res_end - gap,
             last_start=served.last_start - gap, time=state.time + gap, count=state.count + 1,
-            present=self.churn(jax.random.fold_in(key, 3), state, gap, params), next_e_ref=next_e_ref)
+            present=self.churn(jax.random.fold_in(key, 3), state, gap, params), next_e_ref=next_e_ref,
+            next_cand=next_cand)
         truncated = cont.count >= self.requests
-        fresh = self._episode_state(k_reset, state.next_cluster, state.next_load, next_e_ref, state.next_pool, params)
+        fresh = self._episode_state(k_reset, state.next_cluster, state.next_load, next_e_ref, state.next_pool, params,
+                                    None if self.plans is None else next_plan)
         final_obs = self.observation(cont)
         new = jax.tree.map(lambda f, c: jnp.where(truncated, f, c), fresh, cont)
         obs = jnp.where(truncated, self.observation(fresh), final_obs)

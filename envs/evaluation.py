@@ -122,7 +122,7 @@ def with_requests(env: AllocationEnv | ShareAction, requests: int | None) -> All
     if isinstance(env, ShareAction):
         return env.with_env(with_requests(env.env, requests))
     return AllocationEnv(env.num_devices, env.slots, env.models, env.input_size, int(requests), env.split,
-                         env.bytes_per_element, env.reward_scale, env.observation_kind)
+                         env.bytes_per_element, env.reward_scale, env.observation_kind, env.planner)
 
 
 _RECORDED = ("latency", "exec_time", "wait", "utilization", "invalid", "flop", "arrival", "e_ref", "capacity")

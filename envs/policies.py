@@ -126,7 +126,7 @@ def myopic(key, obs, state, params, env: AllocationEnv):
 
     def finish(action):
         share, _ = env.clean_action(action, params, state.present)
-        return env.start_time(state, share) + env.exec_time(state.cluster, share, state.model)
+        return env.start_time(state, share) + env.request_time(state, share)
 
     return cands[jnp.argmin(jax.vmap(finish)(cands))]
 

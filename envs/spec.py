@@ -127,6 +127,10 @@ class EnvSpec:
     """offered load range LO,HI drawn per episode (unset: the environment's; traced)"""
     split: Literal["closed_form", "equal"] | None = None
     """split rule inside the environment (equal: the ablation; unset: the environment's, closed_form)"""
+    planner: Literal["layer", "fused"] = "layer"
+    """how a request's execution time is planned: layer (every layer split on its own and gathered at the
+    coordinator, MODEL.md section 3) or fused (fused segments and channel splits, section 7: the episode's
+    best plan of each model split again under the request's shares, or the per-layer plan where faster)"""
     reward_scale: Literal["mean", "model"] = "mean"
     """latency in the reward divided by the episode's mean E_ref (mean: the return is minus the total latency,
     so maximising it minimises the mean latency) or by the request's model's E_ref (model: MODEL.md)"""

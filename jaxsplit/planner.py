@@ -332,6 +332,7 @@ class Planner:
         self._np = cols
         layer_arrays = LayerArrays(**{k: jnp.asarray(v, self.dtype) for k, v in cols.items()})
         channel_ok = np.array([_channel_ok(layer) for layer in self.layers])
+        self.channel_ok_host = channel_ok
         q = self.q
         ch = {"in_bytes": [], "out_bytes": [], "work": [], "total": []}
         for layer in self.layers:
@@ -701,16 +702,25 @@ class Planner:
     def _shortest_path(self, latencies: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Best segmentation over the candidates: (latency (s), covering (L,) int32)."""
         count = self.num_layers
-        best = [jnp.zeros((), latencies.dtype)]
-        choice = [jnp.zeros((), jnp.int32)]
-        ends = self.candidate_end
-        for b in range(1, count + 1):
-            ids = np.nonzero(ends == b)[0]
-            totals = jnp.stack([best[int(self.candidate_start[c])] for c in ids]) + latencies[ids]
+        by_end = [np.nonzero(self.candidate_end == b)[0] for b in range(1, count + 1)]
+        width = max(len(ids) for ids in by_end)
+        ids = np.zeros((count, width), np.int32)
+        mask = np.zeros((count, width), bool)
+        for b, found in enumerate(by_end):  # in candidate order: a tie keeps the first (rows before the rest)
+            ids[b, :len(found)] = found
+            mask[b, :len(found)] = True
+        from_pos = self.candidate_start[ids]
+
+        def step(best, x):
+            b, cand, valid, start = x
+            totals = jnp.where(valid, best[start] + latencies[cand], jnp.inf)
             k = jnp.argmin(totals)
-            best.append(totals[k])
-            choice.append(jnp.asarray(ids, jnp.int32)[k])
-        choice_arr = jnp.stack(choice)
+            return best.at[b + 1].set(totals[k]), cand[k]
+
+        best0 = jnp.zeros((count + 1,), latencies.dtype)
+        best, choice = jax.lax.scan(step, best0, (jnp.arange(count), jnp.asarray(ids), jnp.asarray(mask),
+                                                  jnp.asarray(from_pos)))
+        choice_arr = jnp.concatenate([jnp.zeros(1, jnp.int32), choice])
         starts = jnp.asarray(self.candidate_start)
 
         def back(_, state):
@@ -723,7 +733,7 @@ class Planner:
 
         _, covering = jax.lax.fori_loop(0, count, back, (jnp.asarray(count, jnp.int32),
                                                           jnp.zeros(count, jnp.int32)))
-        return best[-1], covering
+        return best[count], covering
 
     def best_plan(self, cluster: Cluster, share: jax.Array, rule: str = "closed_form") -> PlanResult:
         """The best plan (MODEL.md section 7) with ``rule`` inside every segment: the shortest path
