@@ -270,14 +270,14 @@ def plan_rows(models: Sequence[str] = ("vgg16",), devices: Sequence[int] = (8,),
 
 # ------------------------------------------------------------------------------------------ environment
 def env_step_loop(num_devices: int, num_envs: int, length: int, split: str = "closed_form",
-                  env_and_params: tuple[Any, Any] | None = None) -> tuple[Callable, tuple]:
+                  env_and_params: tuple[Any, Any] | None = None, planner: str = "layer") -> tuple[Callable, tuple]:
     """``(run, (state, key))``: ``run(state, key)`` is ``length`` steps of ``num_envs`` environments under a
     uniformly random share action, ``scan(vmap(step))``; it returns (state, summed reward (length,))."""
     import jax
 
     from jaxsplit import envs
 
-    env, params = env_and_params or envs.make("alloc-v0", num_devices=num_devices, split=split)
+    env, params = env_and_params or envs.make("alloc-v0", num_devices=num_devices, split=split, planner=planner)
     keys = jax.random.split(jax.random.key(0), num_envs)
     _, state = jax.jit(jax.vmap(env.reset, in_axes=(0, None)))(keys, params)
 
@@ -295,9 +295,10 @@ def env_step_loop(num_devices: int, num_envs: int, length: int, split: str = "cl
 
 
 def env_rows(devices: Sequence[int] = (4,), num_envs: Sequence[int] = (64, 1024), repeats: int = 3,
-             steps_per_call: int = 20_000, split: str = "closed_form",
+             steps_per_call: int = 20_000, split: str = "closed_form", planners: Sequence[str] = ("layer",),
              progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Environment steps per second (all environments together) per (N, number of environments).
+    """Environment steps per second (all environments together) per (planner, N, number of
+    environments); ``planners``: the environment's ``planner`` settings to measure, side by side.
 
     Each call runs ``max(1, min(200, steps_per_call // num_envs))`` sequential steps of every
     environment. Returns one dict per row: devices, envs, length, compile_s, best_s, spread, steps_per_s.
@@ -306,14 +307,15 @@ def env_rows(devices: Sequence[int] = (4,), num_envs: Sequence[int] = (64, 1024)
     check_positive("steps-per-call", (steps_per_call,))
     step = _Steps(progress)
     rows = []
-    for n in devices:
-        for b in num_envs:
-            length = max(1, min(200, steps_per_call // b))
-            run, args = env_step_loop(n, b, length, split)
-            timing, _ = time_compiled(run, *args, repeats=repeats)
-            rows.append(dict(devices=n, envs=b, length=length, split=split,
-                             **timing.fields(b * length, "steps_per_s")))
-            step(f"env N={n} envs={b}")
+    for planner in planners:
+        for n in devices:
+            for b in num_envs:
+                length = max(1, min(200, steps_per_call // b))
+                run, args = env_step_loop(n, b, length, split, planner=planner)
+                timing, _ = time_compiled(run, *args, repeats=repeats)
+                rows.append(dict(planner=planner, devices=n, envs=b, length=length, split=split,
+                                 **timing.fields(b * length, "steps_per_s")))
+                step(f"env {planner} N={n} envs={b}")
     return rows
 
 
@@ -500,7 +502,7 @@ def row_count(section: str, settings: dict[str, Any]) -> int:
     if section == "split":
         return len(settings["solver_names"]) * len(settings["devices"]) * len(settings["batches"])
     if section == "env":
-        return len(settings["devices"]) * len(settings["num_envs"])
+        return len(settings.get("planners", ("layer",))) * len(settings["devices"]) * len(settings["num_envs"])
     if section == "plan":
         return len(settings["models"]) * len(settings["devices"]) * len(settings["batches"])
     return len(settings["agents"])

@@ -46,8 +46,8 @@ def _ints(field: str):
 
 
 #: the list options, each read as one comma-joined word (``--devices 2,4`` or ``--devices 2 4``)
-LISTS = {flag: options.ListOption(flag, str if flag == "--solvers" else int, None, True)
-         for flag in ("--solvers", "--devices", "--batches", "--envs", "--agents")}
+LISTS = {flag: options.ListOption(flag, str if flag in ("--solvers", "--planners") else int, None, True)
+         for flag in ("--solvers", "--devices", "--batches", "--envs", "--agents", "--planners")}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -60,6 +60,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", help="split, plan and env: comma-separated device counts N")
     p.add_argument("--batches", help="split and plan: comma-separated batch sizes (layer instances, or clusters, per call)")
     p.add_argument("--envs", help="env: comma-separated numbers of parallel environments")
+    p.add_argument("--planners", help="env: comma-separated planners of the environment, measured side by side "
+                                      "(layer, fused; default: layer)")
     p.add_argument("--steps-per-call", help="env: environment steps per timed call, all environments together "
                                              "(each runs steps-per-call / envs steps, 1 to 200)")
     p.add_argument("--agents", help="train: comma-separated population sizes (1: one jit(train))")
@@ -83,6 +85,12 @@ def settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         chosen["split"]["batches"] = chosen["plan"]["batches"] = _ints("batches")(args.batches)
     if args.envs is not None:
         chosen["env"]["num_envs"] = _ints("envs")(args.envs)
+    if args.planners is not None:
+        planners = tuple(p.strip() for p in args.planners.split(",") if p.strip())
+        bad = [p for p in planners if p not in ("layer", "fused")]
+        if bad or not planners:
+            raise ValueError(f"field 'planners': expected layer and/or fused, got {args.planners!r}")
+        chosen["env"]["planners"] = planners
     if args.steps_per_call is not None:
         (chosen["env"]["steps_per_call"],) = _ints("steps-per-call")(args.steps_per_call)
     if args.agents is not None:
@@ -117,7 +125,7 @@ COLUMNS = {
     "plan": [("model", "model", ""), ("devices", "N", "d"), ("batch", "batch", ",d"), *TIMING,
              ("plans_per_s", "best plans/s", ",.0f"), ("gap_median", "gap median", ".3%"), ("gap_p99", "gap p99", ".3%"),
              ("gap_max", "gap max", ".3%"), ("speedup_median", "x per-layer", ".3f")],
-    "env": [("devices", "N", "d"), ("envs", "envs", ",d"), ("length", "steps per call", "d"), *TIMING,
+    "env": [("planner", "planner", ""), ("devices", "N", "d"), ("envs", "envs", ",d"), ("length", "steps per call", "d"), *TIMING,
             ("steps_per_s", "env steps/s", ",.0f")],
     "train": [("agents", "agents", "d"), ("updates", "updates", "d"), ("steps", "env steps", ",d"), *TIMING,
               ("steps_per_s", "env steps/s", ",.0f")],
