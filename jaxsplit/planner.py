@@ -159,16 +159,19 @@ def _affine_run(layers: Sequence[Layer], graph: Graph, run: _Run) -> dict[str, f
             "w0_last": work["last"][1]}
 
 
-def _set_shape(layers: Sequence[Layer], tensors: tuple[int, ...]) -> tuple[int, int, int]:
-    """(C, H, W) of the tensor held at a cut: one layer's output or a costless combination (a sum
-    when all channels agree, else a concatenation)."""
+def _set_shape(layers: Sequence[Layer], tensors: tuple[int, ...], channels: int | None = None) -> tuple[int, int, int]:
+    """(C, H, W) of the tensor held at a cut: one layer's output or a costless combination. Its
+    channels are ``channels`` when given (what the layer reading it takes in: a sum keeps the
+    channels, a concatenation adds them), else a sum when all channels agree, else a concatenation."""
     if tensors == (MODEL_INPUT,):
         first = layers[0]
         return first.in_channels, first.in_height, first.in_width
     shapes = [layers[j].output_shape if j != MODEL_INPUT else (layers[0].in_channels, layers[0].in_height,
                                                                  layers[0].in_width) for j in tensors]
-    channels = {c for c, _, _ in shapes}
-    c = shapes[0][0] if len(channels) == 1 else sum(c for c, _, _ in shapes)
+    if channels is not None:
+        return channels, shapes[0][1], shapes[0][2]
+    found = {c for c, _, _ in shapes}
+    c = shapes[0][0] if len(found) == 1 else sum(c for c, _, _ in shapes)
     return c, shapes[0][1], shapes[0][2]
 
 
@@ -346,8 +349,8 @@ class Planner:
         runs = {k: [] for k in ("start", "end", "in_bytes", "out_bytes", "out_height", "in_s", "in_h", "in_h_first",
                                 "in_h_last", "w1", "w0", "w0_first", "w0_last")}
         for run in self.runs:
-            c_in, _, w_in = _set_shape(self.layers, run.input_set)
-            c_out, h_out, w_out = _set_shape(self.layers, run.output_set)
+            c_in, _, w_in = _set_shape(self.layers, run.input_set, self._reader_channels(run.start))
+            c_out, h_out, w_out = _set_shape(self.layers, run.output_set, self._reader_channels(run.end))
             runs["start"].append(run.start)
             runs["end"].append(run.end)
             runs["in_bytes"].append(w_in * c_in * q)
@@ -371,7 +374,7 @@ class Planner:
             channel_ok=jnp.asarray(channel_ok),
             runs={k: self._const(self._runs[k]) for k in numeric},
             geo=[{k: self._const(v) for k, v in tab["geo"].items()} for tab in self._buckets])
-        # Bisection steps on a run's row count: at least 8 so that tables of any height up to 255 share
+        # Bisection steps on a run's row count: at least 8 so that tables of any height up to 127 share
         # one program (with_arrays).
         self._row_steps = max(8, int(np.ceil(np.log2(float(self._runs["out_height"].max(initial=1)) + 1.0))) + 1)
         self.structure = (self.graph.preds, tuple(layer.kind == "linear" for layer in self.layers), self._row_steps,
@@ -390,6 +393,13 @@ class Planner:
         return other
 
     # ------------------------------------------------------------------ host helpers
+    def _reader_channels(self, position: int) -> int | None:
+        """Channels of the tensor held at cut ``position``, as the layer there reads it (None at the
+        end of the table, or where a linear layer reads it through global pooling)."""
+        if position >= self.num_layers or self.layers[position].kind == "linear":
+            return None
+        return self.layers[position].in_channels
+
     def _const(self, a: np.ndarray) -> jax.Array:
         return jnp.asarray(a, self.dtype)
 
