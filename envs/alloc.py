@@ -140,6 +140,8 @@ class EnvState:
         covering each layer, :mod:`jaxsplit.plan_engine`); (K, 1) zeros with "layer".
       next_cand: (G,) with "fused" the latencies (s) of the next cluster's candidates, accumulated a
         chunk per step; (1,) with "layer".
+      next_e_layer: (K,) with "fused" the per-layer E_ref of the next cluster (the offered load is
+        relative to it under either planner, so one rho is one arrival rate); (1,) with "layer".
     """
 
     cluster: Cluster
@@ -161,6 +163,7 @@ class EnvState:
     next_e_ref: jax.Array
     plan: jax.Array
     next_cand: jax.Array
+    next_e_layer: jax.Array
 
 
 def _positive(name: str, value: float) -> None:
@@ -582,12 +585,16 @@ class AllocationEnv:
         return jnp.clip(obs, 0.0, OBS_CLIP).astype(dt)
 
     def _episode_state(self, key: jax.Array, cluster: Cluster, load: jax.Array, e_ref: jax.Array,
-                       pool: jax.Array, params: EnvParams, plan: jax.Array | None = None) -> EnvState:
+                       pool: jax.Array, params: EnvParams, plan: jax.Array | None = None,
+                       e_layer: jax.Array | None = None) -> EnvState:
+        """A new episode; ``e_layer`` (K,), the per-layer E_ref that sets the arrival rate under the
+        fused planner (default ``e_ref``)."""
         km, kc, kl = jax.random.split(key, 3)
         e_mean = jnp.sum(params.mix * e_ref)
+        rate = load / (e_mean if e_layer is None else jnp.sum(params.mix * e_layer))
         n, m = self.num_devices, self.slots
         return EnvState(
-            cluster=cluster, load=load, rate=load / e_mean, e_ref=e_ref, e_mean=e_mean,
+            cluster=cluster, load=load, rate=rate, e_ref=e_ref, e_mean=e_mean,
             model=self.sample_model(km, params), res_end=jnp.zeros((m,), self.dtype),
             res_share=jnp.zeros((m, n), self.dtype), last_start=jnp.zeros((), self.dtype),
             time=jnp.zeros((), self.dtype), count=jnp.zeros((), jnp.int32), pool=pool, present=pool,
@@ -596,7 +603,8 @@ class AllocationEnv:
             next_pool=self.sample_pool(jax.random.fold_in(kc, 1), params),
             next_e_ref=jnp.zeros((self.num_models,), self.dtype),
             plan=jnp.zeros((self.num_models, 1), jnp.int32) if plan is None else plan,
-            next_cand=jnp.zeros((self.plans.num_candidates if self.plans else 1,), self.dtype))
+            next_cand=jnp.zeros((self.plans.num_candidates if self.plans else 1,), self.dtype),
+            next_e_layer=jnp.zeros((self.num_models if self.plans else 1,), self.dtype))
 
     def reset(self, key: jax.Array, params: EnvParams) -> tuple[jax.Array, EnvState]:
         """Start an episode: draw cluster, devices, load and the first request; ``(obs, state)``."""
@@ -606,7 +614,8 @@ class AllocationEnv:
         if self.plans is not None:
             lat = self.plans.latencies(jnp.arange(self.plans.num_candidates), cluster, pool.astype(self.dtype))
             plan, e_ref = self.plans.tabulate(lat)
-            state = self._episode_state(ks, cluster, self.sample_load(kl, params), e_ref, pool, params, plan)
+            state = self._episode_state(ks, cluster, self.sample_load(kl, params), e_ref, pool, params, plan,
+                                        self.reference_times(cluster, pool))
         else:
             state = self._episode_state(ks, cluster, self.sample_load(kl, params),
                                         self.reference_times(cluster, pool), pool, params)
@@ -661,8 +670,10 @@ class AllocationEnv:
         if self.plans is None:
             next_e_ref = state.next_e_ref + self.engine.reference_chunk(state.next_cluster, state.count,
                                                                         self.ref_chunk, state.next_pool.astype(self.dtype))
-            next_cand = state.next_cand
+            next_cand, next_e_layer = state.next_cand, state.next_e_layer
         else:
+            next_e_layer = state.next_e_layer + self.engine.reference_chunk(
+                state.next_cluster, state.count, self.ref_chunk, state.next_pool.astype(self.dtype))
             ids, lat = self.plans.candidate_chunk(state.next_cluster, state.next_pool.astype(self.dtype), state.count,
                                                   self.plan_chunk)
             next_cand = state.next_cand.at[ids].set(lat)
@@ -672,10 +683,11 @@ class AllocationEnv:
             model=self.sample_model(k_model, params), res_end=served.res_end - gap,
             last_start=served.last_start - gap, time=state.time + gap, count=state.count + 1,
             present=self.churn(jax.random.fold_in(key, 3), state, gap, params), next_e_ref=next_e_ref,
-            next_cand=next_cand)
+            next_cand=next_cand, next_e_layer=next_e_layer)
         truncated = cont.count >= self.requests
         fresh = self._episode_state(k_reset, state.next_cluster, state.next_load, next_e_ref, state.next_pool, params,
-                                    None if self.plans is None else next_plan)
+                                    None if self.plans is None else next_plan,
+                                    None if self.plans is None else next_e_layer)
         final_obs = self.observation(cont)
         new = jax.tree.map(lambda f, c: jnp.where(truncated, f, c), fresh, cont)
         obs = jnp.where(truncated, self.observation(fresh), final_obs)

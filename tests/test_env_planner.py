@@ -26,6 +26,9 @@ def test_fused_environment(fused_env):
         layers = zoo.get("vgg16", (64, 64)) if name == "vgg16@64" else zoo.get(name)
         best = jax.jit(planner.Planner(layers).best_plan)(state.cluster, jnp.asarray(pool))
         assert float(state.e_ref[k]) == pytest.approx(float(best.latency), rel=1e-6)
+    # the offered load is relative to the per-layer E_ref under either planner: one rho, one arrival rate
+    e_layer = env.reference_times(state.cluster, state.pool)
+    assert float(state.rate) == pytest.approx(float(state.load / jnp.sum(params.mix * e_layer)), rel=1e-6)
     # E under any shares: a plan never slower than the per-layer closed form
     shares = jax.random.uniform(jax.random.key(1), (16, 3), minval=0.05, maxval=1.0)
     fused = jax.jit(jax.vmap(env.request_time, in_axes=(None, 0)))(state, shares)
