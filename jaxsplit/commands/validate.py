@@ -24,7 +24,7 @@ from rich.table import Table
 from jaxsplit.bridge.graph import TracedModel, trace
 from jaxsplit.bridge.pieces import PieceReport, validate_plan
 from jaxsplit.bridge.planning import default_devices, load_devices, load_model, parse_range, plan_rows
-from jaxsplit.bridge.segments import SegmentReport, plan_segments, validate_segments
+from jaxsplit.bridge.segments import SegmentReport, check_segments, plan_segments, validate_segments
 
 from . import options
 
@@ -52,6 +52,9 @@ class ValidateArgs:
     split on its own by --solver), 'fused' (the best plan of fused segments and channel splits),
     'deepthings' or 'aofl' (the peers' plans). Without it, every layer of the per-layer plan as a
     table of layers."""
+    plan_file: Optional[str] = None
+    """Prove the plan in this JSON file instead (one object with a 'segments' list, as `jaxsplit split
+    --plan ... --json` prints it; the first line of a JSON Lines file) on --model."""
     fused: Optional[str] = None
     """Also prove layers A:B (half-open layer indices) fused into one piece per device."""
     dtype: Literal["float32", "float64"] = "float64"
@@ -71,6 +74,10 @@ def main(argv: Sequence[str]) -> int:
     model = model.to(dtype)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed), dtype=dtype)
     traced = trace(model, x)
+    if args.plan_file is not None:
+        if args.plan is not None or args.fused:
+            raise ValueError(f"field 'plan_file' = {args.plan_file!r}: give one of --plan-file, --plan and --fused")
+        return _main_plan(args, traced, x, shape, devices, read_plan_file(args.plan_file))
     if args.plan is not None:
         if args.fused:
             raise ValueError(f"field 'fused' = {args.fused!r}: give either --fused or --plan (a plan proves its own "
@@ -113,19 +120,62 @@ def _print(reports: list[PieceReport], traced: TracedModel, args: ValidateArgs, 
     console.print("all layers pass" if not n_bad else f"[red]{n_bad} failed[/]")
 
 
+def read_plan_file(path: str) -> tuple[list[dict], float | None]:
+    """(segments, latency) of a plan JSON file; ValueError (one line) names the file and the field."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as err:
+        raise ValueError(f"field 'plan_file': cannot read {path!r}: {err.strerror}") from None
+    try:
+        obj = json.loads(text.strip().splitlines()[0] if text.strip() else "")
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"field 'plan_file': {path!r} is not JSON: {str(err).splitlines()[0][:200]}") from None
+    segments = obj.get("segments") if isinstance(obj, dict) else None
+    if not isinstance(segments, list) or not segments:
+        raise ValueError(f"field 'plan_file': {path!r} needs an object with a non-empty 'segments' list")
+    for k, seg in enumerate(segments):
+        if not isinstance(seg, dict) or not {"layers", "partition", "split"} <= set(seg):
+            raise ValueError(f"field 'segments[{k}]' must be an object with 'layers', 'partition' and 'split', "
+                             f"got {seg!r}")
+        layers, split = seg["layers"], seg["split"]
+        if not (isinstance(layers, list) and len(layers) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                      for v in layers)):
+            raise ValueError(f"field 'segments[{k}].layers' must be [first, end], got {layers!r}")
+        if not (isinstance(split, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in split)):
+            raise ValueError(f"field 'segments[{k}].split' must be a list of integers, got {split!r}")
+    latency = obj.get("latency")
+    return segments, float(latency) if isinstance(latency, (int, float)) and not isinstance(latency, bool) else None
+
+
 def _main_plan(args: ValidateArgs, traced: TracedModel, x: torch.Tensor, shape: Sequence[int],
-               devices: Sequence) -> int:
-    """Prove every segment of ``args.plan`` for ``devices``; 0 when all pass, else 1."""
-    segments, latency = plan_segments(traced.layers, devices, args.plan, args.solver)
+               devices: Sequence, given: tuple[list[dict], float | None] | None = None) -> int:
+    """Prove every segment of ``args.plan`` for ``devices`` (or of the plan ``given``, read from a
+    file); 0 when all pass, else 1."""
+    if given is None:
+        segments, latency = plan_segments(traced.layers, devices, args.plan, args.solver)
+    else:
+        segments, latency = given
+        check_segments(traced, segments)
+        for k, seg in enumerate(segments):
+            if len(seg["split"]) != len(devices):
+                raise ValueError(f"field 'segments[{k}].split' = {seg['split']}: one entry per device, the cluster "
+                                 f"has {len(devices)}")
+        for seg in segments:  # the predicted latencies of the plan's own file (0 where it gives none)
+            value = seg.get("latency")
+            seg["latency"] = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+        if latency is None:
+            latency = sum(seg["latency"] for seg in segments)
     reports = validate_segments(traced, x, segments)
     ok = all(r.passed for r in reports)
     if args.json:
-        out = {"model": args.model, "input_shape": list(shape), "dtype": args.dtype, "plan": args.plan,
+        out = {"model": args.model, "input_shape": list(shape), "dtype": args.dtype,
+               "plan": args.plan or args.plan_file,
                "solver": args.solver, "devices": len(devices), "latency": latency,
                "segments": [r.to_dict() for r in reports], "passed": ok}
         sys.stdout.write(json.dumps(out) + "\n")
         return 0 if ok else 1
-    title = (f"{args.model} {shape[2]}x{shape[3]}, {len(devices)} devices, plan {args.plan}"
+    title = (f"{args.model} {shape[2]}x{shape[3]}, {len(devices)} devices, plan {args.plan or args.plan_file}"
              + ("" if args.plan in ("deepthings", "aofl") else f", solver {args.solver}")
              + f", {args.dtype} (tolerance {reports[0].tolerance:g})")
     _print_segments(reports, title, latency)
