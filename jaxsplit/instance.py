@@ -213,14 +213,19 @@ def loads(text: str, source: str = "<input>") -> list[Instance]:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{source}: line {number}: malformed JSON: {err.msg} at column {err.colno}") from None
-        except RecursionError:
-            raise ValueError(f"{source}: line {number}: JSON nested too deeply") from None
-        out.append(parse_instance(obj, number))
+        out.append(parse_line(line, number, source))
     return out
+
+
+def parse_line(line: str, number: int, source: str) -> Instance:
+    """One JSON Lines instance; ValueError names the source, the line and what is wrong."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{source}: line {number}: malformed JSON: {err.msg} at column {err.colno}") from None
+    except RecursionError:
+        raise ValueError(f"{source}: line {number}: JSON nested too deeply") from None
+    return parse_instance(obj, number)
 
 
 def load(path: str) -> list[Instance]:

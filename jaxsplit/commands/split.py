@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import os
 import sys
 from typing import Annotated, Iterator, Literal, Sequence
@@ -12,7 +11,7 @@ from typing import Annotated, Iterator, Literal, Sequence
 import tyro
 
 from ..console import make_console
-from ..instance import dumps_result, load, parse_instance
+from ..instance import dumps_result, load, parse_line
 from ..instance import loads as instance_loads
 from ..plan import plan_instances, solve_instances
 from . import options
@@ -132,13 +131,7 @@ def _chunks(path: str, chunk: int = CHUNK) -> Iterator[tuple[list, int, int | No
 
 def _parse_line(line: str, number: int, source: str):
     """One JSON Lines instance, with :func:`load`'s messages."""
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{source}: line {number}: malformed JSON: {err.msg} at column {err.colno}") from None
-    except RecursionError:
-        raise ValueError(f"{source}: line {number}: JSON nested too deeply") from None
-    return parse_instance(obj, number)
+    return parse_line(line, number, source)
 
 
 class _Progress:
