@@ -55,14 +55,16 @@ def test_fresh_run_never_overwrites_a_checkpoint(full_run):
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before
 
 
-def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="config.json does not exist"):
+def test_resume_without_checkpoint_is_a_clear_error_or_starts_again(full_run, tmp_path):
+    with pytest.raises(ValueError, match="holds no run to continue"):
         _train(tmp_path / "nothing", resume=True)
+    # stopped before its first checkpoint (config.json written, nothing else): it starts again
     run_dir = tmp_path / "empty"
     run_dir.mkdir()
     (run_dir / "config.json").write_text(json.dumps(run_config_json(CONFIG, None, 0)))
-    with pytest.raises(ValueError, match="no checkpoint to resume from"):
-        _train(run_dir, resume=True)
+    _, resumed = _train(run_dir, resume=True)
+    chex.assert_trees_all_equal(resumed.params, full_run[1].params)
+    assert [r["update"] for r in read_metrics(run_dir)] == [1, 2, 3, 4, 5, 6]
 
 
 def test_resume_with_another_config_is_refused(full_run, tmp_path):

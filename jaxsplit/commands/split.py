@@ -168,7 +168,8 @@ def main(argv: Sequence[str]) -> int:
             for instances, done, total in _chunks(args.file):
                 plans = solve_instances(instances, args.solver)
                 if args.json:
-                    sys.stdout.write("".join(dumps_result(p.names, p.rows, p.latencies) + "\n" for p in plans))
+                    for p in plans:  # a line at a time: a reader that goes away (| head) is noticed
+                        sys.stdout.write(dumps_result(p.names, p.rows, p.latencies) + "\n")
                 else:
                     print_table(plans, instances, args.solver, start=count)
                 count += len(instances)

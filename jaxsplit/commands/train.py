@@ -167,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # an empty path, a file or a path under one is refused before anything is touched
     out = check_run_dir(args.out, resume=True)
     env, env_params = spec.make()  # the environment, models and cluster: accepted before anything is touched
+    if not (args.resume or args.overwrite):
+        check_run_dir(out)  # another run's files: refused before the lock file is made (again under the lock)
     with run_lock(out):
         stage = None
         if args.overwrite and holds_run(out):  # the new run is written beside the old one and swapped in at the end
