@@ -1,11 +1,13 @@
 """Shared test settings: hypothesis profiles sized for a 2-core CI machine, the tests folder on the
-import path (tests/tiny_env.py is imported by name), a compilation-cache fixture for the modules
-that compile the same evaluation programs more than once, and the release of compiled programs after
-each module."""
+import path (tests/tiny_env.py is imported by name), JAX's persistent compilation cache in a
+temporary folder for the whole session (its subprocesses and xdist workers included), and the release
+of compiled programs after each module."""
 
 import gc
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
@@ -29,24 +31,6 @@ settings.register_profile("long", deadline=None, max_examples=10 * CI_EXAMPLES, 
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-@pytest.fixture(scope="module")
-def compilation_cache(tmp_path_factory):
-    """JAX's persistent compilation cache, on while the requesting module's tests run (one folder per
-    pytest session; a subprocess shares it through JAX_COMPILATION_CACHE_DIR = the yielded path): a
-    program compiled earlier in the session is loaded instead of compiled again. It saves compilation
-    only: the executables, and so the results, are the same."""
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    path = tmp_path_factory.getbasetemp() / "jax_cache"
-    path.mkdir(exist_ok=True)
-    saved = jax.config.jax_compilation_cache_dir
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    cc.reset_cache()
-    yield str(path)
-    jax.config.update("jax_compilation_cache_dir", saved)
-    cc.reset_cache()
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _release_compiled_programs():
     """Drop every compiled program after each test module. Each executable holds a few memory
@@ -56,3 +40,44 @@ def _release_compiled_programs():
     yield
     jax.clear_caches()
     gc.collect()
+
+
+@pytest.fixture(scope="session")
+def compilation_cache():
+    """The folder of the session's persistent compilation cache (see :func:`pytest_configure`), for a
+    test that hands it to a subprocess explicitly; every process the tests start inherits it through
+    JAX_COMPILATION_CACHE_DIR anyway."""
+    return os.environ["JAX_COMPILATION_CACHE_DIR"]
+
+
+#: Programs that compile faster than this are not stored (JAX's default is 1 s; the command line's 0.2 s).
+_CACHE_MIN_COMPILE_SECONDS = 0.2
+#: A size limit turns on JAX's lock on the cache folder, which the session's processes share.
+_CACHE_MAX_BYTES = 8 << 30
+_cache_made = None
+
+
+def pytest_configure(config):
+    """JAX's persistent compilation cache on for the whole session, in a new temporary folder: a
+    program compiled once is loaded instead of compiled again in a later module (after
+    :func:`_release_compiled_programs`), in a subprocess of the command line or in a second xdist
+    worker. It saves compilation only: the executables, and so the results, are the same. The folder
+    is given to subprocesses and xdist workers through JAX_COMPILATION_CACHE_DIR (a worker uses its
+    controller's) and removed at the end of the session."""
+    global _cache_made
+    if not hasattr(config, "workerinput"):  # the controller, or a run without xdist
+        _cache_made = tempfile.mkdtemp(prefix="jaxsplit-test-jax-cache-")
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_made
+    os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(_CACHE_MAX_BYTES)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = str(_CACHE_MIN_COMPILE_SECONDS)
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update("jax_compilation_cache_max_size", _CACHE_MAX_BYTES)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", _CACHE_MIN_COMPILE_SECONDS)
+    cc.reset_cache()
+
+
+def pytest_unconfigure(config):
+    if _cache_made is not None:
+        shutil.rmtree(_cache_made, ignore_errors=True)

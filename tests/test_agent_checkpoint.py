@@ -31,6 +31,7 @@ def full_run(tmp_path_factory):
     return run_dir, runner
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_run(full_run, tmp_path):
     run_dir, runner = full_run
     assert read_config(run_dir) == (None, CONFIG, 0)  # an environment passed as an object: no spec recorded
@@ -47,6 +48,7 @@ def test_resume_equals_uninterrupted_run(full_run, tmp_path):
     assert read_metrics(part)[-1]["reward"] == read_metrics(run_dir)[-1]["reward"]
 
 
+@pytest.mark.slow
 def test_fresh_run_never_overwrites_a_checkpoint(full_run):
     run_dir, _ = full_run
     before = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
@@ -67,6 +69,7 @@ def test_resume_without_checkpoint_is_a_clear_error_or_starts_again(full_run, tm
     assert [r["update"] for r in read_metrics(run_dir)] == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.slow
 def test_resume_with_another_config_is_refused(full_run, tmp_path):
     run_dir, _ = full_run
     copy = tmp_path / "copy"
@@ -75,6 +78,7 @@ def test_resume_with_another_config_is_refused(full_run, tmp_path):
         _train(copy, config=PPOConfig(**{**CONFIG.__dict__, "lr": 2e-3}), resume=True)
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_a_clear_error_and_kept(full_run, tmp_path):
     run_dir, _ = full_run
     copy = tmp_path / "corrupt"

@@ -138,6 +138,7 @@ def test_categorical_log_prob_entropy_and_samples_match_numpy():
     np.testing.assert_allclose(freq, p[0], atol=0.015)
 
 
+@pytest.mark.slow
 def test_categorical_learning_beats_random_clearly():
     env = TinyEnv(levels=4)  # a MultiDiscrete action: a categorical policy per entry
     config = PPOConfig(**SMALL, total_timesteps=16 * 32 * 50)
@@ -186,6 +187,7 @@ def _policy_error(env, policy, key, n=4096):
     return float(jnp.abs(action - state.target).mean())
 
 
+@pytest.mark.slow
 def test_learning_beats_random_clearly(trained):
     train, runner, metrics = trained
     trainer = train.trainer
@@ -197,6 +199,7 @@ def test_learning_beats_random_clearly(trained):
     assert float(metrics["reward"][-5:].mean()) > float(metrics["reward"][:5].mean()) + 0.1
 
 
+@pytest.mark.slow
 def test_metrics_are_finite_scalars_per_update(trained):
     train, runner, metrics = trained
     assert set(metrics) == set(PPO_METRICS)  # the tiny environment gives none of the allocation metrics
@@ -205,6 +208,7 @@ def test_metrics_are_finite_scalars_per_update(trained):
     chex.assert_tree_all_finite((runner.params, metrics))
 
 
+@pytest.mark.slow
 def test_same_seed_same_parameters_other_seed_differs(trained):
     train, runner, _ = trained
     again, _ = jax.jit(train)(jax.random.PRNGKey(0))
@@ -213,6 +217,7 @@ def test_same_seed_same_parameters_other_seed_differs(trained):
     assert not np.array_equal(np.asarray(jax.tree.leaves(other.params)[0]), np.asarray(jax.tree.leaves(runner.params)[0]))
 
 
+@pytest.mark.slow
 def test_no_recompilation_across_calls_and_hyperparameters():
     env = TinyEnv()
     trainer = Trainer(PPOConfig(**{**SMALL, "total_timesteps": 16 * 32 * 2}), env, env.default_params())
@@ -224,6 +229,7 @@ def test_no_recompilation_across_calls_and_hyperparameters():
     assert int(runner.update) == 3
 
 
+@pytest.mark.slow
 def test_traced_hyperparameters_change_the_result():
     env = TinyEnv()
     trainer = Trainer(PPOConfig(**{**SMALL, "total_timesteps": 16 * 32 * 2}), env, env.default_params())
@@ -238,6 +244,7 @@ def test_traced_hyperparameters_change_the_result():
     assert isinstance(hp, HyperParams)
 
 
+@pytest.mark.slow
 def test_trainer_takes_its_network_from_the_spaces():
     for space, categorical, dim in ((spaces.Box(0.0, 1.0, (3,)), False, 3), (spaces.Discrete(7), True, 1),
                                     (spaces.MultiDiscrete((5, 5)), True, 2)):
@@ -257,6 +264,7 @@ def test_trainer_takes_its_network_from_the_spaces():
         Trainer(PPOConfig(**{**SMALL, "total_timesteps": 16 * 32}), env, env.default_params())
 
 
+@pytest.mark.slow
 def test_reward_groups_read_the_group_from_info():
     env = TinyEnv()
     trainer = Trainer(PPOConfig(**{**SMALL, "total_timesteps": 16 * 32, "reward_groups": 4}), env, env.default_params())
@@ -282,6 +290,7 @@ def _rollout_trainer(normalize_obs: bool) -> tuple[Trainer, object, object, obje
     return trainer, runner, traj, hp
 
 
+@pytest.mark.slow
 def test_rollout_bootstraps_a_truncated_episode_from_its_final_observation():
     """At a truncated step the value target is r + gamma V(final observation): the observation the
     episode ended on (time feature 1, the episode's own hardness), not the next episode's first."""

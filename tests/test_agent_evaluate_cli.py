@@ -58,6 +58,7 @@ def one_line_error(err: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_evaluate_checkpoint_end_to_end_equals_direct_evaluation(run_dir, cluster_file, compilation_cache):
     # a fresh process: the evaluate command imports and loads the run folder itself
     out = subprocess.run([sys.executable, "-m", "jaxsplit.cli", "evaluate", "--checkpoint", str(run_dir),
@@ -86,6 +87,7 @@ def test_evaluate_checkpoint_end_to_end_equals_direct_evaluation(run_dir, cluste
     assert ppo["mean_latency_s"] != rows[1]["mean_latency_s"]
 
 
+@pytest.mark.slow
 def test_models_inside_the_training_catalogue(run_dir, capsys, compilation_cache):
     """A policy trained on the default catalogue evaluates on a request mix of some of its models."""
     argv = ["evaluate", "--checkpoint", str(run_dir), "--models", "vgg16,resnet18", "--policy", "whole_cluster",
@@ -104,6 +106,7 @@ def test_models_inside_the_training_catalogue(run_dir, capsys, compilation_cache
     np.testing.assert_allclose(mix.sum(), 1.0, rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("models,outside", [("vgg16,googlenet", "googlenet"), ("resnet50", "resnet50")])
 def test_models_outside_the_training_catalogue_are_an_error(run_dir, capsys, models, outside):
     assert jaxsplit_main(["evaluate", "--checkpoint", str(run_dir), "--models", models, *EVAL]) == 2
@@ -129,6 +132,7 @@ def test_folder_without_run_is_an_error(tmp_path, capsys):
     assert "not a training run folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_run_without_checkpoint_is_an_error(run_dir, tmp_path, capsys):
     copy = tmp_path / "nockpt"
     shutil.copytree(run_dir, copy)
@@ -137,6 +141,7 @@ def test_run_without_checkpoint_is_an_error(run_dir, tmp_path, capsys):
     assert "no checkpoint in" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_an_error(run_dir, tmp_path, capsys):
     copy = tmp_path / "corrupt"
     shutil.copytree(run_dir, copy)
@@ -151,6 +156,7 @@ def test_corrupt_checkpoint_is_an_error(run_dir, tmp_path, capsys):
     assert "unreadable or corrupt" in err and str(copy) in err
 
 
+@pytest.mark.slow
 def test_corrupt_config_is_an_error(run_dir, tmp_path, capsys):
     copy = tmp_path / "badconfig"
     shutil.copytree(run_dir, copy)
@@ -159,6 +165,7 @@ def test_corrupt_config_is_an_error(run_dir, tmp_path, capsys):
     assert "config.json is unreadable or corrupt" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cluster_with_other_device_count_names_both(run_dir, tmp_path, capsys):
     path = tmp_path / "two.json"
     path.write_text(json.dumps({"devices": CLUSTER["devices"][:2]}))

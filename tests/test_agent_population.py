@@ -83,6 +83,7 @@ def test_population_initialises_agents_without_batched_lapack_calls():
     assert set(vmapped) == {1}
 
 
+@pytest.mark.slow
 def test_population_equals_agents_trained_alone():
     train = _tiny_train()
     keys, hp, _ = population_grid(train.trainer.default_hparams(), [3, 5], lr=[3e-4, 3e-3])
@@ -110,6 +111,7 @@ def unsharded(tmp_path_factory):
     return _load(path)
 
 
+@pytest.mark.slow
 def test_sharded_population_equals_unsharded(tmp_path, unsharded):
     sharded = tmp_path / "sharded.npz"
     proc = _run([str(sharded), "sharded"], devices=4)
@@ -125,6 +127,7 @@ def test_sharded_population_equals_unsharded(tmp_path, unsharded):
     assert not np.allclose(a["p0"][0], a["p0"][1])
 
 
+@pytest.mark.slow
 def test_two_process_distributed_population(tmp_path, unsharded):
     with socket.socket() as sock:
         sock.bind(("localhost", 0))

@@ -53,6 +53,7 @@ def report_parts(run_dir: Path) -> tuple[str, list[str]]:
     return command, table
 
 
+@pytest.mark.slow
 def test_train_writes_the_run_folder(run_dir):
     for name in ("config.json", "metrics.jsonl", "evaluation.json", "report.md", "training_curve.png",
                  "latency_vs_load.png"):
@@ -71,6 +72,7 @@ def test_train_writes_the_run_folder(run_dir):
     assert (run_dir / "checkpoints" / "2").is_dir()
 
 
+@pytest.mark.slow
 def test_report_table_is_what_its_evaluate_command_prints(run_dir, monkeypatch, capsys):
     command, table = report_parts(run_dir)
     argv = shlex.split(command)
@@ -93,6 +95,7 @@ def test_report_table_is_what_its_evaluate_command_prints(run_dir, monkeypatch, 
         assert {m for m in METRICS} <= set(r) and r["seed"] == 0 and r["warmup"] == 0.1
 
 
+@pytest.mark.slow
 def test_the_run_records_its_cluster_and_evaluates_on_it(run_dir, monkeypatch, capsys):
     cluster_path = (ROOT / CLUSTER_FILE).resolve()
     saved = json.loads((run_dir / "config.json").read_text())

@@ -50,6 +50,7 @@ def overrides(draw):
     return out
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(kw=overrides(), seed=st.integers(0, 2**16), action=st.lists(st.floats(0, 1), min_size=4, max_size=4))
 def test_env_params_are_refused_or_finite(compilation_cache, kw, seed, action):

@@ -91,6 +91,7 @@ def test_validate_bad_input_exits_2(user_file, capsys, args, match):
     assert match in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_run_command_local(user_file, capsys):
     code = main(["run", "--model", f"{user_file}:make", "--devices", "2", "--solver", "equal", "--repeats", "1",
                  "--timeout", "30", "--json", "--calibrate"])

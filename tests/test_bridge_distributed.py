@@ -15,6 +15,7 @@ from jaxsplit.bridge.distributed import RunError, RunSpec, check_port, launch_lo
 from jaxsplit.bridge.planning import default_devices, plan_rows  # noqa: E402
 
 
+@pytest.mark.slow
 def test_two_workers_match_the_unsplit_model():
     layers = zoo.get("resnet18", (64, 64))
     rows, _ = plan_rows(layers, default_devices(2), "equal")

@@ -134,6 +134,7 @@ FUSED = {"vgg16": (0, 5), "resnet18": (2, 8), "resnet50": (1, 5), "alexnet": (0,
          "mobilenet_v2": (1, 8), "yolov2_tiny": (6, 12)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(torch_zoo.MODELS))
 def test_zoo_models_split_per_layer_and_fused(name):
     traced, x = _zoo_traced(name, size=(64, 64) if name == "alexnet" else (40, 40))

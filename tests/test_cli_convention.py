@@ -97,6 +97,7 @@ def test_both_list_spellings_give_the_same_values():
     assert bench == same and bench_cmd.settings(bench)["split"]["devices"] == (2, 4)
 
 
+@pytest.mark.slow
 def test_both_list_spellings_give_the_same_result_through_evaluate(capsys):
     common = ["--policy", "whole_cluster", "--episodes", "2", "--requests", "8", "--json"]
     outputs = []

@@ -97,6 +97,7 @@ def single_instance(layer, cluster, same: bool):
     return la, cl, jnp.asarray(share, jnp.float32)
 
 
+@pytest.mark.slow
 @settings(max_examples=300)
 @given(small_layers(max_out=40), clusters(max_devices=6), st.booleans())
 def test_single_instance_equals_previous(layer, cluster, same):
@@ -145,6 +146,7 @@ def _previous_exec_times(env, cluster: Cluster, share: np.ndarray, model: np.nda
     return (latency * count).reshape(batch, width).sum(axis=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [4, 8])
 def test_environment_exec_times_equal_previous_per_layer(n):
     """The environment's E (its requests' layers laid end to end and solved in device-major chunks,

@@ -26,6 +26,7 @@ def rollout(env, params, key, actions):
     return out
 
 
+@pytest.mark.slow
 def test_table_observation_lists_the_held_reservations_longest_first():
     env, params = envs.make("alloc-v0", observation="table", **SMALL)
     n, m = env.num_devices, env.slots
@@ -47,6 +48,7 @@ def test_table_observation_lists_the_held_reservations_longest_first():
         envs.make("alloc-v0", observation="full")
 
 
+@pytest.mark.slow
 def test_registered_names_jit_and_step():
     assert {"alloc-v0", "alloc-n8-v0"} <= set(envs.registered())
     for name in envs.registered():
@@ -90,6 +92,7 @@ def test_fixed_cluster_and_catalogue():
     assert float(state.rate) == pytest.approx(0.7 / np.mean(e), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_next_episode_reference_accumulates_exactly():
     env, params = envs.make("alloc-v0", requests=5, **SMALL)
     assert env.ref_chunk * env.requests >= env.num_flat
@@ -117,6 +120,7 @@ def test_split_rule_can_be_swapped():
         envs.make("alloc-v0", reward_scale="seconds")
 
 
+@pytest.mark.slow
 def test_reward_scale_mean_divides_by_the_episode_mean_reference():
     """reward_scale="mean": -latency / E_ref-mean (+ utilisation), the same for every model of an
     episode; "model": -latency / E_ref(model) (MODEL.md). Same dynamics otherwise."""
@@ -200,6 +204,7 @@ def test_invalid_params_raise_naming_the_field(bad, field):
         envs.make("alloc-v9")
 
 
+@pytest.mark.slow
 def test_no_recompilation_and_params_batch():
     env, params = envs.make("alloc-v0", **SMALL)
 
@@ -226,6 +231,7 @@ _INV = envs.make("alloc-v0", num_devices=3, slots=3, requests=1000, load_min=0.5
 _INV_ROLL = jax.jit(lambda key, acts: rollout(*_INV, key, acts))
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), values=st.lists(action_values, min_size=60 * 3, max_size=60 * 3))
 def test_invariants_property(seed, values):
@@ -248,6 +254,7 @@ def test_invariants_property(seed, values):
     assert not trunc.any()
 
 
+@pytest.mark.slow
 def test_no_nan_over_a_million_steps():
     env, params = envs.make("alloc-n2-v0", models=("alexnet",), requests=64, load_min=0.05, load_max=5.0)
     b, t = 4096, 250
@@ -280,6 +287,7 @@ _PK_ENV = envs.make("alloc-v0", cluster=_PK_CLUSTER, requests=2000, models=("vgg
 _PK_RUN = jax.jit(jax.vmap(lambda k, p: rollout(_PK_ENV[0], p, k, jnp.ones((1999, 3)))[4], in_axes=(0, None)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("load", [0.3, 0.6, 0.85])
 def test_whole_cluster_is_mg1_pollaczek_khinchine(load):
     """Whole-cluster requests run alone: an M/G/1 queue, mean latency = E[S] + lambda E[S^2] / (2 (1 - rho))."""

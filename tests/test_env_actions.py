@@ -46,6 +46,7 @@ def test_share_grid_and_snap_round_to_the_nearest_unit_fraction():
     np.testing.assert_array_equal(np.asarray(snap_shares(jnp.asarray(x), 0)), x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("discrete", [False, True])
 def test_per_device_and_common(busy_states, discrete):
     env, params, states, _ = busy_states
@@ -68,6 +69,7 @@ def test_per_device_and_common(busy_states, discrete):
         assert (got == got[:, :1]).all() and set(np.unique(got)) <= set(grid.tolist())
 
 
+@pytest.mark.slow
 def test_free_clip_gives_each_device_its_free_share_within_cap_and_floor(busy_states):
     env, params, states, free = busy_states
     wrapped = wrap_action(env, "free_clip", True, 4)
@@ -79,6 +81,7 @@ def test_free_clip_gives_each_device_its_free_share_within_cap_and_floor(busy_st
     np.testing.assert_allclose(got, np.clip(free, np.minimum(floor, cap), cap), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_clip_pairs_are_the_ordered_level_pairs_and_clip_the_free_shares(busy_states):
     env, params, states, free = busy_states
     pairs = np.asarray(clip_pairs(4))
@@ -97,6 +100,7 @@ def test_clip_pairs_are_the_ordered_level_pairs_and_clip_the_free_shares(busy_st
     np.testing.assert_allclose(np.asarray(clip_pairs(levels))[1], [0.5, 0.1], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_wrapped_step_is_the_plain_step_on_the_decoded_shares(busy_states):
     env, params, states, _ = busy_states
     wrapped = wrap_action(env, "clip_pairs", True, 4)

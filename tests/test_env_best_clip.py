@@ -66,6 +66,7 @@ def test_the_table_entry_of_the_nearest_load_is_used(busy_states):
     assert policies.best_clip in policies.POLICIES.values() and "best_clip" in policies.registered()
 
 
+@pytest.mark.slow
 def test_search_picks_the_pair_with_the_lowest_search_latency():
     """Per load, the searched pair is the one with the lowest mean latency when each pair of the grid
     is evaluated on its own by evaluate (on the search episodes); the scores are those latencies."""
@@ -88,6 +89,7 @@ def test_search_picks_the_pair_with_the_lowest_search_latency():
         evaluation.search_best_clip(env, params, loads, levels=(0.5, 1.5))
 
 
+@pytest.mark.slow
 def test_evaluate_searches_on_other_episodes_and_uses_the_table(monkeypatch):
     """evaluate("best_clip") searches once, with a seed other than the evaluation's (here the search
     seed itself, the case where a fixed search seed would coincide), and binds the table it found."""
@@ -124,6 +126,7 @@ def test_bad_tables_are_one_line_errors_naming_the_field(options, field):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_cli_evaluate_best_clip_prints_a_row(monkeypatch, capsys):
     """``jaxsplit evaluate --policy best_clip`` prints its rows (the search stands in: the test above
     runs the real one), having searched on the command's episode length and another seed."""

@@ -29,6 +29,7 @@ def test_single_adapter_passes_env_checker_and_truncates():
     np.testing.assert_array_equal(o1, o2)
 
 
+@pytest.mark.slow
 def test_vector_adapter_same_step_autoreset():
     with pytest.raises(ValueError, match="num_envs"):
         GymnasiumAllocationVectorEnv(0)

@@ -18,6 +18,7 @@ ENV = envs.make("alloc-v0", cluster=CLUSTER, models=("alexnet", "resnet18"), req
 pytestmark = pytest.mark.usefixtures("compilation_cache")  # see tests/conftest.py
 
 
+@pytest.mark.slow
 def test_every_policy_is_jittable_and_evaluates():
     env, params = ENV
     assert set(policies.registered()) == {"random", "whole_cluster", "free_now", "constant", "best_constant",
@@ -37,6 +38,7 @@ def test_every_policy_is_jittable_and_evaluates():
     assert rows[1]["mean_latency_s"] > rows[0]["mean_latency_s"]  # more load, more queueing
 
 
+@pytest.mark.slow
 def test_observation_closure_matches_named_baseline():
     env, params = ENV
     # (the episodes of the next test: one compiled program for the three evaluations)
@@ -48,6 +50,7 @@ def test_observation_closure_matches_named_baseline():
         assert closure[0][m] == pytest.approx(named[0][m], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_whole_cluster_throughput_tracks_arrival_rate():
     env, params = ENV
     rows = envs.evaluate("whole_cluster", env, params, loads=[0.5], episodes=4, requests=400)
@@ -57,6 +60,7 @@ def test_whole_cluster_throughput_tracks_arrival_rate():
     assert rows[0]["utilization"] == pytest.approx(0.5 * rows[0]["request_utilization"], rel=0.2)
 
 
+@pytest.mark.slow
 def test_fastest_k_free_now_myopic_and_best_constant():
     env, params = ENV
     obs, state = env.reset(jax.random.key(0), params)
@@ -89,6 +93,7 @@ def test_fastest_k_free_now_myopic_and_best_constant():
         policies.get("fastest_k", env, k=7)
 
 
+@pytest.mark.slow
 def test_evaluate_baselines_gives_each_baselines_own_records_from_one_program():
     env, params = ENV
     names = ["constant", "random"]
@@ -116,6 +121,7 @@ def test_evaluate_rejects_bad_input():
             envs.evaluate("whole_cluster", env, params, **kwargs)
 
 
+@pytest.mark.slow
 def test_cli_json_table_and_plot(tmp_path, capsys):
     path = tmp_path / "cluster.json"
     path.write_text(json.dumps({"devices": [{"flops": 2e10, "bandwidth": None, "latency": 0.0},
@@ -146,6 +152,7 @@ def test_cli_errors_name_the_field(extra, field, capsys):
     assert field in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_checkpoint_loads_the_run_folder_explicitly(monkeypatch, capsys):
     """--checkpoint goes through jaxsplit.agents.run.load_policy / evaluation_env, imported by the evaluate
     command itself (no loader registration): stand-ins for both show what the command asks of them."""
@@ -180,6 +187,7 @@ def test_cli_checkpoint_loads_the_run_folder_explicitly(monkeypatch, capsys):
     assert "'env'" in capsys.readouterr().err and calls == []
 
 
+@pytest.mark.slow
 def test_best_constant_uses_the_share_searched_at_each_load(monkeypatch):
     """evaluate("best_constant") takes, at each load, the share that search_best_constant picked there
     (not the unsearched default table, which is the whole cluster). (It replaces the test of the report's
@@ -204,6 +212,7 @@ def test_best_constant_uses_the_share_searched_at_each_load(monkeypatch):
     assert want[-1] < 1.0  # overloaded: the whole cluster is not the best constant
 
 
+@pytest.mark.slow
 def test_run_episodes_runs_stacked_loads_like_one_call_per_load():
     """run_episodes with several loads (one compiled call, as evaluate runs them) gives each load's records
     as a call without the other load. (It replaces the test of the report's own rollout.)"""

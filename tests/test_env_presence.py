@@ -57,6 +57,7 @@ def _observe(env):
 
 
 # ----------------------------------------------------------------------------- 1. the numpy twin
+@pytest.mark.slow
 def test_twin_matches_under_presence_and_churn():
     steps, requests = 240, 60
     rng = np.random.default_rng(11)
@@ -111,6 +112,7 @@ def _z(events: np.ndarray, prob: np.ndarray) -> float:
 
 
 # total rates c + r above and below 1 per E_ref-mean: (1 - e^{-(c+r)t}) / (c + r) divides by c + r
+@pytest.mark.slow
 @pytest.mark.parametrize("churn, rejoin", [(0.5, 1.0), (0.2, 0.4)])
 def test_churn_leave_and_return_follow_their_definition(churn, rejoin):
     load, num_envs, steps = 1.0, 256, 48
@@ -157,6 +159,7 @@ def test_churn_leave_and_return_follow_their_definition(churn, rejoin):
     assert abs(avail - expect) < 4 * se, (avail, expect, se)
 
 
+@pytest.mark.slow
 def test_churn_long_run_availability_at_a_fixed_gap():
     """Iterating AllocationEnv.churn at a fixed gap t (E_ref-mean units), large enough that a
     per-step rule 1 - exp(-rate t) would settle elsewhere: availability -> rejoin / (churn + rejoin)."""
@@ -211,6 +214,7 @@ def _device_blocks(obs: np.ndarray, env) -> tuple[list[np.ndarray], np.ndarray]:
     return blocks, rest
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fill", [0.0, 1.0])
 def test_absent_padding_changes_nothing(fill):
     steps = 60
@@ -279,6 +283,7 @@ def _lone(n: int = 8, observation: str = "sets", models: tuple = envs.DEFAULT_MO
     return env, {"one": one, "gone": gone}
 
 
+@pytest.mark.slow
 def test_no_nan_with_the_coordinator_alone():
     steps = 200
     env, settings = _lone()
@@ -310,6 +315,7 @@ def test_no_nan_with_the_coordinator_alone():
                 _finite(apply(p, jnp.asarray(recs["obs"])), f"{where} network")
 
 
+@pytest.mark.slow
 def test_every_baseline_runs_with_absent_devices():
     steps = 30
     env, settings = _lone(3, "summary", ("alexnet", "mobilenet_v2"), 20)
@@ -360,6 +366,7 @@ def _permute(obs: np.ndarray, layout, name: str, perm: np.ndarray) -> np.ndarray
     return np.concatenate([glob] + [np.asarray(sets[n]).reshape(obs.shape[0], -1) for n, _, _ in layout.sets], axis=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("action", ["clip_pairs", "per_device"])
 def test_trainer_network_is_invariant_to_the_order_of_items(action):
     trainer, runner = _trained(action)
@@ -392,6 +399,7 @@ def test_trainer_network_is_invariant_to_the_order_of_items(action):
         assert np.abs(np.asarray(logits)[:, 1:] - np.asarray(logits)[:, :1]).max() > 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("action", ["clip_pairs", "per_device"])
 def test_trainer_network_does_not_depend_on_padding(action):
     trainer, runner = _trained(action)

@@ -23,6 +23,7 @@ def _actions(rng: np.random.Generator, steps: int, n: int) -> np.ndarray:
     return a
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,split,steps,requests,scale,observation",
                          [("alloc-v0", "closed_form", 2000, 150, "model", "summary"),
                           ("alloc-n2-v0", "equal", 600, 40, "mean", "table"),

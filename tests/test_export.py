@@ -85,6 +85,7 @@ def test_other_batched_solvers_export(instances, name):
     assert_portable(export(solvers.batched_solver(name), *instances))
 
 
+@pytest.mark.slow
 def test_vmapped_environment_step_exports():
     env, params = envs.make("alloc-v0", num_devices=4)
     batch = 8

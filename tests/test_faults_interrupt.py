@@ -17,6 +17,7 @@ import pytest
 from jaxsplit.agents import checkpoint
 from jaxsplit.agents.run import read_config, read_metrics
 
+pytestmark = pytest.mark.slow  # every test of the module trains or runs real processes
 ROOT = Path(__file__).resolve().parents[1]
 #: 32 one-update chunks of a tiny network, a checkpoint after each: long enough to be interrupted.
 UPDATES = 32

@@ -61,10 +61,12 @@ def _open_together(tmp: Path, storage: str, n: int = 4) -> None:
         assert p.returncode == 0 and out.strip() == "s 0", err[-3000:]
 
 
+@pytest.mark.slow
 def test_workers_opening_a_new_sqlite_study_together_all_get_it(tmp_path):
     _open_together(tmp_path, "")  # the default storage: OUT/study.db
 
 
+@pytest.mark.slow
 def test_workers_opening_a_new_postgresql_study_together_all_get_it(tmp_path, postgres):  # noqa: F811
     import sqlalchemy
 

@@ -16,6 +16,7 @@ from jaxsplit.agents.ppo import PPOConfig
 from jaxsplit.agents.run import evaluation_env, load_run, train_run
 from jaxsplit.cli import main as jaxsplit_main
 
+pytestmark = pytest.mark.slow  # every test of the module trains or runs real processes
 ROOT = Path(__file__).resolve().parent.parent
 TINY = PPOConfig(total_timesteps=2 * 16 * 16, num_envs=16, num_steps=16, num_minibatches=2, update_epochs=1,
                  hidden=(16,))

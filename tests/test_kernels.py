@@ -60,6 +60,7 @@ _one_kernel = jax.jit(lambda la, cl, a: kernels.kernel_rows(jax.tree.map(lambda 
 _one_arrays = jax.jit(solvers.closed_form_split)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(small_layers(max_out=40), clusters(max_devices=6), st.booleans())
 def test_kernel_single_instance_equals_closed_form_split(layer, cluster, same):
@@ -141,6 +142,7 @@ print("available", kernels.available())
 """
 
 
+@pytest.mark.slow
 def test_kernel_off_and_broken_compiler_fall_back(tmp_path):
     off = _python(_PROBE, JAXSPLIT_KERNELS="off", JAXSPLIT_CACHE=str(tmp_path / "a"))
     assert off.returncode == 0, off.stderr

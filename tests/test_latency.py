@@ -54,6 +54,7 @@ def test_allocation_rates_by_hand():
                    "sec_per_byte": [0.0, 1 / 5e5, 0.0], "message": [0.0, 2e-3, 4e-3]}
 
 
+@pytest.mark.slow
 def test_request_latency_is_the_sum_of_unmasked_layer_latencies():
     """A request's latency against the reference layer by layer: each layer its own split, padded
     layers (mask False) counting nothing, the bytes per element (default 4) reaching every layer."""

@@ -213,6 +213,7 @@ def test_bridge_tables_are_cached_and_follow_the_file(tmp_path):
     assert models.resolve(spec, (8, 8))[-1].out_channels == 12
 
 
+@pytest.mark.slow
 def test_env_and_spec_round_trip(net_file):
     pytest.importorskip("torch")
     text = f"alexnet@64,{net_file}:make@32"
@@ -278,6 +279,7 @@ def test_catalogue_does_not_import_torch():
 EVAL = ["evaluate", "--policy", "whole_cluster", "--loads", "0.9", "--episodes", "1", "--requests", "8", "--json"]
 
 
+@pytest.mark.slow
 def test_evaluate_baselines_on_specs(net_file, capsys):
     pytest.importorskip("torch")
     code = cli.main([*EVAL, "--env", "alloc-n2-v0", "--models", f"yolov2_tiny@224,{net_file}:make"])

@@ -223,6 +223,7 @@ def test_exact_best_plan_equals_brute_force(data):
         assert total == pytest.approx(float(got.latency), rel=1e-12)
 
 
+@pytest.mark.slow
 @settings(max_examples=60)
 @given(st.data())
 def test_closed_form_plan_is_worth_what_it_says_and_beats_per_layer(data):

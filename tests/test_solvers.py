@@ -67,6 +67,7 @@ _exact = jax.jit(solvers.exact_split)
 _closed = jax.jit(solvers.closed_form_split)
 
 
+@pytest.mark.slow
 @settings(max_examples=600)
 @given(layer=small_layers(), cluster=clusters())
 def test_exact_equals_brute_force(layer, cluster):
@@ -169,6 +170,7 @@ def test_greedy_split_is_feasible_exactly_from_the_optimum_on(layer, cluster):
     assert reference.layer_latency(layer, devices, share, rows) <= best * (1 + 1e-9)
 
 
+@pytest.mark.slow
 def test_exact_beats_the_closed_form_where_it_is_suboptimal_with_the_brute_force_optimum():
     """Where the closed form is not optimal, exact_split's search (not its fallback to the closed form's
     rows) must find the optimum: such instances must turn up, and exact must equal brute force there."""
@@ -294,6 +296,7 @@ def test_exact_tells_near_ties_apart(dtype):
     assert np.sum((gap > 2) & (gap <= 64)) >= 5, np.sum((gap > 2) & (gap <= 64))  # 15 of each dtype here
 
 
+@pytest.mark.slow
 @settings(max_examples=300)
 @given(layer=small_layers(max_out=200), cluster=clusters(max_devices=8))
 def test_closed_form_float32_rows_are_valid(layer, cluster):
@@ -338,6 +341,7 @@ def gaps(name, batch=4000, n=8, seed=7):
     return got / ex - 1.0
 
 
+@pytest.mark.slow
 def test_closed_form_gap_to_exact():
     gap = gaps("closed_form")
     assert gap.min() >= -1e-6  # exact is optimal

@@ -153,6 +153,7 @@ def test_the_batch_is_larger_than_every_block():
     assert PIECE * LAYERS < solvers.BLOCK and PIECE * LAYERS < solvers.DEVICE_MAJOR_BLOCK // 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SOLVERS)
 def test_large_json_lines_batch_equals_the_instances_solved_apart(big_batch, capsys, name):
     """The CLI's batch against the same instances in separate calls, each below every block."""

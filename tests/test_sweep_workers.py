@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test of the module trains or runs real processes
 TINY = ["--env", "alloc-n2-v0", "--models", "alexnet,resnet18", "--requests", "16", "--total-timesteps", "512",
         "--num-envs", "16", "--num-steps", "8", "--num-minibatches", "2", "--hidden", "16", "--update-epochs", "1",
         "--space", "lr=3e-4:3e-2:log", "--sampler", "random", "--population", "2", "--chunk", "2",
