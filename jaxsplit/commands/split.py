@@ -81,9 +81,10 @@ def print_segments(plans, instances, plan: str, solver: str) -> None:
         console.print(table)
 
 
-#: JSON Lines instances solved per batched call: bounds the memory of a large file (one chunk's
-#: arrays and results at a time) and keeps each call large enough to stay fast.
-CHUNK = 4096
+#: JSON Lines instances solved per batched call, at most, and layer rows per call, at most (a batch is
+#: padded to the next power of two rows, so a chunk of 2^16 rows wastes none): bounds the memory of a
+#: large file (one chunk's arrays and results at a time) and keeps each call large enough to stay fast.
+CHUNK, CHUNK_ROWS = 4096, 2**16
 
 
 def _chunks(path: str, chunk: int = CHUNK) -> Iterator[tuple[list, int, int | None]]:
@@ -109,16 +110,22 @@ def _chunks(path: str, chunk: int = CHUNK) -> Iterator[tuple[list, int, int | No
             else:  # small: exactly what load() does
                 yield instance_loads("".join(head), source), done, total
                 return
-            batch = []
+            batch, rows = [], 0
             for line in itertools.chain(head, fh):
                 number += 1
                 if number > len(head):
                     done += len(line)
-                if line.strip():
-                    batch.append(_parse_line(line, number, source))
+                if not line.strip():
+                    continue
+                inst = _parse_line(line, number, source)
+                if batch and rows + len(inst.layers) > CHUNK_ROWS:
+                    yield batch, done, total
+                    batch, rows = [], 0
+                batch.append(inst)
+                rows += len(inst.layers)
                 if len(batch) == chunk:
                     yield batch, done, total
-                    batch = []
+                    batch, rows = [], 0
             if batch:
                 yield batch, done, total
         except UnicodeDecodeError as err:
