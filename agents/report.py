@@ -14,7 +14,7 @@ import numpy as np
 
 from jaxsplit import atomic
 from jaxsplit.envs import EnvSpec
-from jaxsplit.envs.evaluation import markdown_table
+from jaxsplit.envs.evaluation import Protocol, markdown_table
 
 from .ppo import PPOConfig
 
@@ -76,10 +76,11 @@ def _comparison(results: Sequence[dict[str, Any]]) -> list[str]:
 def write_report(run_dir: Path, spec: EnvSpec, config: PPOConfig, rows: Sequence[dict[str, float]],
                  results: Sequence[dict[str, Any]], command: str,
                  extra: Sequence[tuple[str, Sequence[dict[str, Any]], str]] = (), title: str | None = None,
-                 name: str | None = None) -> str:
+                 name: str | None = None, protocol: Protocol | None = None) -> str:
     """Write ``RUN_DIR/report.md`` and return its text. ``command`` is the ``jaxsplit evaluate`` command
     line that reproduces ``results``; ``extra`` adds (title, results, command) sections (a generalist's
-    other device counts), ``title`` names the main one, ``name`` the run (default: the folder's name)."""
+    other device counts), ``title`` names the main one, ``name`` the run (default: the folder's name);
+    ``protocol`` (:class:`~jaxsplit.envs.evaluation.Protocol`) is printed above the tables."""
     last = rows[-1] if rows else {}
     settings = {k: v for k, v in spec.to_json().items() if v is not None}
     lines = [f"# PPO run {name or run_dir.name}", "",
@@ -88,6 +89,7 @@ def write_report(run_dir: Path, spec: EnvSpec, config: PPOConfig, rows: Sequence
              "", "![training curve](training_curve.png)", "",
              "## Mean latency (s) by policy and load" + (f", {title}" if title else ""), "",
              "![latency against load](latency_vs_load.png)", "",
+             *([f"Evaluation protocol: {protocol.describe()}.", ""] if protocol is not None else []),
              "Reproduce this table (mean over episodes ± 95% CI) with:", "", "```bash", command, "```", "",
              markdown_table(results), "",
              "## PPO against the best baseline at each load" + (f", {title}" if title else ""), ""]

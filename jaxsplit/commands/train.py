@@ -29,9 +29,10 @@ from jaxsplit.agents.ppo import PPOConfig, deferred_checks
 from jaxsplit import atomic, contract
 from jaxsplit.agents.run import (STAGE_PREFIX, check_run_dir, holds_run, read_metrics, replace_run, run_lock,
                                  train_run)
-from jaxsplit.envs import EnvSpec, policies
+from jaxsplit.envs import EnvSpec, Protocol, policies
 
 from . import evaluate as evaluate_cmd
+from . import options
 
 
 @dataclass
@@ -53,14 +54,16 @@ class TrainArgs:
     """replace the run files (config, metrics, checkpoints, report, plots) already in --out"""
     eval_policies: tuple[str, ...] = tuple(policies.POLICIES)
     """baseline policies of the final evaluation"""
-    eval_loads: tuple[float, ...] = (0.3, 0.6, 0.9, 1.2)
+    eval_loads: tuple[float, ...] = field(default_factory=lambda: Protocol().loads)
     """offered loads of the final evaluation"""
-    eval_episodes: int = 16
+    eval_episodes: int = field(default_factory=lambda: Protocol().episodes)
     """episodes per load and policy in the final evaluation"""
-    eval_requests: int = 256
+    eval_requests: int = field(default_factory=lambda: Protocol().requests)
     """requests per episode in the final evaluation"""
-    eval_warmup: float = 0.1
+    eval_warmup: float = field(default_factory=lambda: Protocol().warmup)
     """fraction of each evaluation episode's first requests left out of the metrics"""
+    eval_seed: int = field(default_factory=lambda: Protocol().seed)
+    """seed of the final evaluation's episodes (the same for every policy, whatever --seed)"""
     skip_eval: bool = False
     """skip the final evaluation and report"""
     progress: bool = True
@@ -118,6 +121,12 @@ def validate(args: TrainArgs) -> None:
         raise ValueError("--resume and --overwrite exclude each other")
 
 
+def protocol(args: TrainArgs) -> Protocol:
+    """The evaluation protocol of the final evaluation (the ``--eval-*`` options)."""
+    return Protocol(tuple(float(x) for x in args.eval_loads), args.eval_episodes, args.eval_requests,
+                    args.eval_warmup, args.eval_seed)
+
+
 def final_evaluation(args: TrainArgs, devices: int | None = None, run_dir: Path | None = None) -> tuple[list[dict], str]:
     """Every baseline and the run's policy through ``jaxsplit evaluate``; (records, its command line).
     ``devices``: evaluate on clusters of exactly that many devices (a generalist's report);
@@ -125,11 +134,11 @@ def final_evaluation(args: TrainArgs, devices: int | None = None, run_dir: Path 
     names = list(args.eval_policies) + [evaluate_cmd.CHECKPOINT_POLICY]
     text = None if devices is None else str(devices)
     eval_args = evaluate_cmd.EvaluateArgs(
-        policy=",".join(names), loads=",".join(f"{x:g}" for x in args.eval_loads), episodes=args.eval_episodes,
-        requests=args.eval_requests, seed=args.seed, warmup=args.eval_warmup,
+        policy=",".join(names), loads=tuple(args.eval_loads), episodes=args.eval_episodes,
+        requests=args.eval_requests, seed=args.eval_seed, warmup=args.eval_warmup,
         checkpoint=(str(args.out if run_dir is None else run_dir),), devices=text)
     command = evaluate_cmd.command_line(str(args.out), names, args.eval_loads, args.eval_episodes,
-                                        args.eval_requests, args.seed, args.eval_warmup)
+                                        args.eval_requests, args.eval_seed, args.eval_warmup)
     if devices is not None:
         command += f" --devices {devices}"
     return evaluate_cmd.run(eval_args), command
@@ -158,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if _empty_out(sys.argv[1:] if argv is None else argv):
         raise ValueError("--out: an empty path; name a run folder")
     with deferred_checks():  # checked below, so that a bad value is one line naming the field
-        args = tyro.cli(TrainArgs, args=argv, prog="jaxsplit train")
+        args = options.parse(TrainArgs, sys.argv[1:] if argv is None else argv, "jaxsplit train")
     validate(args)
     spec, config = args.environment, args.ppo
     if spec.cluster is not None:  # the run folder must rebuild the environment wherever it is evaluated from
@@ -213,4 +222,5 @@ def _train_and_report(args: TrainArgs, spec: EnvSpec, config: PPOConfig, out: Pa
                       json.dumps(json.loads(evaluate_cmd.json_records(records)), indent=2, allow_nan=False) + "\n")
     evaluate_cmd.plot(results, str(where / "latency_vs_load.png"))
     return report.write_report(where, spec, config, rows, results, command, extra=extra,
-                               title=f"{counts[0]} devices" if counts else None, name=out.name)
+                               title=f"{counts[0]} devices" if counts else None, name=out.name,
+                               protocol=protocol(args))
