@@ -154,9 +154,20 @@ PPO_WANT = dict(total_timesteps=4096, num_envs=16, num_steps=32, update_epochs=2
                 max_grad_norm=1.5)
 
 
+def test_the_planner_flag_reaches_the_recorded_configuration():
+    args = tyro.cli(train.TrainArgs, args=["--planner", "fused", "--models", "alexnet", "--out", "runs/x"])
+    train.validate(args)
+    assert EnvSpec().planner == "layer"
+    assert run_config_json(args.ppo, args.environment, args.seed)["env"]["planner"] == "fused"
+    env, _ = args.environment.make()
+    assert getattr(env, "env", env).planner == "fused"
+
+
 def test_every_train_flag_reaches_the_recorded_configuration(monkeypatch):
     # the tables above cover every setting, each with a value other than its default
-    assert set(ENV_FLAGS) == set(ENV_WANT) == {f.name for f in dataclasses.fields(EnvSpec)}
+    # (the planner apart: "fused" goes with the closed form only, and these flags ask for the equal split;
+    # test_the_planner_flag_reaches_the_recorded_configuration sets it)
+    assert set(ENV_FLAGS) == set(ENV_WANT) == {f.name for f in dataclasses.fields(EnvSpec)} - {"planner"}
     assert set(PPO_FLAGS) == set(PPO_WANT) == {f.name for f in dataclasses.fields(PPOConfig)}
     assert all(EnvSpec().to_json()[k] != v for k, v in ENV_WANT.items())
     assert all(PPOConfig().to_json()[k] != v for k, v in PPO_WANT.items())
@@ -167,7 +178,8 @@ def test_every_train_flag_reaches_the_recorded_configuration(monkeypatch):
     assert (args.seed, args.out, args.eval_requests, args.eval_loads, args.eval_policies, args.skip_eval) == (
         7, Path("runs/x"), 64, (0.4, 0.8), ("whole_cluster", "myopic"), True)
     train.validate(args)
-    assert run_config_json(args.ppo, args.environment, args.seed) == {"env": ENV_WANT, "ppo": PPO_WANT, "seed": 7}
+    assert run_config_json(args.ppo, args.environment, args.seed) == {"env": {**ENV_WANT, "planner": "layer"},
+                                                                      "ppo": PPO_WANT, "seed": 7}
     # and the environment built from the recorded spec is the one the flags ask for
     monkeypatch.chdir(ROOT)
     spec = EnvSpec.from_json(json.loads(json.dumps(run_config_json(args.ppo, args.environment, args.seed)))["env"])
@@ -257,7 +269,8 @@ def test_every_train_flag_reaches_config_json_through_the_command(tmp_path, monk
     with pytest.raises(_Stop):
         cli.main(["train", *argv, "--seed", "7", "--out", str(out), "--no-progress", "--skip-eval"])
     saved = json.loads((out / "config.json").read_text())
-    assert saved == {"env": {**ENV_WANT, "cluster": str((ROOT / CLUSTER_FILE).resolve())}, "ppo": PPO_WANT, "seed": 7}
+    assert saved == {"env": {**ENV_WANT, "cluster": str((ROOT / CLUSTER_FILE).resolve()), "planner": "layer"},
+                     "ppo": PPO_WANT, "seed": 7}
     (config, wrapped, params), = seen
     assert config == PPOConfig.from_json(PPO_WANT)
     env = wrapped.env
