@@ -200,9 +200,27 @@ def test_an_input_too_small_for_a_torch_model_is_one_error(capfd):
     from jaxsplit.bridge.graph import trace
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 5), torch.nn.ReLU())
-    with pytest.raises(ValueError, match="shape propagation failed for input shape"):
+    with pytest.raises(ValueError, match=r"layer '0' \(Conv2d\(3, 8, kernel_size=\(5, 5\).*failed on input shape "
+                                         r"\[1, 3, 2, 2\]"):
         trace(model, (1, 3, 2, 2))
     assert capfd.readouterr().err == ""  # torch's ShapeProp prints its own traceback otherwise
+
+
+@pytest.mark.parametrize("layer, name", [("Conv2d(3, 8, 500)", "kernel_size=(500, 500)"),
+                                         ("MaxPool2d(64)", "MaxPool2d(kernel_size=64"),
+                                         ("Conv2d(3, 8, (3, 40), stride=2)", "kernel_size=(3, 40)")])
+def test_a_kernel_wider_than_its_input_names_the_layer_and_kernel(tmp_path, layer, name):
+    pytest.importorskip("torch")
+    path = tmp_path / "net.py"
+    path.write_text("import torch\n"
+                    "def make():\n"
+                    f"    return torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.{layer})\n")
+    done = subprocess.run([sys.executable, "-m", "jaxsplit.cli", "validate", "--model", f"{path}:make",
+                           "--input-size", "32", "32"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("jaxsplit validate: error: layer '1' (") and name in lines[0], lines[0]
 
 
 def test_a_model_factory_that_raises_is_named(tmp_path):

@@ -22,7 +22,7 @@ import io
 import copy
 import dataclasses
 import operator
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.fx as fx
@@ -180,6 +180,40 @@ def _shape(node: fx.Node) -> tuple[int, ...] | None:
     return tuple(int(s) for s in meta.shape)
 
 
+class _NodeShapeProp(ShapeProp):
+    """Shape propagation that remembers the node it failed on, so the error can name the layer."""
+
+    failed: Optional[fx.Node] = None
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            return super().run_node(n)
+        except Exception:
+            self.failed = n
+            raise
+
+
+def _propagate(gm: fx.GraphModule, x: torch.Tensor) -> None:
+    """Propagate ``x``'s shape through ``gm``; a failure names the layer (its module) and torch's reason."""
+    prop = _NodeShapeProp(gm)
+    try:
+        # ShapeProp prints the failing node's traceback itself before raising; the error below says it
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+            prop.propagate(x)
+    except Exception as err:
+        cause = err.__cause__ or err
+        reason = f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
+        where = ""
+        if prop.failed is not None:
+            node = prop.failed
+            if node.op == "call_module":
+                where = f"layer {node.target!r} ({gm.get_submodule(str(node.target))}) "
+            else:
+                where = f"node {node.name!r} ({getattr(node.target, '__name__', node.target)}) "
+        raise UnsupportedModelError(
+            f"{where}failed on input shape {list(x.shape)}: {reason}") from None
+
+
 def trace(model: nn.Module, example_input: torch.Tensor | Sequence[int]) -> TracedModel:
     """Trace ``model`` and classify its nodes; see the module docstring.
 
@@ -191,14 +225,7 @@ def trace(model: nn.Module, example_input: torch.Tensor | Sequence[int]) -> Trac
     """
     gm = _symbolic_trace(model)
     x = example_tensor(example_input, next((p.dtype for p in gm.parameters()), torch.float32))
-    try:
-        # ShapeProp prints the failing node's traceback itself before raising; the error below says it
-        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-            ShapeProp(gm).propagate(x)
-    except Exception as err:
-        raise UnsupportedModelError(
-            f"shape propagation failed for input shape {list(x.shape)}: {type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}") from None
+    _propagate(gm, x)
     nodes = list(gm.graph.nodes)
     kinds: dict[str, str] = {}
     shapes = {n.name: s for n in nodes if (s := _shape(n)) is not None}
