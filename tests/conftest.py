@@ -1,7 +1,7 @@
 """Shared test settings: hypothesis profiles sized for a 2-core CI machine, the tests folder on the
-import path (tests/tiny_env.py is imported by name), JAX's persistent compilation cache in a
-temporary folder for the whole session (its subprocesses and xdist workers included), and the release
-of compiled programs after each module."""
+import path (tests/tiny_env.py is imported by name), XLA's CPU backend at optimisation level 1, JAX's
+persistent compilation cache in a temporary folder for the whole session (its subprocesses and xdist
+workers included), and the release of compiled programs after each module."""
 
 import gc
 import os
@@ -15,6 +15,16 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# XLA's CPU backend at optimisation level 1 for the test session and every process it starts (read when
+# the backend starts, so set before any test runs): LLVM's heavier passes take much of the compile time
+# of the suite's thousands of small programs, and the tests check what programs compute, not how fast
+# (a small training run with its final evaluation: 90 s at the default level, 67 s at level 1). The HLO
+# is the same; floating-point results may differ in the last bits, so a test compares programs compiled
+# alike or within tolerances, never against a hard-coded float of another build. Level 0 is not used:
+# it changes enough last bits to move exact budget and twin comparisons across their edges.
+# JAXSPLIT_TEST_XLA_OPT=default runs the suite at XLA's default level instead.
+if os.environ.get("JAXSPLIT_TEST_XLA_OPT", "1") != "default":
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=1").strip()
 # The command line's persistent compilation cache stays off in tests (nothing written to the user's
 # cache folder) unless a test turns it on with --cache-dir.
 os.environ.setdefault("JAXSPLIT_CACHE_DIR", "off")
