@@ -34,23 +34,20 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxsplit import contract
-from jaxsplit.catalogue import SPLIT_RULES, Catalogue, RequestLatency  # noqa: F401  (SPLIT_RULES: re-exported)
-from jaxsplit.latency import LAYER_FIELDS, Cluster, LayerArrays
+# SPLIT_RULES, Catalogue and LAYER_FIELDS: re-exported
+from jaxsplit.catalogue import SPLIT_RULES, Catalogue, RequestLatency  # noqa: F401
+from jaxsplit.latency import LAYER_FIELDS, Cluster, LayerArrays  # noqa: F401
 from jaxsplit.plan_engine import CataloguePlans
 
-from . import spaces
+from . import draws, parameters, spaces
+# the observation's constants, importable from here as well
+from .observation import OBS_CLIP, OBSERVATIONS, SETS_DEVICE, SETS_GLOBALS, SETS_SLOT, Observer  # noqa: F401
+from .observation import free_shares as _free_shares
 
 #: Tolerance on the sum of reserved shares per device (float round-off of "take what is free").
 SHARE_TOLERANCE = 1e-5
-#: Observation features are clipped to [0, OBS_CLIP].
-OBS_CLIP = 10.0
 #: What the latency in the reward is divided by (see :class:`AllocationEnv`).
 REWARD_SCALES = ("model", "mean")
-#: What the observation holds (see :meth:`AllocationEnv.observation`).
-OBSERVATIONS = ("summary", "table", "sets")
-#: Widths of the "sets" observation: global entries, columns of a device item, columns of a slot item.
-SETS_GLOBALS, SETS_DEVICE, SETS_SLOT = 10, 9, 5
 #: How a request's execution time E is planned: "layer" (MODEL.md section 3, every layer split on
 #: its own) or "fused" (section 7: fused segments and channel splits, :mod:`jaxsplit.plan_engine`).
 PLANNERS = ("layer", "fused")
@@ -166,9 +163,14 @@ class EnvState:
     next_e_layer: jax.Array
 
 
-def _positive(name: str, value: float) -> None:
-    if not (np.isfinite(value) and value > 0):
-        raise ValueError(f"field {name!r}: must be positive and finite, got {value!r}")
+def _from_engine(name: str, doc: str) -> property:
+    """A read-only attribute of an :class:`AllocationEnv` that is its engine's (no copy to keep in step)."""
+    return property(lambda self: getattr(self.engine, name), doc=doc)
+
+
+def _from_observer(name: str, doc: str) -> property:
+    """A read-only attribute of an :class:`AllocationEnv` that is its observer's."""
+    return property(lambda self: getattr(self.observer, name), doc=doc)
 
 
 class AllocationEnv:
@@ -201,8 +203,11 @@ class AllocationEnv:
         one policy serves any number of present devices up to N and any catalogue (its space carries
         the :class:`~jaxsplit.envs.spaces.SetLayout`).
 
-    ``engine`` (:class:`~jaxsplit.catalogue.RequestLatency`) computes E and E_ref; ``catalogue``,
-    ``num_models``, ``num_flat`` and ``chunk`` are its.
+    ``engine`` (:class:`~jaxsplit.catalogue.RequestLatency`) computes E and E_ref; ``num_devices``,
+    ``models``, ``input_size``, ``bytes_per_element``, ``split``, ``dtype``, ``catalogue``, ``num_models``,
+    ``num_flat`` and ``chunk`` are its (read-only). ``observer``
+    (:class:`~jaxsplit.envs.observation.Observer`) builds the observation; ``obs_dim``, ``layout``,
+    ``model_bytes`` and ``model_layers`` are its.
     """
 
     def __init__(self, num_devices: int = 4, slots: int = 16, models: tuple[str, ...] = DEFAULT_MODELS,
@@ -219,15 +224,10 @@ class AllocationEnv:
             raise ValueError(f"field 'observation': unknown {observation!r}; known: {', '.join(OBSERVATIONS)}")
         if planner not in PLANNERS:
             raise ValueError(f"field 'planner': unknown {planner!r}; known: {', '.join(PLANNERS)}")
-        self.dtype = jnp.result_type(float)
         # validates num_devices, models, input_size, bytes_per_element and split (ValueError names the field)
-        self.engine = RequestLatency(models, input_size, bytes_per_element, num_devices, split, self.dtype)
-        self.num_devices = self.engine.num_devices
+        self.engine = RequestLatency(models, input_size, bytes_per_element, num_devices, split, jnp.result_type(float))
         self.slots = int(slots)
-        self.models = self.engine.models
-        self.input_size = self.engine.input_size
         self.requests = int(requests)
-        self.split = split
         self.reward_scale = reward_scale
         self.observation_kind = observation
         self.planner = planner
@@ -237,198 +237,63 @@ class AllocationEnv:
             if split != "closed_form":
                 raise ValueError(f"field 'planner': the fused planner splits by the closed form; split {split!r} "
                                  f"goes with planner 'layer'")
-            self.plans = CataloguePlans(self.engine.models, self.engine.input_size, self.engine.bytes_per_element,
-                                        self.dtype)
+            self.plans = CataloguePlans(self.models, self.input_size, self.bytes_per_element, self.dtype)
             #: candidates of the next episode's plans solved per step
             self.plan_chunk = int(math.ceil(self.plans.num_candidates / self.requests))
-        self.bytes_per_element = self.engine.bytes_per_element
-        # the engine's, read by the policies, benchmarks and tests
-        self.catalogue: Catalogue = self.engine.catalogue
-        self.num_models = self.engine.num_models
-        self.num_flat = self.engine.num_flat
-        self.chunk = self.engine.chunk
         #: reference layers solved per step for the next episode's E_ref
         self.ref_chunk = int(math.ceil(self.num_flat / self.requests))
-        self.obs_dim = 5 * self.num_devices + self.num_models + 4
-        if observation == "table":
-            self.obs_dim += self.slots * (self.num_devices + 1)
-        self.layout: spaces.SetLayout | None = None
-        if observation == "sets":
-            self.layout = spaces.set_layout(SETS_GLOBALS, (("devices", self.num_devices, SETS_DEVICE),
-                                                           ("slots", self.slots, SETS_SLOT)))
-            self.obs_dim = self.layout.size
-        # what a "sets" observation says of each model's work, (K,) each: bytes of the activations
-        # read and written, and the number of layers (multiplicities counted)
-        cat = self.catalogue
-        rows = np.asarray(cat.layers.in_height, np.float64) * np.asarray(cat.layers.in_row_bytes, np.float64) \
-            + np.asarray(cat.layers.out_height, np.float64) * np.asarray(cat.layers.out_row_bytes, np.float64)
-        count = np.asarray(cat.count, np.float64)
-        self.model_bytes = jnp.asarray((rows * count).sum(1), self.dtype)
-        self.model_layers = jnp.asarray(count.sum(1), self.dtype)
+        self.observer = Observer(observation, self.engine, self.slots)
+
+    # the engine's, read by the policies, benchmarks and tests (views, not copies: one source of truth)
+    num_devices = _from_engine("num_devices", "N (int).")
+    models = _from_engine("models", "The catalogue's model specs as given (tuple of str).")
+    input_size = _from_engine("input_size", "(H, W) ints, the size of a request whose spec gives none.")
+    bytes_per_element = _from_engine("bytes_per_element", "q (float, bytes).")
+    split = _from_engine("split", "The split rule (str, a key of SPLIT_RULES).")
+    dtype = _from_engine("dtype", "Float dtype of the state and observations (float32 unless x64).")
+    catalogue = _from_engine("catalogue", "The :class:`~jaxsplit.catalogue.Catalogue` of the models.")
+    num_models = _from_engine("num_models", "K (int).")
+    num_flat = _from_engine("num_flat", "T (int): unique layers of all models together (reference tables).")
+    chunk = _from_engine("chunk", "Layer-instances solved together in a batched E (int).")
+    # the observer's
+    obs_dim = _from_observer("obs_dim", "Length of the observation vector (int).")
+    layout = _from_observer("layout", "The \"sets\" observation's layout, else None.")
+    model_bytes = _from_observer("model_bytes", "(K,) bytes of activations each model reads and writes.")
+    model_layers = _from_observer("model_layers", "(K,) layers of each model (multiplicities counted).")
 
     # ------------------------------------------------------------------ params
     def default_params(self, **overrides: Any) -> EnvParams:
-        """Default :class:`EnvParams` with ``overrides``; validated (ValueError names the field)."""
-        n, k = self.num_devices, self.num_models
-        values: dict[str, Any] = dict(
-            flops_min=5e9, flops_max=100e9, bandwidth_min=100e6 / 8, bandwidth_max=2e9 / 8,
-            latency_min=0.2e-3, latency_max=5e-3, load_min=0.2, load_max=1.5, util_weight=0.2,
-            invalid_penalty=1.0, min_share=0.05, mix=np.full(k, 1.0 / k), devices_min=n, devices_max=n,
-            churn=0.0, rejoin=0.0, fixed_cluster=False,
-            cluster_flops=np.full(n, 1e10), cluster_bandwidth=np.concatenate([[np.inf], np.full(n - 1, 1e8)]),
-            cluster_latency=np.concatenate([[0.0], np.full(n - 1, 1e-3)]), cluster_present=np.ones(n, bool))
-        cluster = overrides.pop("cluster", None)
-        if "load" in overrides:
-            load = overrides.pop("load")
-            values["load_min"] = values["load_max"] = load
-        unknown = set(overrides) - set(values)
-        if unknown:
-            raise ValueError(f"field {sorted(unknown)[0]!r}: unknown environment parameter")
-        values.update(overrides)
-        if cluster is not None:
-            flops, bandwidth, latency = (np.asarray(c, np.float64).reshape(-1) for c in cluster)
-            present = np.ones(flops.shape, bool)
-            if len(flops) > n:  # else reported as the padding flags' length, not as the cluster's
-                raise ValueError(f"field 'cluster': {len(flops)} devices, more than the environment's {n} "
-                                 f"(num_devices)")
-            if flops.shape == bandwidth.shape == latency.shape and 0 < len(flops) < n:
-                # a smaller cluster takes the first devices; the others are absent (placeholder
-                # capacities, never used: an absent device gets no share and no feature)
-                pad = n - len(flops)
-                flops = np.concatenate([flops, np.full(pad, 1e10)])
-                bandwidth = np.concatenate([bandwidth, np.full(pad, 1e8)])
-                latency = np.concatenate([latency, np.full(pad, 1e-3)])
-                present = np.arange(n) < n - pad
-            values.update(fixed_cluster=True, cluster_flops=flops, cluster_bandwidth=bandwidth,
-                          cluster_latency=latency, cluster_present=present)
+        """Default :class:`EnvParams` with ``overrides``; validated (ValueError names the field).
+
+        ``overrides``: EnvParams fields, ``load`` (fixes rho: load_min = load_max) and ``cluster=(flops,
+        bandwidth, latency)`` (fixes the cluster; a cluster of fewer than N devices takes the first
+        ones, the others absent). Defaults and checks: :mod:`jaxsplit.envs.parameters`."""
+        values = parameters.resolve(overrides, self.num_devices, self.num_models)
         self.validate(values)
-        dt = self.dtype
-        flags = ("fixed_cluster", "cluster_present")
-        out = {name: jnp.asarray(v, dt) for name, v in values.items() if name not in flags}
-        out["fixed_cluster"] = jnp.asarray(bool(values["fixed_cluster"]))
-        out["cluster_present"] = jnp.asarray(np.asarray(values["cluster_present"], bool).reshape(-1))
-        out["mix"] = out["mix"] / jnp.sum(out["mix"])
-        return EnvParams(**out)
+        return EnvParams(**parameters.as_arrays(values, self.dtype))
 
     def validate(self, values: dict[str, Any]) -> None:
         """Raise ValueError naming the field for invalid parameter values."""
-        for name in ("flops_min", "flops_max", "bandwidth_min", "bandwidth_max", "load_min", "load_max",
-                     "min_share"):
-            _positive(name, float(values[name]))
-        for name in ("latency_min", "latency_max", "util_weight", "invalid_penalty"):
-            v = float(values[name])
-            if not (np.isfinite(v) and v >= 0):
-                raise ValueError(f"field {name!r}: must be non-negative and finite, got {v!r}")
-        for lo, hi in (("flops_min", "flops_max"), ("bandwidth_min", "bandwidth_max"),
-                       ("latency_min", "latency_max"), ("load_min", "load_max")):
-            if float(values[lo]) > float(values[hi]):
-                raise ValueError(f"field {lo!r}: {values[lo]!r} is above {hi} = {values[hi]!r}")
-        if float(values["min_share"]) > 1:
-            raise ValueError(f"field 'min_share': must be at most 1, got {values['min_share']!r}")
-        n = self.num_devices
-        for name in ("devices_min", "devices_max"):
-            v = values[name]
-            if isinstance(v, bool) or not (np.isfinite(float(v)) and float(v) == int(float(v)) and 1 <= float(v) <= n):
-                raise ValueError(f"field {name!r}: must be an integer in [1, {n}] (the environment's device count), "
-                                 f"got {v!r}")
-        if float(values["devices_min"]) > float(values["devices_max"]):
-            raise ValueError(f"field 'devices_min': {values['devices_min']!r} is above devices_max = "
-                             f"{values['devices_max']!r}")
-        for name in ("churn", "rejoin"):
-            v = float(values[name])
-            if not (np.isfinite(v) and v >= 0):
-                raise ValueError(f"field {name!r}: must be non-negative and finite, got {v!r}")
-            contract.check_number(v, name, 0.0, 1e6)
-        present = np.asarray(values["cluster_present"])
-        if present.shape != (n,) or present.dtype != bool or not present[0]:
-            raise ValueError(f"field 'cluster.present': need {n} flags with the coordinator (device 0) present, "
-                             f"got {present!r}")
-        # The numeric contract of the latency model (jaxsplit.contract, docs/MODEL.md section 8).
-        for name in ("flops_min", "flops_max", "bandwidth_min", "bandwidth_max"):
-            contract.check_number(float(values[name]), name, contract.MIN_CAPACITY, contract.MAX_CAPACITY)
-        for name in ("latency_min", "latency_max"):
-            contract.check_number(float(values[name]), name, 0.0, contract.MAX_MESSAGE_LATENCY)
-        contract.check_number(float(values["min_share"]), "min_share", contract.MIN_SHARE, 1.0)
-        for name in ("load_min", "load_max"):
-            contract.check_number(float(values[name]), name, 1e-6, 1e6)
-        for name in ("util_weight", "invalid_penalty"):
-            contract.check_number(float(values[name]), name, 0.0, 1e6)
-        mix = np.asarray(values["mix"], np.float64)
-        if mix.shape != (self.num_models,) or not np.all(np.isfinite(mix)) or np.any(mix < 0) or mix.sum() <= 0:
-            raise ValueError(f"field 'mix': need {self.num_models} non-negative weights with a positive sum, got {mix!r}")
-        f, b, t = (np.asarray(values[c], np.float64) for c in ("cluster_flops", "cluster_bandwidth", "cluster_latency"))
-        if f.shape != (n,) or not np.all(np.isfinite(f)) or np.any(f <= 0):
-            raise ValueError(f"field 'cluster.flops': need {n} positive finite values (at most {n} devices), got {f!r}")
-        if b.shape != (n,) or np.any(np.isnan(b)) or np.any(b <= 0):
-            raise ValueError(f"field 'cluster.bandwidth': need {n} positive values (inf = local), got {b!r}")
-        if t.shape != (n,) or not np.all(np.isfinite(t)) or np.any(t < 0):
-            raise ValueError(f"field 'cluster.latency': need {n} non-negative finite values, got {t!r}")
-        for name, arr, kw in (("cluster.flops", f, {}), ("cluster.bandwidth", b, {"infinite": True})):
-            for i, v in enumerate(arr):
-                contract.check_number(float(v), f"{name}[{i}]", contract.MIN_CAPACITY, contract.MAX_CAPACITY, **kw)
-        for i, v in enumerate(t):
-            contract.check_number(float(v), f"cluster.latency[{i}]", 0.0, contract.MAX_MESSAGE_LATENCY)
-        self._check_request_times(values)
-
-    def _check_request_times(self, values: dict[str, Any]) -> None:
-        """Refuse parameters under which a request could take longer than the numeric contract's
-        :data:`jaxsplit.contract.MAX_TIME` on the slowest device at the smallest share."""
-        if bool(values["fixed_cluster"]):
-            on = np.asarray(values["cluster_present"], bool)
-            f, b, t = (np.asarray(values[c], np.float64)[on] for c in ("cluster_flops", "cluster_bandwidth",
-                                                                        "cluster_latency"))
-            worst = (float(np.min(f)), float(np.min(b)), float(np.max(t)))
-        else:
-            worst = (float(values["flops_min"]), float(values["bandwidth_min"]), float(values["latency_max"]))
-        cat = self.catalogue
-        cols = {k: np.asarray(getattr(cat.flat_layers, k), np.float64) for k in LAYER_FIELDS}
-        one = lambda v: np.full((1,), v)  # noqa: E731
-        times = contract.whole_layer_times(cols, one(worst[0]), one(worst[1]), one(worst[2]),
-                                           one(float(values["min_share"])))[:, 0]
-        per_model = np.bincount(np.asarray(cat.flat_model), weights=times * np.asarray(cat.flat_count, np.float64),
-                                minlength=self.num_models)
-        k = int(np.argmax(per_model))
-        if not per_model[k] <= contract.MAX_TIME:
-            raise ValueError(f"field 'min_share': model {self.models[k]!r} could take {per_model[k]:.3g} s on the "
-                             f"slowest device at share {values['min_share']!r}, above the limit "
-                             f"{contract.MAX_TIME:g} s (capacities or min_share too small)")
+        parameters.validate(values, self.num_devices, self.num_models)
+        parameters.check_request_times(values, self.catalogue, self.models)
 
     # ------------------------------------------------------------------ sampling
     def sample_cluster(self, key: jax.Array, params: EnvParams) -> Cluster:
         """One cluster: log-uniform in the ranges, device 0 local; or the fixed one. Fields (N,)."""
-        n = self.num_devices
-        kf, kb, kt = jax.random.split(key, 3)
-
-        def loguniform(k, lo, hi):
-            u = jax.random.uniform(k, (n,), self.dtype)
-            return jnp.exp(jnp.log(lo) + u * (jnp.log(hi) - jnp.log(lo)))
-
-        flops = loguniform(kf, params.flops_min, params.flops_max)
-        bandwidth = loguniform(kb, params.bandwidth_min, params.bandwidth_max).at[0].set(jnp.inf)
-        latency = (params.latency_min + jax.random.uniform(kt, (n,), self.dtype)
-                   * (params.latency_max - params.latency_min)).at[0].set(0.0)
-        fixed = params.fixed_cluster
-        return Cluster(jnp.where(fixed, params.cluster_flops, flops),
-                       jnp.where(fixed, params.cluster_bandwidth, bandwidth),
-                       jnp.where(fixed, params.cluster_latency, latency))
+        return draws.cluster(key, params, self.num_devices, self.dtype)
 
     def sample_pool(self, key: jax.Array, params: EnvParams) -> jax.Array:
         """The devices of an episode, (N,) bool: the first n, n uniform in [devices_min, devices_max];
         or the fixed cluster's."""
-        u = jax.random.uniform(key, (), self.dtype)
-        count = jnp.minimum(jnp.floor(params.devices_min + u * (params.devices_max - params.devices_min + 1.0)),
-                            params.devices_max)
-        drawn = jnp.arange(self.num_devices) < count
-        return jnp.where(params.fixed_cluster, params.cluster_present, drawn)
+        return draws.pool(key, params, self.num_devices, self.dtype)
 
     def sample_load(self, key: jax.Array, params: EnvParams) -> jax.Array:
         """rho, uniform in [load_min, load_max]."""
-        u = jax.random.uniform(key, (), self.dtype)
-        return params.load_min + u * (params.load_max - params.load_min)
+        return draws.load(key, params, self.dtype)
 
     def sample_model(self, key: jax.Array, params: EnvParams) -> jax.Array:
         """A model index drawn from the mix; int32."""
-        return jax.random.choice(key, self.num_models, p=params.mix).astype(jnp.int32)
+        return draws.model(key, params, self.num_models)
 
     # ------------------------------------------------------------------ latency
     def layer_latency(self, layer: LayerArrays, cluster: Cluster, share: jax.Array) -> jax.Array:
@@ -481,108 +346,18 @@ class AllocationEnv:
     def free_shares(self, state: EnvState) -> jax.Array:
         """The share of every device free at the backlog time b = max(now, start of the previous
         request), the earliest time the present request could start; (N,) in [0, 1]."""
-        base = jnp.maximum(state.last_start, 0.0)
-        used = (state.res_end > base).astype(self.dtype) @ state.res_share
-        return jnp.clip(1.0 - used, 0.0, 1.0)
+        return _free_shares(state, self.dtype)
 
     def observation(self, state: EnvState) -> jax.Array:
-        """Normalised observation (obs_dim,) in the env dtype (float32 unless x64), in [0, OBS_CLIP];
-        obs_dim = 5N + K + 4, plus M (N + 1) with ``observation="table"`` (``"sets"``:
-        :meth:`sets_observation`). An absent device's entries are 0.
-
-        The shares and releases are seen at the backlog time b = max(now, start of the previous
-        request), the earliest time the present request could start.
-        Layout: free share at b (N), log1p(time from now to each device's next release after b / e_mean) (N),
-        F_i / 1e11 (N), 10 * (1 MB transfer time at B_i, s) (N), tau_i / 5 ms (N),
-        log1p(b / e_mean) (1), model one-hot (K), log1p(E_ref(k) / e_mean) (1),
-        log1p(work(k) / 1 GFLOP) / 4 (1), rho (1).
-        With ``observation="table"`` then M rows of N + 1 (row-major), one per reservation still held at
-        b, ordered by remaining time, longest first, then zero rows for the free slots:
-        log1p(time from b to its end / e_mean) (1), its shares (N).
-        """
-        base = jnp.maximum(state.last_start, 0.0)
-        busy = state.res_end > base
-        free = self.free_shares(state)
-        holds = busy[:, None] & (state.res_share > 0)
-        release = jnp.min(jnp.where(holds, state.res_end[:, None], jnp.inf), axis=0)
-        release = jnp.where(jnp.isfinite(release), release, 0.0)
-        c = state.cluster
-        scale = state.e_mean
-        on = state.present.astype(self.dtype)  # an absent device shows nothing
-        feats = [
-            free * on,
-            jnp.log1p(release / scale) * on,
-            c.flops / 1e11 * on,
-            10.0 * 1e6 / c.bandwidth * on,
-            c.latency / 5e-3 * on,
-            jnp.log1p(base / scale)[None],
-            jax.nn.one_hot(state.model, self.num_models, dtype=self.dtype),
-            jnp.log1p(state.e_ref[state.model] / scale)[None],
-            (jnp.log1p(self.catalogue.work[state.model] / 1e9) / 4.0)[None],
-            state.load[None],
-        ]
-        if self.observation_kind == "sets":
-            return self.sets_observation(state)
-        if self.observation_kind == "table":
-            remaining = jnp.where(busy, state.res_end - base, 0.0)
-            order = jnp.argsort(-remaining, stable=True)
-            rows = jnp.concatenate([jnp.log1p(remaining[order] / scale)[:, None],
-                                    jnp.where(busy[order, None], state.res_share[order], 0.0)], axis=1)
-            feats.append(rows.reshape(-1))
-        return jnp.clip(jnp.concatenate(feats), 0.0, OBS_CLIP).astype(self.dtype)
+        """Normalised observation (obs_dim,) in [0, OBS_CLIP] of the kind ``observation_kind``
+        (:meth:`Observer.summary <jaxsplit.envs.observation.Observer.summary>`: obs_dim = 5N + K + 4,
+        plus M (N + 1) with "table"; "sets": :meth:`sets_observation`). An absent device's entries are 0."""
+        return self.observer(state)
 
     def sets_observation(self, state: EnvState) -> jax.Array:
-        """The ``"sets"`` observation (G + N * 9 + M * 5,) in [0, OBS_CLIP]: a global part, then one item
-        per device, then one per reservation slot (layout :attr:`layout`). Times are in units of the
-        episode's E_ref-mean, capacities relative to the present devices' total, so nothing depends
-        on N or on the catalogue. Column 0 of an item is its mask; an absent device and a free slot
-        are all zeros. With b the backlog time, k the request's model:
-
-        - global (10): log1p(b / e_mean), rho, log1p(E_ref(k) / e_mean), log1p(work(k) / 1 GFLOP) / 4,
-          log1p(bytes(k) / 1 MB) / 4 (activations read and written), log1p(layers(k)) / 4,
-          log(E_ref(k) / (work(k) / sum of the episode's F_i)) (the overhead of splitting k over the
-          cluster), log(present devices) / 2, reservations held at b / M, free compute at b / present
-          compute.
-        - device (9): present, coordinator, free share at b, log1p(time to its next release after b /
-          e_mean), log(F_i / 1 GFLOP/s) / 3, F_i / present compute, 10 * (1 MB transfer time at B_i, s),
-          tau_i / 5 ms, log1p(share-weighted mean time to the end of what it holds / e_mean).
-        - slot (5): held at b, log1p(time from b to its end / e_mean), present compute it holds / present
-          compute, its largest share on a present device, present devices it uses / present devices.
-        """
-        dt = self.dtype
-        base = jnp.maximum(state.last_start, 0.0)
-        busy = state.res_end > base
-        on = state.present.astype(dt)
-        free = self.free_shares(state) * on
-        holds = busy[:, None] & (state.res_share > 0)
-        release = jnp.min(jnp.where(holds, state.res_end[:, None], jnp.inf), axis=0)
-        release = jnp.where(jnp.isfinite(release), release - base, 0.0)
-        remaining = jnp.where(busy, state.res_end - base, 0.0)  # (M,)
-        held_share = jnp.where(holds, state.res_share, 0.0)  # (M, N)
-        weight = held_share.sum(0)
-        drain = jnp.where(weight > 0, (held_share * remaining[:, None]).sum(0) / jnp.where(weight > 0, weight, 1.0), 0.0)
-        c, scale, k = state.cluster, state.e_mean, state.model
-        flops_on = c.flops * on
-        compute = jnp.sum(flops_on)
-        pool_compute = jnp.sum(c.flops * state.pool.astype(dt))
-        n_on = jnp.sum(on)
-        e_k, work = state.e_ref[k], self.catalogue.work[k]
-        glob = jnp.stack([
-            jnp.log1p(base / scale), state.load, jnp.log1p(e_k / scale), jnp.log1p(work / 1e9) / 4.0,
-            jnp.log1p(self.model_bytes[k] / 1e6) / 4.0, jnp.log1p(self.model_layers[k]) / 4.0,
-            jnp.log(jnp.maximum(e_k * pool_compute / work, 1.0)), jnp.log(n_on) / 2.0,
-            jnp.sum(busy).astype(dt) / self.slots, jnp.sum(free * c.flops) / compute])
-        coordinator = (jnp.arange(self.num_devices) == 0).astype(dt)
-        devices = jnp.stack([
-            on, coordinator, free, jnp.log1p(release / scale), jnp.maximum(jnp.log(c.flops / 1e9), 0.0) / 3.0,
-            c.flops / compute, 10.0 * 1e6 / c.bandwidth, c.latency / 5e-3, jnp.log1p(drain / scale)], axis=1) * on[:, None]
-        held = busy.astype(dt)
-        slot_share = state.res_share * on  # shares on present devices
-        slots = jnp.stack([
-            held, jnp.log1p(remaining / scale), (slot_share @ c.flops) / compute, jnp.max(slot_share, axis=1),
-            jnp.sum(slot_share > 0, axis=1).astype(dt) / n_on], axis=1) * held[:, None]
-        obs = jnp.concatenate([glob, devices.reshape(-1), slots.reshape(-1)])
-        return jnp.clip(obs, 0.0, OBS_CLIP).astype(dt)
+        """The "sets" observation (G + N * 9 + M * 5,) in [0, OBS_CLIP] (:meth:`Observer.sets
+        <jaxsplit.envs.observation.Observer.sets>`), whatever ``observation_kind``."""
+        return self.observer.sets(state)
 
     def _episode_state(self, key: jax.Array, cluster: Cluster, load: jax.Array, e_ref: jax.Array,
                        pool: jax.Array, params: EnvParams, plan: jax.Array | None = None,
@@ -700,29 +475,14 @@ class AllocationEnv:
         return obs, new, out["reward"], jnp.zeros((), bool), truncated, info
 
     def churn(self, key: jax.Array, state: EnvState, gap: jax.Array, params: EnvParams) -> jax.Array:
-        """The devices present at the next arrival, ``gap`` seconds on; (N,) bool.
-
-        Each device of the pool but the coordinator is a two-state Markov chain in continuous time,
-        leaving at rate c = churn and coming back at rate r = rejoin (per e_mean of time), sampled at
-        the arrivals: over t = gap / e_mean a present device is away at the end with probability
-        c / (c + r) (1 - exp(-(c + r) t)), an absent one back with r / (c + r) (1 - exp(-(c + r) t))
-        (independent draws). A device is thus present a fraction r / (c + r) of the time, whatever
-        the arrivals. What a leaving device holds runs to its end; it gets nothing new while away."""
-        u = jax.random.uniform(key, (self.num_devices,), self.dtype)
-        t = gap / state.e_mean
-        total = params.churn + params.rejoin
-        moved = -jnp.expm1(-total * t) / jnp.where(total > 0, total, 1.0)  # (1 - e^{-(c+r)t}) / (c + r)
-        leave = params.churn * moved
-        back = params.rejoin * moved
-        flip = jnp.where(state.present, u < leave, u < back)
-        present = state.pool & (state.present ^ flip)
-        return present.at[0].set(True)
+        """The devices present at the next arrival, ``gap`` seconds on; (N,) bool: each device of the
+        pool but the coordinator leaves at rate churn and comes back at rate rejoin per e_mean of time
+        (:func:`jaxsplit.envs.draws.churn`)."""
+        return draws.churn(key, state.present, state.pool, state.e_mean, gap, params, self.dtype)
 
     def load_group(self, load: jax.Array, params: EnvParams) -> jax.Array:
         """Where ``load`` lies in [load_min, load_max], as a fraction in [0, 1] (0 for a point range)."""
-        span = params.load_max - params.load_min
-        frac = (load - params.load_min) / jnp.where(span > 0, span, 1.0)
-        return jnp.clip(jnp.where(span > 0, frac, 0.0), 0.0, 1.0).astype(self.dtype)
+        return draws.load_group(load, params, self.dtype)
 
     # ------------------------------------------------------------------ spaces
     def observation_space(self, params: EnvParams | None = None) -> spaces.Box:
