@@ -202,9 +202,9 @@ class Sweep:
         keys, hparams = population_members(runner.trainer.default_hparams(), rows)
         keys, hparams = runner.place((keys, hparams))
         runners = runner.init(keys, hparams)
-        done, metrics, lineage = 0, {}, []
+        done, metrics, lineage, made = 0, {}, [], []  # made: the update after which each lineage entry came
         if resume:
-            state, done, metrics, lineage = restore_population(pop_dir, runners, hparams)
+            state, done, metrics, lineage, made = restore_population(pop_dir, runners, hparams)
             runners, hparams = runner.place(state["runners"]), runner.place(state["hparams"])
         else:
             pop_dir.mkdir(parents=True, exist_ok=True)
@@ -220,8 +220,9 @@ class Sweep:
                 done += n
                 if self.settings.schedule == "pbt" and done < total:
                     runners, hparams = self._exploit(exploit, done, chunk, runners, hparams, lineage)
+                    made.append(done)
                 if manager is not None:
-                    save_population(manager, pop_dir, done, runners, hparams, metrics, rows, lineage)
+                    save_population(manager, pop_dir, done, runners, hparams, metrics, rows, lineage, made)
                 if self.on_progress is not None:
                     rate = (done - start) * self.config.batch_size * len(rows) / max(time.perf_counter() - t0, 1e-9)
                     self.on_progress({"event": "chunk", "update": done, "updates": total, "steps_per_s": rate, "trials": real})

@@ -203,31 +203,50 @@ class SweepStore:
         if len(folders) != 1 or None in folders or [m[1] for m in marks] != list(range(len(batch))):
             return None
         folder = Path(folders.pop())
-        if checkpoint.latest_step(folder) is None or not (folder / "population.json").exists():
+        step = checkpoint.latest_step(folder)
+        if step is None or not (folder / "population.json").exists():
             return None
         saved = json.loads((folder / "population.json").read_text())
-        return folder if saved.get("rows") == rows else None
+        # population.json behind its checkpoint: a save interrupted after the checkpoint, in the order
+        # before save_population's; its metrics may be short, so the batch starts again
+        return folder if saved.get("rows") == rows and saved.get("update", -1) >= step else None
 
 
 def save_population(manager: Any, pop_dir: Path, done: int, runners: Any, hparams: Any,
-                    metrics: dict[str, np.ndarray], rows: list[dict[str, Any]], lineage: list[list[int]]) -> None:
-    """A population's checkpoint after ``done`` updates, with its metrics and lineage so far."""
-    checkpoint.save(manager, done, {"runners": runners, "hparams": hparams})
+                    metrics: dict[str, np.ndarray], rows: list[dict[str, Any]], lineage: list[list[int]],
+                    lineage_updates: list[int]) -> None:
+    """A population's checkpoint after ``done`` updates, with its metrics and lineage so far
+    (``lineage_updates``: the update after which each lineage entry was made).
+
+    The metrics and population.json are written before the checkpoint: an interruption between
+    the writes leaves them ahead of the newest checkpoint, never behind it, and
+    :func:`restore_population` cuts them back to the checkpoint's update."""
     with atomic.replacing(pop_dir / "metrics.npz") as tmp:
         np.savez(tmp, **metrics)
     atomic.write_text(pop_dir / "population.json",
-                      atomic.dumps({"rows": rows, "lineage": lineage, "update": done}) + "\n")
+                      atomic.dumps({"rows": rows, "lineage": lineage, "lineage_updates": lineage_updates,
+                                    "update": done}) + "\n")
+    checkpoint.save(manager, done, {"runners": runners, "hparams": hparams})
 
 
 def restore_population(pop_dir: Path, runners: Any, hparams: Any
-                       ) -> tuple[dict[str, Any], int, dict[str, np.ndarray], list[list[int]]]:
+                       ) -> tuple[dict[str, Any], int, dict[str, np.ndarray], list[list[int]], list[int]]:
     """A population's newest checkpoint (shaped like ``runners`` and ``hparams``): its state, its
-    update count, and its metrics and lineage up to it."""
+    update count, its metrics (P, updates) each and its lineage (with the update of each entry) up to
+    that update, whatever a later interrupted save left in the folder."""
     state, done = checkpoint.restore(pop_dir, {"runners": runners, "hparams": hparams})
     saved = json.loads((pop_dir / "population.json").read_text())
     with np.load(pop_dir / "metrics.npz") as data:
         metrics = {k: data[k][:, :done] for k in data.files}
-    return state, done, metrics, saved["lineage"]
+    short = [k for k, v in metrics.items() if v.shape[1] != done]
+    if short:
+        raise ValueError(f"field 'metrics': {pop_dir / 'metrics.npz'} holds {metrics[short[0]].shape[1]} updates of "
+                         f"{short[0]!r}, its checkpoint {done}")
+    lineage, updates = saved["lineage"], saved.get("lineage_updates")
+    if updates is None:  # written by a save that put the checkpoint first: lineage as it was
+        updates = [done] * len(lineage)
+    keep = [i for i, u in enumerate(updates) if u <= done]
+    return state, done, metrics, [lineage[i] for i in keep], [updates[i] for i in keep]
 
 
 # ----- the best trial's run folder -----------------------------------------------------------------

@@ -186,3 +186,67 @@ def test_a_folder_the_user_may_not_write_is_one_line(tmp_path, capsys, unwritabl
         }[case]
     _one_line(cli.main(argv), capsys.readouterr().err, *needles, absent=absent)
     assert list(unwritable.iterdir()) == []
+
+
+@pytest.mark.parametrize("cut", ["metrics", "population", "checkpoint"])
+def test_a_population_save_interrupted_at_any_write_resumes_from_a_whole_checkpoint(tmp_path, monkeypatch, cut):
+    """Ctrl-C between the writes of a population's save (its metrics, population.json, its
+    checkpoint) leaves a folder that resumes from the newest whole checkpoint, with the metrics and
+    lineage of that update, never more columns or entries than updates."""
+    import types
+
+    import numpy as np
+
+    from jaxsplit.agents import checkpoint, sweep_storage
+
+    pop = tmp_path / "pop"
+    pop.mkdir()
+    tree = lambda v: ({"w": np.full((3, 2), v, np.float32)}, {"lr": np.full((3,), v, np.float32)})
+    rows = [{"seed": s} for s in range(3)]
+    metrics = lambda n: {"reward": np.arange(12, dtype=np.float32).reshape(3, 4)[:, :n]}  # columns appended
+    manager = checkpoint.open_manager(pop, max_to_keep=1)
+    try:
+        sweep_storage.save_population(manager, pop, 2, *tree(1.0), metrics(2), rows, [[0, 1, 2]], [2])
+        target = {"metrics": (sweep_storage.np, "savez"), "population": (sweep_storage.atomic, "write_text"),
+                  "checkpoint": (sweep_storage.checkpoint, "save")}[cut]
+
+        def stop(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(*target, stop)
+        with pytest.raises(KeyboardInterrupt):
+            sweep_storage.save_population(manager, pop, 4, *tree(2.0), metrics(4), rows, [[0, 1, 2], [1, 1, 0]], [2, 4])
+        monkeypatch.undo()
+    finally:
+        manager.close()
+    batch = [types.SimpleNamespace(user_attrs={"resume": str(pop), "member": i}) for i in range(3)]
+    assert sweep_storage.SweepStore.resumable(batch, rows) == pop
+    (runners, hparams), done, got, lineage, made = (lambda s, d, m, l, u: ((s["runners"], s["hparams"]), d, m, l, u))(
+        *sweep_storage.restore_population(pop, *tree(0.0)))
+    assert done == 2 and got["reward"].shape == (3, 2) and lineage == [[0, 1, 2]] and made == [2]
+    np.testing.assert_array_equal(got["reward"], metrics(2)["reward"])
+    np.testing.assert_array_equal(runners["w"], tree(1.0)[0]["w"])
+
+
+def test_a_population_whose_record_is_behind_its_checkpoint_starts_again(tmp_path):
+    """A folder whose checkpoint is newer than its population.json (a save that wrote the checkpoint
+    first and was stopped before the rest) is not resumed: its metrics may be short."""
+    import types
+
+    import numpy as np
+
+    from jaxsplit import atomic
+    from jaxsplit.agents import checkpoint, sweep_storage
+
+    pop = tmp_path / "pop"
+    pop.mkdir()
+    rows = [{"seed": 0}]
+    manager = checkpoint.open_manager(pop, max_to_keep=1)
+    try:
+        checkpoint.save(manager, 4, {"runners": {"w": np.zeros(2, np.float32)}, "hparams": {}})
+    finally:
+        manager.close()
+    np.savez(pop / "metrics.npz", reward=np.zeros((1, 2), np.float32))
+    atomic.write_text(pop / "population.json", atomic.dumps({"rows": rows, "lineage": [], "update": 2}) + "\n")
+    batch = [types.SimpleNamespace(user_attrs={"resume": str(pop), "member": 0})]
+    assert sweep_storage.SweepStore.resumable(batch, rows) is None
