@@ -11,14 +11,17 @@ or turn it off).
 
 from __future__ import annotations
 
-import importlib
+# Only what the interpreter has loaded already, or nearly: a Ctrl-C that comes while this module is
+# imported cannot be answered by the command yet, so the rest is imported once main() has set up
+# the answer (jaxsplit.compile_cache and what it pulls in, tempfile and pathlib among them).
 import os
 import signal
 import sys
 import threading
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from jaxsplit import compile_cache
+if TYPE_CHECKING:
+    from typing import Callable, Sequence
 
 #: subcommand -> (module, help line)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -146,8 +149,14 @@ KEYBOARD_INTERRUPT_COMMANDS = frozenset({"run"})
 STOP_SIGNALS = {"sweep": frozenset({signal.SIGINT, signal.SIGTERM})}
 
 
+def _interrupted() -> int:
+    raise KeyboardInterrupt
+
+
 def _import_command(name: str):
     try:
+        import importlib
+
         return importlib.import_module(COMMANDS[name][0])
     except ModuleNotFoundError as err:
         raise ValueError(f"this command needs {err.name!r}, which is not installed") from None
@@ -168,13 +177,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"jaxsplit: error: unknown command {name!r}; {hint}commands: {', '.join(COMMANDS)} "
               f"(jaxsplit --help)", file=sys.stderr)
         return 2
+    if argv_given is None and name not in KEYBOARD_INTERRUPT_COMMANDS:
+        _exit_on_ctrl_c(name, STOP_SIGNALS.get(name, frozenset({signal.SIGINT})))
+    try:
+        from jaxsplit import compile_cache
+    except KeyboardInterrupt:  # a command that takes Ctrl-C as KeyboardInterrupt (run), still importing
+        return run_command(name, _interrupted)
     try:
         rest, cache_dir, no_cache = compile_cache.split_options(rest)
     except ValueError as err:
         print(f"jaxsplit {name}: error: {err}", file=sys.stderr)
         return 2
-    if argv_given is None and name not in KEYBOARD_INTERRUPT_COMMANDS:
-        _exit_on_ctrl_c(name, STOP_SIGNALS.get(name, frozenset({signal.SIGINT})))
     folder = None if name in UNCACHED else compile_cache.resolve(cache_dir, no_cache)
     with compile_cache.enabled(folder, f"jaxsplit {name}"):
         code = run_command(name, lambda: _import_command(name).main(rest))
