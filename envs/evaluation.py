@@ -353,13 +353,13 @@ def search_best_constant(env: AllocationEnv, params: EnvParams, loads: Sequence[
     """The share c of ``grid`` with the lowest mean latency at each load, on its own seeds (apart from
     the evaluation's).
 
-    One jitted call vmapped over grid x loads x episodes (c is traced). Returns float (len(loads),).
+    One jitted call vmapped over grid x loads x episodes (c is traced): the best_clip rule at
+    (cap, floor) = (c, c), which is c on every device exactly, so that the two searches share one
+    compiled program. Returns float (len(loads),).
     """
-    env = with_requests(env, requests)
     grid_a = jnp.asarray(grid, jnp.float32)
-    act = lambda key, obs, state, params, c: jnp.full((env.num_devices,), c, jnp.float32)
-    recs = run_episodes(env, params, act, loads, episodes, seed, aux=grid_a)  # (G, loads, episodes, R)
-    score = episode_metrics(recs, int(warmup * env.requests))["mean_latency_s"].mean(-1)  # (G, loads)
+    score = _pair_scores(with_requests(env, requests), params, loads, jnp.stack([grid_a, grid_a], -1), episodes,
+                         seed, warmup)
     return np.asarray(grid, np.float64)[np.argmin(score, axis=0)]
 
 
@@ -389,12 +389,23 @@ def search_best_clip(env: AllocationEnv, params: EnvParams, loads: Sequence[floa
     levels = tuple(float(v) for v in levels)
     if not levels or any(not 0.0 < v <= 1.0 for v in levels) or len(set(levels)) != len(levels):
         raise ValueError(f"field 'levels': must be distinct shares in (0, 1], got {levels!r}")
-    env = with_requests(env, requests)
     pairs = clip_pairs(levels)  # (G, 2): cap, floor
-    act = _clip_act(env)
-    recs = run_episodes(env, params, act, loads, episodes, seed, aux=pairs)  # (G, loads, episodes, R)
-    scores = episode_metrics(recs, int(warmup * env.requests))["mean_latency_s"].mean(-1)  # (G, loads)
+    scores = _pair_scores(with_requests(env, requests), params, loads, pairs, episodes, seed, warmup)
     return np.asarray(pairs, np.float64)[np.argmin(scores, axis=0)], scores
+
+
+def _pair_scores(env: AllocationEnv, params: EnvParams, loads: Sequence[float], pairs: jax.Array, episodes: int,
+                 seed: int, warmup: float) -> np.ndarray:
+    """Mean latency (s) of the best_clip rule at each (cap, floor) of ``pairs`` (G, 2) and load, over the
+    episodes: float (G, len(loads)). The pairs are padded (with the last) to the next power of two, at
+    least 16, so that grids of different sizes (best_constant's 10 shares, best_clip's 15 pairs) run one
+    compiled program; every episode's keys depend on the load and episode only, not on the pair."""
+    count = int(pairs.shape[0])
+    rows = max(16, 1 << (count - 1).bit_length())
+    padded = jnp.concatenate([pairs, jnp.broadcast_to(pairs[-1], (rows - count, 2))]) if rows > count else pairs
+    recs = run_episodes(env, params, _clip_act(env), loads, episodes, seed, aux=padded)  # (rows, loads, episodes, R)
+    recs = {k: v[:count] for k, v in recs.items()}
+    return episode_metrics(recs, int(warmup * env.requests))["mean_latency_s"].mean(-1)  # (G, loads)
 
 
 @functools.lru_cache(maxsize=16)
