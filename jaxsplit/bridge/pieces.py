@@ -305,8 +305,24 @@ class FusedRun:
         return {n: hi - lo for n, (lo, hi) in plan.need.items() if n in self.names and n in self.op_by_node}
 
 
+class Checked:
+    """A report with ``max_error`` and ``tolerance``: ``passed`` and a JSON-ready ``to_dict``."""
+
+    max_error: float
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.max_error <= self.tolerance)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["passed"] = self.passed
+        return d
+
+
 @dataclasses.dataclass
-class PieceReport:
+class PieceReport(Checked):
     """The proof of one layer (or fused run) under one split.
 
     Attributes:
@@ -328,15 +344,6 @@ class PieceReport:
     redundant_work: float
     max_error: float
     tolerance: float
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.max_error <= self.tolerance)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["passed"] = self.passed
-        return d
 
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:

@@ -25,14 +25,14 @@ import torch.nn.functional as F
 
 from ..instance import Device, Instance
 from .graph import LayerOp, TracedModel
-from .pieces import TOLERANCE, FusedRun, reference_values, relative_error, run_piece, split_run
+from .pieces import TOLERANCE, Checked, FusedRun, reference_values, relative_error, run_piece, split_run
 
 #: The plans a bridge command takes (MODEL.md section 7; ``layer`` is section 3's per-layer plan).
 PLAN_NAMES = ("layer", "fused", "deepthings", "aofl")
 
 
 @dataclasses.dataclass
-class SegmentReport:
+class SegmentReport(Checked):
     """The proof of one segment of a plan.
 
     Attributes:
@@ -55,15 +55,6 @@ class SegmentReport:
     input_rows: list[int]
     max_error: float
     tolerance: float
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.max_error <= self.tolerance)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["passed"] = self.passed
-        return d
 
 
 def plan_segments(layers: Sequence[Any], devices: Sequence[Device], plan: str, solver: str = "closed_form",
