@@ -91,7 +91,9 @@ def main() -> int:
     # a collection error) is caught by the tests as well, so every failing status is reported as 1
     pytest = "python -c \"import sys, pytest; sys.exit(1 if pytest.main(sys.argv[1:]) else 0)\""
     cmd = ["mutmut", "run", "--paths-to-mutate", args.module, "--tests-dir", "tests", "--no-progress",
-           "--runner", pytest + " -x -q -p no:cacheprovider " + " ".join(args.tests)
+           # one process per mutant (-n 0): a run's few tests gain nothing from xdist's two workers,
+           # whose start-up each mutant would pay
+           "--runner", pytest + " -x -q -n 0 -p no:cacheprovider " + " ".join(args.tests)
            + (f" -k '{args.select}'" if args.select else "")]
     if args.lines:
         lines = (copy / args.module).read_text().splitlines()
