@@ -149,10 +149,6 @@ KEYBOARD_INTERRUPT_COMMANDS = frozenset({"run"})
 STOP_SIGNALS = {"sweep": frozenset({signal.SIGINT, signal.SIGTERM})}
 
 
-def _interrupted() -> int:
-    raise KeyboardInterrupt
-
-
 def _import_command(name: str):
     try:
         import importlib
@@ -182,7 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from jaxsplit import compile_cache
     except KeyboardInterrupt:  # a command that takes Ctrl-C as KeyboardInterrupt (run), still importing
-        return run_command(name, _interrupted)
+        print(f"jaxsplit {name}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     try:
         rest, cache_dir, no_cache = compile_cache.split_options(rest)
     except ValueError as err:
