@@ -145,6 +145,11 @@ class Layer:
         if self.inputs is not None and (not isinstance(self.inputs, tuple) or not all(
                 isinstance(v, str) and v for v in self.inputs)):
             raise ValueError(f"{w}field 'inputs' must be a list of layer names, got {self.inputs!r}")
+        self._validate_fields(w)
+        self._validate_kind(w)
+
+    def _validate_fields(self, w: str) -> None:
+        """The checks of every field on its own; ``w`` prefixes the message."""
         if self.kind not in LAYER_KINDS:
             raise ValueError(f"{w}field 'type' must be one of {', '.join(LAYER_KINDS)}, got {self.kind!r}")
         for field in ("in_channels", "out_channels", "groups", "in_height", "in_width"):
@@ -171,6 +176,9 @@ class Layer:
             if n + p > MAX_SIZE:
                 raise ValueError(f"{w}field 'in_{axis}' = {n} plus padding {p} must be at most {MAX_SIZE} "
                                  f"(2^24 - 1), got {n + p}")
+
+    def _validate_kind(self, w: str) -> None:
+        """The checks that depend on the layer's kind and tie fields together; ``w`` prefixes the message."""
         if self.kind == "conv":
             if self.in_channels % self.groups or self.out_channels % self.groups:
                 raise ValueError(

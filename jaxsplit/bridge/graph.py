@@ -236,57 +236,7 @@ def trace(model: nn.Module, example_input: torch.Tensor | Sequence[int]) -> Trac
         raise UnsupportedModelError(f"the model must take exactly one input tensor, it takes {len(placeholders)}")
 
     for node in nodes:
-        if node.op == "placeholder":
-            kinds[node.name] = "input"
-        elif node.op == "output":
-            kinds[node.name] = "output"
-        elif node.op == "get_attr":
-            kinds[node.name] = "constant"
-        elif node.op == "call_module":
-            m = gm.get_submodule(node.target)
-            if isinstance(m, nn.ZeroPad2d):
-                users = list(node.users)
-                ok = len(users) == 1 and users[0].op == "call_module" and isinstance(
-                    gm.get_submodule(users[0].target), (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d))
-                left, right, top, bottom = (int(p) for p in m.padding)
-                if not ok:
-                    raise UnsupportedModelError(
-                        f"{_describe(node, gm)} is not supported: a ZeroPad2d must feed exactly one Conv2d, "
-                        f"MaxPool2d or AvgPool2d")
-                if min(left, right, top, bottom) < 0:
-                    raise UnsupportedModelError(f"{_describe(node, gm)} is not supported: negative padding crops")
-                folded[node.name] = (node.args[0], (top, bottom, left, right))
-                kinds[node.name] = "folded"
-            elif isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.Linear)):
-                ops.append(_layer_op(node, m, gm, folded))
-                kinds[node.name] = "layer"
-            elif isinstance(m, ROW_LOCAL_MODULES):
-                kinds[node.name] = "row_local"
-            elif isinstance(m, GLOBAL_MODULES):
-                kinds[node.name] = "global"
-            else:
-                raise UnsupportedModelError(f"{_describe(node, gm)} is not supported: not a row-local layer")
-        elif node.op == "call_function":
-            if node.target is torch.cat:
-                dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-                if dim not in (1, -3):
-                    raise UnsupportedModelError(f"{_describe(node)} is not supported: concatenation along "
-                                                f"dim {dim} (only channels, dim 1, are row-local)")
-            if node.target in ROW_LOCAL_FUNCTIONS:
-                kinds[node.name] = "row_local"
-            elif node.target in GLOBAL_FUNCTIONS:
-                kinds[node.name] = "global"
-            else:
-                raise UnsupportedModelError(f"{_describe(node)} is not supported: not a row-local operation")
-        elif node.op == "call_method":
-            if node.target in ROW_LOCAL_METHODS:
-                kinds[node.name] = "row_local"
-            elif node.target in GLOBAL_METHODS:
-                kinds[node.name] = "global"
-            else:
-                raise UnsupportedModelError(f"{_describe(node)} is not supported: not a row-local operation")
-        else:  # pragma: no cover - fx has no other ops
-            raise UnsupportedModelError(f"{_describe(node)} is not supported")
+        kinds[node.name] = _classify(node, gm, ops, folded)
     # A row-local node must see spatial tensors of one height (or broadcast ones).
     for node in nodes:
         if kinds[node.name] == "row_local" and node.name in shapes and len(shapes[node.name]) != 4 \
@@ -295,6 +245,67 @@ def trace(model: nn.Module, example_input: torch.Tensor | Sequence[int]) -> Trac
     if not ops:
         raise UnsupportedModelError("the model has no Conv2d, MaxPool2d, AvgPool2d or Linear layer")
     return TracedModel(gm, _with_graph(ops, kinds, {n.name: n for n in nodes}), kinds, shapes, tuple(x.shape))
+
+
+def _classify(node: fx.Node, gm: fx.GraphModule, ops: list[LayerOp],
+              folded: dict[str, tuple[fx.Node, tuple[int, int, int, int]]]) -> str:
+    """The kind of one traced node ("input", "output", "constant", "folded", "layer", "row_local" or
+    "global"); a layer is appended to ``ops``, a folded zero padding recorded in ``folded``.
+    Raises UnsupportedModelError naming the node."""
+    if node.op == "placeholder":
+        return "input"
+    if node.op == "output":
+        return "output"
+    if node.op == "get_attr":
+        return "constant"
+    if node.op == "call_module":
+        return _classify_module(node, gm, ops, folded)
+    if node.op == "call_function":
+        if node.target is torch.cat:
+            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+            if dim not in (1, -3):
+                raise UnsupportedModelError(f"{_describe(node)} is not supported: concatenation along "
+                                            f"dim {dim} (only channels, dim 1, are row-local)")
+        return _classify_call(node, ROW_LOCAL_FUNCTIONS, GLOBAL_FUNCTIONS)
+    if node.op == "call_method":
+        return _classify_call(node, ROW_LOCAL_METHODS, GLOBAL_METHODS)
+    raise UnsupportedModelError(f"{_describe(node)} is not supported")  # pragma: no cover - fx has no other ops
+
+
+def _classify_call(node: fx.Node, row_local, global_) -> str:
+    """The kind ("row_local" or "global") of a function or method call node, by its target."""
+    if node.target in row_local:
+        return "row_local"
+    if node.target in global_:
+        return "global"
+    raise UnsupportedModelError(f"{_describe(node)} is not supported: not a row-local operation")
+
+
+def _classify_module(node: fx.Node, gm: fx.GraphModule, ops: list[LayerOp],
+                     folded: dict[str, tuple[fx.Node, tuple[int, int, int, int]]]) -> str:
+    """The kind of a ``call_module`` node (see :func:`_classify`)."""
+    m = gm.get_submodule(node.target)
+    if isinstance(m, nn.ZeroPad2d):
+        users = list(node.users)
+        ok = len(users) == 1 and users[0].op == "call_module" and isinstance(
+            gm.get_submodule(users[0].target), (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d))
+        left, right, top, bottom = (int(p) for p in m.padding)
+        if not ok:
+            raise UnsupportedModelError(
+                f"{_describe(node, gm)} is not supported: a ZeroPad2d must feed exactly one Conv2d, "
+                f"MaxPool2d or AvgPool2d")
+        if min(left, right, top, bottom) < 0:
+            raise UnsupportedModelError(f"{_describe(node, gm)} is not supported: negative padding crops")
+        folded[node.name] = (node.args[0], (top, bottom, left, right))
+        return "folded"
+    if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.Linear)):
+        ops.append(_layer_op(node, m, gm, folded))
+        return "layer"
+    if isinstance(m, ROW_LOCAL_MODULES):
+        return "row_local"
+    if isinstance(m, GLOBAL_MODULES):
+        return "global"
+    raise UnsupportedModelError(f"{_describe(node, gm)} is not supported: not a row-local layer")
 
 
 def _with_graph(ops: list[LayerOp], kinds: dict[str, str], nodes: dict[str, fx.Node]) -> list[LayerOp]:
