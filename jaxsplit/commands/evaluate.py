@@ -101,28 +101,8 @@ def _floats(text: str | Sequence[float], field: str) -> list[float]:
 
 def run(args: EvaluateArgs) -> list[dict[str, Any]]:
     """Evaluate every requested policy; the records of :func:`jaxsplit.envs.evaluate`, in order."""
-    names = [p.strip() for p in args.policy.split(",") if p.strip()]
-    for name in names:
-        if name == CHECKPOINT_POLICY:
-            if not args.checkpoint:
-                raise ValueError(f"field 'policy': {CHECKPOINT_POLICY!r} is the trained policy of a run folder; "
-                                 f"pass --checkpoint RUN_DIR")
-        elif name not in policies.POLICIES:
-            raise ValueError(f"field 'policy': unknown policy {name!r}; known: {', '.join(policies.POLICIES)}, "
-                             f"{CHECKPOINT_POLICY} (with --checkpoint)")
-    if args.checkpoint and CHECKPOINT_POLICY not in names:
-        names.append(CHECKPOINT_POLICY)
-    if not names:
-        raise ValueError("field 'policy': no policy given")
-    loads = _floats(args.loads, "loads")
-    if args.episodes < 1:
-        raise ValueError(f"field 'episodes': must be positive, got {args.episodes}")
-    if args.requests < 2:
-        raise ValueError(f"field 'requests': must be at least 2, got {args.requests}")
-    if not 0.0 <= args.warmup < 1.0:
-        raise ValueError(f"field 'warmup': must be in [0, 1), got {args.warmup}")
-    if not 0.0 <= args.share <= 1.0:
-        raise ValueError(f"field 'share': must be in [0, 1], got {args.share}")
+    names = _policy_names(args)
+    _check_numbers(args)
     cluster = load_cluster(args.cluster) if args.cluster else None
     # with a checkpoint, a spec outside the run's catalogue is refused by evaluation_env (which says why)
     models = parse_models(args.models, check=not args.checkpoint) if args.models else None
@@ -164,6 +144,37 @@ def run(args: EvaluateArgs) -> list[dict[str, Any]]:
         else:
             rows += [r for r in baseline_rows if r["policy"] == name]
     return rows
+
+
+def _policy_names(args: EvaluateArgs) -> list[str]:
+    """The policies asked for, checked, in order (the trained one last when only --checkpoint names it)."""
+    names = [p.strip() for p in args.policy.split(",") if p.strip()]
+    for name in names:
+        if name == CHECKPOINT_POLICY:
+            if not args.checkpoint:
+                raise ValueError(f"field 'policy': {CHECKPOINT_POLICY!r} is the trained policy of a run folder; "
+                                 f"pass --checkpoint RUN_DIR")
+        elif name not in policies.POLICIES:
+            raise ValueError(f"field 'policy': unknown policy {name!r}; known: {', '.join(policies.POLICIES)}, "
+                             f"{CHECKPOINT_POLICY} (with --checkpoint)")
+    if args.checkpoint and CHECKPOINT_POLICY not in names:
+        names.append(CHECKPOINT_POLICY)
+    if not names:
+        raise ValueError("field 'policy': no policy given")
+    return names
+
+
+def _check_numbers(args: EvaluateArgs) -> None:
+    """Refuse a load, count or share outside its range, naming the option."""
+    _floats(args.loads, "loads")
+    if args.episodes < 1:
+        raise ValueError(f"field 'episodes': must be positive, got {args.episodes}")
+    if args.requests < 2:
+        raise ValueError(f"field 'requests': must be at least 2, got {args.requests}")
+    if not 0.0 <= args.warmup < 1.0:
+        raise ValueError(f"field 'warmup': must be in [0, 1), got {args.warmup}")
+    if not 0.0 <= args.share <= 1.0:
+        raise ValueError(f"field 'share': must be in [0, 1], got {args.share}")
 
 
 def protocol(args: EvaluateArgs) -> Protocol:
