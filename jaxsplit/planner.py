@@ -188,6 +188,82 @@ def fused_runs(layers: Sequence[Layer], graph: Graph) -> list[_Run]:
     return sorted(runs, key=lambda run: (run.end - run.start, run.end, run.start))
 
 
+def _length_buckets(lengths: Sequence[int]) -> list[tuple[int, int]]:
+    """(first run, end run) of each bucket of runs, cut where the length grows 1.5x (runs in order)."""
+    buckets: list[tuple[int, int]] = []
+    first = 0
+    for k in range(1, len(lengths) + 1):
+        if k == len(lengths) or lengths[k] > max(lengths[first] * 1.5, lengths[first] + 1):
+            buckets.append((first, k))
+            first = k
+    return buckets
+
+
+def _assign_slots(run: _Run, graph: Graph) -> tuple[dict[int, int], list[tuple[int, int, list[int], bool]], int, int]:
+    """Slots of one run's tensors, assigned like registers from the run's end back to its start.
+
+    Returns the slots holding the output rows at the start ({tensor: slot}), one step per layer from
+    the last (layer, slot it reads, slots it writes, whether it reads the run's input), the slots
+    used and the most writes of one step."""
+    slot: dict[int, int] = {}
+    free: list[int] = []
+    used = 0
+
+    def take() -> int:
+        nonlocal used
+        if free:
+            return free.pop()
+        used += 1
+        return used - 1
+
+    for j in sorted(run.output_set):
+        if j >= run.start:
+            slot[j] = take()
+    init = dict(slot)
+    steps, fan = [], 1
+    for layer_index in range(run.end - 1, run.start - 1, -1):
+        read = slot.pop(layer_index)
+        free.append(read)
+        writes = []
+        for j in graph.preds[layer_index]:
+            if j >= run.start:
+                if j not in slot:
+                    slot[j] = take()
+                writes.append(slot[j])
+        fan = max(fan, len(writes))
+        steps.append((layer_index, read, writes, min(graph.preds[layer_index]) < run.start))
+    return init, steps, used, fan
+
+
+def _bucket_table(runs: Sequence[_Run], plans: Sequence[tuple], geometry: dict[str, np.ndarray], width: int,
+                  fan: int, first: int, end: int) -> dict[str, Any]:
+    """The scan table of one bucket of runs (columns ``first:end``), as :func:`fused_run_times` reads
+    it; ``plans`` from :func:`_assign_slots`, ``geometry`` the layers' numpy columns."""
+    depth = max(run.end - run.start for run in runs)
+    cols = len(runs)
+    geo = {k: np.zeros((depth, cols)) for k in ("row_work", "stride", "pad_top", "kernel_extent", "in_height")}
+    geo["stride"][:] = 1.0
+    valid = np.zeros((depth, cols), bool)
+    read = np.zeros((depth, cols), np.int32)
+    writes = np.full((depth, fan, cols), -1, np.int32)
+    reads_in = np.zeros((depth, cols), bool)
+    init = np.zeros((width, cols), bool)
+    before = np.zeros(cols, bool)
+    for c, (run, (slots, steps, _, _)) in enumerate(zip(runs, plans)):
+        before[c] = min(run.output_set) < run.start
+        for w in slots.values():
+            init[w, c] = True
+        for k, (layer_index, r, ws, from_input) in enumerate(steps):
+            valid[k, c] = True
+            for name in geo:
+                geo[name][k, c] = geometry[name][layer_index]
+            read[k, c] = r
+            writes[k, :len(ws), c] = ws
+            reads_in[k, c] = from_input
+    return {"first": first, "end": end, "geo": geo, "valid": valid, "read": read, "writes": writes,
+            "reads_in": reads_in, "init": init, "before": before}
+
+
 def _channel_ok(layer: Layer) -> bool:
     return layer.kind == "linear" or (layer.kind == "conv" and layer.groups == 1)
 
@@ -433,73 +509,12 @@ class Planner:
         tensor's slot collects the hull of its consumers' needs and is read (and freed) when the
         scan reaches the layer that produces it; slots are assigned on the host like registers,
         so the scan body selects among W slots with masks, never gathering."""
-        runs = self.runs
-        lengths = [run.end - run.start for run in runs]
-        buckets: list[tuple[int, int]] = []  # (first run, end run) of each bucket, cut where length grows 1.5x
-        first = 0
-        for k in range(1, len(runs) + 1):
-            if k == len(runs) or lengths[k] > max(lengths[first] * 1.5, lengths[first] + 1):
-                buckets.append((first, k))
-                first = k
-        slot_of_all, width, fan = [], 1, 1
-        for run in runs:
-            slot: dict[int, int] = {}
-            free: list[int] = []
-            used = 0
-
-            def take() -> int:
-                nonlocal used
-                if free:
-                    return free.pop()
-                used += 1
-                return used - 1
-
-            plan_steps = []
-            for j in sorted(run.output_set):
-                if j >= run.start:
-                    slot[j] = take()
-            init = dict(slot)
-            for layer_index in range(run.end - 1, run.start - 1, -1):
-                read = slot.pop(layer_index)
-                free.append(read)
-                writes = []
-                for j in self.graph.preds[layer_index]:
-                    if j >= run.start:
-                        if j not in slot:
-                            slot[j] = take()
-                        writes.append(slot[j])
-                fan = max(fan, len(writes))
-                plan_steps.append((layer_index, read, writes, min(self.graph.preds[layer_index]) < run.start))
-            width = max(width, used)
-            slot_of_all.append((init, plan_steps))
-        tables = []
-        for first, end in buckets:
-            depth = max(lengths[first:end])
-            cols = end - first
-            geo = {k: np.zeros((depth, cols)) for k in ("row_work", "stride", "pad_top", "kernel_extent", "in_height")}
-            geo["stride"][:] = 1.0
-            valid = np.zeros((depth, cols), bool)
-            read = np.zeros((depth, cols), np.int32)
-            writes = np.full((depth, fan, cols), -1, np.int32)
-            reads_in = np.zeros((depth, cols), bool)
-            init = np.zeros((width, cols), bool)
-            before = np.zeros(cols, bool)
-            for c, k_run in enumerate(range(first, end)):
-                run = runs[k_run]
-                slots, steps = slot_of_all[k_run]
-                before[c] = min(run.output_set) < run.start
-                for j, w in slots.items():
-                    init[w, c] = True
-                for k, (layer_index, r, ws, from_input) in enumerate(steps):
-                    valid[k, c] = True
-                    for name in geo:
-                        geo[name][k, c] = self._np[name][layer_index]
-                    read[k, c] = r
-                    writes[k, :len(ws), c] = ws
-                    reads_in[k, c] = from_input
-            tables.append({"first": first, "end": end, "geo": geo, "valid": valid, "read": read, "writes": writes,
-                           "reads_in": reads_in, "init": init, "before": before})
-        self._buckets = tables
+        lengths = [run.end - run.start for run in self.runs]
+        plans = [_assign_slots(run, self.graph) for run in self.runs]
+        width = max([1] + [used for _, _, used, _ in plans])
+        fan = max([1] + [f for _, _, _, f in plans])
+        self._buckets = [_bucket_table(self.runs[first:end], plans[first:end], self._np, width, fan, first, end)
+                         for first, end in _length_buckets(lengths)]
         self._slots = width
         self._fan = fan
         self._depth_max = max(lengths, default=1)
