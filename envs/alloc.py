@@ -26,7 +26,6 @@ flagged invalid (penalised by ``invalid_penalty``).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
@@ -37,16 +36,20 @@ from flax import struct
 # SPLIT_RULES, Catalogue and LAYER_FIELDS: re-exported
 from jaxsplit.catalogue import SPLIT_RULES, Catalogue, RequestLatency  # noqa: F401
 from jaxsplit.latency import LAYER_FIELDS, Cluster, LayerArrays  # noqa: F401
-from jaxsplit.plan_engine import CataloguePlans
 
-from . import draws, parameters, spaces
+from . import draws, parameters, reservations, spaces
 # the observation's constants, importable from here as well
 from .observation import OBS_CLIP, OBSERVATIONS, SETS_DEVICE, SETS_GLOBALS, SETS_SLOT, Observer  # noqa: F401
 from .observation import free_shares as _free_shares
-
-#: Tolerance on the sum of reserved shares per device (float round-off of "take what is free").
-SHARE_TOLERANCE = 1e-5
-#: What the latency in the reward is divided by (see :class:`AllocationEnv`).
+from .references import EpisodeReferences, RequestTimes
+from .reservations import SHARE_TOLERANCE  # noqa: F401
+#: What the latency in the reward is divided by. "model" (MODEL.md section 6): E_ref(k) of the
+#: request's model, so every request weighs alike relative to its own size. "mean": the mix-weighted
+#: mean E_ref of the episode, one constant per episode, so an episode's return is minus its total
+#: latency in units of E_ref-mean and maximising it minimises the mean latency in seconds (the metric
+#: of the evaluation). The two differ: with "model" a small model waiting behind a large one costs
+#: many times its own E_ref, and running two requests side by side on half shares scores better than
+#: one at a time even where it is slower in seconds.
 REWARD_SCALES = ("model", "mean")
 #: How a request's execution time E is planned: "layer" (MODEL.md section 3, every layer split on
 #: its own) or "fused" (section 7: fused segments and channel splits, :mod:`jaxsplit.plan_engine`).
@@ -185,23 +188,12 @@ class AllocationEnv:
       requests: requests per episode (truncation; never terminated).
       split: split rule, "closed_form" (default) or "equal".
       bytes_per_element: q.
-      reward_scale: what the latency in the reward is divided by. "model" (default, MODEL.md
-        section 6): E_ref(k) of the request's model, so every request weighs alike relative to its
-        own size. "mean": the mix-weighted mean E_ref of the episode, one constant per episode, so an
-        episode's return is minus its total latency in units of E_ref-mean and maximising it
-        minimises the mean latency in seconds (the metric of the evaluation). The two differ: with
-        "model" a small model waiting behind a large one costs many times its own E_ref, and running
-        two requests side by side on half shares scores better than one at a time even where it is
-        slower in seconds.
-      observation: "summary" (default, MODEL.md section 6): per device the free share and the time to
-        its next release, plus the cluster, backlog, request and load features. "table": the same,
-        followed by the whole reservation table (M rows: remaining time and shares of every
-        reservation still held at the backlog time, longest first), so that a policy can see how the
-        present reservations will drain, not only the first release per device. "sets": global
-        features, one item per device and one per reservation slot (:meth:`sets_observation`), with
-        the request described by its model's work rather than by its index in the catalogue, so that
-        one policy serves any number of present devices up to N and any catalogue (its space carries
-        the :class:`~jaxsplit.envs.spaces.SetLayout`).
+      reward_scale: what the latency in the reward is divided by, "model" (default, MODEL.md
+        section 6) or "mean" (:data:`REWARD_SCALES`).
+      observation: "summary" (default, MODEL.md section 6), "table" or "sets"
+        (:mod:`jaxsplit.envs.observation`).
+      planner: how E is planned, "layer" (default) or "fused" (:data:`PLANNERS`,
+        :mod:`jaxsplit.envs.references`).
 
     ``engine`` (:class:`~jaxsplit.catalogue.RequestLatency`) computes E and E_ref; ``num_devices``,
     ``models``, ``input_size``, ``bytes_per_element``, ``split``, ``dtype``, ``catalogue``, ``num_models``,
@@ -231,17 +223,7 @@ class AllocationEnv:
         self.reward_scale = reward_scale
         self.observation_kind = observation
         self.planner = planner
-        #: the catalogue's fused plans (planner "fused", :mod:`jaxsplit.plan_engine`), else None
-        self.plans: CataloguePlans | None = None
-        if planner == "fused":
-            if split != "closed_form":
-                raise ValueError(f"field 'planner': the fused planner splits by the closed form; split {split!r} "
-                                 f"goes with planner 'layer'")
-            self.plans = CataloguePlans(self.models, self.input_size, self.bytes_per_element, self.dtype)
-            #: candidates of the next episode's plans solved per step
-            self.plan_chunk = int(math.ceil(self.plans.num_candidates / self.requests))
-        #: reference layers solved per step for the next episode's E_ref
-        self.ref_chunk = int(math.ceil(self.num_flat / self.requests))
+        self.times = RequestTimes(self.engine, planner, self.requests)
         self.observer = Observer(observation, self.engine, self.slots)
 
     # the engine's, read by the policies, benchmarks and tests (views, not copies: one source of truth)
@@ -260,6 +242,10 @@ class AllocationEnv:
     layout = _from_observer("layout", "The \"sets\" observation's layout, else None.")
     model_bytes = _from_observer("model_bytes", "(K,) bytes of activations each model reads and writes.")
     model_layers = _from_observer("model_layers", "(K,) layers of each model (multiplicities counted).")
+    # the request times'
+    plans = property(lambda self: self.times.plans,
+                     doc="The catalogue's fused plans (:class:`~jaxsplit.plan_engine.CataloguePlans`) or None.")
+    ref_chunk = property(lambda self: self.times.ref_chunk, doc="Reference layers solved per step (int).")
 
     # ------------------------------------------------------------------ params
     def default_params(self, **overrides: Any) -> EnvParams:
@@ -315,33 +301,13 @@ class AllocationEnv:
     def clean_action(self, action: jax.Array, params: EnvParams,
                      present: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """Shares actually reserved and the invalid flag (MODEL.md section 6, step 1); an absent device
-        (``present`` (N,) bool False) gets share 0."""
-        if jnp.size(action) != self.num_devices:  # static: checked when traced
-            raise ValueError(f"field 'action': expected {self.num_devices} shares (shape ({self.num_devices},)), "
-                             f"got shape {tuple(jnp.shape(action))}")
-        a = jnp.asarray(action, self.dtype).reshape(self.num_devices)
-        a = jnp.where(jnp.isfinite(a), a, 0.0)
-        if present is not None:
-            a = jnp.where(present, a, 0.0)
-        a = jnp.clip(a, 0.0, 1.0)
-        a = jnp.where(a >= params.min_share, a, 0.0)
-        invalid = jnp.all(a == 0.0)
-        fallback = jnp.zeros_like(a).at[0].set(params.min_share)
-        return jnp.where(invalid, fallback, a), invalid
+        (``present`` (N,) bool False) gets share 0 (:func:`~jaxsplit.envs.reservations.clean_action`)."""
+        return reservations.clean_action(action, params.min_share, self.num_devices, self.dtype, present)
 
     def start_time(self, state: EnvState, share: jax.Array) -> jax.Array:
-        """Earliest start s >= max(0, last_start) with ``share`` free on every device and a free slot.
-
-        Every reservation made so far has started by then (arrival order), so the shares in use at a
-        candidate time c are those of reservations with end > c; candidates are the base time and
-        every release after it. Shape: scalar, seconds relative to now.
-        """
-        base = jnp.maximum(state.last_start, 0.0)
-        cand = jnp.concatenate([base[None], jnp.maximum(state.res_end, base)])  # (M+1,)
-        busy = state.res_end[None, :] > cand[:, None]  # (M+1, M)
-        usage = busy.astype(self.dtype) @ state.res_share  # (M+1, N)
-        ok = jnp.all(usage + share <= 1.0 + SHARE_TOLERANCE, axis=-1) & (jnp.sum(busy, axis=-1) < self.slots)
-        return jnp.min(jnp.where(ok, cand, jnp.inf))
+        """Earliest start (s, scalar, relative to now) with ``share`` (N,) free on every device and a
+        free slot (:func:`~jaxsplit.envs.reservations.start_time`)."""
+        return reservations.start_time(state.res_end, state.res_share, state.last_start, share, self.slots)
 
     def free_shares(self, state: EnvState) -> jax.Array:
         """The share of every device free at the backlog time b = max(now, start of the previous
@@ -351,58 +317,40 @@ class AllocationEnv:
     def observation(self, state: EnvState) -> jax.Array:
         """Normalised observation (obs_dim,) in [0, OBS_CLIP] of the kind ``observation_kind``
         (:meth:`Observer.summary <jaxsplit.envs.observation.Observer.summary>`: obs_dim = 5N + K + 4,
-        plus M (N + 1) with "table"; "sets": :meth:`sets_observation`). An absent device's entries are 0."""
+        plus M (N + 1) with "table"; "sets": :meth:`Observer.sets <jaxsplit.envs.observation.Observer.sets>`). An absent device's entries are 0."""
         return self.observer(state)
 
-    def sets_observation(self, state: EnvState) -> jax.Array:
-        """The "sets" observation (G + N * 9 + M * 5,) in [0, OBS_CLIP] (:meth:`Observer.sets
-        <jaxsplit.envs.observation.Observer.sets>`), whatever ``observation_kind``."""
-        return self.observer.sets(state)
-
-    def _episode_state(self, key: jax.Array, cluster: Cluster, load: jax.Array, e_ref: jax.Array,
-                       pool: jax.Array, params: EnvParams, plan: jax.Array | None = None,
-                       e_layer: jax.Array | None = None) -> EnvState:
-        """A new episode; ``e_layer`` (K,), the per-layer E_ref that sets the arrival rate under the
-        fused planner (default ``e_ref``)."""
+    def _episode_state(self, key: jax.Array, cluster: Cluster, load: jax.Array, refs: EpisodeReferences,
+                       pool: jax.Array, params: EnvParams) -> EnvState:
+        """A new episode on ``cluster`` with the references ``refs``."""
         km, kc, kl = jax.random.split(key, 3)
-        e_mean = jnp.sum(params.mix * e_ref)
-        rate = load / (e_mean if e_layer is None else jnp.sum(params.mix * e_layer))
+        e_mean = jnp.sum(params.mix * refs.e_ref)
+        rate = load / (e_mean if refs.e_layer is None else jnp.sum(params.mix * refs.e_layer))
         n, m = self.num_devices, self.slots
         return EnvState(
-            cluster=cluster, load=load, rate=rate, e_ref=e_ref, e_mean=e_mean,
+            cluster=cluster, load=load, rate=rate, e_ref=refs.e_ref, e_mean=e_mean,
             model=self.sample_model(km, params), res_end=jnp.zeros((m,), self.dtype),
             res_share=jnp.zeros((m, n), self.dtype), last_start=jnp.zeros((), self.dtype),
             time=jnp.zeros((), self.dtype), count=jnp.zeros((), jnp.int32), pool=pool, present=pool,
             next_cluster=self.sample_cluster(kc, params), next_load=self.sample_load(kl, params),
             # folded in, not split off, so that the other draws are those of an environment without presence
             next_pool=self.sample_pool(jax.random.fold_in(kc, 1), params),
-            next_e_ref=jnp.zeros((self.num_models,), self.dtype),
-            plan=jnp.zeros((self.num_models, 1), jnp.int32) if plan is None else plan,
-            next_cand=jnp.zeros((self.plans.num_candidates if self.plans else 1,), self.dtype),
-            next_e_layer=jnp.zeros((self.num_models if self.plans else 1,), self.dtype))
+            plan=jnp.zeros((self.num_models, 1), jnp.int32) if refs.plan is None else refs.plan,
+            **self.times.blank())
 
     def reset(self, key: jax.Array, params: EnvParams) -> tuple[jax.Array, EnvState]:
         """Start an episode: draw cluster, devices, load and the first request; ``(obs, state)``."""
         kc, kl, ks = jax.random.split(key, 3)
         cluster = self.sample_cluster(kc, params)
         pool = self.sample_pool(jax.random.fold_in(kc, 1), params)
-        if self.plans is not None:
-            lat = self.plans.latencies(jnp.arange(self.plans.num_candidates), cluster, pool.astype(self.dtype))
-            plan, e_ref = self.plans.tabulate(lat)
-            state = self._episode_state(ks, cluster, self.sample_load(kl, params), e_ref, pool, params, plan,
-                                        self.reference_times(cluster, pool))
-        else:
-            state = self._episode_state(ks, cluster, self.sample_load(kl, params),
-                                        self.reference_times(cluster, pool), pool, params)
+        state = self._episode_state(ks, cluster, self.sample_load(kl, params), self.times.first(cluster, pool),
+                                    pool, params)
         return self.observation(state), state
 
     def request_time(self, state: EnvState, share: jax.Array) -> jax.Array:
         """E (s) of the present request under ``share`` (N,): its model's per-layer closed form, or
         with the "fused" planner the better of that and the episode's plan split under ``share``."""
-        e = self.exec_time(state.cluster, share, state.model)
-        if self.plans is not None:
-            e = jnp.minimum(e, self.plans.plan_time(state.plan[state.model], state.cluster, share))
-        return e
+        return self.times.request_time(state, share)
 
     def allocate(self, state: EnvState, action: jax.Array, params: EnvParams) -> tuple[EnvState, dict[str, jax.Array]]:
         """Serve the present request with ``action`` (steps 1-6 of MODEL.md section 6), no arrival.
@@ -442,35 +390,22 @@ class AllocationEnv:
         """
         k_gap, k_model, k_reset = jax.random.split(key, 3)
         served, out = self.allocate(state, action, params)
-        if self.plans is None:
-            next_e_ref = state.next_e_ref + self.engine.reference_chunk(state.next_cluster, state.count,
-                                                                        self.ref_chunk, state.next_pool.astype(self.dtype))
-            next_cand, next_e_layer = state.next_cand, state.next_e_layer
-        else:
-            next_e_layer = state.next_e_layer + self.engine.reference_chunk(
-                state.next_cluster, state.count, self.ref_chunk, state.next_pool.astype(self.dtype))
-            ids, lat = self.plans.candidate_chunk(state.next_cluster, state.next_pool.astype(self.dtype), state.count,
-                                                  self.plan_chunk)
-            next_cand = state.next_cand.at[ids].set(lat)
-            next_plan, next_e_ref = self.plans.tabulate(next_cand)
+        acc, next_refs = self.times.accumulate(state)
         gap = jax.random.exponential(k_gap, (), self.dtype) / state.rate
         cont = served.replace(
             model=self.sample_model(k_model, params), res_end=served.res_end - gap,
             last_start=served.last_start - gap, time=state.time + gap, count=state.count + 1,
-            present=self.churn(jax.random.fold_in(key, 3), state, gap, params), next_e_ref=next_e_ref,
-            next_cand=next_cand, next_e_layer=next_e_layer)
+            present=self.churn(jax.random.fold_in(key, 3), state, gap, params), **acc)
         truncated = cont.count >= self.requests
-        fresh = self._episode_state(k_reset, state.next_cluster, state.next_load, next_e_ref, state.next_pool, params,
-                                    None if self.plans is None else next_plan,
-                                    None if self.plans is None else next_e_layer)
+        fresh = self._episode_state(k_reset, state.next_cluster, state.next_load, next_refs, state.next_pool, params)
         final_obs = self.observation(cont)
         new = jax.tree.map(lambda f, c: jnp.where(truncated, f, c), fresh, cont)
         obs = jnp.where(truncated, self.observation(fresh), final_obs)
-        info = dict(latency=out["latency"], wait=out["wait"], exec_time=out["exec_time"],
-                    utilization=out["utilization"], model=state.model, invalid=out["invalid"],
-                    flop=out["flop"], arrival=state.time,
+        info = dict({k: out[k] for k in ("latency", "wait", "exec_time", "utilization", "invalid", "flop")},
+                    model=state.model, arrival=state.time,
                     capacity=jnp.sum(state.cluster.flops * state.present.astype(self.dtype)),
-                    devices=jnp.sum(state.present).astype(jnp.int32), load=state.load, e_ref=state.e_ref[state.model], group=self.load_group(state.load, params),
+                    devices=jnp.sum(state.present).astype(jnp.int32), load=state.load,
+                    e_ref=state.e_ref[state.model], group=self.load_group(state.load, params),
                     final_observation=final_obs)
         return obs, new, out["reward"], jnp.zeros((), bool), truncated, info
 
