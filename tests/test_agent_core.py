@@ -314,6 +314,7 @@ def test_rollout_bootstraps_a_truncated_episode_from_its_final_observation():
     assert not np.allclose(np.asarray(v_reset)[truncated[:-1]], np.asarray(v_next)[:-1][truncated[:-1]])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("groups", [1, 2])
 def test_rollout_scales_rewards_by_the_running_spread_of_discounted_returns(groups):
     """With reward normalisation, each reward is divided by the running standard deviation of the

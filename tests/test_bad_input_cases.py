@@ -209,6 +209,7 @@ def test_an_input_too_small_for_a_torch_model_is_one_error(capfd):
 @pytest.mark.parametrize("layer, name", [("Conv2d(3, 8, 500)", "kernel_size=(500, 500)"),
                                          ("MaxPool2d(64)", "MaxPool2d(kernel_size=64"),
                                          ("Conv2d(3, 8, (3, 40), stride=2)", "kernel_size=(3, 40)")])
+@pytest.mark.slow
 def test_a_kernel_wider_than_its_input_names_the_layer_and_kernel(tmp_path, layer, name):
     pytest.importorskip("torch")
     path = tmp_path / "net.py"

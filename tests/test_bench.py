@@ -72,6 +72,7 @@ def test_split_json_rows(capsys, compilation_cache):
     assert all(r["gap_median"] >= -1e-6 and r["gap_max"] >= r["gap_p99"] >= -1e-6 for r in rows)
 
 
+@pytest.mark.slow
 def test_env_json_rows(capsys, compilation_cache):
     code, out, _ = run(capsys, "bench", "env", "--devices", "2", "--envs", "3", "--steps-per-call", "10",
                        "--repeats", "2", "--json", "--no-cache")

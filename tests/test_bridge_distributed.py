@@ -57,6 +57,7 @@ def test_port_taken_is_a_clear_error():
         check_port("127.0.0.1", 70000)
 
 
+@pytest.mark.slow
 def test_a_dying_worker_fails_the_run_without_hanging(tmp_path):
     path = tmp_path / "dying.py"
     path.write_text(textwrap.dedent("""

@@ -134,6 +134,7 @@ def test_residual_block_segment_ends_at_the_residual_sum(tiny):
         split_segment(traced, values, 3, 6, [8, 9])
 
 
+@pytest.mark.slow
 def test_plan_of_a_residual_torch_model_passes_and_fuses_the_blocks(tiny, capsys):
     model, cluster = tiny
     assert main(["validate", "--model", model, "--cluster", cluster, "--plan", "fused", "--json"]) == 0

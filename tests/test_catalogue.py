@@ -91,6 +91,7 @@ def test_closed_form_exec_times_are_the_reference_sums_of_its_rows():
     np.testing.assert_allclose(got, want, rtol=1e-9)
 
 
+@pytest.mark.slow
 def test_reference_times_and_their_chunks():
     f, b, t, _ = sampling.random_cluster(np.random.default_rng(1), 3)
     ones = np.ones(3)

@@ -67,6 +67,7 @@ def assert_same_rows(got: np.ndarray, want: np.ndarray, kind: str) -> None:
     assert bad.size == 0, f"{kind}: {bad.size} instances differ, first {got[bad[0]]} vs {want[bad[0]]}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [1, 2, 5, 8, 16])
 def test_batched_closed_form_equals_previous(n):
     rng = np.random.default_rng(40 + n)

@@ -137,6 +137,7 @@ def test_reward_scale_mean_divides_by_the_episode_mean_reference():
     assert float(state.e_ref[state.model]) != pytest.approx(float(state.e_mean), rel=1e-3)
 
 
+@pytest.mark.slow
 def test_actions_clipped_nan_counts_as_zero_and_invalid_penalised():
     env, params = envs.make("alloc-v0", **SMALL)
     a, inv = env.clean_action(jnp.array([jnp.nan, 2.0, -1.0, 0.01]), params)

@@ -47,6 +47,7 @@ def test_vector_adapter_same_step_autoreset():
     np.testing.assert_array_equal(again, first)
 
 
+@pytest.mark.slow
 def test_log_wrapper_episode_statistics():
     env, params = envs.make("alloc-n2-v0", **SMALL)
     log = envs.LogWrapper(env)

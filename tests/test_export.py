@@ -98,6 +98,7 @@ def test_vmapped_environment_step_exports():
     assert_portable(export(env.engine._array_exec_times, state.cluster, jnp.full((batch, 4), 0.5), jnp.zeros(batch, jnp.int32)))
 
 
+@pytest.mark.slow
 def test_tiny_train_exports_without_host_callbacks():
     spec = envs.EnvSpec()
     config = dataclasses.replace(PPOConfig(), num_envs=4, num_steps=8, num_minibatches=2, update_epochs=1,

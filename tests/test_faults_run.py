@@ -22,6 +22,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_rendezvous_with_another_program_on_the_port_times_out():
     with socket.socket() as other:  # a program that accepts connections but is no coordinator
         other.bind(("127.0.0.1", 0))
@@ -34,6 +35,7 @@ def test_rendezvous_with_another_program_on_the_port_times_out():
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_rendezvous_with_nobody_listening_is_one_line():
     # c10d logs every failed connection attempt with C++ frames; the command says it once, in one line
     done = subprocess.run([*RUN, "--input-size", "64", "64", "--rank", "1", "--master-port", str(_free_port())],
@@ -43,6 +45,7 @@ def test_rendezvous_with_nobody_listening_is_one_line():
     assert len(lines) == 1 and lines[0].startswith("jaxsplit run: error: rank 1: rendezvous at 127.0.0.1:"), done.stderr
 
 
+@pytest.mark.slow
 def test_ranks_with_different_configurations_say_what_differs():
     port = str(_free_port())
     rank0 = subprocess.Popen([*RUN, "--input-size", "64", "64", "--rank", "0", "--master-port", port], cwd=ROOT,

@@ -120,6 +120,7 @@ def test_overwrite_with_drawn_bad_values_keeps_the_old_run(tmp_path_factory, opt
     assert _tree(out) == before
 
 
+@pytest.mark.slow
 def test_overwrite_swaps_the_new_run_in_at_the_end(tmp_path, capsys, compilation_cache):
     out = tmp_path / "run"
     _old_run(out)
@@ -221,6 +222,7 @@ def test_two_resumes_started_together(tmp_path, compilation_cache):
 
 # ----------------------------------------------------------------------------- before the first checkpoint
 
+@pytest.mark.slow
 def test_a_run_stopped_before_its_first_checkpoint_resumes_or_is_told_how(tmp_path, capsys, compilation_cache):
     out = tmp_path / "run"
     assert cli.main(["train", *TINY, "--out", str(out)]) == 0

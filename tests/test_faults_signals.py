@@ -43,6 +43,7 @@ def _assert_clean(code: int, err: str, command: str) -> None:
 
 @pytest.mark.parametrize("after_s, sig", [(1.0, signal.SIGINT), (6.0, signal.SIGINT), (6.0, signal.SIGTERM),
                                           (20.0, signal.SIGINT)])
+@pytest.mark.slow
 def test_a_sweep_stopped_at_any_moment_exits_130_and_leaves_no_trial_running(tmp_path, after_s, sig):
     out = tmp_path / "sweep"
     proc = _start(["sweep", "--out", str(out), "--trials", "2", *SWEEP_TINY], tmp_path / "cache")

@@ -77,6 +77,7 @@ def _requests(env, params, rng, batch):
     return cluster, jnp.asarray(share, env.dtype), jnp.asarray(model, jnp.int32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [4, 8])
 def test_environment_exec_times_kernel_equals_arrays_under_nested_vmap(n):
     env, params = envs.make("alloc-v0", num_devices=n)
@@ -162,6 +163,7 @@ def test_bad_mode_names_the_variable(monkeypatch):
         kernels.mode()
 
 
+@pytest.mark.slow
 def test_build_is_cached_and_atomic(tmp_path, monkeypatch):
     monkeypatch.setenv("JAXSPLIT_CACHE", str(tmp_path))
     path = kernels.build()

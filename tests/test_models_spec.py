@@ -171,6 +171,7 @@ def _direct_exec_time(layers, cluster, share) -> float:
     return float(jnp.sum(jax.vmap(one)(arrays)))
 
 
+@pytest.mark.slow
 def test_bridge_spec_is_the_traced_table(net_file):
     torch = pytest.importorskip("torch")
     from jaxsplit.bridge import from_torch

@@ -100,6 +100,7 @@ def test_changing_one_default_changes_every_entry_point(monkeypatch):
     assert "(default: 3)" in _help(train_cmd.TrainArgs, "--eval-episodes")
 
 
+@pytest.mark.slow
 def test_envs_evaluate_reads_the_protocol(monkeypatch):
     """envs.evaluate and jaxsplit evaluate run the protocol's episodes: the same records."""
     set_default(monkeypatch, Protocol, "episodes", 2)

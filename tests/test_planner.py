@@ -318,6 +318,7 @@ def test_best_plan_does_not_retrace():
         chex.assert_tree_all_finite(out.latency)
 
 
+@pytest.mark.slow
 def test_models_of_one_graph_share_a_program():
     small, large = planner.Planner(zoo.get("vgg16", (160, 160))), planner.Planner(zoo.get("vgg16", (224, 224)))
     assert small.structure == large.structure

@@ -97,6 +97,7 @@ _max_rows = jax.jit(solvers.max_rows)
 _greedy = jax.jit(solvers.greedy_split)
 
 
+@pytest.mark.slow
 @settings(max_examples=300)
 @given(layer=small_layers(max_out=30), cluster=clusters(), data=st.data())
 def test_max_rows_is_the_most_rows_that_fit_the_budget(layer, cluster, data):
@@ -252,6 +253,7 @@ def test_max_rows_at_a_budget_equal_to_a_segments_time(dtype):
                 assert (got == m).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_exact_tells_near_ties_apart(dtype):
     """Two devices the same but for a few ulps to 1e-4 of one rate: splits whose latencies differ by a
@@ -370,6 +372,7 @@ def test_every_solver_is_registered_under_the_name_the_command_line_takes():
     assert solvers.HOST_SOLVERS == {"lp"} and solvers.get_solver("lp") is solvers.lp_split
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(solvers.SOLVERS))
 def test_every_solver_gives_valid_rows(name):
     rng = np.random.default_rng(5)
@@ -524,6 +527,7 @@ def test_batch_equals_per_instance_and_no_retrace():
     fn(la, cl, jnp.asarray(a))  # same shapes: no new trace (assert_max_traces raises otherwise)
 
 
+@pytest.mark.slow
 def test_local_coordinator_and_zero_share_never_nan():
     layer = Layer("conv", 3, 8, (3, 3), (1, 1), (1, 1, 1, 1), in_height=32, in_width=32)
     la, cl = as_arrays(layer, [1e9, 1e9, 1e9], [np.inf, 1e7, np.inf], [0.0, 1e-3, 0.0], jnp.float32)
@@ -649,6 +653,7 @@ def test_rebalance_is_edgeld_from_the_equal_split_to_its_fixed_point(layer, clus
     assert got.tolist() == rows.tolist() and int(got_moves) == moves
 
 
+@pytest.mark.slow
 def test_rebalance_never_needs_more_moves_than_rows():
     """The walk from the equal split stops on its own, well inside its bound of H_out * N moves: on
     random layers (up to 600 rows) and clusters of 2 to 8 devices up to 10^4x apart, with absent

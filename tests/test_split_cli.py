@@ -170,6 +170,7 @@ def test_large_json_lines_batch_equals_the_instances_solved_apart(big_batch, cap
         assert record["latency"] == pytest.approx(plan.latency, rel=1e-6), (name, k)
 
 
+@pytest.mark.slow
 def test_device_major_array_code_on_a_large_batch_equals_small_pieces():
     """The closed form's array path (the one off the CPU) in blocks equals it on pieces below a block."""
     import jax
