@@ -261,7 +261,8 @@ def part_main(args: argparse.Namespace, spec: EnvSpec, config: PPOConfig, pop_co
     print(json.dumps(r), flush=True)
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
+    """The command-line options (also those of the ``--part`` subprocesses)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few updates each; prints, does not record")
     parser.add_argument("--timesteps", type=int, default=None,
@@ -287,7 +288,12 @@ def main() -> None:
     parser.add_argument("--twin-envs", type=int, default=16, help="environments of the numpy-twin peer")
     parser.add_argument("--no-record", action="store_true", help="do not write RESULTS.md")
     parser.add_argument("--part", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def _resolve(args: argparse.Namespace) -> tuple[list[int], EnvSpec, PPOConfig, PPOConfig, PPOConfig]:
+    """Fill in the run lengths left unset in ``args`` (quick or full defaults); (population sizes, the
+    environment spec, the train defaults, the single agent's config, the populations' config)."""
     quick = args.quick
     args.pop_updates = args.pop_updates or (1 if quick else 3)
     agents_list = [int(a) for a in (args.agents or ("8" if quick else "8,64")).split(",") if a.strip() and int(a) > 0]
@@ -299,26 +305,30 @@ def main() -> None:
         args.sbx_timesteps = (1 if quick else 8) * base.batch_size
     if args.twin_timesteps is None:
         args.twin_timesteps = (1 if quick else 4) * args.twin_envs * base.num_steps
-    timesteps, eval_episodes = args.timesteps, args.eval_episodes
-    config = dataclasses.replace(base, total_timesteps=timesteps)
+    config = dataclasses.replace(base, total_timesteps=args.timesteps)
     config.validate()
     pop_config = dataclasses.replace(base, total_timesteps=args.pop_updates * base.batch_size)
-    if args.part:
-        part_main(args, spec, config, pop_config)
+    return agents_list, spec, base, config, pop_config
+
+
+def _require_peer(args: argparse.Namespace) -> None:
+    """Exit with the install hint when the peers are asked for and stable-baselines3 or torch is missing."""
+    if args.no_sb3:
         return
+    try:
+        import stable_baselines3  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as err:
+        sys.exit(f"the peer needs stable-baselines3 and torch ({err.name} is missing): "
+                 f"pip install -e '.[bench]' (or pass --no-sb3)")
 
-    if not args.no_sb3:
-        try:
-            import stable_baselines3  # noqa: F401
-            import torch  # noqa: F401
-        except ImportError as err:
-            sys.exit(f"the peer needs stable-baselines3 and torch ({err.name} is missing): "
-                     f"pip install -e '.[bench]' (or pass --no-sb3)")
 
-    load0 = os.getloadavg()
-    print(f"machine: {machine()}; load average {load0[0]:.2f}", flush=True)
+def _time_jax(args: argparse.Namespace, agents_list: list[int],
+              base: PPOConfig) -> tuple[list[dict[str, Any]], dict[str, Any], list[int]]:
+    """The single agent, then every population size, each in a process of its own; (rows, the single
+    agent's row, the population sizes whose run stalled)."""
     rows = []
-    single = run_part(args, "single", timeout_s=180 + timesteps / 2000)
+    single = run_part(args, "single", timeout_s=180 + args.timesteps / 2000)
     if single is None:
         raise SystemExit("the single-agent run stalled twice")
     rows.append(single)
@@ -334,10 +344,15 @@ def main() -> None:
         rows.append(r)
         print(f"jax {agents} agents: {r['updates']} updates each, compile {r['compile_s']:.1f} s, "
               f"{_fmt_rate(r['rate'])} steps/s", flush=True)
+    return rows, single, stalled
 
+
+def _train_peers(args: argparse.Namespace, config: PPOConfig,
+                 spec: EnvSpec) -> tuple[dict[str, Any] | None, dict[str, Any] | None, dict[str, Any] | None]:
+    """SB3 on the adapter, sbx on the adapter and SB3 on the numpy twin, those asked for; None for the others."""
     peer = None
     if not args.no_sb3:
-        peer = train_sb3(config, spec, timesteps, args.seed, args.torch_threads)
+        peer = train_sb3(config, spec, args.timesteps, args.seed, args.torch_threads)
         print(f"sb3: {peer['steps']} steps in {peer['run_s']:.1f} s, {_fmt_rate(peer['rate'])} steps/s", flush=True)
     sbx_peer = None
     if not args.no_sb3 and args.sbx_timesteps > 0:
@@ -351,22 +366,33 @@ def main() -> None:
                                          num_envs=args.twin_envs)
         print(f"sb3 on the numpy twin: {twin_peer['steps']} steps in {twin_peer['run_s']:.1f} s, "
               f"{_fmt_rate(twin_peer['steps_per_s'])} steps/s", flush=True)
+    return peer, sbx_peer, twin_peer
 
-    # final latency of both at equal environment steps, on the same episodes
+
+def _final_latency(args: argparse.Namespace, spec: EnvSpec, single: dict[str, Any],
+                   peer: dict[str, Any] | None) -> tuple[Any, dict[str, list[dict[str, Any]]]]:
+    """Final latency of the trained policies and best_constant at equal environment steps, on the same
+    episodes; (the unwrapped environment, policy name -> evaluation records per load)."""
     env, params = spec.base()  # SB3 and the baseline give the shares themselves
     evals = {"ppo (jaxsplit)": single["eval"]}
     if peer is not None:
         fn = sb3_policy_fn(peer["model"], peer["vecnorm"], env.num_devices)
-        evals["ppo (SB3)"] = evaluate(fn, env, params, EVAL_LOADS, episodes=eval_episodes,
+        evals["ppo (SB3)"] = evaluate(fn, env, params, EVAL_LOADS, episodes=args.eval_episodes,
                                       seed=args.seed + 7, name="ppo (SB3)")
 
-    evals["best_constant"] = evaluate("best_constant", env, params, EVAL_LOADS, episodes=eval_episodes,
+    evals["best_constant"] = evaluate("best_constant", env, params, EVAL_LOADS, episodes=args.eval_episodes,
                                       seed=args.seed + 7)
     for name, res in evals.items():
         print(name, " ".join(f"{r['load']:g}:{r['mean_latency_s']:.4f}" for r in res), flush=True)
-    load1 = os.getloadavg()
+    return env, evals
 
-    body = ["## PPO training throughput (`benchmarks/train_throughput.py`)", "",
+
+def _header(args: argparse.Namespace, spec: EnvSpec, config: PPOConfig, loads: tuple[tuple[float, ...], ...],
+            rows: list[dict[str, Any]]) -> list[str]:
+    """The section's heading, command, machine, load averages (start, end), settings and throughput
+    table head."""
+    load0, load1 = loads
+    return ["## PPO training throughput (`benchmarks/train_throughput.py`)", "",
             f"Command: `{command()}`  ",
             f"Machine: {machine()}  ",
             f"Load average (1 min) at start / end: {load0[0]:.2f} / {load1[0]:.2f} (shared machine)  ",
@@ -391,6 +417,12 @@ def main() -> None:
             "main process.", "",
             "| trainer | agents | updates per agent | env steps | compile (s) | run (s) | env steps/s | vs SB3 |",
             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+
+
+def _throughput_rows(args: argparse.Namespace, config: PPOConfig, rows: list[dict[str, Any]], stalled: list[int],
+                     peer: dict[str, Any] | None, sbx_peer: dict[str, Any] | None) -> list[str]:
+    """The throughput table's rows: the JAX runs, the stalled ones, SB3 and sbx."""
+    body = []
     for r in rows:
         ratio = f"{r['rate'] / peer['rate']:.1f}x" if peer else "-"
         trainer = "jit(train)" if r["agents"] == 1 else f"train_population (init={args.pop_init})"
@@ -409,16 +441,29 @@ def main() -> None:
         body.append(f"| sbx {sbx_peer['version']} PPO (JAX) on the Gymnasium vector adapter | 1 | "
                     f"{sbx_peer['steps'] // config.batch_size} | {sbx_peer['steps']:,} | - | {sbx_peer['run_s']:.1f} | "
                     f"{_fmt_rate(sbx_peer['rate'])} | {sbx_peer['rate'] / peer['rate']:.1f}x |")
-    body += ["", f"Final mean latency (s) after {timesteps:,} environment steps (one training seed each), "
-             f"deterministic policies evaluated by `jaxsplit.envs.evaluate` on the same {eval_episodes} "
-             f"episodes per load (randomised clusters, {env.requests} requests, first 10% left out), "
-             "+- 95% CI over episodes; best_constant (the strongest baseline, share searched per load) for "
-             "reference:", "",
-             "| policy | " + " | ".join(f"load {l:g}" for l in EVAL_LOADS) + " | mean over loads |",
-             "|---|" + "---:|" * (len(EVAL_LOADS) + 1)]
+    return body
+
+
+def _latency_lines(args: argparse.Namespace, env: Any, evals: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The final-latency table: mean latency (s) +- 95% CI per load and the mean over loads."""
+    body = ["", f"Final mean latency (s) after {args.timesteps:,} environment steps (one training seed each), "
+            f"deterministic policies evaluated by `jaxsplit.envs.evaluate` on the same {args.eval_episodes} "
+            f"episodes per load (randomised clusters, {env.requests} requests, first 10% left out), "
+            "+- 95% CI over episodes; best_constant (the strongest baseline, share searched per load) for "
+            "reference:", "",
+            "| policy | " + " | ".join(f"load {l:g}" for l in EVAL_LOADS) + " | mean over loads |",
+            "|---|" + "---:|" * (len(EVAL_LOADS) + 1)]
     for name, res in evals.items():
         cells = [f"{r['mean_latency_s']:.4f} +- {r['mean_latency_s_ci']:.4f}" for r in res]
         body.append(f"| {name} | " + " | ".join(cells) + f" | {np.mean([r['mean_latency_s'] for r in res]):.4f} |")
+    return body
+
+
+def _peer_lines(config: PPOConfig, rows: list[dict[str, Any]], single: dict[str, Any],
+                evals: dict[str, list[dict[str, Any]]], peer: dict[str, Any] | None,
+                sbx_peer: dict[str, Any] | None, twin_peer: dict[str, Any] | None) -> list[str]:
+    """The ratios to SB3 and sbx measured in this run, and the table against SB3 on the numpy twin."""
+    body: list[str] = []
     if peer:
         best_pop = max((r for r in rows if r["agents"] > 1), key=lambda r: r["rate"], default=single)
         jl = np.mean([r["mean_latency_s"] for r in evals["ppo (jaxsplit)"]])
@@ -445,13 +490,36 @@ def main() -> None:
                  f"{best_pop['rate'] / tp['steps_per_s']:,.0f}x |"]
         body += ["", "Its final latency at the JAX agent's step count would take hours to reach at this rate; the "
                  "SB3-on-the-adapter rows above (same algorithm, settings and dynamics) stand for it."]
+    return body
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    agents_list, spec, base, config, pop_config = _resolve(args)
+    if args.part:
+        part_main(args, spec, config, pop_config)
+        return
+    _require_peer(args)
+
+    load0 = os.getloadavg()
+    print(f"machine: {machine()}; load average {load0[0]:.2f}", flush=True)
+    rows, single, stalled = _time_jax(args, agents_list, base)
+    peer, sbx_peer, twin_peer = _train_peers(args, config, spec)
+    # final latency of both at equal environment steps, on the same episodes
+    env, evals = _final_latency(args, spec, single, peer)
+    load1 = os.getloadavg()
+
+    body = _header(args, spec, config, (load0, load1), rows)
+    body += _throughput_rows(args, config, rows, stalled, peer, sbx_peer)
+    body += _latency_lines(args, env, evals)
+    body += _peer_lines(config, rows, single, evals, peer, sbx_peer, twin_peer)
     if stalled:
         body += ["", f"Stalled: the population run(s) of {stalled} agents never finished in their process (every "
                  "XLA worker thread waiting; with init=vmap, the batched LAPACK QR of the network initialisation "
                  "deadlocks XLA's intra-op pool on a CPU with few cores, see agents/population.py); no figure."]
     text = "\n".join(body)
     print(text)
-    if quick or args.no_record:
+    if args.quick or args.no_record:
         return
     record("train_throughput", text)
 
