@@ -46,19 +46,10 @@ def per_instance_rate(fn, count: int) -> float:
     return count / (time.perf_counter() - t0)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small batches (a smoke run, not recorded)")
-    args = parser.parse_args()
-    load_before = load_average()
-    rng = np.random.default_rng(0)
-    sizes = [2**10, 2**14, 2**17] if args.quick else [2**10, 2**14, 2**17, 2**20]
-    devices = [2, 4, 8, 16]
-    lines = []
-
-    kernel = solvers.batched_solver("closed_form")  # the compiled kernel on the CPU when available
-    arrays = jax.jit(solvers.solve_device_major_arrays)  # the same rule as array code (any platform)
-    which = "compiled CPU kernel" if kernels.available() else "array code (kernel unavailable)"
+def closed_form_section(kernel, arrays, which: str, devices: list[int], sizes: list[int],
+                        rng: np.random.Generator) -> tuple[list[str], dict[tuple[int, int], float]]:
+    """The batched closed form (kernel, with the array code alongside) for every N and batch size;
+    (markdown lines, (N, batch) -> the kernel's layer-solves/s). Draws its instances from ``rng``."""
     print(f"closed form, batched jit ({which}; array code alongside):")
     table = ["| N | batch | compile (s) | steady (s) | layer-solves/s | array code (layer-solves/s) |",
              "|---|---|---|---|---|---|"]
@@ -73,10 +64,13 @@ def main() -> None:
             table.append(f"| {n} | {b} | {first:.2f} | {best:.4f} | {rate:,.0f} | {b / array_best:,.0f} |")
             print(f"  N={n:2d} B={b:8d} compile {first:6.2f}s  steady {best:8.4f}s  {rate:14,.0f}/s  "
                   f"(array code {b / array_best:14,.0f}/s)", flush=True)
-    lines += [f"### Closed form (batched, jitted; {which})", "", *table, ""]
+    return [f"### Closed form (batched, jitted; {which})", "", *table, ""], closed_rate
 
-    # The previous implementation (device axis last, vmapped), the present array code (device-major)
-    # and the compiled kernel, interleaved, on the same instances.
+
+def versions_section(kernel, arrays, devices: list[int]) -> list[str]:
+    """The previous implementation (device axis last, vmapped), the present array code (device-major)
+    and the compiled kernel, interleaved, on the same 2^17 instances per N, with a check that all three
+    give the same rows; markdown lines."""
     previous = jax.jit(functools.partial(solvers._chunked_vmap, jax.vmap(previous_closed_form().closed_form_split)))
     table = ["| N | batch | previous (layer-solves/s) | array code, device-major | compiled kernel | "
              "kernel / array code | same rows (all three) |", "|---|---|---|---|---|---|---|"]
@@ -94,10 +88,14 @@ def main() -> None:
                      f"{arr_t / ker_t:.1f}x | {same} |")
         print(f"  N={n:2d} previous {cmp_b / old_t:14,.0f}/s  array {cmp_b / arr_t:14,.0f}/s  "
               f"kernel {cmp_b / ker_t:14,.0f}/s  same rows: {same}", flush=True)
-    lines += ["### Previous implementation, array code and compiled kernel (same run, interleaved, best of 3)", "",
-              *table, ""]
+    return ["### Previous implementation, array code and compiled kernel (same run, interleaved, best of 3)", "",
+            *table, ""]
 
-    exact_b = 2**14 if args.quick else 2**16
+
+def exact_section(quick: bool, rng: np.random.Generator) -> tuple[list[str], dict[tuple[str, int], float]]:
+    """The jitted exact solver and EdgeLD-style rebalancing at N = 4 and 8; (markdown lines,
+    (solver, N) -> layer-solves/s). Draws its instances from ``rng``."""
+    exact_b = 2**14 if quick else 2**16
     table = ["| solver | N | batch | compile (s) | steady (s) | layer-solves/s |", "|---|---|---|---|---|---|"]
     jit_rates = {}
     for name in ("exact", "rebalance"):
@@ -107,22 +105,25 @@ def main() -> None:
             jit_rates[(name, n)] = exact_b / best
             table.append(f"| {name} | {n} | {exact_b} | {first:.2f} | {best:.4f} | {exact_b / best:,.0f} |")
             print(f"  {name} N={n} {exact_b / best:,.0f}/s (compile {first:.2f}s)", flush=True)
-    lines += ["### Exact and EdgeLD-style rebalancing (batched, jitted)", "", *table, ""]
+    return ["### Exact and EdgeLD-style rebalancing (batched, jitted)", "", *table, ""], jit_rates
 
-    # Peers, one instance at a time, N = 8, on the same kind of instances.
-    n, count = 8, 300 if args.quick else 2000
+
+def peers_section(quick: bool, rng: np.random.Generator, ours: float,
+                  jit_rates: dict[tuple[str, int], float]) -> list[str]:
+    """The peers one instance at a time at N = 8 (numpy closed form, scipy LP) against ``ours``, the
+    batched closed form's layer-solves/s; markdown lines. Draws the numpy peer's instances from ``rng``."""
+    n, count = 8, 300 if quick else 2000
     layers = [sampling.random_layer(rng) for _ in range(count)]
     clusters = [sampling.random_cluster(rng, n) for _ in range(count)]
     np_rate = per_instance_rate(
         lambda i: reference.closed_form(layers[i], list(zip(*clusters[i][:3])), clusters[i][3]), count)
     la, cl, share, _ = sampling.random_batch(np.random.default_rng(1), 200, n)
-    lp_count = 100 if args.quick else 200
+    lp_count = 100 if quick else 200
     lp_rate = per_instance_rate(
         lambda i: solvers.lp_split(jax.tree.map(lambda x: x[i], la), jax.tree.map(lambda x: x[i], cl), share[i]),
         lp_count)
-    ours = closed_rate[(8, sizes[-1])]
     print(f"  numpy closed form per instance: {np_rate:,.0f}/s; scipy LP: {lp_rate:,.1f}/s", flush=True)
-    lines += [
+    return [
         "### Peers at N = 8 (one instance at a time, same run)", "",
         "| solver | layer-solves/s | batched closed form / peer |", "|---|---|---|",
         f"| numpy closed form (per instance) | {np_rate:,.0f} | {ours / np_rate:,.0f}x |",
@@ -132,8 +133,11 @@ def main() -> None:
         f"{ours / jit_rates[('rebalance', 8)]:,.1f}x |", "",
     ]
 
-    # Optimality gap over random layers.
-    gap_b = 2000 if args.quick else 10_000
+
+def gap_section(quick: bool) -> list[str]:
+    """The closed form's (plain and refined) latency gap to the exact optimum over random layers at
+    N = 4 and 8: median, p99, max; markdown lines."""
+    gap_b = 2000 if quick else 10_000
     table = ["| N | solver | median gap | p99 gap | max gap |", "|---|---|---|---|---|"]
     lat = jax.jit(jax.vmap(layer_latency))
     for n in (4, 8):
@@ -145,7 +149,27 @@ def main() -> None:
             gap = np.asarray(lat(la, cl, share, rows), np.float64) / exact - 1
             table.append(f"| {n} | {name} | {np.median(gap):.2%} | {np.quantile(gap, 0.99):.2%} | {gap.max():.2%} |")
             print(f"  gap N={n} {name}: median {np.median(gap):.3%} p99 {np.quantile(gap, .99):.3%} max {gap.max():.3%}")
-    lines += [f"### Closed form's gap to the exact optimum ({gap_b} random layers)", "", *table, ""]
+    return [f"### Closed form's gap to the exact optimum ({gap_b} random layers)", "", *table, ""]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small batches (a smoke run, not recorded)")
+    args = parser.parse_args()
+    load_before = load_average()
+    rng = np.random.default_rng(0)  # one stream for the sections below, drawn in this order
+    sizes = [2**10, 2**14, 2**17] if args.quick else [2**10, 2**14, 2**17, 2**20]
+    devices = [2, 4, 8, 16]
+
+    kernel = solvers.batched_solver("closed_form")  # the compiled kernel on the CPU when available
+    arrays = jax.jit(solvers.solve_device_major_arrays)  # the same rule as array code (any platform)
+    which = "compiled CPU kernel" if kernels.available() else "array code (kernel unavailable)"
+    lines, closed_rate = closed_form_section(kernel, arrays, which, devices, sizes, rng)
+    lines += versions_section(kernel, arrays, devices)
+    exact_lines, jit_rates = exact_section(args.quick, rng)
+    lines += exact_lines
+    lines += peers_section(args.quick, rng, closed_rate[(8, sizes[-1])], jit_rates)
+    lines += gap_section(args.quick)
 
     body = "\n".join([
         "## Split-solver throughput (benchmarks/split_throughput.py)", "",
