@@ -178,7 +178,8 @@ def plot(panels: list[tuple[str, dict, dict]], loads, path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
+    """The command-line options."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=5, help="PPO agents (seeds) per setting")
     ap.add_argument("--timesteps", type=int, default=None,
@@ -199,7 +200,11 @@ def main() -> None:
     ap.add_argument("--reuse-agents", action="store_true",
                     help="evaluate the agents kept by an earlier run of the same size instead of training")
     ap.add_argument("--quick", action="store_true", help="2 seeds, 200k steps, no RESULTS.md update")
-    args = ap.parse_args()
+    return ap
+
+
+def _resolve(args: argparse.Namespace) -> tuple[list[float], int, int, str, int]:
+    """(loads, environment steps per agent, epochs, file stem, seeds) from ``args``, checked."""
     loads = [float(x) for x in args.loads.split(",")]
     timesteps = args.timesteps or PPOConfig().total_timesteps
     epochs = args.update_epochs or PPOConfig().update_epochs
@@ -211,56 +216,63 @@ def main() -> None:
         raise SystemExit("--seeds must be at least 2 for a confidence interval")
     if args.tag is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", args.tag):
         raise SystemExit(f"--tag must be letters, digits, '-' or '_' (it names a file and a section), got {args.tag!r}")
+    return loads, timesteps, epochs, stem, seeds
 
-    settings = {}
-    for split in ("closed_form",) + (() if args.no_ablation else ("equal",)):
-        spec, ppo_config = settings_of(split, timesteps, epochs)
-        config = {"env": spec.to_json(), "ppo": ppo_config.to_json()}
-        digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
-        saved = Path(args.agents) / f"ppo_agents_{split}_{seeds}x{timesteps}_{digest}.pkl"  # the config's own file
-        if args.reuse_agents and saved.exists():
-            with open(saved, "rb") as fh:
-                trainer_args, runners, seconds = pickle.load(fh)
-            trainer = make_trainer(**trainer_args).trainer
-            print(f"reusing the {seeds} agents of {saved} (trained in {seconds:.0f} s)", flush=True)
-        else:
-            print(f"training {seeds} agents, split {split}, {timesteps:,} steps each ...", flush=True)
-            trainer, runners, seconds = train_agents(split, seeds, timesteps, epochs)
-            print(f"  trained in {seconds:.0f} s ({seeds * timesteps / seconds:,.0f} env-steps/s)", flush=True)
-            saved.parent.mkdir(parents=True, exist_ok=True)
-            with open(saved, "wb") as fh:
-                pickle.dump((dict(split=split, timesteps=timesteps, update_epochs=epochs), runners, seconds), fh)
-        settings[split] = (trainer, runners, seconds)
 
-    trainer, runners, train_s = settings["closed_form"]
+def _agents_of(args: argparse.Namespace, split: str, seeds: int, timesteps: int, epochs: int):
+    """The ``seeds`` agents of one split rule, trained (and kept under ``--agents``) or, with
+    ``--reuse-agents``, read from the file of the same configuration; (trainer, runners, seconds)."""
+    spec, ppo_config = settings_of(split, timesteps, epochs)
+    config = {"env": spec.to_json(), "ppo": ppo_config.to_json()}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
+    saved = Path(args.agents) / f"ppo_agents_{split}_{seeds}x{timesteps}_{digest}.pkl"  # the config's own file
+    if args.reuse_agents and saved.exists():
+        with open(saved, "rb") as fh:
+            trainer_args, runners, seconds = pickle.load(fh)
+        trainer = make_trainer(**trainer_args).trainer
+        print(f"reusing the {seeds} agents of {saved} (trained in {seconds:.0f} s)", flush=True)
+    else:
+        print(f"training {seeds} agents, split {split}, {timesteps:,} steps each ...", flush=True)
+        trainer, runners, seconds = train_agents(split, seeds, timesteps, epochs)
+        print(f"  trained in {seconds:.0f} s ({seeds * timesteps / seconds:,.0f} env-steps/s)", flush=True)
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        with open(saved, "wb") as fh:
+            pickle.dump((dict(split=split, timesteps=timesteps, update_epochs=epochs), runners, seconds), fh)
+    return trainer, runners, seconds
+
+
+def _evaluate_settings(args: argparse.Namespace, trainer, runners, loads: list[float],
+                       seeds: int) -> dict[str, tuple[dict, dict]]:
+    """The agents and every baseline on the randomised clusters and on the fixed cluster;
+    label -> (PPO records per load, baseline -> records per load)."""
     env, params = trainer.env, trainer.env_params
     fixed_params = env.default_params(cluster=load_cluster(args.cluster))
-
     results = {}
     for label, p in (("randomised clusters", params), (f"fixed cluster {Path(args.cluster).name}", fixed_params)):
         print(f"evaluating on {label} ...", flush=True)
         ppo = evaluate_agents(trainer, runners, p, loads, args.episodes * seeds)
         print(f"  {'ppo':14s} " + "  ".join(f"{l}: {ppo[l]['mean_latency_s']:.4g}" for l in loads), flush=True)
         results[label] = (ppo, evaluate_baselines(env, p, loads, seeds, args.episodes))
+    return results
 
-    raw = {label: {"ppo": ppo, "baselines": baselines} for label, (ppo, baselines) in results.items()}
-    if not args.quick:  # the raw figures, kept even if a later step fails
-        (HERE / f"{stem}.json").write_text(json.dumps(raw, indent=1) + "\n")
 
-    ablation = None
-    if "equal" in settings:
-        eq_trainer, eq_runners, eq_s = settings["equal"]
-        print("evaluating the equal-split ablation ...", flush=True)
-        eq_ppo = evaluate_agents(eq_trainer, eq_runners, eq_trainer.env_params, loads, args.episodes * seeds)
-        eq_best = evaluate(policies_mod.get("constant", eq_trainer.env, c=0.5), eq_trainer.env, eq_trainer.env_params,
-                           loads, episodes=args.episodes * seeds, seed=1000, name="constant_0.5")
-        ablation = (eq_ppo, {r["load"]: r for r in eq_best}, eq_s)
+def _evaluate_ablation(args: argparse.Namespace, setting: tuple, loads: list[float],
+                       seeds: int) -> tuple[dict, dict, float]:
+    """The equal-split agents and constant 0.5 in the equal-split environment; (PPO records per load,
+    constant records per load, training seconds)."""
+    eq_trainer, eq_runners, eq_s = setting
+    print("evaluating the equal-split ablation ...", flush=True)
+    eq_ppo = evaluate_agents(eq_trainer, eq_runners, eq_trainer.env_params, loads, args.episodes * seeds)
+    eq_best = evaluate(policies_mod.get("constant", eq_trainer.env, c=0.5), eq_trainer.env, eq_trainer.env_params,
+                       loads, episodes=args.episodes * seeds, seed=1000, name="constant_0.5")
+    return eq_ppo, {r["load"]: r for r in eq_best}, eq_s
 
+
+def _tables(results: dict[str, tuple[dict, dict]], ablation: tuple | None, loads: list[float]) -> str:
+    """One table per setting (with its comparison to the best baseline), then the ablation's table."""
     sections = []
-    verdict_all = {}
     for label, (ppo, baselines) in results.items():
-        text, verdicts = table(ppo, baselines, loads)
-        verdict_all[label] = verdicts
+        text, _ = table(ppo, baselines, loads)
         sections.append(f"#### {label}\n\n{text}")
     body = "\n".join(sections)
     if ablation is not None:
@@ -274,12 +286,12 @@ def main() -> None:
                         f"{eq_const[l]['mean_latency_s']:.4g} |")
         body += ("\n#### Ablation: the equal split inside the environment (randomised clusters)\n\n"
                  + "\n".join(rows) + "\n")
-    print(body)
-    if args.quick:
-        print("(quick run: RESULTS.md not updated)")
-        return
-    png = HERE / f"{stem}.png"
-    plot([(label, ppo, baselines) for label, (ppo, baselines) in results.items()], loads, png)
+    return body
+
+
+def _header(args: argparse.Namespace, seeds: int, timesteps: int, epochs: int, train_s: float, requests: int,
+            png: Path) -> str:
+    """The recorded section's heading and its paragraph on the training and evaluation settings."""
     spec, cfg = settings_of("closed_form", timesteps, epochs)
     defaults = PPOConfig()
     changed = [f"--{name.replace('_', '-')} {value}" for name, value, default in
@@ -289,15 +301,38 @@ def main() -> None:
              f"the `jaxsplit train` configuration with {' '.join(changed)}")
     levels = (f"the (cap, floor) pairs of the levels {', '.join(f'{v:.3g}' for v in spec.pair_levels)}"
               if spec.action == "clip_pairs" and spec.pair_levels else f"share levels {spec.share_levels}")
-    header = (f"### PPO against the baselines{f' ({args.tag})' if args.tag else ''}\n\n`{command()}` (rev {git_revision()}) on {machine()}.\n\n"
-              f"{seeds} seeds x {timesteps:,} environment steps each, trained one after the other ({which}: "
-              f"{cfg.num_envs} envs x {cfg.num_steps} steps per update, {cfg.update_epochs} epochs x "
-              f"{cfg.num_minibatches} minibatches, lr {cfg.lr}, gamma {cfg.gamma}, entropy "
-              f"{cfg.ent_coef}, action {spec.action!r}, {spec.distribution} over {levels}, "
-              f"environment {spec.env} with {dict(spec.overrides())}); training took {train_s:.0f} s for all seeds. Evaluation: the same "
-              f"{args.episodes * seeds} episodes of {env.requests} requests for every policy and load (10% warm-up left out), deterministic policy. "
-              f"Mean latency in seconds, +- the 95% interval (PPO: t over seeds; baselines: over episodes). "
-              f"Plot: [{png.name}]({png.name}).\n\n")
+    return (f"### PPO against the baselines{f' ({args.tag})' if args.tag else ''}\n\n`{command()}` (rev {git_revision()}) on {machine()}.\n\n"
+            f"{seeds} seeds x {timesteps:,} environment steps each, trained one after the other ({which}: "
+            f"{cfg.num_envs} envs x {cfg.num_steps} steps per update, {cfg.update_epochs} epochs x "
+            f"{cfg.num_minibatches} minibatches, lr {cfg.lr}, gamma {cfg.gamma}, entropy "
+            f"{cfg.ent_coef}, action {spec.action!r}, {spec.distribution} over {levels}, "
+            f"environment {spec.env} with {dict(spec.overrides())}); training took {train_s:.0f} s for all seeds. Evaluation: the same "
+            f"{args.episodes * seeds} episodes of {requests} requests for every policy and load (10% warm-up left out), deterministic policy. "
+            f"Mean latency in seconds, +- the 95% interval (PPO: t over seeds; baselines: over episodes). "
+            f"Plot: [{png.name}]({png.name}).\n\n")
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    loads, timesteps, epochs, stem, seeds = _resolve(args)
+    settings = {split: _agents_of(args, split, seeds, timesteps, epochs)
+                for split in ("closed_form",) + (() if args.no_ablation else ("equal",))}
+
+    trainer, runners, train_s = settings["closed_form"]
+    results = _evaluate_settings(args, trainer, runners, loads, seeds)
+    raw = {label: {"ppo": ppo, "baselines": baselines} for label, (ppo, baselines) in results.items()}
+    if not args.quick:  # the raw figures, kept even if a later step fails
+        (HERE / f"{stem}.json").write_text(json.dumps(raw, indent=1) + "\n")
+    ablation = _evaluate_ablation(args, settings["equal"], loads, seeds) if "equal" in settings else None
+
+    body = _tables(results, ablation, loads)
+    print(body)
+    if args.quick:
+        print("(quick run: RESULTS.md not updated)")
+        return
+    png = HERE / f"{stem}.png"
+    plot([(label, ppo, baselines) for label, (ppo, baselines) in results.items()], loads, png)
+    header = _header(args, seeds, timesteps, epochs, train_s, trainer.env.requests, png)
     record("ppo-results" + (f"-{args.tag}" if args.tag else ""), header + body)
     print(f"recorded in {HERE / 'RESULTS.md'}")
 
