@@ -88,34 +88,50 @@ def _ci(d: np.ndarray) -> float:
     return float(1.96 * np.std(d, ddof=1) / np.sqrt(len(d)))
 
 
-def main() -> None:
+#: the candidate families, in the order of their kind (``theta[:, 0]`` of :func:`candidates`).
+FAMILIES = ["constant", "idle_busy", "free_clip", "free_clip_fast"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The command-line options."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--loads", default="0.9,1.2")
     ap.add_argument("--search-episodes", type=int, default=32)
     ap.add_argument("--eval-episodes", type=int, default=64)
     ap.add_argument("--chunk", type=int, default=128, help="candidates per vmapped call (memory)")
     ap.add_argument("--quick", action="store_true", help="4 + 8 episodes, no RESULTS.md update")
-    args = ap.parse_args()
-    loads = [float(x) for x in args.loads.split(",")]
-    search_eps, eval_eps = (4, 8) if args.quick else (args.search_episodes, args.eval_episodes)
-    env, params = envs.make("alloc-v0")
-    n = env.num_devices
-    theta, names = candidates()
-    act = make_act(n)
-    warm = int(0.1 * env.requests)
-    t0 = time.perf_counter()
+    return ap
+
+
+def _search(env, params, act, theta: np.ndarray, loads: list[float], episodes: int, chunk: int,
+            warm: int) -> np.ndarray:
+    """Mean latency (s) of every candidate on the search episodes, ``chunk`` candidates per vmapped
+    call; (G, loads)."""
     scores = []
-    for i in range(0, len(theta), args.chunk):
-        recs = run_episodes(env, params, act, loads, search_eps, 777, aux=jnp.asarray(theta[i:i + args.chunk]))
+    for i in range(0, len(theta), chunk):
+        recs = run_episodes(env, params, act, loads, episodes, 777, aux=jnp.asarray(theta[i:i + chunk]))
         scores.append(episode_metrics(recs, warm)["mean_latency_s"].mean(-1))  # (g, loads)
-    search = np.concatenate(scores)  # (G, loads)
+    return np.concatenate(scores)
+
+
+def _held_out(env, params, act, theta: np.ndarray, search: np.ndarray, loads: list[float], episodes: int,
+              warm: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The best rule and the best constant of each load (on the search episodes), both run on the
+    held-out episodes; (best rule index (loads,), best constant index (loads,), latencies (s)
+    (2 * loads, loads, episodes): the rules first, then the constants)."""
     const = np.flatnonzero(theta[:, 0] == 0)
     best_rule = np.argmin(search, axis=0)
     best_const = const[np.argmin(search[const], axis=0)]
     chosen = np.concatenate([theta[best_rule], theta[best_const]])
-    final = episode_metrics(run_episodes(env, params, act, loads, eval_eps, 1000, aux=jnp.asarray(chosen)),
+    final = episode_metrics(run_episodes(env, params, act, loads, episodes, 1000, aux=jnp.asarray(chosen)),
                             warm)["mean_latency_s"]  # (2 * loads, loads, episodes)
-    seconds = time.perf_counter() - t0
+    return best_rule, best_const, final
+
+
+def _gain_table(names: list[str], search: np.ndarray, loads: list[float], best_rule: np.ndarray,
+                best_const: np.ndarray, final: np.ndarray) -> tuple[list[str], list[float]]:
+    """The best rule against the best constant, searched and held out, per load; (markdown lines,
+    held-out gains as fractions)."""
     k = len(loads)
     lines = ["| rho | best rule (searched) | its latency (s) | best constant (searched) | its latency (s) | "
              "gain on search episodes | held-out: rule (s) | held-out: constant (s) | held-out gain (95% CI) |",
@@ -130,22 +146,32 @@ def main() -> None:
         lines.append(f"| {rho:g} | {names[r]} | {search[r, j]:.4f} | {names[c]} | {search[c, j]:.4f} | "
                      f"{100 * (1 - search[r, j] / search[c, j]):.1f}% | {lr.mean():.4f} | {lc.mean():.4f} | "
                      f"{100 * gain:.1f}% (+- {100 * _ci(rel):.1f}) |")
-    # the best candidate of each family (search episodes), to see which idea carries the gain
-    families = ["constant", "idle_busy", "free_clip", "free_clip_fast"]
-    fam = ["| rho | " + " | ".join(f"best {f}" for f in families) + " |", "|---:|" + "---|" * len(families)]
+    return lines, gains
+
+
+def _family_table(theta: np.ndarray, names: list[str], search: np.ndarray, loads: list[float]) -> list[str]:
+    """The best candidate of each family on the search episodes, to see which idea carries the gain."""
+    fam = ["| rho | " + " | ".join(f"best {f}" for f in FAMILIES) + " |", "|---:|" + "---|" * len(FAMILIES)]
     for j, rho in enumerate(loads):
         cells = []
-        for kind in range(len(families)):
+        for kind in range(len(FAMILIES)):
             idx = np.flatnonzero(theta[:, 0] == kind)
             b = idx[np.argmin(search[idx, j])]
             cells.append(f"{names[b]}: {search[b, j]:.4f} s")
         fam.append(f"| {rho:g} | " + " | ".join(cells) + " |")
-    # The rules PPO's default action (clip_pairs over the `jaxsplit train` pair levels) can express,
-    # every one of them on the held-out episodes: how far the trained policy could get with a fixed rule.
+    return fam
+
+
+def _clip_pairs_reach(env, params, act, loads: list[float], episodes: int, warm: int,
+                      final: np.ndarray) -> tuple[tuple[float, ...], np.ndarray, list[str]]:
+    """Every rule PPO's default action (clip_pairs over the `jaxsplit train` pair levels) can express,
+    on the held-out episodes: how far the trained policy could get with a fixed rule; (the levels, the
+    (cap, floor) pairs, markdown lines)."""
+    k = len(loads)
     levels = envs.EnvSpec().pair_levels
     pairs = np.asarray(clip_pairs(levels))
     pair_theta = np.array([[2.0, floor, cap, 0.0] for cap, floor in pairs], np.float32)
-    pair_lat = episode_metrics(run_episodes(env, params, act, loads, eval_eps, 1000, aux=jnp.asarray(pair_theta)),
+    pair_lat = episode_metrics(run_episodes(env, params, act, loads, episodes, 1000, aux=jnp.asarray(pair_theta)),
                                warm)["mean_latency_s"].mean(-1)  # (pairs, loads)
     reach = ["| rho | best clip_pairs rule (held-out) | its latency (s) | held-out best constant (s) | gain |",
              "|---:|---|---:|---:|---:|"]
@@ -155,6 +181,24 @@ def main() -> None:
         lc = final[k + j, j].mean()
         reach.append(f"| {rho:g} | free_clip({floor:.3g}, {cap:.3g}) | {pair_lat[b, j]:.4f} | {lc:.4f} | "
                      f"{100 * (1 - pair_lat[b, j] / lc):.1f}% |")
+    return levels, pairs, reach
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    loads = [float(x) for x in args.loads.split(",")]
+    search_eps, eval_eps = (4, 8) if args.quick else (args.search_episodes, args.eval_episodes)
+    env, params = envs.make("alloc-v0")
+    theta, names = candidates()
+    act = make_act(env.num_devices)
+    warm = int(0.1 * env.requests)
+    t0 = time.perf_counter()
+    search = _search(env, params, act, theta, loads, search_eps, args.chunk, warm)  # (G, loads)
+    best_rule, best_const, final = _held_out(env, params, act, theta, search, loads, eval_eps, warm)
+    seconds = time.perf_counter() - t0
+    lines, gains = _gain_table(names, search, loads, best_rule, best_const, final)
+    fam = _family_table(theta, names, search, loads)
+    levels, pairs, reach = _clip_pairs_reach(env, params, act, loads, eval_eps, warm, final)
     verdict = ("reaches" if min(gains) >= 0.10 else "does not reach")
     note = ("free_clip_fast leaves devices out, so the cluster it uses has less capacity than the offered load "
             "assumes (rho is relative to the whole cluster) and its queue grows.")
@@ -162,7 +206,7 @@ def main() -> None:
         "### Queue-aware rules against the best constant share (`benchmarks/queue_aware_search.py`)", "",
         f"Command: `{command()}`  ", f"Machine: {machine()}; load average {load_average()}  ",
         f"Revision: {git_revision()}; {seconds:.0f} s", "",
-        f"{len(theta)} observation-only rules ({', '.join(families)}; shares from "
+        f"{len(theta)} observation-only rules ({', '.join(FAMILIES)}; shares from "
         f"{', '.join(f'{s:.3g}' for s in SHARES)}) on the same {search_eps} search episodes per load "
         f"(alloc-v0, randomised clusters, {env.requests} requests, first 10% left out); the best rule and the "
         f"best constant of each load then on {eval_eps} held-out episodes (same episodes for both; the interval "
