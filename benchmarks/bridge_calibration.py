@@ -88,7 +88,8 @@ def _pct(x: float) -> str:
     return f"{x:.0%}"
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
+    """The command-line options."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=224, help="input height and width")
     ap.add_argument("--repeats", type=int, default=7, help="timed requests per configuration (medians)")
@@ -99,63 +100,71 @@ def main() -> None:
                     help="measure every configuration this many times, one after the other (the load of other "
                          "jobs changes between runs)")
     ap.add_argument("--dump", type=str, default="", help="also write every per-layer figure to this JSON file")
-    args = ap.parse_args()
+    return ap
 
-    load_before = os.getloadavg()
-    t_start = time.time()
-    table, detail, pieces, dump, goal = [], [], [], [], []
-    configs = [(run, model, n) for run in range(1, args.runs + 1) for model in args.models for n in args.processes]
-    for run, model, n in configs:
-            t0 = time.time()
-            r = one(model, n, args.size, args.repeats, args.timeout)
-            es, ed, ek = r["err_single"], r["err_dedicated"], r["err_kinds"]
-            rq = r["request_meas"]
-            req = [r["request_single"], r["request_dedicated"], r["request_kinds"]]
-            table.append(
-                f"| {run} | {model} | {n} | {' / '.join(_pct(np.median(e)) for e in (es, ed, ek))} | "
-                f"{' / '.join(_pct(np.percentile(e, 90)) for e in (es, ed, ek))} | {rq * 1e3:.1f} | "
-                f"{' / '.join(f'{p * 1e3:.1f}' for p in req)} | "
-                f"{' / '.join(_pct(abs(p - rq) / rq) for p in req)} | "
-                f"{r['spread'].sum(axis=1).min() * 1e3:.0f}-{r['spread'].sum(axis=1).max() * 1e3:.0f} | {r['load']:.1f} |")
-            print(table[-1], f"({time.time() - t0:.0f} s)", flush=True)
-            cls = np.array(r["classes"])
-            by_class = ", ".join(f"{c} {_pct(np.median(es[cls == c]))} -> {_pct(np.median(ek[cls == c]))}"
-                                 for c in dict.fromkeys(r["classes"]))
-            share = ("alone " + ", ".join(f"{a:.2f}/{g * 1e3:.0f}" for a, g in r["core_share_alone"]) + "; "
-                     + "; ".join(f"ranks 0..{k}: " + ", ".join(f"{a:.2f}/{g * 1e3:.0f}" for a, g in s)
-                                 for k, s in enumerate(r["core_share"]) if k))
-            pieces.append(
-                f"| {run} | {model} | {n} | {_pct(np.median(r['piece_err']))} | {_pct(np.percentile(r['piece_err'], 90))} | "
-                f"{np.median(r['piece_stretch']):.2f} | {np.percentile(r['piece_stretch'], 90):.2f} | {share} | "
-                f"{', '.join(f'{f / 1e9:.0f}' for f in r['flops'])} | "
-                f"{', '.join(f'{b / 1e9:.2g}' for b in r['bandwidth'][1:])} | "
-                f"{', '.join(f'{t * 1e3:.2f}' for t in r['latency'][1:])} | "
-                f"{', '.join('/'.join(f'{y * 1e3:.1f}' for _, y in p) for p in r['pings'][1:])} | {r['max_error']:.1e} |")
-            c0 = np.asarray(r["coef"])[0]
-            from jaxsplit.bridge.calibration import CLASSES
 
-            fitted = ", ".join(f"{c}: {c0[k, 0] * 1e6:.0f} us/call" + (f", {1e-9 / c0[k, 1]:.3g} GFLOP/s" if c0[k, 1] > 0 else "")
-                               for k, c in enumerate(CLASSES))
-            worst = np.argsort(-ek)[:3]
-            spread = np.median(np.abs(r["spread"] - r["meas"]) / r["meas"])
-            split = (np.asarray(r["rows"]) > 0).sum(axis=1) > 1
-            goal.append((run, model, n, float(np.median(ek))))
-            detail.append(f"run {run}, {model} N={n}: median error by layer class (single rate -> per class): {by_class}; "
-                          f"median deviation of one request's layer time from the median over the requests "
-                          f"{_pct(spread)}; median error (per class + sharing) of the {int((~split).sum())} layers computed by one "
-                          f"device {_pct(np.median(ek[~split]))}, of the {int(split.sum())} split layers "
-                          f"{_pct(np.median(ek[split])) if split.any() else '-'}; with the links and core shares measured again after "
-                          f"the requests (latency ms {', '.join(f'{t * 1e3:.2f}' for t in r['after']['latency'][1:])}, "
-                          f"shares of all ranks at once {', '.join(f'{a:.2f}' for a, _ in r['after']['core_share'][-1])}) "
-                          f"the median error would be {_pct(np.median(r['err_after']))}; fitted costs of rank 0 ({fitted}); worst layers (per class + sharing): " + "; ".join(
-                              f"{r['names'][i]} ({r['classes'][i]}, rows {'/'.join(map(str, r['rows'][i]))}): "
-                              f"measured {r['meas'][i] * 1e3:.2f} ms, predicted {r['kinds'][i] * 1e3:.2f} ms"
-                              for i in worst))
-            dump.append({k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()})
-    if args.dump:
-        Path(args.dump).write_text(json.dumps(dump, default=float))
-    load_after = os.getloadavg()
-    body = "\n".join([
+def _layer_row(run: int, model: str, n: int, r: dict) -> str:
+    """The first table's row of one configuration: layer and request errors of the three predictions."""
+    es, ed, ek = r["err_single"], r["err_dedicated"], r["err_kinds"]
+    rq = r["request_meas"]
+    req = [r["request_single"], r["request_dedicated"], r["request_kinds"]]
+    return (f"| {run} | {model} | {n} | {' / '.join(_pct(np.median(e)) for e in (es, ed, ek))} | "
+            f"{' / '.join(_pct(np.percentile(e, 90)) for e in (es, ed, ek))} | {rq * 1e3:.1f} | "
+            f"{' / '.join(f'{p * 1e3:.1f}' for p in req)} | "
+            f"{' / '.join(_pct(abs(p - rq) / rq) for p in req)} | "
+            f"{r['spread'].sum(axis=1).min() * 1e3:.0f}-{r['spread'].sum(axis=1).max() * 1e3:.0f} | {r['load']:.1f} |")
+
+
+def _piece_row(run: int, model: str, n: int, r: dict) -> str:
+    """The second table's row of one configuration: piece CPU-time errors, stretch, core shares (slices
+    in ms) and the fitted MODEL.md parameters."""
+    share = ("alone " + ", ".join(f"{a:.2f}/{g * 1e3:.0f}" for a, g in r["core_share_alone"]) + "; "
+             + "; ".join(f"ranks 0..{k}: " + ", ".join(f"{a:.2f}/{g * 1e3:.0f}" for a, g in s)
+                         for k, s in enumerate(r["core_share"]) if k))
+    return (f"| {run} | {model} | {n} | {_pct(np.median(r['piece_err']))} | {_pct(np.percentile(r['piece_err'], 90))} | "
+            f"{np.median(r['piece_stretch']):.2f} | {np.percentile(r['piece_stretch'], 90):.2f} | {share} | "
+            f"{', '.join(f'{f / 1e9:.0f}' for f in r['flops'])} | "
+            f"{', '.join(f'{b / 1e9:.2g}' for b in r['bandwidth'][1:])} | "
+            f"{', '.join(f'{t * 1e3:.2f}' for t in r['latency'][1:])} | "
+            f"{', '.join('/'.join(f'{y * 1e3:.1f}' for _, y in p) for p in r['pings'][1:])} | {r['max_error']:.1e} |")
+
+
+def _detail(run: int, model: str, n: int, r: dict) -> str:
+    """One configuration's list item: errors by layer class, the request-to-request spread, single
+    against split layers, the error with the machine measured again, rank 0's fitted costs and the
+    worst layers."""
+    from jaxsplit.bridge.calibration import CLASSES
+
+    es, ek = r["err_single"], r["err_kinds"]
+    cls = np.array(r["classes"])
+    by_class = ", ".join(f"{c} {_pct(np.median(es[cls == c]))} -> {_pct(np.median(ek[cls == c]))}"
+                         for c in dict.fromkeys(r["classes"]))
+    c0 = np.asarray(r["coef"])[0]
+    fitted = ", ".join(f"{c}: {c0[k, 0] * 1e6:.0f} us/call" + (f", {1e-9 / c0[k, 1]:.3g} GFLOP/s" if c0[k, 1] > 0 else "")
+                       for k, c in enumerate(CLASSES))
+    worst = np.argsort(-ek)[:3]
+    spread = np.median(np.abs(r["spread"] - r["meas"]) / r["meas"])
+    split = (np.asarray(r["rows"]) > 0).sum(axis=1) > 1
+    return (f"run {run}, {model} N={n}: median error by layer class (single rate -> per class): {by_class}; "
+            f"median deviation of one request's layer time from the median over the requests "
+            f"{_pct(spread)}; median error (per class + sharing) of the {int((~split).sum())} layers computed by one "
+            f"device {_pct(np.median(ek[~split]))}, of the {int(split.sum())} split layers "
+            f"{_pct(np.median(ek[split])) if split.any() else '-'}; with the links and core shares measured again after "
+            f"the requests (latency ms {', '.join(f'{t * 1e3:.2f}' for t in r['after']['latency'][1:])}, "
+            f"shares of all ranks at once {', '.join(f'{a:.2f}' for a, _ in r['after']['core_share'][-1])}) "
+            f"the median error would be {_pct(np.median(r['err_after']))}; fitted costs of rank 0 ({fitted}); worst layers (per class + sharing): " + "; ".join(
+                f"{r['names'][i]} ({r['classes'][i]}, rows {'/'.join(map(str, r['rows'][i]))}): "
+                f"measured {r['meas'][i] * 1e3:.2f} ms, predicted {r['kinds'][i] * 1e3:.2f} ms"
+                for i in worst))
+
+
+def _body(args: argparse.Namespace, table: list[str], pieces: list[str], detail: list[str],
+          goal: list[tuple[int, str, int, float]], loads: tuple[tuple[float, ...], tuple[float, ...]],
+          t_start: float) -> str:
+    """The recorded section: settings, the two tables, the list per configuration, the goal and
+    :data:`EXPLANATION`. ``loads``: the (1, 5, 15 min) load averages before and after."""
+    load_before, load_after = loads
+    return "\n".join([
         "## PyTorch bridge: latency-model calibration on real split runs",
         "",
         f"Command: `{command()}`  ",
@@ -197,7 +206,27 @@ def main() -> None:
         "",
         EXPLANATION,
     ])
-    record("bridge_calibration", body)
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    load_before = os.getloadavg()
+    t_start = time.time()
+    table, detail, pieces, dump, goal = [], [], [], [], []
+    configs = [(run, model, n) for run in range(1, args.runs + 1) for model in args.models for n in args.processes]
+    for run, model, n in configs:
+        t0 = time.time()
+        r = one(model, n, args.size, args.repeats, args.timeout)
+        table.append(_layer_row(run, model, n, r))
+        print(table[-1], f"({time.time() - t0:.0f} s)", flush=True)
+        pieces.append(_piece_row(run, model, n, r))
+        goal.append((run, model, n, float(np.median(r["err_kinds"]))))
+        detail.append(_detail(run, model, n, r))
+        dump.append({k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()})
+    if args.dump:
+        Path(args.dump).write_text(json.dumps(dump, default=float))
+    load_after = os.getloadavg()
+    record("bridge_calibration", _body(args, table, pieces, detail, goal, (load_before, load_after), t_start))
 
 
 EXPLANATION = """What explains the error. (1) Layer classes (removed by the per-class costs): the single-rate model
