@@ -105,46 +105,69 @@ def gym_vector_steps_per_second(num_devices: int, num_envs: int, seconds: float 
     return steps / (time.perf_counter() - t0)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sweep; do not update RESULTS.md")
-    args = parser.parse_args()
-    batches = [1, 64, 1024, 4096] if args.quick else [1, 16, 256, 4096, 16384, 65536]
-    load_before = load_average()
+DEVICES = (4, 8)
+#: parallel environments of the interleaved comparison of the step's versions
+CMP_ENVS = 1024
+
+
+def step_sweep(batches: list[int]) -> tuple[list[tuple[int, int, float, float]], dict[int, float]]:
+    """The present step for N in :data:`DEVICES` and every batch; (rows (N, envs, compile s, steps/s),
+    N -> best steps/s)."""
     rows, best = [], {}
-    for n in (4, 8):
+    for n in DEVICES:
         for b in batches:
             c, sps = jax_steps_per_second(n, b)
             rows.append((n, b, c, sps))
             best[n] = max(best.get(n, 0.0), sps)
             print(f"N={n} envs={b:>6}: compile {c:5.1f} s, {sps:12,.0f} steps/s", flush=True)
-    # The step's three versions, interleaved, best of 3: padded per-layer (the first flat-less
-    # version), flat array code, and the compiled kernel (the default on the CPU).
-    cmp_envs = 1024
+    return rows, best
+
+
+def step_versions() -> dict[int, dict[str, float]]:
+    """The step's three versions, interleaved, best of 3: padded per-layer (the first flat-less
+    version), flat array code, and the compiled kernel (the default on the CPU); N -> version -> steps/s."""
     impls = ("padded", "arrays", "default")
     versions = {}
-    for n in (4, 8):
+    for n in DEVICES:
         got = dict.fromkeys(impls, 0.0)
         for _ in range(3):
             for impl in impls:
-                got[impl] = max(got[impl], jax_steps_per_second(n, cmp_envs, impl=impl, repeats=3)[1])
+                got[impl] = max(got[impl], jax_steps_per_second(n, CMP_ENVS, impl=impl, repeats=3)[1])
         versions[n] = got
-        print(f"N={n} {cmp_envs} envs: padded per-layer {got['padded']:,.0f} steps/s, flat array code "
+        print(f"N={n} {CMP_ENVS} envs: padded per-layer {got['padded']:,.0f} steps/s, flat array code "
               f"{got['arrays']:,.0f}, compiled kernel {got['default']:,.0f}", flush=True)
-    kernel = {n: kernel_solves_per_second(n) for n in (4, 8)}
-    array_solves = {n: kernel_solves_per_second(n, arrays=True) for n in (4, 8)}
+    return versions
+
+
+def closed_form_alone() -> tuple[dict[int, float], dict[int, float], object, np.ndarray, float]:
+    """The closed form alone on the environment's layers; (N -> kernel layer-solves/s, N -> array-code
+    layer-solves/s, the N = 4 environment, unique layers per model (U,), layer-solves a step)."""
+    kernel = {n: kernel_solves_per_second(n) for n in DEVICES}
+    array_solves = {n: kernel_solves_per_second(n, arrays=True) for n in DEVICES}
     env4 = envs.make("alloc-v0", num_devices=4)[0]
     sizes = np.asarray(env4.catalogue.size, np.float64)
     per_step = float(sizes.mean()) + env4.ref_chunk  # default mix is uniform
-    for n in (4, 8):
+    for n in DEVICES:
         print(f"N={n}: closed form alone {kernel[n]:,.0f} layer-solves/s (array code {array_solves[n]:,.0f}) -> "
               f"at most {kernel[n] / per_step:,.0f} steps/s at {per_step:.1f} layer-solves a step", flush=True)
-    twin = {n: twin_steps_per_second(n) for n in (4, 8)}
-    equal = {n: jax_steps_per_second(n, 4096, split="equal")[1] for n in (4, 8)}
-    gym = {n: gym_vector_steps_per_second(n, 1024) for n in (4, 8)}
-    for n in (4, 8):
+    return kernel, array_solves, env4, sizes, per_step
+
+
+def peers(best: dict[int, float]) -> tuple[dict[int, float], dict[int, float], dict[int, float]]:
+    """Steps/s of the numpy twin, the JAX step with the equal split (4096 envs) and the Gymnasium
+    vector adapter (1024 envs), each N -> steps/s; ``best`` is the best JAX step rate per N."""
+    twin = {n: twin_steps_per_second(n) for n in DEVICES}
+    equal = {n: jax_steps_per_second(n, 4096, split="equal")[1] for n in DEVICES}
+    gym = {n: gym_vector_steps_per_second(n, 1024) for n in DEVICES}
+    for n in DEVICES:
         print(f"N={n}: numpy twin {twin[n]:,.0f} steps/s; best JAX {best[n]:,.0f} ({best[n] / twin[n]:,.0f}x); "
               f"equal split {equal[n]:,.0f}; gymnasium vector (1024 envs) {gym[n]:,.0f}")
+    return twin, equal, gym
+
+
+def sweep_lines(load_before: str, rows: list[tuple[int, int, float, float]], best: dict[int, float],
+                twin: dict[int, float], equal: dict[int, float], gym: dict[int, float]) -> list[str]:
+    """The section's heading, command, machine, the sweep's table and the table against the peers."""
     body = [
         "## Allocation environment throughput (`benchmarks/env_throughput.py`)",
         "",
@@ -165,16 +188,24 @@ def main() -> int:
     body += ["", "| N | numpy twin (1 env) | best JAX | JAX / twin | JAX, equal split (4096 envs) | "
              "Gymnasium vector adapter (1024 envs) |", "|---|---:|---:|---:|---:|---:|"]
     body += [f"| {n} | {twin[n]:,.0f} | {best[n]:,.0f} | {best[n] / twin[n]:,.0f}x | {equal[n]:,.0f} | {gym[n]:,.0f} |"
-             for n in (4, 8)]
+             for n in DEVICES]
+    return body
+
+
+def kernel_lines(versions: dict[int, dict[str, float]], alone: tuple, best: dict[int, float],
+                 equal: dict[int, float]) -> list[str]:
+    """The tables of the step's versions and of the closed form alone (``alone``: what
+    :func:`closed_form_alone` returns)."""
+    kernel, array_solves, env4, sizes, per_step = alone
     which = "the compiled CPU kernel" if kernels.available() else "the array code (kernel unavailable)"
-    body += ["", f"E (every layer of the request under the closed-form split) is computed by {which}. Its three",
-             f"versions, {cmp_envs} envs, same run, interleaved, best of 3: every request solving all U = "
-             f"{sizes.max():.0f} padded unique layers of the catalogue's table (one vmap over the layers); the flat "
-             "array code (the requests' real layers end to end, solved device-major in chunks; what runs on a GPU); "
-             "the compiled kernel (jaxsplit.kernels: the same rows, one pass over the requests on XLA's CPU "
-             "thread pool):", "",
-             "| N | padded per-layer (steps/s) | flat array code | compiled kernel | kernel / array code |",
-             "|---|---:|---:|---:|---:|"]
+    body = ["", f"E (every layer of the request under the closed-form split) is computed by {which}. Its three",
+            f"versions, {CMP_ENVS} envs, same run, interleaved, best of 3: every request solving all U = "
+            f"{sizes.max():.0f} padded unique layers of the catalogue's table (one vmap over the layers); the flat "
+            "array code (the requests' real layers end to end, solved device-major in chunks; what runs on a GPU); "
+            "the compiled kernel (jaxsplit.kernels: the same rows, one pass over the requests on XLA's CPU "
+            "thread pool):", "",
+            "| N | padded per-layer (steps/s) | flat array code | compiled kernel | kernel / array code |",
+            "|---|---:|---:|---:|---:|"]
     body += [f"| {n} | {v['padded']:,.0f} | {v['arrays']:,.0f} | {v['default']:,.0f} | "
              f"{v['default'] / v['arrays']:.1f}x |" for n, v in versions.items()]
     body += ["", f"A step solves the unique layers of its request (sizes "
@@ -185,9 +216,23 @@ def main() -> int:
              "| N | kernel (layer-solves/s) | array code (layer-solves/s) | bound from the kernel (steps/s) | "
              "best step (steps/s) | JAX, equal split (steps/s) |", "|---|---:|---:|---:|---:|---:|"]
     body += [f"| {n} | {kernel[n]:,.0f} | {array_solves[n]:,.0f} | {kernel[n] / per_step:,.0f} | {best[n]:,.0f} | "
-             f"{equal[n]:,.0f} |" for n in (4, 8)]
+             f"{equal[n]:,.0f} |" for n in DEVICES]
     body += ["", "On a machine shared with other jobs repeated runs differ by up to 2x; the version rows are",
              "interleaved so that all three see the same load."]
+    return body
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sweep; do not update RESULTS.md")
+    args = parser.parse_args()
+    batches = [1, 64, 1024, 4096] if args.quick else [1, 16, 256, 4096, 16384, 65536]
+    load_before = load_average()
+    rows, best = step_sweep(batches)
+    versions = step_versions()
+    alone = closed_form_alone()
+    twin, equal, gym = peers(best)
+    body = sweep_lines(load_before, rows, best, twin, equal, gym) + kernel_lines(versions, alone, best, equal)
     if not args.quick:
         record("env_throughput", "\n".join(body))
     return 0
