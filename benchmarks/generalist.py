@@ -213,7 +213,8 @@ def markdown(rows: list[dict[str, Any]], summ: list[dict[str, Any]], loads: list
     return "\n".join(lines)
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
+    """The command-line options."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/generalist", help="folder of the run folders it trains")
     ap.add_argument("--seeds", type=int, default=5, help="generalists to train (seeds 0 .. S-1)")
@@ -228,8 +229,12 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0, help="seed of the evaluation episodes")
     ap.add_argument("--no-record", action="store_true", help="do not write RESULTS.md")
-    args = ap.parse_args()
+    return ap
 
+
+def _runs(args: argparse.Namespace) -> tuple[list[Path], dict[int, Path]]:
+    """The generalist run folders and the specialists' (device count -> run folder): those given, or
+    those trained here (each unless complete); exits if a folder is not a generalist run."""
     out = Path(args.out)
     if args.runs is not None:
         runs = [Path(r) for r in args.runs]
@@ -247,12 +252,15 @@ def main() -> None:
         spec, _, _ = read_config(r)
         if spec is None or spec.env != "alloc-any-v0":
             raise SystemExit(f"{r}: not a generalist run (jaxsplit train --env alloc-any-v0)")
+    return runs, specialists
 
-    baselines = list(policies_mod.registered())
+
+def _evaluate_all(args: argparse.Namespace, runs: list[Path], specialists: dict[int, Path]) -> list[dict[str, Any]]:
+    """Every condition in turn (random N, fixed clusters, churn, unseen models, then each specialist's
+    episodes); the records of all, written to generalist.partial.json as they come."""
     common = dict(runs=runs, loads=args.loads, episodes=args.episodes, requests=args.requests, seed=args.seed,
-                  baselines=baselines)
+                  baselines=list(policies_mod.registered()))
     main_models = tuple(DEFAULT_MODELS)
-    t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     for n in args.devices:
         rows += condition(f"random N={n}", devices_min=n, devices_max=n, churn=0.0, models=main_models, **common)
@@ -274,6 +282,29 @@ def main() -> None:
             time.sleep(30)
         rows += specialist_rows(n, run, runs, args.loads, args.episodes, args.requests, args.seed)
         _partial(rows)
+    return rows
+
+
+def _body(args: argparse.Namespace, runs: list[Path], specialists: dict[int, Path], summ: list[dict[str, Any]],
+          table: str) -> str:
+    """The recorded section: the runs, the episodes, the goals met and the tables."""
+    met = sum(s["met"] for s in summ)
+    return "\n".join([
+        "## The generalist: any cluster, any model", "",
+        f"Command: `{command()}`", "",
+        f"Generalists: {len(runs)} ({', '.join(str(r) for r in runs)}); specialists: "
+        f"{', '.join(f'N={k}: {v}' for k, v in sorted(specialists.items())) or 'none'}. "
+        f"Every policy on the same episodes ({args.episodes} per load, {args.requests} requests); "
+        f"goals met: {met} of {len(summ)}.", "",
+        table, "",
+        f"Machine: {machine()}", "", f"Revision: {git_revision()}"])
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    runs, specialists = _runs(args)
+    t0 = time.perf_counter()
+    rows = _evaluate_all(args, runs, specialists)
     summ = summary(rows)
     table = markdown(rows, summ, args.loads)
     print(table)
@@ -285,17 +316,7 @@ def main() -> None:
     (HERE / "generalist.partial.json").unlink(missing_ok=True)
     if args.no_record:
         return
-    met = sum(s["met"] for s in summ)
-    body = "\n".join([
-        "## The generalist: any cluster, any model", "",
-        f"Command: `{command()}`", "",
-        f"Generalists: {len(runs)} ({', '.join(str(r) for r in runs)}); specialists: "
-        f"{', '.join(f'N={k}: {v}' for k, v in sorted(specialists.items())) or 'none'}. "
-        f"Every policy on the same episodes ({args.episodes} per load, {args.requests} requests); "
-        f"goals met: {met} of {len(summ)}.", "",
-        table, "",
-        f"Machine: {machine()}", "", f"Revision: {git_revision()}"])
-    record("generalist", body)
+    record("generalist", _body(args, runs, specialists, summ, table))
 
 
 def _partial(rows: list[dict[str, Any]]) -> None:
