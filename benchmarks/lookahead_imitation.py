@@ -171,7 +171,8 @@ def imitate(observation: str, obs: np.ndarray, targets: np.ndarray, epochs: int,
     return trainer, runner.replace(params=params, obs_stats=stats)
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
+    """The command-line options; ``--quick`` replaces the sizes by a tiny run's."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--loads", default="0.3,0.6,0.9,1.2")
     ap.add_argument("--horizon", type=int, default=32)
@@ -183,18 +184,14 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.horizon, args.samples, args.teacher_episodes, args.eval_episodes, args.epochs = 8, 2, 8, 4, 3
-    loads = [float(v) for v in args.loads.split(",")]
-    t0 = time.perf_counter()
-    env, params = envs.make("alloc-v0", observation="table")
-    summary_env, _ = envs.make("alloc-v0")
-    plan = make_planner(env, params, args.horizon, args.samples)
+    return args
 
-    obs, costs = teacher_data(env, params, plan, args.teacher_episodes, 5000, 32)
-    targets = soft_targets(costs, 0.003)
-    imitations = {kind: imitate(kind, obs if kind == "table" else obs[:, :summary_env.obs_dim], targets,
-                                args.epochs, 0)
-                  for kind in ("table", "summary")}
 
+def _evaluate(env, summary_env, params, plan, imitations: dict, loads: list[float],
+              episodes: int) -> tuple[list[float], np.ndarray, dict[str, np.ndarray]]:
+    """The best constant share, the planner and both imitations on the same evaluation episodes;
+    (the constant's share per load, its latency (loads, episodes), row name -> latency (s)
+    (loads, episodes))."""
     n = env.num_devices
     warm = int(0.1 * env.requests)
 
@@ -210,20 +207,42 @@ def main() -> None:
         return lambda key, o, state, p, aux: trainer.env.decode(policy(key, o[:cut]), state, p)
 
     mean = lambda recs: episode_metrics(recs, warm)["mean_latency_s"]  # (..., loads, episodes)
-    shares, best_const = best_constant(env, params, loads, args.eval_episodes, 1000, warm)
-    rows = {"lookahead planner": mean(run_episodes(env, params, planner_act, loads, args.eval_episodes, 1000))}
+    shares, best_const = best_constant(env, params, loads, episodes, 1000, warm)
+    rows = {"lookahead planner": mean(run_episodes(env, params, planner_act, loads, episodes, 1000))}
     for kind in ("table", "summary"):
         rows[f"imitation, {kind} observation"] = mean(run_episodes(env, params, imitation_act(kind), loads,
-                                                                   args.eval_episodes, 1000))
-    seconds = time.perf_counter() - t0
+                                                                   episodes, 1000))
+    return shares, best_const, rows
 
+
+def _table(loads: list[float], shares: list[float], best_const: np.ndarray, rows: dict[str, np.ndarray]) -> str:
+    """Mean latency per load of the best constant and of every row, with the paired difference to it."""
     head = ("| policy | " + " | ".join(f"rho = {rho:g}" for rho in loads) + " |\n|---|"
             + "---:|" * len(loads))
     lines = [head, "| best constant | " + " | ".join(
         f"{best_const[j].mean():.4f} (c = {shares[j]:.3g})" for j in range(len(loads))) + " |"]
     for name, lat in rows.items():
         lines.append(f"| {name} | " + " | ".join(paired_cells(lat, best_const)) + " |")
-    table = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = _args()
+    loads = [float(v) for v in args.loads.split(",")]
+    t0 = time.perf_counter()
+    env, params = envs.make("alloc-v0", observation="table")
+    summary_env, _ = envs.make("alloc-v0")
+    plan = make_planner(env, params, args.horizon, args.samples)
+
+    obs, costs = teacher_data(env, params, plan, args.teacher_episodes, 5000, 32)
+    targets = soft_targets(costs, 0.003)
+    imitations = {kind: imitate(kind, obs if kind == "table" else obs[:, :summary_env.obs_dim], targets,
+                                args.epochs, 0)
+                  for kind in ("table", "summary")}
+    shares, best_const, rows = _evaluate(env, summary_env, params, plan, imitations, loads, args.eval_episodes)
+    seconds = time.perf_counter() - t0
+
+    table = _table(loads, shares, best_const, rows)
     print(table)
     print(f"{seconds:.0f} s")
     if args.quick:
