@@ -61,7 +61,8 @@ def _ids(text: str) -> list[int]:
     return out
 
 
-def main() -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The command-line options."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("module", help="the module to mutate, relative to the repository root")
     ap.add_argument("--tests", nargs="+", required=True, help="the test files that cover it")
@@ -72,8 +73,11 @@ def main() -> int:
                     "with the same --lines (mutmut numbers the selected mutants in order)")
     ap.add_argument("--copy", default=None, help="folder for the copy (default: a new temporary one); an earlier "
                     "run's copy resumes it: mutmut's cache keeps the mutants already killed")
-    args = ap.parse_args()
-    copy = Path(args.copy or tempfile.mkdtemp(prefix="mutation."))
+    return ap
+
+
+def _make_copy(copy: Path) -> None:
+    """Extract the committed tree into ``copy`` and prepare it for mutmut."""
     copy.mkdir(parents=True, exist_ok=True)
     archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(copy)], input=archive, check=True)
@@ -87,6 +91,11 @@ def main() -> int:
     conftest = copy / "tests" / "conftest.py"
     text = conftest.read_text()
     conftest.write_text(text[:text.index("@pytest.fixture")].replace("import jax\n", "").replace("import pytest\n", ""))
+
+
+def _mutmut_command(args: argparse.Namespace, copy: Path) -> list[str]:
+    """``mutmut run`` on the module against the tests; with ``--lines``, writes the copy's
+    selection.patch and limits the mutants to it."""
     # mutmut 2 counts only exit status 1 as killed; a mutant that breaks the import (pytest's status 2,
     # a collection error) is caught by the tests as well, so every failing status is reported as 1
     pytest = "python -c \"import sys, pytest; sys.exit(1 if pytest.main(sys.argv[1:]) else 0)\""
@@ -103,15 +112,12 @@ def main() -> int:
             patch += [f"@@ -0,0 +{lo},{hi - lo + 1} @@"] + ["+" + line for line in lines[lo - 1:hi]]
         (copy / "selection.patch").write_text("\n".join(patch) + "\n")
         cmd += ["--use-patch-file", "selection.patch"]
-    print(f"copy: {copy}", flush=True)
-    # the derandomised CI profile whatever the caller's shell says: every mutant meets the same examples
-    env = {**os.environ, "HYPOTHESIS_PROFILE": "ci"}
-    runs = [cmd]
-    if args.only:
-        subprocess.run([sys.executable, "-c", REGISTER, args.module, "selection.patch" if args.lines else ""],
-                       cwd=copy, env=env, check=True)
-        runs = [cmd[:2] + [str(i)] + cmd[2:] for i in _ids(args.only)]
-    deadline = time.monotonic() + args.timeout
+    return cmd
+
+
+def _run(runs: list[list[str]], copy: Path, env: dict[str, str], timeout: int) -> None:
+    """Run the mutmut commands one after the other in ``copy``, all within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
     for run in runs:
         # its own process group: at the timeout mutmut's worker and the test run go with it (killing
         # mutmut alone left them running)
@@ -121,8 +127,24 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            print(f"stopped after {args.timeout} s; the results so far:", flush=True)
+            print(f"stopped after {timeout} s; the results so far:", flush=True)
             break
+
+
+def main() -> int:
+    args = _parser().parse_args()
+    copy = Path(args.copy or tempfile.mkdtemp(prefix="mutation."))
+    _make_copy(copy)
+    cmd = _mutmut_command(args, copy)
+    print(f"copy: {copy}", flush=True)
+    # the derandomised CI profile whatever the caller's shell says: every mutant meets the same examples
+    env = {**os.environ, "HYPOTHESIS_PROFILE": "ci"}
+    runs = [cmd]
+    if args.only:
+        subprocess.run([sys.executable, "-c", REGISTER, args.module, "selection.patch" if args.lines else ""],
+                       cwd=copy, env=env, check=True)
+        runs = [cmd[:2] + [str(i)] + cmd[2:] for i in _ids(args.only)]
+    _run(runs, copy, env, args.timeout)
     subprocess.run(["mutmut", "results"], cwd=copy, env=env)
     return 0
 
