@@ -176,6 +176,31 @@ def _from_observer(name: str, doc: str) -> property:
     return property(lambda self: getattr(self.observer, name), doc=doc)
 
 
+def _check_settings(slots: int, requests: int, reward_scale: str, observation: str, planner: str) -> None:
+    """Raise ValueError naming the field for an invalid static setting of :class:`AllocationEnv` (the
+    engine's own settings are checked by :class:`~jaxsplit.catalogue.RequestLatency`)."""
+    if int(slots) != slots or slots < 1:
+        raise ValueError(f"field 'slots': must be a positive integer, got {slots!r}")
+    if int(requests) != requests or requests < 1:
+        raise ValueError(f"field 'requests': must be a positive integer, got {requests!r}")
+    if reward_scale not in REWARD_SCALES:
+        raise ValueError(f"field 'reward_scale': unknown {reward_scale!r}; known: {', '.join(REWARD_SCALES)}")
+    if observation not in OBSERVATIONS:
+        raise ValueError(f"field 'observation': unknown {observation!r}; known: {', '.join(OBSERVATIONS)}")
+    if planner not in PLANNERS:
+        raise ValueError(f"field 'planner': unknown {planner!r}; known: {', '.join(PLANNERS)}")
+
+
+def _step_info(state: EnvState, out: dict[str, jax.Array], group: jax.Array, final_obs: jax.Array,
+               dtype: Any) -> dict[str, jax.Array]:
+    """The ``info`` of :meth:`AllocationEnv.step` for the request of ``state`` served with outcome ``out``."""
+    return dict({k: out[k] for k in ("latency", "wait", "exec_time", "utilization", "invalid", "flop")},
+                model=state.model, arrival=state.time,
+                capacity=jnp.sum(state.cluster.flops * state.present.astype(dtype)),
+                devices=jnp.sum(state.present).astype(jnp.int32), load=state.load,
+                e_ref=state.e_ref[state.model], group=group, final_observation=final_obs)
+
+
 class AllocationEnv:
     """The allocation environment (MODEL.md section 6). Build it with :func:`jaxsplit.envs.make`.
 
@@ -206,16 +231,7 @@ class AllocationEnv:
                  input_size: tuple[int, int] = (224, 224), requests: int = 256, split: str = "closed_form",
                  bytes_per_element: float = 4.0, reward_scale: str = "model",
                  observation: str = "summary", planner: str = "layer"):
-        if int(slots) != slots or slots < 1:
-            raise ValueError(f"field 'slots': must be a positive integer, got {slots!r}")
-        if int(requests) != requests or requests < 1:
-            raise ValueError(f"field 'requests': must be a positive integer, got {requests!r}")
-        if reward_scale not in REWARD_SCALES:
-            raise ValueError(f"field 'reward_scale': unknown {reward_scale!r}; known: {', '.join(REWARD_SCALES)}")
-        if observation not in OBSERVATIONS:
-            raise ValueError(f"field 'observation': unknown {observation!r}; known: {', '.join(OBSERVATIONS)}")
-        if planner not in PLANNERS:
-            raise ValueError(f"field 'planner': unknown {planner!r}; known: {', '.join(PLANNERS)}")
+        _check_settings(slots, requests, reward_scale, observation, planner)
         # validates num_devices, models, input_size, bytes_per_element and split (ValueError names the field)
         self.engine = RequestLatency(models, input_size, bytes_per_element, num_devices, split, jnp.result_type(float))
         self.slots = int(slots)
@@ -401,12 +417,7 @@ class AllocationEnv:
         final_obs = self.observation(cont)
         new = jax.tree.map(lambda f, c: jnp.where(truncated, f, c), fresh, cont)
         obs = jnp.where(truncated, self.observation(fresh), final_obs)
-        info = dict({k: out[k] for k in ("latency", "wait", "exec_time", "utilization", "invalid", "flop")},
-                    model=state.model, arrival=state.time,
-                    capacity=jnp.sum(state.cluster.flops * state.present.astype(self.dtype)),
-                    devices=jnp.sum(state.present).astype(jnp.int32), load=state.load,
-                    e_ref=state.e_ref[state.model], group=self.load_group(state.load, params),
-                    final_observation=final_obs)
+        info = _step_info(state, out, self.load_group(state.load, params), final_obs, self.dtype)
         return obs, new, out["reward"], jnp.zeros((), bool), truncated, info
 
     def churn(self, key: jax.Array, state: EnvState, gap: jax.Array, params: EnvParams) -> jax.Array:
@@ -444,4 +455,4 @@ class AllocationEnv:
     def __repr__(self) -> str:
         return (f"AllocationEnv(num_devices={self.num_devices}, slots={self.slots}, models={self.models}, "
                 f"requests={self.requests}, split={self.split!r}, reward_scale={self.reward_scale!r}, "
-                f"observation={self.observation_kind!r})")
+                f"observation={self.observation_kind!r}, planner={self.planner!r})")
