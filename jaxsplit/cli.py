@@ -56,8 +56,9 @@ EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141
 
 
 def run_command(name: str, body: Callable[[], int]) -> int:
-    """Run ``body`` and turn a ValueError into a one-line error with exit status 2, Ctrl-C into one
-    line and status 130, and a closed standard output (``| head``) into status 141 without a word."""
+    """Run ``body`` and turn a ValueError, an OSError or running out of memory (settings too large for
+    the machine) into a one-line error with exit status 2, Ctrl-C into one line and status 130, and a
+    closed standard output (``| head``) into status 141 without a word."""
     try:
         return body()
     except ValueError as err:
@@ -78,6 +79,35 @@ def run_command(name: str, body: Callable[[], int]) -> int:
     except OSError as err:  # a path the user may not write (PermissionError), a full or read-only disk, ...
         print(f"jaxsplit {name}: error: {os_error(err)}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print(f"jaxsplit {name}: error: out of memory; {_SMALLER}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # XLA's out of memory; anything else is a fault, with its traceback
+        if not out_of_memory(err):
+            raise
+        print(f"jaxsplit {name}: error: {memory_message(err)}", file=sys.stderr)
+        return 2
+
+
+_SMALLER = "run it with smaller settings (fewer environments, agents or trials at once, smaller batches)"
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is XLA failing to allocate a buffer (a JaxRuntimeError saying so)."""
+    text = str(err)
+    return type(err).__name__ in ("JaxRuntimeError", "XlaRuntimeError") and (
+        "RESOURCE_EXHAUSTED" in text or "Out of memory" in text)
+
+
+def memory_message(err: BaseException) -> str:
+    """XLA's out of memory in one line, with the size it asked for where it says, e.g. ``out of memory:
+    a buffer of 57.9 GB could not be allocated; run it with smaller settings (...)``."""
+    import re
+
+    asked = re.search(r"allocat\w* (\d+) bytes", str(err))
+    what = f"a buffer of {int(asked.group(1)) / 1e9:.1f} GB could not be allocated" if asked else \
+        str(err).strip().splitlines()[0][:200]
+    return f"out of memory: {what}; {_SMALLER}"
 
 
 def os_error(err: OSError) -> str:

@@ -120,3 +120,33 @@ def test_help_stays_complete(command, flags, capsys):
     assert f"usage: jaxsplit {command}" in out
     for flag in flags:
         assert flag in out, flag
+
+
+def test_out_of_memory_is_one_line_with_the_size_asked_for(capsys):
+    import jax
+    import jax.numpy as jnp
+
+    def body() -> int:  # XLA's own failure: a 4 TiB buffer on this machine
+        jax.block_until_ready(jax.jit(lambda: jnp.ones((1 << 42,), jnp.uint8))())
+        return 0
+
+    assert cli.run_command("bench", body) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("jaxsplit bench: error: out of memory: a buffer of 4398.0 GB could not be allocated")
+    assert "smaller settings" in err
+
+
+def test_memory_error_is_one_line_and_other_runtime_errors_keep_their_traceback(capsys):
+    def no_memory() -> int:
+        raise MemoryError
+
+    assert cli.run_command("split", no_memory) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("jaxsplit split: error: out of memory; run it with smaller")
+
+    def fault() -> int:
+        raise RuntimeError("a fault of the program, not of its settings")
+
+    with pytest.raises(RuntimeError, match="a fault of the program"):
+        cli.run_command("split", fault)
