@@ -42,8 +42,9 @@ def test_fused_environment(fused_env):
         obs, state, reward, _, truncated, info = step(jax.random.key(10 + i), state, jnp.ones(3) * 0.5, params)
         assert np.isfinite(float(reward))
     assert bool(truncated)
-    lat = env.plans.latencies(jnp.arange(env.plans.num_candidates), next_cluster, next_pool.astype(jnp.float32))
-    plan, e_ref = env.plans.tabulate(lat)
+    lat = jax.jit(env.plans.latencies)(jnp.arange(env.plans.num_candidates), next_cluster,
+                                       next_pool.astype(jnp.float32))
+    plan, e_ref = jax.jit(env.plans.tabulate)(lat)
     np.testing.assert_array_equal(np.asarray(state.plan), np.asarray(plan))
     np.testing.assert_allclose(np.asarray(state.e_ref), np.asarray(e_ref), rtol=1e-6)
 
